@@ -1,0 +1,268 @@
+"""``tether.toml``: the project, its experiments, GPU profiles, hosts and policies.
+
+Secrets never live here: API keys stay in the project's ``.env`` (``[project] env_file``), which tether uploads with
+mode 0600 and never prints. Every error names the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tether.errors import ConfigError
+
+CONFIG_NAME = "tether.toml"
+Kind = Literal["api", "inference", "finetune", "local"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectConfig(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    remote_dir: str | None = None
+    env_file: str = ".env"
+    sync_excludes: list[str] = []
+    setup_packages: list[str] = [
+        "openai",
+        "anthropic",
+        "google-genai",
+        "requests",
+        "python-dotenv",
+        "tqdm",
+        "pydantic",
+    ]
+    apt_packages: list[str] = ["tmux", "rsync"]
+
+
+class ExperimentConfig(_Strict):
+    command: list[str]
+    kind: Kind = "api"
+    items: Annotated[int, Field(ge=0)] | None = None
+    item_seconds: Annotated[float, Field(ge=0)] | None = None
+    concurrency: Annotated[int, Field(ge=1)] = 1
+    gpu_gb: Annotated[float, Field(ge=0, le=2048)] = 0
+    results: str = "results"
+    figures: bool = False
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = shlex.split(value)
+            if not parts:
+                raise ValueError("command is empty")
+            return parts
+        return value
+
+    @field_validator("results")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        if value.startswith("/") or ".." in Path(value).parts:
+            raise ValueError("results must be a folder inside the project (a relative path without '..')")
+        return value
+
+
+class ProfileConfig(_Strict):
+    query: str
+    order: str = "dph+"
+    disk_gb: Annotated[float, Field(gt=0)] = 20
+    image: str = "pytorch/pytorch:latest"
+    type: Literal["on-demand", "bid", "reserved"] = "on-demand"
+
+
+class HostConfig(_Strict):
+    address: str
+    remote_root: str = "/workspace"
+    identity_file: str | None = None
+    python: str = "python3"
+
+
+class PolicyConfig(_Strict):
+    idle_stop_minutes: Annotated[float, Field(gt=0)] = 30
+    destroy_after_idle_hours: Annotated[float, Field(gt=0)] = 24
+    more_work_within_hours: Annotated[float, Field(ge=0)] = 24
+    max_total_usd: Annotated[float, Field(ge=0)] | None = None
+    max_hourly_usd: Annotated[float, Field(ge=0)] | None = None
+    local_busy: bool = False
+    allow_spending: bool = False
+    local_max_minutes: Annotated[float, Field(gt=0)] = 30
+
+
+class TetherConfig(_Strict):
+    project: ProjectConfig
+    experiments: dict[str, ExperimentConfig] = {}
+    profiles: dict[str, ProfileConfig] = {}
+    hosts: dict[str, HostConfig] = {}
+    policy: PolicyConfig = PolicyConfig()
+    vast: dict[str, str] = {}
+
+
+class Project:
+    """A loaded ``tether.toml`` and the folder it lives in."""
+
+    def __init__(self, root: Path, config: TetherConfig, path: Path) -> None:
+        self.root = root
+        self.config = config
+        self.path = path
+
+    @property
+    def name(self) -> str:
+        return self.config.project.name
+
+    def experiment(self, name: str) -> ExperimentConfig:
+        try:
+            return self.config.experiments[name]
+        except KeyError:
+            known = ", ".join(sorted(self.config.experiments)) or "none"
+            raise ConfigError(
+                f"Unknown experiment {name!r} in {self.path}.",
+                f"Known experiments: {known}.",
+            ) from None
+
+    def host(self, name: str) -> HostConfig:
+        try:
+            return self.config.hosts[name]
+        except KeyError:
+            known = ", ".join(sorted(self.config.hosts)) or "none"
+            raise ConfigError(
+                f"Unknown host {name!r} in {self.path}.",
+                f'Known hosts: {known}; add one as [hosts.{name}] with address = "user@host[:port]".',
+            ) from None
+
+    def remote_dir(self, remote_root: str) -> str:
+        return self.config.project.remote_dir or f"{remote_root.rstrip('/')}/{self.name}"
+
+    def env_file(self) -> Path:
+        return self.root / self.config.project.env_file
+
+
+def find_config(start: Path | None = None) -> Path:
+    """The nearest ``tether.toml`` at or above ``start`` (default: the current folder)."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / CONFIG_NAME
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"No {CONFIG_NAME} found in {here} or any folder above it.",
+        "Run `tether init` in the project's root folder to write a starter file.",
+    )
+
+
+def _line_of(text: str, loc: tuple[int | str, ...]) -> int | None:
+    """Best-effort line number (1-based) of a key path such as ('experiments', 'A5', 'kind')."""
+    keys = [str(k) for k in loc if not isinstance(k, int)]
+    if not keys:
+        return None
+    lines = text.splitlines()
+    header_re = re.compile(r"^\s*\[+\s*([^\]]+?)\s*\]+\s*(#.*)?$")
+    key_re = re.compile(r"^\s*(\"[^\"]*\"|'[^']*'|[A-Za-z0-9_.-]+)\s*=")
+    table: list[str] = []
+    best: int | None = None
+    for number, line in enumerate(lines, start=1):
+        header = header_re.match(line)
+        if header:
+            table = [p.strip().strip("\"'") for p in header.group(1).split(".")]
+            if table == keys:
+                best = number
+            continue
+        key = key_re.match(line)
+        if key:
+            path = table + [p.strip().strip("\"'") for p in key.group(1).split(".")]
+            if path == keys:
+                return number
+            if best is None and keys[: len(path)] == path:
+                best = number
+    if best is None and len(keys) > 1:
+        return _line_of(text, tuple(keys[:-1]))
+    return best
+
+
+def load(path: Path | None = None) -> Project:
+    """Load and validate ``tether.toml``; errors name the file, line and key."""
+    config_path = path if path is not None else find_config()
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{config_path} does not exist.", "Run `tether init` to write a starter tether.toml."
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"Cannot read {config_path}: {exc.strerror}.") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"{config_path} is not valid TOML: {exc}.",
+            "Fix the line it names; `tether init --print` shows a valid file.",
+        ) from None
+    try:
+        config = TetherConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(first["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        line = _line_of(text, loc)
+        where = f"{config_path}:{line}" if line else str(config_path)
+        more = len(exc.errors()) - 1
+        extra = f" ({more} more problem{'s' if more > 1 else ''} after this one)" if more else ""
+        message = first["msg"]
+        if first["type"] == "missing":
+            message = "this key is required"
+        elif first["type"] == "extra_forbidden":
+            message = "unknown key"
+        raise ConfigError(
+            f"{where}: {key}: {message}{extra}.", "See the config reference in the README."
+        ) from None
+    return Project(config_path.parent.resolve(), config, config_path)
+
+
+STARTER = """\
+# tether.toml: how tether runs this project's experiments. Reference: the README's "Configuration" section.
+# Secrets (API keys) never go here: keep them in .env, which tether uploads with mode 0600 and never prints.
+
+[project]
+name = "{name}"
+# remote_dir = "/workspace/{name}"   # where the code lives on a server (default: <remote_root>/<name>)
+# env_file = ".env"                  # uploaded with mode 0600, never printed
+# sync_excludes = ["data/raw"]       # also excluded from `tether push` (.git, caches, venvs, results always are)
+
+# One table per experiment. `command` runs from the project root; args after `--` on `tether run` are appended.
+[experiments.example]
+command = "python3 -m example_experiment"
+kind = "local"          # api | inference | finetune | local: picks the GPU profile and where it runs
+items = 100             # how many items one run processes (for plans and ETAs)
+item_seconds = 0.05     # seconds one item takes (for plans and cost estimates)
+concurrency = 1         # items in flight at once
+gpu_gb = 0              # GPU memory the run needs; 0 = API-only / CPU
+results = "results"     # folder (inside the project) where the checkpoint library writes
+
+# GPU profiles (defaults shown; override any of them):
+# [profiles.inference]
+# query = "gpu_ram>=24 reliability>0.95 num_gpus=1"
+# order = "dph+"
+# disk_gb = 40
+
+# Servers you already have:
+# [hosts.lab1]
+# address = "root@gpu-box.example.org:2222"   # user@host[:port]; ~/.ssh/config aliases work too
+# remote_root = "/workspace"
+
+[policy]
+idle_stop_minutes = 30          # stop a rented server idle this long
+destroy_after_idle_hours = 24   # destroy it (after pulling results) when idle or stopped this long
+# max_total_usd = 50            # refuse new rentals past this total
+# max_hourly_usd = 2.0          # refuse new rentals past this burn rate
+allow_spending = false          # `tether run` may rent a server only if this is true (or with --provision)
+"""
+
+
+def starter(name: str) -> str:
+    return STARTER.format(name=name)

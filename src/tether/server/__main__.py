@@ -1,0 +1,46 @@
+"""Entry point of the server side: ``python3 -m tether.server {run,cancel,progress,manifest,agents,version} ...``."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(
+            "usage: python3 -m tether.server {run,cancel,progress,manifest,agents,version} ...",
+            file=sys.stderr,
+        )
+        return 2 if not argv else 0
+    command, rest = argv[0], argv[1:]
+    if command == "run":
+        from tether.server import runner
+
+        return runner.main(rest)
+    if command == "cancel":
+        from tether.server import runner
+
+        return runner.cancel_main(rest)
+    if command == "progress":
+        from tether.server import progress
+
+        return progress.main(rest)
+    if command == "manifest":
+        from tether.server import manifest
+
+        return manifest.main(rest)
+    if command == "agents":
+        from tether.server import agents_cmd
+
+        return agents_cmd.main(rest)
+    if command == "version":
+        import tether
+
+        print(tether.__version__)
+        return 0
+    print(f"tether.server: unknown command {command!r}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

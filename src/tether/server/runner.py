@@ -1,0 +1,274 @@
+"""The run wrapper: ``python3 -m tether.server run --root R --run-id ID ... -- ARGV``.
+
+It runs inside a detached tmux session on the server (or on this machine for ``--local``), so the run survives the
+controller going away. It:
+
+1. writes ``<root>/.tether/runs/<id>/run.json`` (status ``starting``, wrapper pid, pid start time, boot id);
+2. registers the run in the agent registry (``<root>/AGENT_STATUS.json`` unless ``--registry``) with its ``gpu_gb``;
+   a refusal ends the run with status ``refused`` and exit code 4, the reason in the log;
+3. starts ARGV in ``--cwd`` with ``TETHER_RUN_ID``, ``TETHER_RESULTS_DIR``, ``CUDA_VISIBLE_DEVICES`` (when the
+   registry placed it) and the variables of ``<cwd>/.env`` (never printed), its output going to ``log`` and to the
+   tmux pane;
+4. heartbeats the registry while it runs, forwards SIGTERM/SIGINT/SIGHUP to the experiment (``tether cancel``);
+5. records status (``completed`` on exit 0, ``failed``, ``cancelled``), exit code and end time in ``run.json``, and
+   leaves the registry.
+
+A run whose ``run.json`` says ``running`` but whose wrapper process is gone is reported ``dead`` by the progress scan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tether.server import procinfo
+
+RUNS_DIR = ".tether/runs"
+HEARTBEAT_S = 20.0
+
+
+def run_dir(root: str, run_id: str) -> Path:
+    return Path(root) / RUNS_DIR / run_id
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a .env file (comments, ``export``, and simple quotes handled). Values are never printed."""
+    out: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return out
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :].strip()
+        key, value = line.split("=", 1)
+        key = key.strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        if key:
+            out[key] = value
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m tether.server run")
+    p.add_argument(
+        "--root", required=True, help="the server's workspace root (holds .tether/ and AGENT_STATUS.json)"
+    )
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--cwd", required=True, help="the project folder the command runs in")
+    p.add_argument("--results", default="results", help="results folder, relative to --cwd")
+    p.add_argument("--gpu-gb", type=float, default=0.0)
+    p.add_argument("--wait", type=float, default=None, help="queue this long for GPU room (seconds)")
+    p.add_argument(
+        "--registry", default=None, help="AGENT_STATUS.json path (default: <root>/AGENT_STATUS.json)"
+    )
+    p.add_argument("--no-registry", action="store_true", help="do not register in AGENT_STATUS.json")
+    p.add_argument("argv", nargs=argparse.REMAINDER)
+    return p
+
+
+class _Run:
+    def __init__(self, args: argparse.Namespace, argv: list[str]) -> None:
+        self.args = args
+        self.argv = argv
+        self.dir = run_dir(args.root, args.run_id)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.dir / "log"
+        self.record: dict[str, Any] = {
+            "id": args.run_id,
+            "experiment": args.experiment,
+            "argv": argv,
+            "cwd": args.cwd,
+            "results_dir": str(Path(args.cwd) / args.results),
+            "gpu_gb": args.gpu_gb,
+            "log": str(self.log_path),
+            "status": "starting",
+            "started": time.time(),
+            "ended": None,
+            "exit_code": None,
+            "host": os.uname().nodename,
+            **procinfo.identity(),
+        }
+        self.child: subprocess.Popen[bytes] | None = None
+        self.cancelled = False
+        self.stop = threading.Event()
+        self.registry: Any = None
+
+    def save(self) -> None:
+        write_json_atomic(self.dir / "run.json", self.record)
+
+    def log(self, message: str) -> None:
+        with open(self.log_path, "a", encoding="utf-8") as fh:
+            fh.write(f"[tether] {message}\n")
+        print(f"[tether] {message}", flush=True)
+
+    def finish(self, status: str, code: int) -> int:
+        self.record.update(status=status, exit_code=code, ended=time.time())
+        self.save()
+        self.stop.set()
+        if self.registry is not None:
+            try:
+                self.registry.release(
+                    self.args.run_id, status="completed" if status == "completed" else "failed"
+                )
+            except (
+                Exception
+            ) as exc:  # the run's outcome is recorded already; a registry hiccup must not hide it
+                self.log(f"could not leave the agent registry: {exc}")
+        self.log(f"run {self.args.run_id} {status} (exit code {code})")
+        return code
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.cancelled = True
+        child = self.child
+        if child is not None and child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGTERM)
+
+    def _heartbeat(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            if self.registry is None:
+                continue
+            try:
+                self.registry.heartbeat(self.args.run_id)
+            except Exception as exc:  # keep running: a missed heartbeat is recoverable, a dead wrapper is not
+                self.log(f"heartbeat failed: {exc}")
+
+    def _tee(self, stream: Any) -> None:
+        with open(self.log_path, "ab") as log:
+            for chunk in iter(lambda: stream.read1(65536), b""):
+                log.write(chunk)
+                log.flush()
+                try:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.buffer.flush()
+                except (OSError, ValueError):
+                    pass
+
+    def execute(self) -> int:
+        self.save()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        env = dict(os.environ)
+        cuda: str | None = None
+        if not self.args.no_registry:
+            from tether.errors import TetherError
+            from tether.server.registry import Registry
+
+            path = self.args.registry or str(Path(self.args.root) / "AGENT_STATUS.json")
+            registry = Registry(path)
+            try:
+                entry = registry.register(
+                    self.args.run_id,
+                    self.args.experiment,
+                    self.args.gpu_gb,
+                    pid=os.getpid(),
+                    wait=self.args.wait,
+                )
+            except TetherError as exc:
+                self.log(f"not started: {exc}")
+                return self.finish("refused", getattr(exc, "exit_code", 4))
+            self.registry = registry
+            cuda = getattr(entry, "cuda_visible_devices", None)
+        for key, value in read_env_file(Path(self.args.cwd) / ".env").items():
+            env.setdefault(key, value)
+        lib = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = lib + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["TETHER_RUN_ID"] = self.args.run_id
+        env["TETHER_RESULTS_DIR"] = self.record["results_dir"]
+        env["PYTHONUNBUFFERED"] = "1"
+        if cuda is not None:
+            env["CUDA_VISIBLE_DEVICES"] = cuda
+        self.log(f"run {self.args.run_id}: {' '.join(self.argv)}")
+        try:
+            self.child = subprocess.Popen(
+                self.argv,
+                cwd=self.args.cwd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            self.log(f"command not found: {self.argv[0]} (is it installed on this server, and on PATH?)")
+            return self.finish("failed", 127)
+        except PermissionError:
+            self.log(f"command not executable: {self.argv[0]}")
+            return self.finish("failed", 126)
+        except OSError as exc:
+            self.log(f"cannot start {self.argv[0]}: {exc}")
+            return self.finish("failed", 1)
+        self.record.update(status="running", child_pid=self.child.pid)
+        self.save()
+        beat = threading.Thread(target=self._heartbeat, daemon=True)
+        beat.start()
+        assert self.child.stdout is not None
+        self._tee(self.child.stdout)
+        code = self.child.wait()
+        if code < 0:
+            code = 128 - code
+        if self.cancelled:
+            return self.finish("cancelled", code)
+        return self.finish("completed" if code == 0 else "failed", code)
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    command = list(args.argv)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        print("tether.server run: no command given after --", file=sys.stderr)
+        return 2
+    return _Run(args, command).execute()
+
+
+def cancel_main(argv: list[str]) -> int:
+    """``python3 -m tether.server cancel --root R --run-id ID``: SIGTERM the run's wrapper if it is still running."""
+    p = argparse.ArgumentParser(prog="python3 -m tether.server cancel")
+    p.add_argument("--root", required=True)
+    p.add_argument("--run-id", required=True)
+    args = p.parse_args(argv)
+    path = run_dir(args.root, args.run_id) / "run.json"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
+    except (OSError, ValueError):
+        print(json.dumps({"id": args.run_id, "cancelled": False, "reason": "no such run on this host"}))
+        return 1
+    pid = int(record.get("pid", 0))
+    if record.get("status") not in ("starting", "running") or not procinfo.is_alive(
+        pid, record.get("pid_start"), record.get("boot_id", "")
+    ):
+        print(json.dumps({"id": args.run_id, "cancelled": False, "reason": f"run is {record.get('status')}"}))
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    print(json.dumps({"id": args.run_id, "cancelled": True, "reason": "SIGTERM sent"}))
+    return 0

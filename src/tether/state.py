@@ -1,0 +1,367 @@
+"""Local state: one SQLite file under ``$TETHER_HOME`` (``state.db``).
+
+Tables: ``runs`` (every run tether started, wherever it runs), ``instances`` (servers tether rented or knows),
+``instance_events`` (every observed state and price of an instance: the cost ledger), ``pulls`` (what each pull
+brought home, with a manifest of path, size, mtime and sha256, which tells later whether results are unsynced) and
+``decisions`` (what the autopilot did and why). The schema is versioned with ``PRAGMA user_version``; migrations run
+on open, in one transaction each.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tether.errors import TetherError
+from tether.paths import tether_home
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        experiment TEXT NOT NULL,
+        host TEXT NOT NULL,
+        argv TEXT NOT NULL,
+        cwd TEXT NOT NULL,
+        results_dir TEXT NOT NULL,
+        log_path TEXT NOT NULL,
+        session TEXT NOT NULL,
+        started REAL NOT NULL,
+        ended REAL,
+        exit_code INTEGER,
+        status TEXT NOT NULL
+    );
+    CREATE INDEX runs_host ON runs(host, started);
+    CREATE TABLE instances (
+        name TEXT PRIMARY KEY,
+        provider TEXT NOT NULL,
+        instance_id TEXT,
+        address TEXT,
+        remote_root TEXT NOT NULL DEFAULT '/workspace',
+        state TEXT NOT NULL,
+        dph_total REAL,
+        storage_dph REAL,
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        meta TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE instance_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        instance_id TEXT,
+        ts REAL NOT NULL,
+        state TEXT NOT NULL,
+        dph_total REAL,
+        storage_dph REAL,
+        source TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX instance_events_name ON instance_events(name, ts);
+    CREATE TABLE pulls (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        host TEXT NOT NULL,
+        ts REAL NOT NULL,
+        paths TEXT NOT NULL,
+        manifest TEXT NOT NULL,
+        bytes INTEGER NOT NULL DEFAULT 0,
+        verified INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX pulls_host ON pulls(host, ts);
+    CREATE TABLE decisions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        name TEXT NOT NULL,
+        action TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        done INTEGER NOT NULL
+    );
+    """,
+]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    experiment: str
+    host: str
+    argv: list[str]
+    cwd: str
+    results_dir: str
+    log_path: str
+    session: str
+    started: float
+    ended: float | None
+    exit_code: int | None
+    status: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "experiment": self.experiment,
+            "host": self.host,
+            "argv": self.argv,
+            "cwd": self.cwd,
+            "results_dir": self.results_dir,
+            "log_path": self.log_path,
+            "session": self.session,
+            "started": self.started,
+            "ended": self.ended,
+            "exit_code": self.exit_code,
+            "status": self.status,
+        }
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    name: str
+    provider: str
+    instance_id: str | None
+    address: str | None
+    remote_root: str
+    state: str
+    dph_total: float | None
+    storage_dph: float | None
+    created: float
+    updated: float
+    meta: dict[str, Any]
+
+
+class State:
+    """The local SQLite store. Open with :func:`open_state`; use as a context manager or call ``close()``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise TetherError(
+                f"Cannot open the state database {path}: {exc}.",
+                "Check that TETHER_HOME points to a writable folder.",
+            ) from None
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA busy_timeout=30000")
+        self._migrate()
+
+    def __enter__(self) -> State:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(MIGRATIONS):
+            raise TetherError(
+                f"The state database {self.path} was written by a newer tether (schema {version}).",
+                "Upgrade tether, or point TETHER_HOME elsewhere.",
+            )
+        for number in range(version, len(MIGRATIONS)):
+            with self.tx() as db:
+                for statement in _statements(MIGRATIONS[number]):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number + 1}")
+
+    # --- runs -------------------------------------------------------------------------------------------------
+    def add_run(self, run: RunRecord) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run.id,
+                    run.experiment,
+                    run.host,
+                    json.dumps(run.argv),
+                    run.cwd,
+                    run.results_dir,
+                    run.log_path,
+                    run.session,
+                    run.started,
+                    run.ended,
+                    run.exit_code,
+                    run.status,
+                ),
+            )
+
+    def update_run(self, run_id: str, *, status: str, ended: float | None, exit_code: int | None) -> None:
+        with self.tx() as db:
+            db.execute(
+                "UPDATE runs SET status=?, ended=?, exit_code=? WHERE id=?",
+                (status, ended, exit_code, run_id),
+            )
+
+    def runs(self, host: str | None = None, experiment: str | None = None) -> list[RunRecord]:
+        query = "SELECT * FROM runs WHERE 1=1"
+        args: list[Any] = []
+        if host is not None:
+            query += " AND host=?"
+            args.append(host)
+        if experiment is not None:
+            query += " AND experiment=?"
+            args.append(experiment)
+        return [_run(row) for row in self.db.execute(query + " ORDER BY started", args)]
+
+    def find_run(self, ref: str) -> RunRecord:
+        rows = [
+            _run(r)
+            for r in self.db.execute("SELECT * FROM runs WHERE id LIKE ? ORDER BY started", (ref + "%",))
+        ]
+        exact = [r for r in rows if r.id == ref]
+        if exact:
+            return exact[0]
+        if len(rows) == 1:
+            return rows[0]
+        if not rows:
+            raise TetherError(f"No run {ref!r} is known here.", "`tether progress` lists the runs.")
+        raise TetherError(
+            f"{ref!r} matches {len(rows)} runs.",
+            "Give more of the run id: " + ", ".join(r.id for r in rows[:5]),
+        )
+
+    # --- instances and the cost ledger --------------------------------------------------------------------------
+    def upsert_instance(self, rec: InstanceRecord, *, source: str = "") -> None:
+        with self.tx() as db:
+            db.execute(
+                """INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?)
+                   ON CONFLICT(name) DO UPDATE SET provider=excluded.provider, instance_id=excluded.instance_id,
+                   address=excluded.address, remote_root=excluded.remote_root, state=excluded.state,
+                   dph_total=excluded.dph_total, storage_dph=excluded.storage_dph, updated=excluded.updated,
+                   meta=excluded.meta""",
+                (
+                    rec.name,
+                    rec.provider,
+                    rec.instance_id,
+                    rec.address,
+                    rec.remote_root,
+                    rec.state,
+                    rec.dph_total,
+                    rec.storage_dph,
+                    rec.created,
+                    rec.updated,
+                    json.dumps(rec.meta),
+                ),
+            )
+            db.execute(
+                "INSERT INTO instance_events(name, instance_id, ts, state, dph_total, storage_dph, source)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (rec.name, rec.instance_id, rec.updated, rec.state, rec.dph_total, rec.storage_dph, source),
+            )
+
+    def instance(self, name: str) -> InstanceRecord | None:
+        row = self.db.execute("SELECT * FROM instances WHERE name=?", (name,)).fetchone()
+        return _instance(row) if row else None
+
+    def instances(self) -> list[InstanceRecord]:
+        return [_instance(r) for r in self.db.execute("SELECT * FROM instances ORDER BY created")]
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        if name is None:
+            rows = self.db.execute("SELECT * FROM instance_events ORDER BY ts, seq")
+        else:
+            rows = self.db.execute("SELECT * FROM instance_events WHERE name=? ORDER BY ts, seq", (name,))
+        return [dict(r) for r in rows]
+
+    # --- pulls --------------------------------------------------------------------------------------------------
+    def add_pull(
+        self,
+        host: str,
+        paths: list[str],
+        manifest: dict[str, Any],
+        nbytes: int,
+        verified: bool,
+        ts: float | None = None,
+    ) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO pulls(host, ts, paths, manifest, bytes, verified) VALUES (?,?,?,?,?,?)",
+                (
+                    host,
+                    ts if ts is not None else time.time(),
+                    json.dumps(paths),
+                    json.dumps(manifest),
+                    nbytes,
+                    int(verified),
+                ),
+            )
+
+    def last_pull(self, host: str) -> dict[str, Any] | None:
+        row = self.db.execute(
+            "SELECT * FROM pulls WHERE host=? ORDER BY ts DESC, seq DESC LIMIT 1", (host,)
+        ).fetchone()
+        if row is None:
+            return None
+        out = dict(row)
+        out["paths"] = json.loads(out["paths"])
+        out["manifest"] = json.loads(out["manifest"])
+        return out
+
+    # --- decisions ----------------------------------------------------------------------------------------------
+    def add_decision(self, name: str, action: str, reason: str, done: bool, ts: float | None = None) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO decisions(ts, name, action, reason, done) VALUES (?,?,?,?,?)",
+                (ts if ts is not None else time.time(), name, action, reason, int(done)),
+            )
+
+    def decisions(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM decisions ORDER BY ts, seq")]
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _run(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        id=row["id"],
+        experiment=row["experiment"],
+        host=row["host"],
+        argv=json.loads(row["argv"]),
+        cwd=row["cwd"],
+        results_dir=row["results_dir"],
+        log_path=row["log_path"],
+        session=row["session"],
+        started=row["started"],
+        ended=row["ended"],
+        exit_code=row["exit_code"],
+        status=row["status"],
+    )
+
+
+def _instance(row: sqlite3.Row) -> InstanceRecord:
+    return InstanceRecord(
+        name=row["name"],
+        provider=row["provider"],
+        instance_id=row["instance_id"],
+        address=row["address"],
+        remote_root=row["remote_root"],
+        state=row["state"],
+        dph_total=row["dph_total"],
+        storage_dph=row["storage_dph"],
+        created=row["created"],
+        updated=row["updated"],
+        meta=json.loads(row["meta"]),
+    )
+
+
+def open_state(path: Path | None = None) -> State:
+    return State(path if path is not None else tether_home() / "state.db")

@@ -1,0 +1,98 @@
+"""A target is where runs happen: this machine (``local``), a configured host, or a rented instance.
+
+It bundles the transport that reaches it with the places tether uses there: the workspace ``root`` (``/workspace`` on
+a server; ``$TETHER_HOME/local`` here), the project's code folder, and how to start tether's server side.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+from tether.config import Project
+from tether.errors import ConfigError
+from tether.paths import local_root
+from tether.state import State
+from tether.transport.base import Transport
+from tether.transport.local import LocalTransport
+from tether.transport.tmux import socket_name
+
+LOCAL = "local"
+
+
+@dataclass
+class Target:
+    name: str
+    transport: Transport
+    root: str
+    code_dir: str
+    server_argv: list[str]
+    local: bool = False
+    registry: str | None = None
+    tmux_socket: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.tmux_socket:
+            self.tmux_socket = socket_name(self.root)
+
+    @property
+    def lib_dir(self) -> str:
+        return f"{self.root}/.tether/lib"
+
+
+def local_target(project: Project) -> Target:
+    root = local_root()
+    root.mkdir(parents=True, exist_ok=True)
+    registry = os.environ.get("TETHER_AGENT_STATUS")
+    return Target(
+        name=LOCAL,
+        transport=LocalTransport(),
+        root=str(root),
+        code_dir=str(project.root),
+        server_argv=[sys.executable, "-m", "tether.server"],
+        local=True,
+        registry=registry,
+    )
+
+
+def remote_server_argv(root: str, python: str = "python3") -> list[str]:
+    return ["env", f"PYTHONPATH={root}/.tether/lib", python, "-m", "tether.server"]
+
+
+def host_target(project: Project, name: str, state: State | None = None) -> Target:
+    """The target for a ``[hosts.NAME]`` entry or, failing that, an instance tether rented under that name."""
+    from tether.transport.ssh import SSHTransport, parse_address
+
+    if name == LOCAL:
+        return local_target(project)
+    hosts = project.config.hosts
+    if name in hosts:
+        host = hosts[name]
+        ssh = parse_address(host.address, identity_file=host.identity_file, label=name)
+        root, python = host.remote_root, host.python
+    else:
+        rec = state.instance(name) if state is not None else None
+        if rec is None or not rec.address:
+            known = sorted(hosts) + ([r.name for r in state.instances()] if state is not None else [])
+            raise ConfigError(
+                f"Unknown host {name!r}: it is neither a [hosts.{name}] entry in {project.path} nor a server tether "
+                "rented.",
+                f'Known: {", ".join(known) or "none"}. Add [hosts.{name}] with address = "user@host[:port]", or '
+                f"rent one with `tether up {name} --profile api`.",
+            )
+        ssh = parse_address(rec.address, identity_file=rec.meta.get("identity_file"), label=name)
+        root, python = rec.remote_root, "python3"
+    return Target(
+        name=name,
+        transport=SSHTransport(ssh, label=name),
+        root=root,
+        code_dir=project.remote_dir(root),
+        server_argv=remote_server_argv(root, python),
+    )
+
+
+def resolve(project: Project, name: str | None, state: State | None = None) -> Target:
+    if name is None or name == LOCAL:
+        return local_target(project)
+    return host_target(project, name, state)
