@@ -1,0 +1,330 @@
+"""A thin httpx client for the part of the Vast.ai REST API tether uses.
+
+It speaks JSON, retries what is safe to retry, and turns every failure into the tether exception tree::
+
+    ProviderError      an answer Vast.ai gave that we cannot use, or no answer after the retries
+    ├── AuthError      no API key found, or Vast.ai rejected it (401, or 404 with "auth_error")
+    ├── RateLimited    429 past the retry budget, a Retry-After longer than the cap, or search_quota_exceeded
+    └── NoCapacity     the offer asked for is gone (someone else rented it)
+
+Retries: 429/502/503/504 and connect/read timeouts, with bounded exponential backoff that honours
+``Retry-After``. A create (``PUT /asks/``) is not idempotent, so it is retried only when the request surely
+did not reach the server (connect failures, 429). The key never appears in logs, reprs or exception messages.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from tether.errors import AuthError, NoCapacity, ProviderError, RateLimited
+
+DEFAULT_URL = "https://console.vast.ai"
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+KEY_HINT = "Set VAST_API_KEY, or run `vastai set api-key <key>` once (tether reads the same file)."
+MAX_PAGES = 1000
+
+
+def find_api_key(env: Mapping[str, str] | None = None, home: Path | None = None) -> str | None:
+    """The user's Vast.ai key, read where the vendor CLI keeps it, or None.
+
+    Order: env ``VAST_API_KEY``; ``$XDG_CONFIG_HOME/vastai/vast_api_key`` (default ``~/.config/...``);
+    the legacy ``~/.vast_api_key``.
+    """
+    env = os.environ if env is None else env
+    key = env.get("VAST_API_KEY", "").strip()
+    if key:
+        return key
+    home = Path(env.get("HOME", str(Path.home()))) if home is None else home
+    xdg = env.get("XDG_CONFIG_HOME") or str(home / ".config")
+    for path in (Path(xdg) / "vastai" / "vast_api_key", home / ".vast_api_key"):
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        if text:
+            return text
+    return None
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    raw = resp.headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None
+
+
+def _json_or_none(resp: httpx.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return None
+
+
+def _vast_message(resp: httpx.Response) -> str:
+    body = _json_or_none(resp)
+    if isinstance(body, dict):
+        parts = [str(body[k]) for k in ("error", "msg") if body.get(k)]
+        if parts:
+            return ": ".join(parts)
+    text = resp.text.strip().replace("\n", " ")
+    return text[:200] if text else f"HTTP {resp.status_code}"
+
+
+def _is_auth_failure(resp: httpx.Response) -> bool:
+    if resp.status_code == 401:
+        return True
+    if resp.status_code in (403, 404):
+        body = _json_or_none(resp)
+        return isinstance(body, dict) and body.get("error") == "auth_error"
+    return False
+
+
+class VastClient:
+    """Vast.ai over HTTP. Build it with a key and URL, or let it find them (env, the vendor CLI's files)."""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 5,
+        backoff_base: float = 1.0,
+        max_wait: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.base_url = (base_url or os.environ.get("VAST_URL") or DEFAULT_URL).rstrip("/")
+        self._api_key = api_key
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.max_wait = max_wait
+        self._sleep = sleep
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+
+    def __repr__(self) -> str:
+        return f"VastClient(base_url={self.base_url!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> VastClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _key(self) -> str:
+        if self._api_key is None:
+            self._api_key = find_api_key()
+        if not self._api_key:
+            raise AuthError("No Vast.ai API key was found.", KEY_HINT)
+        return self._api_key
+
+    def _backoff(self, attempt: int) -> float:
+        wait: float = min(self.max_wait, self.backoff_base * (2**attempt))
+        return wait * (1.0 + random.uniform(0.0, 0.1))
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        idempotent: bool = True,
+    ) -> httpx.Response:
+        """Send one request with retries; the response is neither a retryable error nor an auth failure."""
+        headers = {"Authorization": f"Bearer {self._key()}", "Accept": "application/json"}
+        what = f"{method} {path}"
+        last_problem = ""
+        for attempt in range(self.max_retries + 1):
+            last = attempt == self.max_retries
+            try:
+                resp = self._http.request(method, path, json=json, params=params, headers=headers)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                last_problem = f"could not connect ({type(exc).__name__})"
+                if last:
+                    break
+                self._sleep(self._backoff(attempt))
+                continue
+            except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                last_problem = f"no answer in time ({type(exc).__name__})"
+                if last or not idempotent:
+                    if not idempotent:
+                        raise ProviderError(
+                            f"Vast.ai did not answer {what} in time; it may or may not have been done.",
+                            "Run `tether ls` to check before trying again.",
+                        ) from exc
+                    break
+                self._sleep(self._backoff(attempt))
+                continue
+            if _is_auth_failure(resp):
+                raise AuthError("Vast.ai rejected the API key.", KEY_HINT)
+            if resp.status_code not in RETRY_STATUSES:
+                return resp
+            retry_after = _retry_after(resp)
+            body = _json_or_none(resp)
+            if isinstance(body, dict) and body.get("error") == "search_quota_exceeded":
+                raise RateLimited(
+                    "Vast.ai says the search quota is used up (search_quota_exceeded).",
+                    _wait_hint(retry_after),
+                    retry_after=retry_after,
+                )
+            if resp.status_code == 429:
+                last_problem = f"rate limited (429: {_vast_message(resp)})"
+                if retry_after is not None and retry_after > self.max_wait:
+                    raise RateLimited(
+                        f"Vast.ai is rate limiting {what} for longer than tether waits.",
+                        _wait_hint(retry_after),
+                        retry_after=retry_after,
+                    )
+                if last:
+                    raise RateLimited(
+                        f"Vast.ai kept rate limiting {what} after {self.max_retries + 1} tries.",
+                        _wait_hint(retry_after),
+                        retry_after=retry_after,
+                    )
+            else:
+                last_problem = f"HTTP {resp.status_code}"
+                if last or not idempotent:
+                    break
+            wait = retry_after if retry_after is not None else self._backoff(attempt)
+            self._sleep(min(wait, self.max_wait))
+        raise ProviderError(
+            f"Vast.ai did not answer {what} after {self.max_retries + 1} tries: {last_problem}.",
+            f"Check your network and {self.base_url}, then try again.",
+        )
+
+    def _json(self, resp: httpx.Response, what: str) -> dict[str, Any]:
+        body = _json_or_none(resp)
+        if resp.status_code >= 400 or not isinstance(body, dict):
+            raise ProviderError(f"Vast.ai refused {what}: {_vast_message(resp)}.")
+        if body.get("success") is False:
+            raise ProviderError(f"Vast.ai refused {what}: {_vast_message(resp)}.")
+        return body
+
+    # -------------------------------------------------------------------------------- endpoints
+
+    def search_offers(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """``POST /api/v0/bundles/`` with a wire body from :func:`tether.offers.render_body`."""
+        resp = self.request("POST", "/api/v0/bundles/", json=dict(body))
+        data = self._json(resp, "the offer search")
+        offers = data.get("offers")
+        if not isinstance(offers, list):
+            raise ProviderError("Vast.ai answered the offer search without an offer list.")
+        return [o for o in offers if isinstance(o, dict)]
+
+    def create_instance(
+        self,
+        offer_id: int,
+        *,
+        image: str,
+        disk_gb: float,
+        label: str | None = None,
+        onstart: str | None = None,
+        env: Mapping[str, str] | None = None,
+        price: float | None = None,
+        runtype: str = "ssh_direc ssh_proxy",
+    ) -> int:
+        """``PUT /api/v0/asks/{id}/``; the new instance id. An offer that is gone raises NoCapacity."""
+        body = {
+            "client_id": "me",
+            "image": image,
+            "env": dict(env or {}),
+            "price": price,
+            "disk": float(disk_gb),
+            "label": label,
+            "onstart": onstart,
+            "runtype": runtype,
+            "cancel_unavail": True,
+        }
+        resp = self.request("PUT", f"/api/v0/asks/{int(offer_id)}/", json=body, idempotent=False)
+        raw = _json_or_none(resp)
+        text = _vast_message(resp).lower()
+        if resp.status_code == 404 or "no_such_ask" in text or "not available" in text:
+            raise NoCapacity(
+                f"Offer {offer_id} is no longer available (someone else rented it).",
+                "Search again and pick another offer.",
+            )
+        data = self._json(resp, f"renting offer {offer_id}")
+        new_id = data.get("new_contract")
+        if not isinstance(raw, dict) or not isinstance(new_id, int | str) or not str(new_id).isdigit():
+            raise ProviderError(f"Vast.ai accepted offer {offer_id} but named no new instance.")
+        return int(new_id)
+
+    def list_instances(self) -> list[dict[str, Any]]:
+        """Every instance of the account (``GET /api/v1/instances/``, following ``next_token``)."""
+        out: list[dict[str, Any]] = []
+        token: str | None = None
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
+            params: dict[str, Any] = {"limit": 25}
+            if token is not None:
+                params["after_token"] = token
+            data = self._json(self.request("GET", "/api/v1/instances/", params=params), "listing instances")
+            page = data.get("instances") or []
+            out.extend(i for i in page if isinstance(i, dict))
+            nxt = data.get("next_token")
+            if not nxt:
+                return out
+            token = str(nxt)
+            if token in seen:
+                raise ProviderError("Vast.ai returned the same page token twice while listing instances.")
+            seen.add(token)
+        raise ProviderError(f"Vast.ai listed more than {MAX_PAGES} pages of instances.")
+
+    def show_instance(self, instance_id: int) -> dict[str, Any] | None:
+        """One instance (``GET /api/v0/instances/{id}/?owner=me``), or None once it is gone."""
+        resp = self.request("GET", f"/api/v0/instances/{int(instance_id)}/", params={"owner": "me"})
+        if resp.status_code == 404:
+            return None
+        data = self._json(resp, f"showing instance {instance_id}")
+        inst = data.get("instances")
+        return inst if isinstance(inst, dict) else None
+
+    def _put_instance(self, instance_id: int, body: Mapping[str, Any], what: str) -> None:
+        resp = self.request("PUT", f"/api/v0/instances/{int(instance_id)}/", json=dict(body))
+        if resp.status_code == 404:
+            raise ProviderError(f"Instance {instance_id} does not exist (any more).", "Run `tether ls`.")
+        self._json(resp, what)
+
+    def stop_instance(self, instance_id: int) -> None:
+        self._put_instance(instance_id, {"state": "stopped"}, f"stopping instance {instance_id}")
+
+    def start_instance(self, instance_id: int) -> None:
+        self._put_instance(instance_id, {"state": "running"}, f"starting instance {instance_id}")
+
+    def label_instance(self, instance_id: int, label: str) -> None:
+        self._put_instance(instance_id, {"label": label}, f"labelling instance {instance_id}")
+
+    def destroy_instance(self, instance_id: int) -> bool:
+        """``DELETE /api/v0/instances/{id}/``; False if it was already gone."""
+        resp = self.request("DELETE", f"/api/v0/instances/{int(instance_id)}/", json={})
+        if resp.status_code == 404:
+            return False
+        self._json(resp, f"destroying instance {instance_id}")
+        return True
+
+
+def _wait_hint(retry_after: float | None) -> str:
+    if retry_after is None:
+        return "Wait a minute and try again."
+    if retry_after >= 3600:
+        return f"Vast.ai asks to wait about {retry_after / 3600:.1f} hours before trying again."
+    if retry_after >= 60:
+        return f"Vast.ai asks to wait about {retry_after / 60:.0f} minutes before trying again."
+    return f"Vast.ai asks to wait {retry_after:.0f} seconds before trying again."
