@@ -1,0 +1,117 @@
+"""tether.checkpoint: never lose a finished result of a batch experiment.
+
+Standard library only (``tqdm`` is used for the progress bar when importable) and Python 3.8+, because
+experiment code imports it on servers with a bare ``python3``. It replaces the runbook's protocol (rewrite
+the whole ``results_partial.json`` every 25 items, resume by position) with an append-only journal keyed by
+item id.
+
+Example::
+
+    from tether.checkpoint import Checkpoint, run_batch, RetryAfter
+
+    ckpt = Checkpoint(results_dir, total=len(items), config={"model": model, "dataset": dataset})
+    with ckpt:                         # opens and replays the journal; adopts a runbook partial file
+        for item in ckpt.pending(items, key=lambda it: it["id"]):  # not completed yet (failed included)
+            try:
+                ckpt.record(item["id"], compute(item))
+            except ApiError as exc:
+                ckpt.record_failure(item["id"], exc)  # retried on the next run
+        ckpt.finalize()  # results.json in item order; journal and progress removed
+
+    # or all of it, with concurrency, a rate limit, retries and a progress bar:
+    summary = run_batch(call_model, items, results_dir, key=lambda it: it["id"], config={"model": model},
+                        concurrency=8, rpm=600, retries=3)
+    # summary.completed, .failed, .skipped, .elapsed, .final_path
+
+``Checkpoint(results_dir, name="results", *, total=None, config=None, interval=25, interval_seconds=2.0,
+allow_config_change=False, partial_name="results_partial.json", progress_interval=1.0)``;
+``Checkpoint.from_env(results_dir=None, **kw)`` uses ``$TETHER_RESULTS_DIR`` when it is set. Methods:
+``open()``/``close()`` (or ``with``), ``pending(items, key=None)``, ``record(id, result)``,
+``record_failure(id, exc_or_message)``, ``finalize(order=None, *, allow_failures=False,
+allow_missing=False)``, ``is_done(id)``, ``result(id)``; attributes ``completed``, ``failed`` (id → error),
+``warnings`` (what opening repaired or adopted; each is also issued as a :class:`CheckpointWarning`),
+``dropped_tail`` (the bytes of a torn last line that were dropped, or None), ``already_finalized``,
+``stats`` (bytes written, fsyncs). ``read_progress(results_dir, name="results")`` reads the progress from
+outside (or the final file's counts).
+
+Guarantees
+----------
+- Results are keyed by item id (``str`` or ``int``; compared by their JSON encoding, so ``7`` and ``"7"``
+  differ). Every record is one ``write`` of one whole line (flushed to the OS on every item, so a killed
+  process loses only the items in flight) and fsynced every ``interval`` items or ``interval_seconds``
+  (checked on each record) and on close, so a power loss loses at most that window.
+- Resume is by id. A torn last line (an interrupted write) is dropped, reported (warning + ``dropped_tail``)
+  and cut off the journal; its item runs again. A corrupt line anywhere else raises :class:`CheckpointError`
+  naming the file and the line number, and the file is left untouched.
+- The header stores the run's config and its hash; resuming with a different config is refused, naming the
+  keys that differ, unless ``allow_config_change=True`` (then the header is rewritten with the new config
+  and the old hash is kept in ``previous_config_hashes``).
+- A failed item is journaled with its error, does not count as completed, and ``pending`` yields it again.
+- ``finalize`` refuses when items failed (``allow_failures=True`` writes the results without them and adds
+  ``"failed": n``) or have no result (``allow_missing=True``).
+- A runbook ``results_partial.json`` (``{"completed", "total", "results": [...]}``, by position) is adopted
+  on the first ``pending(items)``: its results belong to the first items given (all of ``results`` is used:
+  the runbook's own resume resets ``completed``), then it is renamed ``results_partial.json.adopted``, never
+  deleted. One that is not valid JSON is refused and left untouched.
+- Duplicate item ids are refused before any item runs. One process at a time writes a journal (``flock``).
+- A finished checkpoint (final file present, no journal) runs nothing again: ``pending`` yields nothing and
+  ``finalize`` returns the existing path. Move the final file away to run again.
+
+Files (a contract: other parts of tether read them)
+---------------------------------------------------
+In the results folder, for a checkpoint ``name`` (default ``"results"``):
+
+- ``<name>.journal.jsonl``: the first line is a header ``{"tether_journal": 1, "name", "config",
+  "config_hash", "total", "created"}``, then one JSON object per line: ``{"id": <item id>, "ok": true,
+  "result": ..., "t": <unix time>}`` or ``{"id": ..., "ok": false, "error": "...", "t": ...}``. Later lines
+  for the same id win. (Adopted results carry ``"adopted": true``; readers ignore keys they do not know.)
+- ``<name>.progress.json``: ``{"name", "completed", "failed", "total", "started", "updated", "rate_per_s",
+  "eta_s", "pid", "finished"}``: times are ISO-8601 UTC strings; ``rate_per_s`` is items completed per
+  second since this process opened the checkpoint; ``eta_s`` is null when unknown; ``pid`` is the writing
+  process; ``finished`` is true once ``finalize`` wrote the final file. Replaced atomically (temp file +
+  ``os.replace``) at open, at most every ``progress_interval`` seconds while recording, and at finalize and
+  close. ``finalize`` removes it right after the final file is written, so a reader may find only the final
+  file.
+- ``<name>.json``: the final results in the runbook's shape ``{"completed", "total", "results"}`` (plus
+  ``"failed"`` when failures were allowed), results in item order, one result per line; written by temp
+  file, fsync, ``os.replace`` and an fsync of the folder. ``completed`` is the number of results.
+
+The batch runner (:func:`run_batch`, or :func:`arun_batch` inside an event loop) maps a sync or async
+function over the pending items with bounded ``concurrency`` (default 1), an ``rpm`` rate limit, bounded
+``retries`` (3) with exponential backoff and jitter, honouring a Retry-After carried by the error
+(:class:`RetryAfter`, or any exception with a ``retry_after`` attribute in seconds), and a progress bar on
+stderr. On Ctrl-C or SIGTERM it stops starting items, abandons the ones in flight (they are not recorded),
+closes the journal and exits.
+"""
+
+from __future__ import annotations
+
+from tether.checkpoint.journal import (
+    ENV_RESULTS_DIR,
+    RUNBOOK_PARTIAL,
+    Checkpoint,
+    CheckpointWarning,
+    ItemId,
+    config_hash,
+    id_key,
+    read_progress,
+)
+from tether.checkpoint.runner import BatchSummary, RetryAfter, arun_batch, backoff_delay, run_batch
+from tether.errors import CheckpointError
+
+__all__ = [
+    "ENV_RESULTS_DIR",
+    "RUNBOOK_PARTIAL",
+    "BatchSummary",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointWarning",
+    "ItemId",
+    "RetryAfter",
+    "arun_batch",
+    "backoff_delay",
+    "config_hash",
+    "id_key",
+    "read_progress",
+    "run_batch",
+]

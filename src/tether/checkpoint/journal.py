@@ -1,0 +1,771 @@
+"""The :class:`Checkpoint`: an append-only journal of results keyed by item id (see the package docstring)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+from tether.checkpoint._fs import atomic_write, fsync_dir, utc_iso, write_all
+from tether.errors import CheckpointError
+
+try:
+    import fcntl
+
+    _HAVE_FCNTL = True
+except ImportError:  # pragma: no cover - Windows has no fcntl; the journal is then not locked
+    _HAVE_FCNTL = False
+
+ItemId = Union[str, int]  # noqa: UP007 - a runtime alias; the library must run on Python 3.8
+T = TypeVar("T")
+
+JOURNAL_VERSION = 1
+RUNBOOK_PARTIAL = "results_partial.json"
+ENV_RESULTS_DIR = "TETHER_RESULTS_DIR"
+
+
+class CheckpointWarning(UserWarning):
+    """Opening a checkpoint repaired or adopted something (a torn last line, a runbook partial file)."""
+
+
+class _Decoded:
+    """A result replayed from the journal, kept as a Python value (new results are kept as JSON text)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def id_key(item_id: Any) -> str:
+    """The normalized form of an item id: its JSON encoding (``"a"`` → ``'"a"'``, ``7`` → ``'7'``).
+
+    Ids must be ``str`` or ``int`` (not ``bool``); ``7`` and ``"7"`` are different ids.
+    """
+    if isinstance(item_id, bool) or not isinstance(item_id, (str, int)):
+        raise CheckpointError(
+            f"Item id {item_id!r} is a {type(item_id).__name__}; item ids must be str or int.",
+            hint="Pass key= to say which field of an item is its id, e.g. key=lambda it: it['id'].",
+        )
+    return json.dumps(item_id, ensure_ascii=False)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _encode_line(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate in a string: fall back to \u escapes, which are plain ASCII.
+        return json.dumps(json.loads(text), separators=(",", ":")).encode("ascii")
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``config`` (sorted keys, compact)."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def _short(value: Any, missing: bool) -> str:
+    if missing:
+        return "(absent)"
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``["key: old → new", ...]`` for every top-level key whose value differs (added or removed too)."""
+    out: list[str] = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b = old.get(k), new.get(k)
+        if k in old and k in new and json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True):
+            continue
+        out.append(f"{k}: {_short(a, k not in old)} → {_short(b, k not in new)}")
+    return out
+
+
+def _duplicates(keys: Sequence[str]) -> list[str]:
+    seen: set[str] = set()
+    dupes: dict[str, None] = {}
+    for k in keys:
+        if k in seen:
+            dupes[k] = None
+        seen.add(k)
+    return list(dupes)
+
+
+def _name_ids(keys: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+class Checkpoint:
+    """Results of one batch run, journaled by item id so that a crash loses at most the items in flight.
+
+    See the package docstring for the files it writes and an example. Thread-safe: ``record`` and
+    ``record_failure`` may be called from several threads.
+    """
+
+    def __init__(
+        self,
+        results_dir: str | os.PathLike[str],
+        name: str = "results",
+        *,
+        total: int | None = None,
+        config: Mapping[str, Any] | None = None,
+        interval: int = 25,
+        interval_seconds: float | None = 2.0,
+        allow_config_change: bool = False,
+        partial_name: str | None = RUNBOOK_PARTIAL,
+        progress_interval: float = 1.0,
+    ) -> None:
+        if not name or name.startswith(".") or "/" in name or os.sep in name:
+            raise CheckpointError(
+                f"Checkpoint name {name!r} is not a plain file name.", hint='Use a name like "results".'
+            )
+        if interval < 1:
+            raise CheckpointError(f"interval must be at least 1 (got {interval}).")
+        self.results_dir = Path(results_dir)
+        self.name = name
+        self.total = total
+        self.config: dict[str, Any] = dict(config or {})
+        try:
+            self.config_hash = config_hash(self.config)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"The checkpoint config is not JSON-serializable: {exc}.",
+                hint="Pass a dict of plain values (str, int, float, bool, lists, dicts).",
+            ) from exc
+        self.interval = interval
+        self.interval_seconds = interval_seconds
+        self.allow_config_change = allow_config_change
+        self.progress_interval = progress_interval
+        self.journal_path = self.results_dir / f"{name}.journal.jsonl"
+        self.progress_path = self.results_dir / f"{name}.progress.json"
+        self.final_path = self.results_dir / f"{name}.json"
+        self.partial_path = self.results_dir / partial_name if partial_name else None
+
+        #: Human-readable notes about what opening repaired or adopted (also issued as CheckpointWarning).
+        self.warnings: list[str] = []
+        #: The bytes of a torn last journal line that opening dropped (None when there was none).
+        self.dropped_tail: bytes | None = None
+        #: True when the final file exists and no journal does: this checkpoint finished earlier.
+        self.already_finalized = False
+        #: True once finalize() wrote the final file in this process.
+        self.finished = False
+
+        self._lock = threading.RLock()
+        self._fd: int | None = None
+        self._ids: dict[str, ItemId] = {}  # key → id, in first-seen order
+        self._done: dict[str, str | _Decoded] = {}
+        self._failed: dict[str, str] = {}
+        self._order: list[str] | None = None
+        self._partial: dict[str, Any] | None = None
+        self._since_sync = 0
+        self._last_sync = 0.0
+        self._last_progress = 0.0
+        self._started = 0.0
+        self._started_mono = 0.0
+        self._new_completed = 0
+        self._bytes = {"journal": 0, "progress": 0, "final": 0}
+        self._fsyncs = 0
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    @classmethod
+    def from_env(cls, results_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> Checkpoint:
+        """A checkpoint in ``$TETHER_RESULTS_DIR`` if that is set, else in ``results_dir``."""
+        env = os.environ.get(ENV_RESULTS_DIR)
+        chosen = env if env else results_dir
+        if chosen is None:
+            raise CheckpointError(
+                f"No results folder: {ENV_RESULTS_DIR} is not set and no folder was given.",
+                hint=f"Pass results_dir or set {ENV_RESULTS_DIR}.",
+            )
+        return cls(chosen, **kwargs)
+
+    def __enter__(self) -> Checkpoint:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _os_error(self, what: str, exc: OSError) -> CheckpointError:
+        return CheckpointError(
+            f"Cannot {what} in results folder {self.results_dir}: {exc.strerror or exc}.",
+            hint="Pass a results folder that exists or can be created and that this user can write "
+            f"(or set {ENV_RESULTS_DIR}); check free disk space.",
+        )
+
+    def open(self) -> Checkpoint:
+        """Create or replay the journal, lock it, read a runbook partial file if there is one. Idempotent."""
+        with self._lock:
+            if self._fd is not None or self.already_finalized:
+                return self
+            self._started = time.time()
+            self._started_mono = time.monotonic()
+            try:
+                self.results_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise self._os_error("create the folder", exc) from exc
+            if not self.results_dir.is_dir():
+                raise CheckpointError(
+                    f"Results folder {self.results_dir} is not a folder.",
+                    hint="Pass the path of a folder (it is created if missing).",
+                )
+            if not self.journal_path.exists() and self.final_path.exists():
+                self.already_finalized = True
+                self._note(
+                    f"{self.final_path} already exists and there is no journal: this run finished earlier; "
+                    "nothing will run again (delete or move the file to run again)."
+                )
+                return self
+            self._read_partial()
+            try:
+                if not self.journal_path.exists():
+                    self._create_journal()
+                fd = os.open(str(self.journal_path), os.O_RDWR | os.O_APPEND)
+            except OSError as exc:
+                raise self._os_error("create the journal", exc) from exc
+            try:
+                self._lock_fd(fd)
+                self._fd = fd
+                self._replay()
+            except BaseException:
+                self._fd = None
+                os.close(fd)
+                raise
+            self._last_sync = time.monotonic()
+            self._write_progress()
+            return self
+
+    def _lock_fd(self, fd: int) -> None:
+        if not _HAVE_FCNTL:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise CheckpointError(
+                f"Another process is writing the journal {self.journal_path}.",
+                hint=f"Wait for it to finish (its pid is in {self.progress_path.name}), or use another name.",
+            ) from exc
+
+    def _header(self, previous: list[str] | None = None) -> dict[str, Any]:
+        head: dict[str, Any] = {
+            "tether_journal": JOURNAL_VERSION,
+            "name": self.name,
+            "config": self.config,
+            "config_hash": self.config_hash,
+            "total": self.total,
+            "created": utc_iso(),
+        }
+        if previous:
+            head["previous_config_hashes"] = previous
+        return head
+
+    def _create_journal(self) -> None:
+        data = _encode_line(_dumps(self._header()) + "\n")
+        atomic_write(self.journal_path, data)
+        self._bytes["journal"] += len(data)
+
+    def _note(self, text: str) -> None:
+        self.warnings.append(text)
+        warnings.warn(text, CheckpointWarning, stacklevel=4)
+
+    # ----------------------------------------------------------------------------------------------- replay
+    def _corrupt(self, line_no: int, why: str) -> CheckpointError:
+        return CheckpointError(
+            f"Journal {self.journal_path} line {line_no} is corrupt ({why}); the file was left untouched.",
+            hint=f"Inspect line {line_no} (e.g. sed -n '{line_no}p' FILE), repair or remove it by hand, then run "
+            "again.",
+        )
+
+    def _replay(self) -> None:
+        assert self._fd is not None
+        with open(self.journal_path, "rb") as fh:
+            data = fh.read()
+        lines = data.split(b"\n")
+        tail = lines.pop()  # the bytes after the last newline: b"" unless the last line is torn
+        if not lines:
+            # Not even the header line is complete (a crash while it was created): start the journal afresh.
+            if tail:
+                self.dropped_tail = tail
+            self._note(f"Journal {self.journal_path} had no complete header line; it was started afresh.")
+            os.close(self._fd)
+            self._fd = None
+            self._create_journal()
+            fd = os.open(str(self.journal_path), os.O_RDWR | os.O_APPEND)
+            self._lock_fd(fd)
+            self._fd = fd
+            return
+        try:
+            header = json.loads(lines[0])
+        except ValueError as exc:
+            raise self._corrupt(1, f"the header is not valid JSON: {exc}") from exc
+        if not isinstance(header, dict) or header.get("tether_journal") != JOURNAL_VERSION:
+            raise self._corrupt(1, "not a tether journal header")
+        records = self._parse_records(lines)
+        tail_record: dict[str, Any] | None = None
+        if tail:
+            try:
+                parsed = json.loads(tail)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict) and self._valid_record(parsed):
+                tail_record = parsed  # complete but for its newline: keep it
+        self._check_config(header)  # may refuse; nothing was changed so far
+        for rec in records:
+            self._apply(rec)
+        if tail_record is not None:
+            self._apply(tail_record)
+            self._append(b"\n")
+        elif tail:
+            self.dropped_tail = tail
+            os.ftruncate(self._fd, len(data) - len(tail))
+            os.fsync(self._fd)
+            self._note(
+                f"Journal {self.journal_path}: dropped a torn last line of {len(tail)} bytes "
+                f"(line {len(lines) + 1}, an interrupted write); its item will run again."
+            )
+
+    @staticmethod
+    def _valid_record(rec: Any) -> bool:
+        if not isinstance(rec, dict) or "id" not in rec:
+            return False
+        item_id = rec["id"]
+        if isinstance(item_id, bool) or not isinstance(item_id, (str, int)):
+            return False
+        ok = rec.get("ok")
+        return (ok is True and "result" in rec) or (ok is False and "error" in rec)
+
+    def _parse_records(self, lines: list[bytes]) -> list[dict[str, Any]]:
+        body = lines[1:]
+        if not body:
+            return []
+        # Fast path: one parse of all lines as a JSON array; on any doubt, parse line by line to name the bad one.
+        try:
+            parsed = json.loads(b"[" + b",".join(body) + b"]")
+            if isinstance(parsed, list) and len(parsed) == len(body) and all(self._valid_record(r) for r in parsed):
+                return parsed
+        except ValueError:
+            pass  # a bad line somewhere: the slow path below finds and names it
+        out: list[dict[str, Any]] = []
+        for i, raw in enumerate(body):
+            line_no = i + 2
+            try:
+                rec = json.loads(raw)
+            except ValueError as exc:
+                raise self._corrupt(line_no, f"not valid JSON: {exc}") from exc
+            if not self._valid_record(rec):
+                raise self._corrupt(line_no, 'not a record {"id", "ok", "result" or "error"}')
+            out.append(rec)
+        return out
+
+    def _check_config(self, header: Mapping[str, Any]) -> None:
+        old_hash = header.get("config_hash")
+        if old_hash == self.config_hash:
+            return
+        old_config = header.get("config") if isinstance(header.get("config"), dict) else {}
+        assert isinstance(old_config, dict)
+        diff = config_diff(old_config, self.config) or ["(the stored hash differs)"]
+        if not self.allow_config_change:
+            raise CheckpointError(
+                f"Journal {self.journal_path} was written with a different config; differing keys: "
+                + "; ".join(diff)
+                + ".",
+                hint="Use another results folder or name for the new config, or pass "
+                "allow_config_change=True to continue this journal with the new config.",
+            )
+        self._note(f"Continuing journal {self.journal_path} with a changed config: " + "; ".join(diff) + ".")
+        previous = [*list(header.get("previous_config_hashes") or []), str(old_hash)]
+        self._rewrite_header(previous)
+
+    def _rewrite_header(self, previous: list[str]) -> None:
+        assert self._fd is not None
+        with open(self.journal_path, "rb") as fh:
+            data = fh.read()
+        rest = data[data.index(b"\n") + 1 :]
+        new = _encode_line(_dumps(self._header(previous)) + "\n") + rest
+        atomic_write(self.journal_path, new)
+        self._bytes["journal"] += len(new)
+        old_fd = self._fd
+        self._fd = os.open(str(self.journal_path), os.O_RDWR | os.O_APPEND)
+        os.close(old_fd)
+        self._lock_fd(self._fd)
+
+    def _apply(self, rec: Mapping[str, Any]) -> None:
+        item_id = rec["id"]
+        key = json.dumps(item_id, ensure_ascii=False)
+        if key not in self._ids:
+            self._ids[key] = item_id
+        if rec["ok"]:
+            self._done[key] = _Decoded(rec["result"])
+            self._failed.pop(key, None)
+        else:
+            self._failed[key] = str(rec["error"])
+            self._done.pop(key, None)
+
+    # ------------------------------------------------------------------------------------ runbook adoption
+    def _read_partial(self) -> None:
+        path = self.partial_path
+        if path is None or not path.exists():
+            return
+        try:
+            doc = json.loads(path.read_bytes())
+        except ValueError as exc:
+            raise CheckpointError(
+                f"Runbook partial file {path} is not valid JSON ({exc}); it was left untouched.",
+                hint="Repair it, or move it aside if its results are not wanted, then run again.",
+            ) from exc
+        except OSError as exc:
+            raise self._os_error(f"read {path.name}", exc) from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
+            raise CheckpointError(
+                f'Runbook partial file {path} is not of the form {{"completed", "total", "results": [...]}}; '
+                "it was left untouched.",
+                hint="Repair it, or move it aside if its results are not wanted, then run again.",
+            )
+        self._partial = doc
+
+    def _adopt(self, ids: Sequence[ItemId], keys: Sequence[str]) -> None:
+        doc = self._partial
+        if doc is None or self.partial_path is None:
+            return
+        results: list[Any] = doc["results"]
+        completed = doc.get("completed")
+        n = len(results)
+        path = self.partial_path
+        if isinstance(completed, int) and not isinstance(completed, bool) and completed > n:
+            raise CheckpointError(
+                f"Runbook partial file {path} says completed={completed} but holds only {n} results; "
+                "it was left untouched.",
+                hint="Repair it, or move it aside if its results are not wanted, then run again.",
+            )
+        if n > len(ids):
+            raise CheckpointError(
+                f"Runbook partial file {path} holds {n} results but only {len(ids)} items were given; "
+                "it was left untouched.",
+                hint="Pass the same items as the run that wrote it, or move it aside.",
+            )
+        if completed != n:
+            self._note(
+                f"Runbook partial file {path} says completed={completed!r} but holds {n} results; "
+                f"adopting all {n} (the runbook's resume resets its counter)."
+            )
+        adopted = 0
+        now = round(time.time(), 3)
+        for i in range(n):
+            if keys[i] in self._done:
+                continue  # the journal already has a newer result for this item
+            text = _dumps(results[i])
+            self._append_line(ids[i], keys[i], text, now, extra=',"adopted":true')
+            adopted += 1
+        self._sync()
+        target = Path(str(path) + ".adopted")
+        k = 1
+        while target.exists():
+            target = Path(f"{path}.adopted.{k}")
+            k += 1
+        os.replace(str(path), str(target))
+        fsync_dir(self.results_dir)
+        self._partial = None
+        self._note(f"Adopted {adopted} results from runbook partial file {path}; it was renamed to {target.name}.")
+
+    # ------------------------------------------------------------------------------------------ recording
+    def _require_open(self) -> int:
+        if self._fd is None:
+            if self.finished or self.already_finalized:
+                raise CheckpointError(
+                    f"Checkpoint {self.name!r} is already finalized ({self.final_path}).",
+                    hint="Delete or move the final file to run again.",
+                )
+            self.open()
+            if self._fd is None:
+                raise CheckpointError(f"Checkpoint {self.name!r} is already finalized ({self.final_path}).")
+        return self._fd
+
+    def _append(self, data: bytes) -> None:
+        fd = self._require_open()
+        try:
+            write_all(fd, data)
+        except OSError as exc:
+            raise self._os_error("append to the journal", exc) from exc
+        self._bytes["journal"] += len(data)
+
+    def _append_line(self, item_id: ItemId, key: str, result_text: str, t: float, extra: str = "") -> None:
+        line = '{"id":' + key + ',"ok":true,"result":' + result_text + ',"t":' + repr(t) + extra + "}\n"
+        self._append(_encode_line(line))
+        self._ids.setdefault(key, item_id)
+        self._done[key] = result_text
+        self._failed.pop(key, None)
+
+    def _sync(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise self._os_error("fsync the journal", exc) from exc
+        self._fsyncs += 1
+        self._since_sync = 0
+        self._last_sync = time.monotonic()
+
+    def _after_write(self) -> None:
+        self._since_sync += 1
+        now = time.monotonic()
+        if self._since_sync >= self.interval or (
+            self.interval_seconds is not None and now - self._last_sync >= self.interval_seconds
+        ):
+            self._sync()
+        if now - self._last_progress >= self.progress_interval:
+            self._write_progress()
+
+    def record(self, item_id: ItemId, result: Any) -> None:
+        """Append a successful result for ``item_id`` (flushed to the OS now; fsynced every ``interval``)."""
+        key = id_key(item_id)
+        try:
+            text = _dumps(result)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"The result for item {key} is not JSON-serializable: {exc}.",
+                hint="Return plain values (str, int, float, bool, None, lists, dicts) from the function.",
+            ) from exc
+        with self._lock:
+            self._require_open()
+            self._append_line(item_id, key, text, round(time.time(), 3))
+            self._new_completed += 1
+            self._after_write()
+
+    def record_failure(self, item_id: ItemId, error: BaseException | str) -> None:
+        """Append a failure for ``item_id``; it does not count as completed and is retried on resume."""
+        key = id_key(item_id)
+        message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        line = '{"id":' + key + ',"ok":false,"error":' + _dumps(message) + ',"t":' + repr(round(time.time(), 3))
+        with self._lock:
+            self._require_open()
+            self._append(_encode_line(line + "}\n"))
+            self._ids.setdefault(key, item_id)
+            self._failed[key] = message
+            self._done.pop(key, None)
+            self._after_write()
+
+    # ------------------------------------------------------------------------------------------ querying
+    def pending(self, items: Iterable[T], key: Callable[[T], ItemId] | None = None) -> Iterator[T]:
+        """The items not yet completed (failed ones included), in the order given.
+
+        Checks the ids first (all str or int, no duplicates) and raises before any item is returned; sets the
+        default order of :meth:`finalize` and, if ``total`` was not given, the total; adopts a runbook partial
+        file (its first N results belong to the first N items).
+        """
+        listed = list(items)
+        ids: list[ItemId] = [key(it) if key is not None else it for it in listed]  # type: ignore[misc]
+        keys = [id_key(i) for i in ids]
+        dupes = _duplicates(keys)
+        if dupes:
+            raise CheckpointError(
+                f"Duplicate item ids: {_name_ids(dupes)}; nothing was run.",
+                hint="Give every item a unique id (key= picks the id of an item).",
+            )
+        with self._lock:
+            self._require_open_or_final()
+            self._order = keys
+            for k, i in zip(keys, ids):  # noqa: B905 - zip(strict=) needs Python 3.10
+                self._ids.setdefault(k, i)
+            if self.total is None:
+                self.total = len(listed)
+            if self.already_finalized:
+                return iter(())
+            self._adopt(ids, keys)
+            self._write_progress()
+        return (it for it, k in zip(listed, keys) if k not in self._done)  # noqa: B905 - as above
+
+    def _require_open_or_final(self) -> None:
+        if not self.already_finalized:
+            self._require_open()
+
+    def is_done(self, item_id: ItemId) -> bool:
+        """True when ``item_id`` has a successful result."""
+        return id_key(item_id) in self._done
+
+    def result(self, item_id: ItemId) -> Any:
+        """The recorded result of ``item_id`` (KeyError when it has none)."""
+        value = self._done[id_key(item_id)]
+        return value.value if isinstance(value, _Decoded) else json.loads(value)
+
+    @property
+    def completed(self) -> int:
+        """Items with a successful result."""
+        return len(self._done)
+
+    @property
+    def failed(self) -> dict[ItemId, str]:
+        """Items whose last record is a failure → its error message."""
+        return {self._ids[k]: msg for k, msg in self._failed.items()}
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Bytes this object wrote, by file (journal, progress, final), and the number of journal fsyncs."""
+        out = {f"{k}_bytes": v for k, v in self._bytes.items()}
+        out["fsyncs"] = self._fsyncs
+        return out
+
+    def progress(self, finished: bool = False) -> dict[str, Any]:
+        """The progress document (what the progress file holds)."""
+        now = time.time()
+        elapsed = max(time.monotonic() - self._started_mono, 1e-9)
+        rate = self._new_completed / elapsed if self._started_mono else 0.0
+        completed = len(self._done)
+        eta: float | None = None
+        if self.total is not None:
+            if completed >= self.total:
+                eta = 0.0
+            elif rate > 0:
+                eta = round((self.total - completed) / rate, 1)
+        return {
+            "name": self.name,
+            "completed": completed,
+            "failed": len(self._failed),
+            "total": self.total,
+            "started": utc_iso(self._started or now),
+            "updated": utc_iso(now),
+            "rate_per_s": round(rate, 3),
+            "eta_s": eta,
+            "pid": os.getpid(),
+            "finished": finished,
+        }
+
+    def _write_progress(self, finished: bool = False) -> None:
+        data = (json.dumps(self.progress(finished)) + "\n").encode("utf-8")
+        try:
+            atomic_write(self.progress_path, data, durable=False)
+        except OSError as exc:
+            raise self._os_error("write the progress file", exc) from exc
+        self._bytes["progress"] += len(data)
+        self._last_progress = time.monotonic()
+
+    # ------------------------------------------------------------------------------------------ finishing
+    def finalize(
+        self,
+        order: Iterable[ItemId] | None = None,
+        *,
+        allow_failures: bool = False,
+        allow_missing: bool = False,
+    ) -> Path:
+        """Write ``<name>.json`` atomically, results in item order; then remove the journal and progress file.
+
+        ``order`` defaults to the items given to :meth:`pending`, else the order ids were first seen. Refuses
+        when an item failed (unless ``allow_failures``) or has no result (unless ``allow_missing``); allowed
+        failed or missing items are simply absent from ``results``.
+        """
+        with self._lock:
+            if self.already_finalized or self.finished:
+                return self.final_path
+            self._require_open()
+            if order is not None:
+                keys = [id_key(i) for i in order]
+                dupes = _duplicates(keys)
+                if dupes:
+                    raise CheckpointError(f"Duplicate item ids in the order: {_name_ids(dupes)}.")
+            elif self._order is not None:
+                keys = self._order
+            else:
+                keys = list(self._ids)
+            failed = [k for k in keys if k in self._failed]
+            missing = [k for k in keys if k not in self._done and k not in self._failed]
+            if failed and not allow_failures:
+                first = failed[0]
+                raise CheckpointError(
+                    f"{len(failed)} items failed (e.g. item {first}: {self._failed[first]}); "
+                    f"{self.final_path.name} was not written.",
+                    hint="Run again to retry the failed items, or finalize(allow_failures=True) to write the "
+                    "results without them.",
+                )
+            if missing and not allow_missing:
+                raise CheckpointError(
+                    f"{len(missing)} items have no result yet (e.g. {_name_ids(missing, 5)}); "
+                    f"{self.final_path.name} was not written.",
+                    hint="Run the remaining items first, or finalize(allow_missing=True).",
+                )
+            wanted = set(keys)
+            extra = [k for k in self._done if k not in wanted]
+            if extra:
+                self._note(
+                    f"{len(extra)} journaled results are not among the items and were left out of "
+                    f"{self.final_path.name} (e.g. {_name_ids(extra, 5)})."
+                )
+            texts: list[str] = []
+            for k in keys:
+                value = self._done.get(k)
+                if value is not None:
+                    texts.append(_dumps(value.value) if isinstance(value, _Decoded) else value)
+            total = self.total if self.total is not None else len(keys)
+            head = '{"completed": ' + str(len(texts)) + ', "total": ' + str(total) + ", "
+            if failed:
+                head += '"failed": ' + str(len(failed)) + ", "
+            body = '"results": [\n' + ",\n".join(texts) + "\n]}\n" if texts else '"results": []}\n'
+            doc = head + body
+            data = _encode_line(doc)
+            self._sync()
+            try:
+                atomic_write(self.final_path, data)
+            except OSError as exc:
+                raise self._os_error(f"write {self.final_path.name}", exc) from exc
+            self._bytes["final"] += len(data)
+            self.finished = True
+            self._write_progress(finished=True)
+            self._release()
+            for path in (self.journal_path, self.progress_path):
+                with contextlib.suppress(FileNotFoundError):  # already gone: nothing to remove
+                    path.unlink()
+            fsync_dir(self.results_dir)
+            return self.final_path
+
+    def _release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def close(self) -> None:
+        """fsync the journal, write the progress file and release the journal. Idempotent."""
+        with self._lock:
+            if self._fd is None:
+                return
+            self._sync()
+            self._write_progress()
+            self._release()
+
+
+def read_progress(results_dir: str | os.PathLike[str], name: str = "results") -> dict[str, Any] | None:
+    """A checkpoint's state read from outside: the progress file, else the final file's counts, else None."""
+    folder = Path(results_dir)
+    for _ in range(3):  # the progress file can be removed between the two reads below: look again
+        try:
+            doc = json.loads((folder / f"{name}.progress.json").read_bytes())
+            if isinstance(doc, dict):
+                return doc
+        except FileNotFoundError:
+            pass  # no run under way: look for the final file
+        except ValueError:
+            pass  # an empty file after a power loss: look for the final file
+        try:
+            final = json.loads((folder / f"{name}.json").read_bytes())
+        except FileNotFoundError:
+            if (folder / f"{name}.progress.json").exists():
+                continue
+            return None
+        return {
+            "name": name,
+            "completed": final.get("completed"),
+            "failed": final.get("failed", 0),
+            "total": final.get("total"),
+            "finished": True,
+        }
+    return None
