@@ -1,0 +1,767 @@
+"""A local Vast.ai: the REST subset tether uses, with real SSH hosts, a test clock, costs and faults on demand.
+
+Run it on its own::
+
+    python -m tether.emulator --port 8765 --offers offers.json --loading-seconds 3
+
+then point tether at it with ``VAST_URL=http://127.0.0.1:8765`` and ``VAST_API_KEY=<the key it prints>``.
+In tests, use the ``vast_emulator`` fixture (``tests/integration/vast/conftest.py``) or build one::
+
+    emu = VastEmulator(load_offer_book(), loading_s=30, host_factory=sshd_host_factory(tmp_path))
+    with emu:
+        ...  # emu.url, emu.api_key, emu.clock.advance(60), emu.faults.rate_limit(3), emu.account_total()
+
+What it speaks (same paths, verbs, bodies and status codes as Vast.ai, see the project's Vast API notes):
+
+- ``POST /api/v0/bundles/``: search the offer book with the wire filters (numbers may come as numbers or
+  strings), the ``order``, ``limit`` and ``allocated_storage`` (which sets the quoted ``dph_total``).
+- ``PUT /api/v0/asks/{id}/``: rent an offer → ``{"success": true, "new_contract": id}``; an offer already
+  rented or taken answers 404 ``no_such_ask``. The offer leaves the book until the instance is destroyed.
+- ``GET /api/v1/instances/?limit=25&after_token=T``: pages of 25 with ``next_token``;
+  ``GET /api/v0/instances/`` answers 410 (retired).
+- ``GET /api/v0/instances/{id}/?owner=me``: ``{"instances": {...}}``, or ``{"instances": null}`` once destroyed.
+- ``PUT /api/v0/instances/{id}/`` with ``{"state": "stopped"|"running"}`` or ``{"label": "x"}``;
+  ``DELETE /api/v0/instances/{id}/`` destroys (404 if unknown or already destroyed).
+- Auth: ``Authorization: Bearer <key>``; a wrong key answers 404 ``{"success": false, "error": "auth_error",
+  "msg": "Invalid user key"}``, a missing one 401.
+
+Instances walk ``loading`` → ``running`` after ``loading_s`` seconds of the emulator's :class:`Clock` (a test
+calls ``clock.advance``; the command-line emulator runs on real time). Each instance is a real SSH host made by
+``host_factory(instance_id)`` (default: :class:`tether.testing.sshd.SshdHost`, one directory per instance);
+while running, its JSON has ``public_ipaddr`` 127.0.0.1 and ``ports["22/tcp"][0]["HostPort"]`` = the sshd
+port, and ``ssh_host``/``ssh_port`` carry the same pair. Stopping stops the sshd (its files stay); starting
+brings it back (on a new port if asked).
+
+Money: per second of the clock, ``dph_total`` while running, only the storage part (``storage_total_cost``)
+while loading, stopped or exited, nothing once destroyed. ``account_total()`` sums every instance ever rented.
+
+Faults (Python: ``emu.faults.<name>(...)``; HTTP: ``POST /_emulator/faults {"kind": name, ...params}``):
+
+- ``rate_limit(count, retry_after=1.0)``: the next ``count`` API requests answer 429 with ``Retry-After``;
+- ``quota_exceeded(count=1, retry_after=86400)``: the next searches answer 429 ``search_quota_exceeded``;
+- ``server_error(count, status=503)``: the next ``count`` API requests answer that 5xx;
+- ``delay(count, seconds)``: the next ``count`` API requests are handled, then answered ``seconds`` late
+  (wall time), to make a client time out;
+- ``stuck_loading(count=1)``: the next instances created never leave ``loading``;
+- ``exit_on_create(count=1)``: the next instances created go ``exited`` instead of ``running``;
+- ``new_port_on_restart(on=True)``: a started instance comes back on a new SSH port;
+- ``stuck_restart(count=1)``: the next starts hang in scheduling (the GPU was rented meanwhile);
+- ``take_offer(offer_id)``: someone else rents that offer now (a create for it then fails);
+- ``clear()``: no more faults.
+
+Other admin endpoints (no auth, never faulted): ``POST /_emulator/clock {"advance": s}``,
+``GET /_emulator/state`` → ``{"now", "total_cost", "instances": [...]}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from tether.offers import matches, wire_filters
+
+DEFAULT_API_KEY = "emulator-key-0123456789abcdef"
+PAGE_SIZE = 25
+DEFAULT_LIMIT = 64
+
+
+class Clock:
+    """The emulator's time: manual (``advance`` moves it) or real time plus whatever was advanced."""
+
+    def __init__(self, start: float = 1_700_000_000.0, *, realtime: bool = False) -> None:
+        self._lock = threading.Lock()
+        self._realtime = realtime
+        self._offset = start - time.time() if realtime else 0.0
+        self._now = start
+
+    def now(self) -> float:
+        with self._lock:
+            return time.time() + self._offset if self._realtime else self._now
+
+    def advance(self, seconds: float) -> float:
+        if seconds < 0:
+            raise ValueError("the clock only moves forward")
+        with self._lock:
+            if self._realtime:
+                self._offset += seconds
+                return time.time() + self._offset
+            self._now += seconds
+            return self._now
+
+
+class HostHandle(Protocol):
+    """What an emulated instance needs from its SSH host."""
+
+    host: str
+    port: int
+
+    def stop(self) -> None: ...
+
+    def restart(self, new_port: bool = False) -> None: ...
+
+
+HostFactory = Callable[[int], HostHandle]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class NullHost:
+    """A host that holds an address but runs no sshd (for API-only tests and ``--no-ssh``)."""
+
+    def __init__(self) -> None:
+        self.host = "127.0.0.1"
+        self.port = _free_port()
+        self.running = True
+
+    def stop(self) -> None:
+        self.running = False
+
+    def restart(self, new_port: bool = False) -> None:
+        if new_port:
+            old = self.port
+            while self.port == old:
+                self.port = _free_port()
+        self.running = True
+
+
+def null_host_factory(instance_id: int) -> HostHandle:
+    return NullHost()
+
+
+def sshd_host_factory(base_dir: Path) -> HostFactory:
+    """Real sshd hosts, one directory ``base_dir/instance-<id>`` per instance (its ``root/`` is /workspace)."""
+
+    def make(instance_id: int) -> HostHandle:
+        from tether.testing.sshd import SshdHost
+
+        host = SshdHost(base_dir / f"instance-{instance_id}")
+        host.start()
+        return host
+
+    return make
+
+
+def load_offer_book(path: Path | str | None = None) -> list[dict[str, Any]]:
+    """The offers in a JSON file (a list, or ``{"offers": [...]}``); the shipped default book if no path."""
+    if path is None:
+        text = resources.files("tether.emulator").joinpath("offers.json").read_text(encoding="utf-8")
+    else:
+        text = Path(path).read_text(encoding="utf-8")
+    data = json.loads(text)
+    offers = data.get("offers") if isinstance(data, dict) else data
+    if not isinstance(offers, list) or not all(isinstance(o, dict) and "id" in o for o in offers):
+        raise ValueError("an offer book is a JSON list of offers, each with an id")
+    return [dict(o) for o in offers]
+
+
+class Faults:
+    """Faults the next requests or instances will meet; thread-safe. See the module docstring."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            self.rate_limit_left = 0
+            self.rate_limit_retry_after: float | None = 1.0
+            self.quota_left = 0
+            self.quota_retry_after = 86400.0
+            self.server_error_left = 0
+            self.server_error_status = 503
+            self.delay_left = 0
+            self.delay_s = 0.0
+            self.stuck_loading_left = 0
+            self.exit_left = 0
+            self.new_port_after_restart = False
+            self.stuck_restart_left = 0
+            self.taken_offers: set[int] = set()
+
+    def rate_limit(self, count: int, retry_after: float | None = 1.0) -> None:
+        with self._lock:
+            self.rate_limit_left, self.rate_limit_retry_after = count, retry_after
+
+    def quota_exceeded(self, count: int = 1, retry_after: float = 86400.0) -> None:
+        with self._lock:
+            self.quota_left, self.quota_retry_after = count, retry_after
+
+    def server_error(self, count: int, status: int = 503) -> None:
+        with self._lock:
+            self.server_error_left, self.server_error_status = count, status
+
+    def delay(self, count: int, seconds: float) -> None:
+        with self._lock:
+            self.delay_left, self.delay_s = count, seconds
+
+    def stuck_loading(self, count: int = 1) -> None:
+        with self._lock:
+            self.stuck_loading_left = count
+
+    def exit_on_create(self, count: int = 1) -> None:
+        with self._lock:
+            self.exit_left = count
+
+    def new_port_on_restart(self, on: bool = True) -> None:
+        with self._lock:
+            self.new_port_after_restart = on
+
+    def stuck_restart(self, count: int = 1) -> None:
+        with self._lock:
+            self.stuck_restart_left = count
+
+    def take_offer(self, offer_id: int) -> None:
+        with self._lock:
+            self.taken_offers.add(int(offer_id))
+
+    def apply(self, spec: Mapping[str, Any]) -> None:
+        """Set a fault from its JSON form ``{"kind": name, ...params}`` (the admin endpoint)."""
+        kind = str(spec.get("kind", ""))
+        params = {k: v for k, v in spec.items() if k != "kind"}
+        handlers: dict[str, Callable[..., None]] = {
+            "rate_limit": self.rate_limit,
+            "quota_exceeded": self.quota_exceeded,
+            "server_error": self.server_error,
+            "delay": self.delay,
+            "stuck_loading": self.stuck_loading,
+            "exit_on_create": self.exit_on_create,
+            "new_port_on_restart": self.new_port_on_restart,
+            "stuck_restart": self.stuck_restart,
+            "take_offer": self.take_offer,
+            "clear": self.clear,
+        }
+        if kind not in handlers:
+            raise ValueError(f"unknown fault {kind!r}; known: {', '.join(sorted(handlers))}")
+        handlers[kind](**params)
+
+    def _take(self, name: str) -> bool:
+        with self._lock:
+            left = getattr(self, name)
+            if left > 0:
+                setattr(self, name, left - 1)
+                return True
+            return False
+
+    def request_fault(self, is_search: bool) -> tuple[int, dict[str, str], Any] | None:
+        """The fault answer for the next API request, if any (quota first, then 429, then 5xx)."""
+        if is_search and self._take("quota_left"):
+            return (
+                429,
+                {"Retry-After": f"{self.quota_retry_after:g}"},
+                {
+                    "success": False,
+                    "error": "search_quota_exceeded",
+                    "msg": "Daily search quota exceeded.",
+                },
+            )
+        if self._take("rate_limit_left"):
+            headers = {} if self.rate_limit_retry_after is None else {"Retry-After": f"{self.rate_limit_retry_after:g}"}
+            return 429, headers, "API requests too frequent endpoint threshold=2.0"
+        if self._take("server_error_left"):
+            return self.server_error_status, {}, "<html><body>Bad gateway</body></html>"
+        return None
+
+    def take_delay(self) -> float:
+        return self.delay_s if self._take("delay_left") else 0.0
+
+
+@dataclass
+class EmuInstance:
+    """One rented instance as the emulator keeps it."""
+
+    id: int
+    offer: dict[str, Any]
+    label: str | None
+    image: str
+    env: dict[str, Any]
+    onstart: str | None
+    disk: float
+    runtype: str
+    created_at: float
+    dph_base: float
+    storage_total_cost: float
+    host: HostHandle | None
+    state: str = "loading"  # loading, running, stopped, exited, destroyed
+    intended: str = "running"
+    ready_at: float | None = None
+    will_exit: bool = False
+    status_msg: str = ""
+    accrued: float = 0.0
+    last_t: float = 0.0
+    running_since: float | None = None
+    history: list[str] = field(default_factory=list)
+
+    @property
+    def dph_total(self) -> float:
+        return self.dph_base + self.storage_total_cost
+
+    def rate(self) -> float:
+        if self.state == "running":
+            return self.dph_total
+        if self.state == "destroyed":
+            return 0.0
+        return self.storage_total_cost
+
+    def _accrue(self, t: float) -> None:
+        if t > self.last_t:
+            self.accrued += self.rate() * (t - self.last_t) / 3600.0
+            self.last_t = t
+
+    def _set(self, state: str) -> None:
+        self.state = state
+        self.history.append(state)
+
+    def settle(self, now: float) -> None:
+        """Bring state and accrued cost up to ``now``."""
+        if self.state == "loading" and self.ready_at is not None and now >= self.ready_at:
+            self._accrue(self.ready_at)
+            self.ready_at = None
+            if self.will_exit:
+                self._set("exited")
+                self.status_msg = "Error response from daemon: container exited with code 1"
+            else:
+                self._set("running")
+                self.status_msg = "success, running " + self.image
+                self.running_since = self.last_t
+        self._accrue(now)
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        running = self.state == "running" and self.host is not None
+        port = self.host.port if self.host is not None else None
+        actual = "stopped" if self.state == "stopped" else self.state
+        return {
+            "id": self.id,
+            "label": self.label,
+            "actual_status": actual,
+            "intended_status": self.intended,
+            "cur_state": "running" if self.intended == "running" else "stopped",
+            "next_state": self.intended,
+            "status_msg": self.status_msg,
+            "image_uuid": self.image,
+            "image_runtype": self.runtype,
+            "onstart": self.onstart,
+            "extra_env": [[k, v] for k, v in self.env.items()],
+            "ssh_host": "127.0.0.1",
+            "ssh_port": port,
+            "public_ipaddr": "127.0.0.1",
+            "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]} if running else {},
+            "machine_id": self.offer.get("machine_id"),
+            "host_id": self.offer.get("host_id"),
+            "gpu_name": self.offer.get("gpu_name"),
+            "num_gpus": self.offer.get("num_gpus"),
+            "gpu_ram": self.offer.get("gpu_ram"),
+            "gpu_totalram": self.offer.get("gpu_total_ram"),
+            "cpu_cores_effective": self.offer.get("cpu_cores_effective"),
+            "cpu_ram": self.offer.get("cpu_ram"),
+            "geolocation": self.offer.get("geolocation"),
+            "reliability2": self.offer.get("reliability"),
+            "dph_base": self.dph_base,
+            "dph_total": round(self.dph_total, 6),
+            "storage_cost": self.offer.get("storage_cost"),
+            "storage_total_cost": round(self.storage_total_cost, 6),
+            "inet_up_cost": self.offer.get("inet_up_cost"),
+            "inet_down_cost": self.offer.get("inet_down_cost"),
+            "disk_space": self.disk,
+            "disk_usage": 0.0,
+            "start_date": self.created_at,
+            "end_date": None,
+            "uptime_mins": round((now - self.running_since) / 60.0, 2) if self.running_since else None,
+        }
+
+
+def _num(v: Any, default: float = 0.0) -> float:
+    if isinstance(v, bool) or v is None:
+        return default
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return default
+
+
+def _sort_key(name: str) -> Callable[[Mapping[str, Any]], float]:
+    def key(offer: Mapping[str, Any]) -> float:
+        return _num(offer.get(name))
+
+    return key
+
+
+class VastEmulator:
+    """The emulator itself: an HTTP server on 127.0.0.1 in a thread. See the module docstring."""
+
+    def __init__(
+        self,
+        offers: Sequence[Mapping[str, Any]] | Path | str | None = None,
+        *,
+        api_key: str = DEFAULT_API_KEY,
+        loading_s: float = 30.0,
+        clock: Clock | None = None,
+        host_factory: HostFactory | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        first_instance_id: int = 20_000_001,
+    ) -> None:
+        book = offers if isinstance(offers, Sequence) and not isinstance(offers, str) else load_offer_book(offers)
+        self.offers: list[dict[str, Any]] = [dict(o) for o in book]
+        self.api_key = api_key
+        self.loading_s = loading_s
+        self.clock = clock or Clock()
+        self.faults = Faults()
+        self.instances: dict[int, EmuInstance] = {}
+        self.requests: list[tuple[str, str]] = []
+        self._next_id = first_instance_id
+        self._lock = threading.RLock()
+        self._tmp: Path | None = None
+        if host_factory is None:
+            self._tmp = Path(tempfile.mkdtemp(prefix="tether-vast-emulator-"))
+            host_factory = sshd_host_factory(self._tmp)
+        self._host_factory = host_factory
+        self._bind = (host, port)
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the emulator is not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> VastEmulator:
+        emu = self
+
+        class Handler(_Handler):
+            emulator = emu
+
+        server = ThreadingHTTPServer(self._bind, Handler)
+        server.daemon_threads = True
+        server.block_on_close = False
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="vast-emulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and stop every SSH host it started."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        with self._lock:
+            for inst in self.instances.values():
+                if inst.host is not None:
+                    inst.host.stop()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> VastEmulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------------------------------ inspection
+
+    def settle(self) -> None:
+        now = self.clock.now()
+        with self._lock:
+            for inst in self.instances.values():
+                inst.settle(now)
+
+    def account_total(self) -> float:
+        """Dollars accrued by every instance ever rented, up to the clock's now."""
+        self.settle()
+        with self._lock:
+            return sum(i.accrued for i in self.instances.values())
+
+    def billing_instances(self) -> list[EmuInstance]:
+        """Instances not destroyed (they cost money: running, or storage while loading/stopped/exited)."""
+        self.settle()
+        with self._lock:
+            return [i for i in self.instances.values() if i.state != "destroyed"]
+
+    def instance_json(self, instance_id: int) -> dict[str, Any] | None:
+        self.settle()
+        with self._lock:
+            inst = self.instances.get(instance_id)
+            if inst is None or inst.state == "destroyed":
+                return None
+            return inst.to_json(self.clock.now())
+
+    def state(self) -> dict[str, Any]:
+        self.settle()
+        with self._lock:
+            now = self.clock.now()
+            return {
+                "now": now,
+                "total_cost": sum(i.accrued for i in self.instances.values()),
+                "instances": [
+                    {**i.to_json(now), "emulator_state": i.state, "accrued": i.accrued} for i in self.instances.values()
+                ],
+            }
+
+    # ------------------------------------------------------------------------------------------ API
+
+    def _rented_offer_ids(self) -> set[int]:
+        return {int(i.offer["id"]) for i in self.instances.values() if i.state != "destroyed"}
+
+    def _available(self) -> list[dict[str, Any]]:
+        gone = self._rented_offer_ids() | self.faults.taken_offers
+        return [o for o in self.offers if int(o["id"]) not in gone]
+
+    def search(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+        disk = _num(body.get("allocated_storage"), 5.0)
+        order = body.get("order") or [["score", "desc"]]
+        limit = int(_num(body.get("limit"), DEFAULT_LIMIT))
+        filters = wire_filters(body)
+        with self._lock:
+            quoted = []
+            for o in self._available():
+                q = dict(o)
+                storage = _num(o.get("storage_cost")) * disk / 720.0
+                q["storage_total_cost"] = round(storage, 6)
+                q["dph_total"] = round(_num(o.get("dph_base")) + storage, 6)
+                q.setdefault("rentable", True)
+                if matches(filters, q):
+                    quoted.append(q)
+        keys = [(str(x[0]), str(x[1])) for x in order if isinstance(x, list | tuple) and len(x) == 2]
+        for key, direction in reversed(keys):
+            quoted.sort(key=_sort_key(key), reverse=direction == "desc")
+        return quoted[:limit]
+
+    def create(self, offer_id: int, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        image = body.get("image")
+        if not isinstance(image, str) or not image:
+            return 400, {"success": False, "error": "invalid_args", "msg": "image is required"}
+        disk = _num(body.get("disk"), 10.0)
+        with self._lock:
+            offer = next((o for o in self._available() if int(o["id"]) == offer_id), None)
+            if offer is None:
+                return 404, {
+                    "success": False,
+                    "error": "no_such_ask",
+                    "msg": f"Instance type by id {offer_id} is not available.",
+                }
+            new_id = self._next_id
+            self._next_id += 1
+            now = self.clock.now()
+            stuck = self.faults._take("stuck_loading_left")
+            will_exit = self.faults._take("exit_left")
+            env = body.get("env") if isinstance(body.get("env"), dict) else {}
+            inst = EmuInstance(
+                id=new_id,
+                offer=dict(offer),
+                label=str(body["label"]) if body.get("label") else None,
+                image=image,
+                env=dict(env or {}),
+                onstart=str(body["onstart"]) if body.get("onstart") else None,
+                disk=disk,
+                runtype=str(body.get("runtype") or "ssh_proxy"),
+                created_at=now,
+                dph_base=_num(offer.get("dph_base")),
+                storage_total_cost=_num(offer.get("storage_cost")) * disk / 720.0,
+                host=None,
+                ready_at=None if stuck else now + self.loading_s,
+                will_exit=will_exit,
+                status_msg="Pulling image " + image,
+                last_t=now,
+                history=["loading"],
+            )
+            self.instances[new_id] = inst
+        inst.host = self._host_factory(new_id)
+        return 200, {"success": True, "new_contract": new_id}
+
+    def list_page(self, after: str | None, limit: int) -> dict[str, Any]:
+        self.settle()
+        with self._lock:
+            now = self.clock.now()
+            live = sorted((i for i in self.instances.values() if i.state != "destroyed"), key=lambda i: i.id)
+            start = 0
+            if after:
+                start = next((n + 1 for n, i in enumerate(live) if str(i.id) == after), len(live))
+            page = live[start : start + limit]
+            more = start + limit < len(live)
+            return {
+                "instances": [i.to_json(now) for i in page],
+                "next_token": str(page[-1].id) if more and page else None,
+            }
+
+    def change(self, instance_id: int, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        self.settle()
+        restart: tuple[HostHandle, bool] | None = None
+        stop_host: HostHandle | None = None
+        with self._lock:
+            inst = self.instances.get(instance_id)
+            if inst is None or inst.state == "destroyed":
+                return 404, {"success": False, "error": "no_such_instance", "msg": f"No instance {instance_id}."}
+            if "label" in body:
+                inst.label = str(body["label"]) if body["label"] is not None else None
+            want = body.get("state")
+            if want == "stopped" and inst.state != "stopped":
+                inst.intended = "stopped"
+                inst.ready_at = None
+                inst._set("stopped")
+                inst.status_msg = "stopped by user"
+                inst.running_since = None
+                stop_host = inst.host
+            elif want == "running" and inst.state in ("stopped", "exited"):
+                inst.intended = "running"
+                if self.faults._take("stuck_restart_left"):
+                    inst.status_msg = "scheduling: waiting for the GPU (rented by another client)"
+                else:
+                    inst._set("loading")
+                    inst.ready_at = self.clock.now() + self.loading_s
+                    inst.will_exit = False
+                    inst.status_msg = "starting"
+                    if inst.host is not None:
+                        restart = (inst.host, self.faults.new_port_after_restart)
+            elif want is not None and want not in ("stopped", "running"):
+                return 400, {"success": False, "error": "invalid_args", "msg": f"bad state {want!r}"}
+        if stop_host is not None:
+            stop_host.stop()
+        if restart is not None:
+            restart[0].restart(new_port=restart[1])
+        return 200, {"success": True}
+
+    def destroy(self, instance_id: int) -> tuple[int, dict[str, Any]]:
+        self.settle()
+        with self._lock:
+            inst = self.instances.get(instance_id)
+            if inst is None or inst.state == "destroyed":
+                return 404, {"success": False, "error": "no_such_instance", "msg": f"No instance {instance_id}."}
+            inst._set("destroyed")
+            inst.ready_at = None
+            host = inst.host
+        if host is not None:
+            host.stop()
+        return 200, {"success": True}
+
+    def handle(
+        self, method: str, raw_path: str, headers: Mapping[str, str], body: Any
+    ) -> tuple[int, dict[str, str], Any, float]:
+        """Answer one request: ``(status, headers, body (JSON-able or text), delay in wall seconds)``."""
+        parts = urlsplit(raw_path)
+        path = parts.path if parts.path.endswith("/") else parts.path + "/"
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        if path.startswith("/_emulator/"):
+            return (*self._admin(method, path, body), 0.0)
+        with self._lock:
+            self.requests.append((method, path))
+        fault = self.faults.request_fault(is_search=path == "/api/v0/bundles/")
+        if fault is not None:
+            return (*fault, 0.0)
+        delay = self.faults.take_delay()
+        auth = headers.get("Authorization") or headers.get("authorization") or ""
+        if not auth.startswith("Bearer "):
+            return 401, {}, {"success": False, "error": "auth_error", "msg": "No API key given."}, delay
+        if auth[len("Bearer ") :] != self.api_key:
+            return 404, {}, {"success": False, "error": "auth_error", "msg": "Invalid user key"}, delay
+        status, answer = self._api(method, path, query, body if isinstance(body, dict) else {})
+        return status, {}, answer, delay
+
+    def _api(
+        self, method: str, path: str, query: Mapping[str, str], body: Mapping[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        segs = [s for s in path.split("/") if s]
+        if method == "POST" and segs == ["api", "v0", "bundles"]:
+            return 200, {"offers": self.search(body)}
+        if method == "PUT" and len(segs) == 4 and segs[:3] == ["api", "v0", "asks"] and segs[3].isdigit():
+            return self.create(int(segs[3]), body)
+        if method == "GET" and segs == ["api", "v1", "instances"]:
+            limit = max(1, min(PAGE_SIZE, int(_num(query.get("limit"), PAGE_SIZE))))
+            return 200, self.list_page(query.get("after_token"), limit)
+        if method == "GET" and segs == ["api", "v0", "instances"]:
+            return 410, {"success": False, "error": "gone", "msg": "Use /api/v1/instances/."}
+        if len(segs) == 4 and segs[:3] == ["api", "v0", "instances"] and segs[3].isdigit():
+            iid = int(segs[3])
+            if method == "GET":
+                return 200, {"instances": self.instance_json(iid)}
+            if method == "PUT":
+                return self.change(iid, body)
+            if method == "DELETE":
+                return self.destroy(iid)
+        return 404, {"success": False, "error": "not_found", "msg": f"No route {method} {path}"}
+
+    def _admin(self, method: str, path: str, body: Any) -> tuple[int, dict[str, str], Any]:
+        try:
+            if method == "POST" and path == "/_emulator/faults/":
+                self.faults.apply(body if isinstance(body, dict) else {})
+                return 200, {}, {"success": True}
+            if method == "POST" and path == "/_emulator/clock/":
+                now = self.clock.advance(_num((body or {}).get("advance")))
+                return 200, {}, {"now": now}
+            if method == "GET" and path == "/_emulator/state/":
+                return 200, {}, self.state()
+        except (TypeError, ValueError) as exc:
+            return 400, {}, {"success": False, "error": "invalid_args", "msg": str(exc)}
+        return 404, {}, {"success": False, "error": "not_found", "msg": f"No admin route {method} {path}"}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    emulator: VastEmulator
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def _serve(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        body: Any = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                self._send(400, {}, {"success": False, "error": "invalid_json", "msg": "body is not JSON"})
+                return
+        status, headers, answer, delay = self.emulator.handle(method, self.path, dict(self.headers), body)
+        if delay > 0:
+            time.sleep(delay)
+        self._send(status, headers, answer)
+
+    def _send(self, status: int, headers: Mapping[str, str], answer: Any) -> None:
+        if isinstance(answer, str):
+            data, ctype = answer.encode(), "text/plain; charset=utf-8"
+        else:
+            data, ctype = json.dumps(answer).encode(), "application/json"
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
