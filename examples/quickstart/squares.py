@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import Any
 
 from tether.checkpoint import run_batch
 
 
-def square(item: dict[str, int], delay: float) -> dict[str, int]:
+def square(item: dict[str, Any], delay: float) -> dict[str, Any]:
     time.sleep(delay)  # stands in for an API call or a model forward pass
     return {"id": item["id"], "x": item["x"], "square": item["x"] ** 2}
 
@@ -21,7 +22,7 @@ def square(item: dict[str, int], delay: float) -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=200)
-    parser.add_argument("--delay", type=float, default=0.02)
+    parser.add_argument("--delay", type=float, default=0.05)
     args = parser.parse_args()
     items = [{"id": f"item-{i:04d}", "x": i} for i in range(args.items)]
     summary = run_batch(

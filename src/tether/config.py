@@ -218,9 +218,7 @@ def load(path: Path | None = None) -> Project:
             message = "this key is required"
         elif first["type"] == "extra_forbidden":
             message = "unknown key"
-        raise ConfigError(
-            f"{where}: {key}: {message}{extra}.", "See the config reference in the README."
-        ) from None
+        raise ConfigError(f"{where}: {key}: {message}{extra}.", "See the config reference in the README.") from None
     return Project(config_path.parent.resolve(), config, config_path)
 
 

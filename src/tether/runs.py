@@ -93,13 +93,8 @@ def start(
     argv = [*exp.command, *extra_args]
     session = session_name(run_id)
     target.transport.run(["mkdir", "-p", f"{target.root}/.tether/runs"])
-    target.transport.run(
-        tmux.new_session_argv(
-            target.tmux_socket,
-            session,
-            wrapper_argv(target, run_id, name, exp, argv, wait_s=wait_s),
-            cwd=target.code_dir,
-        )
+    tmux.TmuxSessions(target.transport, target.root).start(
+        session, wrapper_argv(target, run_id, name, exp, argv, wait_s=wait_s), cwd=target.code_dir
     )
     run_dir = f"{target.root}/.tether/runs/{run_id}"
     record = RunRecord(
@@ -193,7 +188,5 @@ def cancel(state: State, target: Target, run: RunRecord) -> dict[str, Any]:
     try:
         doc: dict[str, Any] = json.loads(result.text())
     except ValueError:
-        raise CommandFailed(
-            f"Could not cancel run {run.id} on {target.name}.", result.output_tail()
-        ) from None
+        raise CommandFailed(f"Could not cancel run {run.id} on {target.name}.", result.output_tail()) from None
     return doc

@@ -2,9 +2,9 @@
 
 Tables: ``runs`` (every run tether started, wherever it runs), ``instances`` (servers tether rented or knows),
 ``instance_events`` (every observed state and price of an instance: the cost ledger), ``pulls`` (what each pull
-brought home, with a manifest of path, size, mtime and sha256, which tells later whether results are unsynced) and
-``decisions`` (what the autopilot did and why). The schema is versioned with ``PRAGMA user_version``; migrations run
-on open, in one transaction each.
+brought home, with a manifest of path, size, mtime and sha256, which tells later whether results are unsynced),
+``decisions`` (what the autopilot did and why) and ``kv`` (small facts, such as the last pushed code fingerprint).
+The schema is versioned with ``PRAGMA user_version``; migrations run on open, in one transaction each.
 """
 
 from __future__ import annotations
@@ -79,6 +79,12 @@ MIGRATIONS: list[str] = [
         action TEXT NOT NULL,
         reason TEXT NOT NULL,
         done INTEGER NOT NULL
+    );
+    """,
+    """
+    CREATE TABLE kv (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
     );
     """,
 ]
@@ -221,10 +227,7 @@ class State:
         return [_run(row) for row in self.db.execute(query + " ORDER BY started", args)]
 
     def find_run(self, ref: str) -> RunRecord:
-        rows = [
-            _run(r)
-            for r in self.db.execute("SELECT * FROM runs WHERE id LIKE ? ORDER BY started", (ref + "%",))
-        ]
+        rows = [_run(r) for r in self.db.execute("SELECT * FROM runs WHERE id LIKE ? ORDER BY started", (ref + "%",))]
         exact = [r for r in rows if r.id == ref]
         if exact:
             return exact[0]
@@ -304,15 +307,22 @@ class State:
             )
 
     def last_pull(self, host: str) -> dict[str, Any] | None:
-        row = self.db.execute(
-            "SELECT * FROM pulls WHERE host=? ORDER BY ts DESC, seq DESC LIMIT 1", (host,)
-        ).fetchone()
+        row = self.db.execute("SELECT * FROM pulls WHERE host=? ORDER BY ts DESC, seq DESC LIMIT 1", (host,)).fetchone()
         if row is None:
             return None
         out = dict(row)
         out["paths"] = json.loads(out["paths"])
         out["manifest"] = json.loads(out["manifest"])
         return out
+
+    # --- small facts (last pushed code fingerprint per host, ...) -----------------------------------------------
+    def get(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set(self, key: str, value: str) -> None:
+        with self.tx() as db:
+            db.execute("INSERT INTO kv VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
 
     # --- decisions ----------------------------------------------------------------------------------------------
     def add_decision(self, name: str, action: str, reason: str, done: bool, ts: float | None = None) -> None:

@@ -15,7 +15,8 @@ from rich.console import Console
 from tether import config
 from tether.state import State, open_state
 
-out = Console(highlight=False, soft_wrap=True)
+# Tables are not cut to 80 columns when stdout is a pipe or a file.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")

@@ -24,9 +24,7 @@ from tether.transport import tmux
 @click.option("--force", is_flag=True, help="Overwrite an existing tether.toml.")
 def init(name: str | None, to_stdout: bool, force: bool) -> None:
     """Write a commented starter tether.toml in the current folder."""
-    project_name = (
-        name or "".join(c if c.isalnum() or c in "._-" else "-" for c in Path.cwd().name) or "project"
-    )
+    project_name = name or "".join(c if c.isalnum() or c in "._-" else "-" for c in Path.cwd().name) or "project"
     text = config.starter(project_name)
     if to_stdout:
         click.echo(text, nl=False)
@@ -38,7 +36,7 @@ def init(name: str | None, to_stdout: bool, force: bool) -> None:
     say(f"Wrote {path}. Edit [experiments.*], then `tether run NAME --local`.")
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("experiment")
 @click.option("--local", is_flag=True, help="Run on this machine.")
 @click.option("--on", "on", metavar="HOST", default=None, help="Run on a configured host or rented server.")
@@ -49,6 +47,7 @@ def init(name: str | None, to_stdout: bool, force: bool) -> None:
     metavar="SECONDS",
     help="Queue this long for GPU room on the server instead of failing at once.",
 )
+@click.option("--follow", is_flag=True, help="Stay and show progress until the run ends (Ctrl-C leaves it running).")
 @click.option("--provision", is_flag=True, help="Allow renting a server if the plan says so (costs money).")
 @click.option("--local-busy", is_flag=True, help="Treat this machine as off or busy when following the plan.")
 @json_option
@@ -60,6 +59,7 @@ def run(
     local: bool,
     on: str | None,
     wait_gpu: float | None,
+    follow: bool,
     provision: bool,
     local_busy: bool,
     as_json: bool,
@@ -89,6 +89,7 @@ def run(
             remote.ensure_pushed(project, st, target)
         started = runs.start(project, st, target, experiment, extra, wait_s=wait_gpu)
     rec = started.run
+    final = _follow(project, rec.id, rec.host) if follow else None
     if as_json:
         emit_json(
             {
@@ -98,14 +99,43 @@ def run(
                 "status": started.status,
                 "log": rec.log_path,
                 "session": rec.session,
+                "final": final,
             }
         )
         return
     click.echo(rec.id)
+    if final is not None:
+        done = f"{final.get('completed')}/{final.get('total') if final.get('total') is not None else '?'}"
+        say(f"Run {rec.id} {final['status']} ({done} items, exit code {final.get('exit_code')}).")
+        if final["status"] != "completed":
+            raise TetherError(f"Run {rec.id} {final['status']}.", f"See `tether logs {rec.id}`.")
+        return
     say(
         f"Started {experiment} on {rec.host} as {rec.id} ({started.status}). "
         f"Follow it with `tether progress`, `tether logs {rec.id} -f` or `tether attach {rec.id}`."
     )
+
+
+def _follow(project: config.Project, run_id: str, host: str) -> dict[str, Any]:
+    """Poll the run's target until the run ends, showing a progress line on stderr."""
+    with state() as st:
+        target = resolve(project, host, st)
+        period = 0.5 if target.local else 5.0
+        with err.status(f"{run_id}: starting") as status:
+            while True:
+                doc = runs.scan(target)
+                runs.refresh(st, target, doc)
+                run = next((r for r in doc.get("runs", []) if r.get("id") == run_id), None)
+                if run is not None:
+                    total = run.get("total")
+                    done = int(run.get("completed") or 0)
+                    status.update(
+                        f"{run_id}: {run['status']} {bar(done, total)} {done}/{total if total is not None else '?'}"
+                        f"  ETA {duration(run.get('eta_s'))}"
+                    )
+                    if run["status"] in runs.FINAL_STATES:
+                        return dict(run)
+                time.sleep(period)  # polling the target; the run lives in another process, maybe another machine
 
 
 def _follow_plan(
@@ -200,9 +230,7 @@ def _run_and_target(ctx: click.Context, ref: str) -> tuple[Any, Target]:
 
 @click.command()
 @click.argument("run_ref", metavar="RUN")
-@click.option(
-    "-f", "--follow", is_flag=True, help="Keep printing new output until the run ends (Ctrl-C stops)."
-)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the run ends (Ctrl-C stops).")
 @click.option("-n", "--lines", type=int, default=100, show_default=True, help="How many lines to show.")
 @click.pass_context
 def logs(ctx: click.Context, run_ref: str, follow: bool, lines: int) -> None:

@@ -112,9 +112,7 @@ def scan(root: str, tail_lines: int = 20) -> dict[str, Any]:
         status = record.get("status", "unknown")
         alive = False
         if status in ("starting", "running"):
-            alive = procinfo.is_alive(
-                int(record.get("pid", 0)), record.get("pid_start"), record.get("boot_id", "")
-            )
+            alive = procinfo.is_alive(int(record.get("pid", 0)), record.get("pid_start"), record.get("boot_id", ""))
             if not alive:
                 status = "dead"
         checkpoints = scan_results(Path(record.get("results_dir", "")))

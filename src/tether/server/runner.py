@@ -77,18 +77,14 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m tether.server run")
-    p.add_argument(
-        "--root", required=True, help="the server's workspace root (holds .tether/ and AGENT_STATUS.json)"
-    )
+    p.add_argument("--root", required=True, help="the server's workspace root (holds .tether/ and AGENT_STATUS.json)")
     p.add_argument("--run-id", required=True)
     p.add_argument("--experiment", required=True)
     p.add_argument("--cwd", required=True, help="the project folder the command runs in")
     p.add_argument("--results", default="results", help="results folder, relative to --cwd")
     p.add_argument("--gpu-gb", type=float, default=0.0)
     p.add_argument("--wait", type=float, default=None, help="queue this long for GPU room (seconds)")
-    p.add_argument(
-        "--registry", default=None, help="AGENT_STATUS.json path (default: <root>/AGENT_STATUS.json)"
-    )
+    p.add_argument("--registry", default=None, help="AGENT_STATUS.json path (default: <root>/AGENT_STATUS.json)")
     p.add_argument("--no-registry", action="store_true", help="do not register in AGENT_STATUS.json")
     p.add_argument("argv", nargs=argparse.REMAINDER)
     return p
@@ -135,12 +131,8 @@ class _Run:
         self.stop.set()
         if self.registry is not None:
             try:
-                self.registry.release(
-                    self.args.run_id, status="completed" if status == "completed" else "failed"
-                )
-            except (
-                Exception
-            ) as exc:  # the run's outcome is recorded already; a registry hiccup must not hide it
+                self.registry.release(self.args.run_id, status="completed" if status == "completed" else "failed")
+            except Exception as exc:  # the run's outcome is recorded already; a registry hiccup must not hide it
                 self.log(f"could not leave the agent registry: {exc}")
         self.log(f"run {self.args.run_id} {status} (exit code {code})")
         return code

@@ -1,0 +1,179 @@
+"""``tether up``, ``push``, ``pull``, ``sync``: servers reached over SSH (configured hosts and rented instances)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from tether import remote
+from tether.cli.common import emit_json, json_option, load_project, say, state
+from tether.errors import ConfigError, TetherError
+from tether.targets import LOCAL, resolve
+
+
+def parse_every(text: str) -> float:
+    """``30m`` → 1800.0; units s, m, h; a bare number is minutes."""
+    value = text.strip().lower()
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    try:
+        if value and value[-1] in units:
+            seconds = float(value[:-1]) * units[value[-1]]
+        else:
+            seconds = float(value) * 60.0
+    except ValueError:
+        raise ConfigError(f"'{text}' is not a duration.", "Write it like 30m, 90s or 1h.") from None
+    if seconds <= 0:
+        raise ConfigError(f"'{text}' is not a positive duration.", "Write it like 30m, 90s or 1h.")
+    return seconds
+
+
+@click.command()
+@click.argument("name")
+@click.option("--no-env", is_flag=True, help="Do not upload the project's .env.")
+@click.option("--profile", default=None, help="Rent a Vast.ai server of this profile (api, inference, finetune...).")
+@click.option("--offer", "offer_id", default=None, help="Rent this Vast.ai offer id.")
+@click.option("--image", default=None, help="Docker image for a rented server.")
+@click.option("--disk", "disk_gb", type=float, default=None, help="Disk size in GB for a rented server.")
+@click.option("--max-price", type=float, default=None, metavar="USD_PER_HR", help="Refuse offers above this $/hr.")
+@json_option
+@click.pass_context
+def up(
+    ctx: click.Context,
+    name: str,
+    no_env: bool,
+    profile: str | None,
+    offer_id: str | None,
+    image: str | None,
+    disk_gb: float | None,
+    max_price: float | None,
+    as_json: bool,
+) -> None:
+    """Set up server NAME: setup.sh, tether's server side, the code, and the .env (mode 0600).
+
+    NAME is a [hosts.NAME] entry, or a server to rent from Vast.ai with --profile/--offer (then tether rents the
+    cheapest fitting offer first). Running it twice changes nothing and is fast.
+    """
+    project = load_project(ctx)
+    doc: dict[str, Any] = {}
+    with state() as st:
+        if name == LOCAL:
+            raise ConfigError("`local` is this machine: it needs no `tether up`.", "Run `tether run EXP --local`.")
+        if name not in project.config.hosts:
+            from tether import fleet
+
+            doc["rented"] = fleet.ensure_rented(
+                project,
+                st,
+                name,
+                profile=profile,
+                offer_id=offer_id,
+                image=image,
+                disk_gb=disk_gb,
+                max_price=max_price,
+                say=say,
+            )
+        elif profile or offer_id:
+            raise ConfigError(f"{name} is a configured host ([hosts.{name}]); --profile and --offer are for rentals.")
+        target = resolve(project, name, st)
+        say(f"Setting up {name}...")
+        doc.update(remote.up(project, st, target, env=not no_env))
+    if as_json:
+        emit_json(doc)
+        return
+    say(
+        f"{name} is ready: setup {doc['setup']}, server side {doc['server_side']}, "
+        f"pushed {doc['push']['files']} files ({doc['push']['bytes']} bytes), .env {doc['env']} "
+        f"in {doc['seconds']}s."
+    )
+
+
+@click.command()
+@click.argument("name")
+@json_option
+@click.pass_context
+def push(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Upload the project's code to NAME (rsync delta; excludes .git, caches, venvs, results, .tetherignore)."""
+    project = load_project(ctx)
+    with state() as st:
+        target = resolve(project, name, st)
+        doc = remote.push_code(project, st, target)
+        if project.env_file().is_file():
+            remote.upload_env(project, target)
+    if as_json:
+        emit_json({"host": name, **doc})
+        return
+    say(f"Pushed {doc['files']} changed files ({doc['bytes']} bytes) to {name}.")
+
+
+def _pull_hosts(st: Any, host: str | None) -> list[str]:
+    if host:
+        return [host]
+    return sorted({r.host for r in st.runs()} - {LOCAL})
+
+
+@click.command()
+@click.argument("host", required=False)
+@click.argument("experiments", nargs=-1)
+@json_option
+@click.pass_context
+def pull(ctx: click.Context, host: str | None, experiments: tuple[str, ...], as_json: bool) -> None:
+    """Bring results home from HOST (default: every server with runs) and verify them against the server."""
+    project = load_project(ctx)
+    reports = []
+    with state() as st:
+        for name in _pull_hosts(st, host):
+            target = resolve(project, name, st)
+            reports.append(remote.pull(project, st, target, experiments).to_json())
+    if as_json:
+        emit_json({"pulls": reports})
+        return
+    if not reports:
+        say("No server has runs yet; nothing to pull.")
+    for r in reports:
+        status = "verified" if r["verified"] else f"NOT verified ({len(r['mismatched'])} files differ)"
+        say(f"{r['host']}: {len(r['changed'])} files changed, {r['bytes_transferred']} bytes moved, {status}.")
+    if any(not r["verified"] for r in reports):
+        raise TetherError("Some results did not arrive whole.", "Run `tether pull` again once the runs settle.")
+
+
+@click.command()
+@click.argument("host", required=False)
+@click.option("--every", default="30m", show_default=True, help="How often to pull (e.g. 30m, 90s, 1h).")
+@click.option("--once", is_flag=True, help="Pull once and exit (for cron).")
+@json_option
+@click.pass_context
+def sync(ctx: click.Context, host: str | None, every: str, once: bool, as_json: bool) -> None:
+    """Pull results on every tick and print what changed (run it in a tmux window; Ctrl-C stops)."""
+    period = parse_every(every)
+    project = load_project(ctx)
+    while True:
+        tick: list[dict[str, Any]] = []
+        with state() as st:
+            for name in _pull_hosts(st, host):
+                try:
+                    report = remote.pull(project, st, resolve(project, name, st))
+                    tick.append(report.to_json())
+                except TetherError as exc:
+                    tick.append({"host": name, "error": str(exc)})
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        if as_json:
+            emit_json({"time": stamp, "pulls": tick})
+        else:
+            for r in tick:
+                if "error" in r:
+                    say(f"{stamp} {r['host']}: pull failed: {r['error']}")
+                else:
+                    changed = ", ".join(r["changed"][:5]) + (" ..." if len(r["changed"]) > 5 else "")
+                    say(f"{stamp} {r['host']}: {len(r['changed'])} changed {changed}".rstrip())
+        if once:
+            if any("error" in r for r in tick):
+                raise TetherError("At least one pull failed.", "See the lines above.")
+            return
+        time.sleep(period)  # the tick period itself is what the user asked for
+
+
+def register(group: click.Group) -> None:
+    for command in (up, push, pull, sync):
+        group.add_command(command)
