@@ -201,9 +201,9 @@ def ssh_argv(
     ]
 
 
-def control_exit_argv(target: SSHTarget) -> list[str]:
-    """``ssh -O exit``: ends the control master of ``target`` (if any)."""
-    return ["ssh", *ssh_base_options(target), "-O", "exit", target.destination]
+def control_argv(target: SSHTarget, command: Literal["check", "exit"]) -> list[str]:
+    """``ssh -O check|exit``: ask about, or end, the control master of ``target``."""
+    return ["ssh", *ssh_base_options(target), "-O", command, target.destination]
 
 
 def remote_command(argv: Sequence[str], *, cwd: str | None = None, env: Mapping[str, str] | None = None) -> str:
@@ -356,6 +356,9 @@ class SSHTransport:
             if result.returncode != 255:
                 return result
             kind = classify_ssh_failure(result.err_text())
+            if kind is None and not self._master_alive():
+                # A mux client whose shared connection died exits 255 without a word: that is a dropped link.
+                kind = "dropped"
             if kind is None:
                 return result  # the remote command itself exited 255
             if not is_retryable(kind) or attempt > len(delays):
@@ -439,10 +442,15 @@ class SSHTransport:
         command = remote_command(argv, env=self.env or None)
         return ssh_argv(self.target, command, tty=True, connect_timeout=self.connect_timeout)
 
+    def _master_alive(self) -> bool:
+        """Whether this host's control master still runs (``ssh -O check``)."""
+        check = self.runner(control_argv(self.target, "check"), timeout=DEFAULT_CONNECT_TIMEOUT + 5)
+        return check.returncode == 0
+
     def close(self) -> None:
         """End the shared control master of this host, if one is running."""
         if self.target.control_dir.is_dir():
-            self.runner(control_exit_argv(self.target), timeout=DEFAULT_CONNECT_TIMEOUT + 5)
+            self.runner(control_argv(self.target, "exit"), timeout=DEFAULT_CONNECT_TIMEOUT + 5)
 
 
 def put_bytes_argv(path: str, mode: int) -> list[str]:

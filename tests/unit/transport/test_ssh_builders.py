@@ -13,8 +13,8 @@ from tether.transport.ssh import (
     SSHTarget,
     accept_host_key_argv,
     classify_ssh_failure,
+    control_argv,
     control_dir,
-    control_exit_argv,
     is_retryable,
     parse_address,
     put_bytes_argv,
@@ -107,7 +107,8 @@ def test_ssh_argv_exact() -> None:
     t = target()
     assert ssh_argv(t, "echo hi") == ["ssh", *ssh_base_options(t), "-T", "root@10.0.0.5", "echo hi"]
     assert ssh_argv(t, "tmux attach", tty=True)[-3] == "-t"
-    assert control_exit_argv(t) == ["ssh", *ssh_base_options(t), "-O", "exit", "root@10.0.0.5"]
+    assert control_argv(t, "exit") == ["ssh", *ssh_base_options(t), "-O", "exit", "root@10.0.0.5"]
+    assert control_argv(t, "check")[-2:] == ["check", "root@10.0.0.5"]
 
 
 def test_remote_command_quotes_each_word() -> None:

@@ -25,7 +25,7 @@ SOCK = socket_name("/workspace")
 
 
 def test_socket_name_is_derived_from_root() -> None:
-    assert SOCK == "tether-" + hashlib.sha1(b"/workspace").hexdigest()[:8]
+    assert "tether-" + hashlib.sha1(b"/workspace").hexdigest()[:8] == SOCK
     assert socket_name("/tmp/a/root") != socket_name("/tmp/b/root")
 
 
@@ -58,10 +58,7 @@ def test_inspect_and_kill_argv_exact() -> None:
     assert kill_server_argv(SOCK, tmux="tmux3") == ["tmux3", "-L", SOCK, "kill-server"]
 
 
-@pytest.mark.parametrize("bad", ["", "a.b", "a:b", "a b", "x" * 101, "-"])
+@pytest.mark.parametrize("bad", ["", "a.b", "a:b", "a b", "x" * 101])
 def test_bad_session_names_are_refused(bad: str) -> None:
-    if bad == "-":
-        assert has_session_argv(SOCK, bad)[-1] == "=-"
-        return
     with pytest.raises(ConfigError):
         has_session_argv(SOCK, bad)
