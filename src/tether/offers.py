@@ -235,8 +235,7 @@ def _canonical_field(name: str, text: str, index: int, column: int) -> str:
     close = difflib.get_close_matches(name, sorted(set(FIELDS) | set(ALIASES)), n=3, cutoff=0.6)
     suggestion = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise ConfigError(
-        f"Unknown field {name!r} in offer query term {index + 1} at column {column + 1} of {text!r}"
-        f"{suggestion}",
+        f"Unknown field {name!r} in offer query term {index + 1} at column {column + 1} of {text!r}{suggestion}",
         _known_fields_hint(),
     )
 
@@ -280,9 +279,7 @@ def _convert_value(fname: str, op: str, raw: str, text: str, index: int, column:
         for item in items:
             value, quoted = _unquote(item)
             out.append(
-                value
-                if quoted and FIELDS[fname] == "str"
-                else _convert_scalar(fname, value, text, index, column)
+                value if quoted and FIELDS[fname] == "str" else _convert_scalar(fname, value, text, index, column)
             )
         return out
     if is_list:
@@ -609,18 +606,14 @@ def resolve_profile(name: str, overrides: Mapping[str, Mapping[str, Any]] | None
         known = sorted(set(DEFAULT_PROFILES) | set(overrides or {}))
         close = difflib.get_close_matches(name, known, n=1)
         suggestion = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(
-            f"Unknown GPU profile {name!r}{suggestion}", "Known profiles: " + ", ".join(known) + "."
-        )
+        raise ConfigError(f"Unknown GPU profile {name!r}{suggestion}", "Known profiles: " + ", ".join(known) + ".")
     query = str((over or {}).get("query", base.query if base else ""))
     order = str((over or {}).get("order", base.order if base else "dph+"))
     disk_raw = (over or {}).get("min_disk_gb", base.min_disk_gb if base else 20.0)
     try:
         min_disk = float(disk_raw)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"Profile {name!r} has a bad min_disk_gb {disk_raw!r}.", "Give a number of GB."
-        ) from exc
+        raise ConfigError(f"Profile {name!r} has a bad min_disk_gb {disk_raw!r}.", "Give a number of GB.") from exc
     profile = Profile(name, query, order, min_disk, base.description if base else "")
     profile.parsed()  # refuse a bad query now, with its position
     parse_order(order)
@@ -630,9 +623,7 @@ def resolve_profile(name: str, overrides: Mapping[str, Mapping[str, Any]] | None
 def profile_for_kind(kind: str) -> str | None:
     """The profile an experiment kind rents with, or None for ``local``."""
     if kind not in KIND_PROFILES:
-        raise ConfigError(
-            f"Unknown experiment kind {kind!r}.", "Use one of: " + ", ".join(KIND_PROFILES) + "."
-        )
+        raise ConfigError(f"Unknown experiment kind {kind!r}.", "Use one of: " + ", ".join(KIND_PROFILES) + ".")
     return KIND_PROFILES[kind]
 
 

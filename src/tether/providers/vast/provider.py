@@ -23,7 +23,7 @@ from tether.offers import Query, explain_no_match, rank_offers, render_body
 from tether.providers.base import DEAD_STATES, Instance, InstanceState, Offer
 from tether.providers.vast.api import VastClient
 
-TAKEN_TTL_S = 900.0
+TAKEN_TTL_S = 300.0
 DESTROY_VERIFY_S = 60.0
 
 
@@ -291,7 +291,6 @@ def destroy_verified(
 
 # ---------------------------------------------------------------------------------------------- renting
 
-_taken_in_process: dict[int, float] = {}
 _process_lock = threading.Lock()
 
 
@@ -325,7 +324,7 @@ def _taken_file(lock_path: Path) -> Path:
 
 def _read_taken(lock_path: Path, now: float) -> dict[int, float]:
     """Offers taken recently (by this process or another one holding the same lock); caller holds the lock."""
-    taken = {k: v for k, v in _taken_in_process.items() if now - v < TAKEN_TTL_S}
+    taken: dict[int, float] = {}
     try:
         data = json.loads(_taken_file(lock_path).read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
@@ -346,7 +345,6 @@ def _write_taken(lock_path: Path, taken: Mapping[int, float]) -> None:
 
 def _mark_taken(lock_path: Path, offer_id: int) -> None:
     now = time.time()
-    _taken_in_process[offer_id] = now
     taken = _read_taken(lock_path, now)
     taken[offer_id] = now
     _write_taken(lock_path, taken)
@@ -445,7 +443,7 @@ def rent(
             raise
         say(f"instance {inst.id} is running at {inst.ssh_host}:{inst.ssh_port}")
         return inst
-    detail = "; ".join(failures) if failures else "every offer was already taken"
+    detail = "; ".join(failures) if failures else "every offer was just taken by another rent on this machine"
     raise NoCapacity(
         f"Could not get a running instance after {attempts} attempt(s): {detail}.",
         "Search again (offers change quickly), loosen the query, or raise the wait deadline.",
