@@ -141,6 +141,7 @@ class _Track:
     dph_total: float | None = None
     storage_dph: float | None = None
     segments: list[Segment] = field(default_factory=list)
+    unpriced: set[str] = field(default_factory=set)
 
 
 def _group(events: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
@@ -169,10 +170,13 @@ def _rate(track: _Track, state: str, event: Mapping[str, Any], warnings: list[st
         return own, False
     known = track.dph_total if kind == "full" else track.storage_dph
     if known is None:
-        warnings.append(
-            f"no {'price' if kind == 'full' else 'storage price'} was ever recorded for {track.name} "
-            f"(state {state} from {_fmt_ts(float(event.get('ts') or 0.0))}); counted as $0."
-        )
+        if kind not in track.unpriced:
+            track.unpriced.add(kind)
+            what = "price" if kind == "full" else "storage price"
+            warnings.append(
+                f"no {what} was ever recorded for {track.name} (first needed for state {state} at "
+                f"{_fmt_ts(float(event.get('ts') or 0.0))}); counted as $0."
+            )
         return 0.0, False
     return known, True
 
