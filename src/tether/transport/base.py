@@ -182,7 +182,7 @@ def command_failed(argv: Sequence[str], result: Completed, where: str) -> Comman
     detail = f": {last_line}" if last_line else "."
     return CommandFailed(
         f"`{word}` exited with code {result.returncode} on {where}{detail}",
-        hint="See the command's output above, fix the cause and run it again.",
+        hint="Its output is attached to this error (shown with --debug); fix the cause and run it again.",
         returncode=result.returncode,
         output=tail,
     )
