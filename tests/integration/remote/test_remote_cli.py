@@ -9,8 +9,8 @@ import stat
 import time
 from pathlib import Path
 
-from tether.testing.sshd import SshdHost
 from tests.helpers import run_status, tether, tether_json, wait_status, write_project
+from tether.testing.sshd import SshdHost
 
 SECRET = "sk-test-DO-NOT-LEAK-4242"
 
