@@ -42,7 +42,8 @@ operators (must be 0).
 The emulator is driven through its Python API (``search``/``create``/``change``/``destroy``), not over HTTP: the
 simulation steps one simulated minute at a time for two weeks and three operators, and an HTTP round trip per step
 would take minutes of wall time. The money still comes from the emulator's own per-second accrual
-(``account_total()``).
+(``account_total()``), and tether's own ledger (:func:`tether.cost.accrued` over the state changes the operators
+observed, recorded as ``instance_events`` would be) must agree with it to the cent, or the run fails.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tether.config import PolicyConfig
-from tether.cost import InstanceView, decide
+from tether.cost import InstanceView, accrued, decide
 from tether.emulator.vast import Clock, VastEmulator, load_offer_book, null_host_factory
 from tether.offers import DEFAULT_PROFILES, render_body
 
@@ -134,6 +135,7 @@ class Outcome:
     counts: dict[str, int]
     idle_running: float
     storage: float
+    ledger_total: float
 
 
 class Sim:
@@ -150,6 +152,7 @@ class Sim:
         self.rng = random.Random(seed * 7919 + 1)
         self.slots = {p: Slot(p) for p in WORKLOAD}
         self.pending = list(workload)  # planned experiments not yet arrived
+        self.events: list[dict[str, Any]] = []  # the cost ledger as tether would record it
         self.lower_bound = 0.0
         self.results_lost = 0
         self.finished = 0
@@ -177,6 +180,20 @@ class Sim:
             more_work_within_h=self.more_work_within(slot, self.clock.now()),
         )
 
+    def record(self, slot: Slot, state: str | None = None) -> None:
+        """What tether's fleet records in ``instance_events`` on every change it observes (the cost ledger)."""
+        assert slot.inst_id is not None
+        inst = self.emu.instances[slot.inst_id]
+        self.events.append(
+            {
+                "name": f"{slot.profile}-{slot.inst_id}",
+                "ts": self.clock.now(),
+                "state": state or slot.state,
+                "dph_total": inst.dph_total,
+                "storage_dph": inst.storage_total_cost,
+            }
+        )
+
     # --- actions -------------------------------------------------------------------------------------------
     def pull(self, slot: Slot) -> bool:
         """Bring results home and verify; only a running instance can be read. False: it failed this time."""
@@ -195,6 +212,7 @@ class Sim:
         status, _ = self.emu.change(slot.inst_id, {"state": "stopped"})
         assert status == 200
         slot.state, slot.since = "stopped", self.clock.now()
+        self.record(slot)
         self.counts["stop"] += 1
 
     def destroy(self, slot: Slot) -> None:
@@ -203,6 +221,7 @@ class Sim:
         assert status == 200
         self.results_lost += len(slot.unsynced)
         slot.unsynced.clear()
+        self.record(slot, "gone")
         slot.inst_id, slot.state, slot.since = None, "none", self.clock.now()
         self.counts["destroy"] += 1
 
@@ -215,6 +234,7 @@ class Sim:
         assert status == 200, answer
         slot.inst_id = int(answer["new_contract"])
         slot.state, slot.since = "loading", self.clock.now()
+        self.record(slot)
         self.counts["create"] += 1
 
     # --- the loop -------------------------------------------------------------------------------------------
@@ -229,6 +249,7 @@ class Sim:
                     assert info is not None
                     if info["actual_status"] == "running":
                         slot.state, slot.since = "running", now
+                        self.record(slot)
                         slot.dph_total = float(info["dph_total"])
                 # runs that finished leave their results on the instance
                 if slot.current is not None and now >= slot.current_end:
@@ -250,6 +271,7 @@ class Sim:
                     status, _ = self.emu.change(slot.inst_id, {"state": "running"})
                     assert status == 200
                     slot.state, slot.since = "loading", now
+                    self.record(slot)
                     self.counts["start"] += 1
                 elif slot.state == "running":
                     exp = slot.queue.popleft()
@@ -268,6 +290,7 @@ class Sim:
             dict(self.counts),
             self.idle_running,
             self.storage,
+            accrued(self.events, self.clock.now()),
         )
 
     def _account_overhead(self) -> None:
@@ -351,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         if out.finished != len(workload):
             print(f"{out.name}: only {out.finished} of {len(workload)} experiments finished", file=sys.stderr)
             return 1
+        if not math.isclose(out.ledger_total, out.cost, rel_tol=1e-6, abs_tol=1e-6):
+            print(f"{out.name}: tether's ledger says ${out.ledger_total:.4f}, the emulator billed ${out.cost:.4f}")
+            return 1
         if not math.isclose(out.lower_bound, bound, rel_tol=1e-9):
             print(f"{out.name}: a different lower bound ({out.lower_bound:.4f} vs {bound:.4f})", file=sys.stderr)
             return 1
@@ -369,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  idle-running ${out.idle_running:.2f}  storage ${out.storage:.2f}  ({counts})"
         )
     print(f"  {'lower bound':<13} ${bound:8.2f}  (busy time only)   [{time.monotonic() - started:.1f} s]")
+    print("  tether's ledger (tether.cost.accrued over the recorded events) matches the emulator's bill for each")
     result: dict[str, Any] = {
         "cost_never_stop": round(outcomes["never_stop"].cost, 4),
         "cost_daily_manual": round(outcomes["daily_manual"].cost, 4),

@@ -183,10 +183,25 @@ def _rate(track: _Track, state: str, event: Mapping[str, Any], warnings: list[st
 
 def segments(events: Iterable[Mapping[str, Any]], now: float) -> tuple[list[Segment], list[str]]:
     """Every instance's history as priced segments up to ``now``, and the warnings met on the way."""
+    segs, warnings, _ = _integrate(events, now)
+    return segs, warnings
+
+
+@dataclass(frozen=True)
+class _Final:
+    state: str
+    rate: float
+    first_ts: float
+    last_ts: float
+
+
+def _integrate(events: Iterable[Mapping[str, Any]], now: float) -> tuple[list[Segment], list[str], dict[str, _Final]]:
     warnings: list[str] = []
     out: list[Segment] = []
+    finals: dict[str, _Final] = {}
     for name, rows in _group(events).items():
         track = _Track(name)
+        first: float | None = None
         for event in rows:
             ts_raw = _num(event.get("ts"))
             ts = ts_raw if ts_raw is not None else (track.cursor if track.cursor is not None else now)
@@ -200,6 +215,7 @@ def segments(events: Iterable[Mapping[str, Any]], now: float) -> tuple[list[Segm
             _close(track, ts)
             rate, assumed = _rate(track, state, event, warnings)
             track.cursor, track.state, track.rate, track.assumed = ts, state, rate, assumed
+            first = ts if first is None else first
         if track.cursor is not None and now < track.cursor:
             warnings.append(
                 f"the clock reads {_fmt_ts(now)}, before {name}'s last event at {_fmt_ts(track.cursor)}; "
@@ -208,7 +224,9 @@ def segments(events: Iterable[Mapping[str, Any]], now: float) -> tuple[list[Segm
         _close(track, max(now, track.cursor if track.cursor is not None else now))
         warnings.extend(_assumed_warnings(track.segments))
         out.extend(track.segments)
-    return out, list(dict.fromkeys(warnings))
+        if track.state is not None and track.cursor is not None and first is not None:
+            finals[name] = _Final(track.state, track.rate, first, track.cursor)
+    return out, list(dict.fromkeys(warnings)), finals
 
 
 def _close(track: _Track, end: float) -> None:
@@ -313,16 +331,15 @@ def ledger(events: Iterable[Mapping[str, Any]], now: float, since: float | None 
     ``burn_dph`` is what every instance costs per hour in its last recorded state, and ``projected_24h_usd`` that
     burn held for 24 hours (what happens if nothing changes; the policies usually do better).
     """
-    segs, warnings = segments(events, now)
+    segs, warnings, finals = _integrate(events, now)
     by_name: dict[str, list[Segment]] = {}
     for seg in segs:
         by_name.setdefault(seg.name, []).append(seg)
     by_instance: dict[str, InstanceCost] = {}
     by_day: dict[str, float] = {}
-    for name, own in by_name.items():
-        last = max(own, key=lambda s: s.end)
+    for name, final in finals.items():
         total = running = idle = 0.0
-        for seg in own:
+        for seg in by_name.get(name, []):
             part = _clip(seg, since)
             if part is None:
                 continue
@@ -336,25 +353,13 @@ def ledger(events: Iterable[Mapping[str, Any]], now: float, since: float | None 
         by_instance[name] = InstanceCost(
             name=name,
             total_usd=total,
-            state=last.state,
-            burn_dph=last.rate,
+            state=final.state,
+            burn_dph=final.rate,
             running_hours=running,
             billed_idle_hours=idle,
-            first_ts=min(s.start for s in own),
-            last_ts=last.start,
+            first_ts=final.first_ts,
+            last_ts=final.last_ts,
         )
-    # An instance whose only event is at (or after) now has no segment yet but still burns.
-    for name, rows in _group(events).items():
-        if name in by_instance or not rows:
-            continue
-        track = _Track(name)
-        event = rows[-1]
-        state = str(event.get("state") or "unknown")
-        for row in rows:
-            _rate(track, str(row.get("state") or "unknown"), row, [])
-        rate, _ = _rate(track, state, event, [])
-        ts = _num(event.get("ts")) or now
-        by_instance[name] = InstanceCost(name, 0.0, state, rate, 0.0, 0.0, ts, ts)
     burn = sum(c.burn_dph for c in by_instance.values())
     return Ledger(
         now=now,

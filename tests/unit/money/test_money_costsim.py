@@ -33,6 +33,8 @@ def test_operators_rank_and_lose_nothing(costsim: ModuleType) -> None:
         assert out.finished == len(workload)
         assert out.results_lost == 0
         assert out.cost >= out.lower_bound > 0
+        # tether's ledger over the events the operator recorded equals what the emulator billed
+        assert out.ledger_total == pytest.approx(out.cost, rel=1e-9)
     assert auto.cost < daily.cost < never.cost
     assert auto.counts["stop"] + auto.counts["destroy"] > 0
 

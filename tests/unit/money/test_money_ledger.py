@@ -196,3 +196,25 @@ def test_budget_hourly_limit() -> None:
     assert "$0.700/hr" in msg and "$1.200/hr" in msg and "max_hourly_usd $1.000/hr" in msg
     check_budget(policy, _spent(1, 0.7), 0.3)  # exactly at the limit: allowed
     check_budget(PolicyConfig(), _spent(1000, 5.0), 100.0)  # no limits set
+
+
+def test_burn_follows_an_event_recorded_at_now() -> None:
+    events = [ev("a", T0, "running", 1.0, 0.1), ev("a", T0 + H, "stopped", 1.0, 0.1)]
+    led = ledger(events, T0 + H)
+    assert led.total_usd == pytest.approx(1.0)
+    assert led.by_instance["a"].state == "stopped"
+    assert led.burn_dph == pytest.approx(0.1)
+
+
+def test_burn_after_a_backwards_clock_is_the_last_recorded_state() -> None:
+    events = [ev("a", T0, "running", 1.0, 0.1), ev("a", T0 + 2 * H, "gone", None, None)]
+    led = ledger(events, T0 + H)
+    assert led.by_instance["a"].state == "gone" and led.burn_dph == 0.0
+    assert led.total_usd == pytest.approx(2.0)
+
+
+def test_events_may_be_a_one_shot_iterator() -> None:
+    events = [ev("a", T0, "running", 1.0), ev("a", T0 + H, "stopped", 1.0, 0.5)]
+    led = ledger(iter(events), T0 + 2 * H)
+    assert led.total_usd == pytest.approx(1.5)
+    assert led.burn_dph == pytest.approx(0.5)
