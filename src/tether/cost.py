@@ -62,6 +62,7 @@ __all__ = [
     "ledger",
     "rate_kind",
     "refuse_destroy",
+    "run_activity",
     "segments",
 ]
 
@@ -392,6 +393,30 @@ class RunLike(Protocol):
 
     @property
     def ended(self) -> float | None: ...
+
+
+class StatusRunLike(RunLike, Protocol):
+    @property
+    def status(self) -> str: ...
+
+
+#: Run statuses that count as live (a run in them keeps its instance from being stopped or destroyed).
+LIVE_RUN_STATUSES = frozenset({"starting", "running"})
+
+
+def run_activity(runs: Iterable[StatusRunLike], host: str) -> tuple[int, float | None]:
+    """For building an :class:`InstanceView`: how many runs are live on ``host`` and the last time one was (the
+    latest start of a live run, or end of a finished one; None when no run ever ran there)."""
+    live = 0
+    last: float | None = None
+    for run in runs:
+        if run.host != host:
+            continue
+        alive = run.status in LIVE_RUN_STATUSES and run.ended is None
+        live += int(alive)
+        moment = run.started if alive or run.ended is None else run.ended
+        last = moment if last is None else max(last, moment)
+    return live, last
 
 
 def cost_by_experiment(

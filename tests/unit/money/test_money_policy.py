@@ -135,3 +135,23 @@ def test_refuse_destroy_refuses(v: InstanceView, discard: bool, fragment: str) -
 )
 def test_refuse_destroy_allows(v: InstanceView, discard: bool) -> None:
     refuse_destroy(v, discard)
+
+
+def test_run_activity_from_real_run_records() -> None:
+    from tether.cost import run_activity
+    from tether.state import RunRecord
+
+    def rec(rid: str, host: str, started: float, ended: float | None, status: str) -> RunRecord:
+        return RunRecord(rid, "A5", host, ["python3"], "/p", "results", "log", "s", started, ended, None, status)
+
+    runs = [
+        rec("1", "gpu1", T0, T0 + H, "completed"),
+        rec("2", "gpu1", T0 + 2 * H, T0 + 3 * H, "failed"),
+        rec("3", "gpu2", T0 + 5 * H, None, "running"),
+    ]
+    assert run_activity(runs, "gpu1") == (0, T0 + 3 * H)
+    assert run_activity(runs, "gpu2") == (1, T0 + 5 * H)
+    assert run_activity(runs, "nobody") == (0, None)
+    live, last = run_activity(runs, "gpu1")
+    d = decide(view(live_runs=live, last_activity=last, more_work_within_h=True), T0 + 3.5 * H, POLICY)
+    assert d.action == "stop"
