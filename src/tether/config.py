@@ -70,11 +70,24 @@ class ExperimentConfig(_Strict):
 
 
 class ProfileConfig(_Strict):
-    query: str
-    order: str = "dph+"
-    disk_gb: Annotated[float, Field(gt=0)] = 20
-    image: str = "pytorch/pytorch:latest"
+    """Overrides of a GPU profile (api, inference, finetune) or a new one; unset keys keep the defaults."""
+
+    query: str | None = None
+    order: str | None = None
+    disk_gb: Annotated[float, Field(gt=0)] | None = None
+    image: str | None = None
     type: Literal["on-demand", "bid", "reserved"] = "on-demand"
+
+
+class VastConfig(_Strict):
+    """``[vast]``: where the API is and how rented servers are reached. The API key is never in this file."""
+
+    url: str | None = None
+    identity_file: str | None = None
+    image: str = "pytorch/pytorch:latest"
+    remote_root: str = "/workspace"
+    wait_minutes: Annotated[float, Field(gt=0)] = 15
+    poll_seconds: Annotated[float, Field(gt=0)] = 5
 
 
 class HostConfig(_Strict):
@@ -101,7 +114,7 @@ class TetherConfig(_Strict):
     profiles: dict[str, ProfileConfig] = {}
     hosts: dict[str, HostConfig] = {}
     policy: PolicyConfig = PolicyConfig()
-    vast: dict[str, str] = {}
+    vast: VastConfig = VastConfig()
 
 
 class Project:

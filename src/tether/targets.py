@@ -62,7 +62,7 @@ def remote_server_argv(root: str, python: str = "python3") -> list[str]:
 
 def host_target(project: Project, name: str, state: State | None = None) -> Target:
     """The target for a ``[hosts.NAME]`` entry or, failing that, an instance tether rented under that name."""
-    from tether.transport.ssh import SSHTransport, parse_address
+    from tether.transport.ssh import SSHTransport, known_hosts_dir, parse_address
 
     if name == LOCAL:
         return local_target(project)
@@ -81,7 +81,13 @@ def host_target(project: Project, name: str, state: State | None = None) -> Targ
                 f'Known: {", ".join(known) or "none"}. Add [hosts.{name}] with address = "user@host[:port]", or '
                 f"rent one with `tether up {name} --profile api`.",
             )
-        ssh = parse_address(rec.address, identity_file=rec.meta.get("identity_file"), label=name)
+        # One known_hosts file per rented instance: a new rental under the same name has a new host key.
+        ssh = parse_address(
+            rec.address,
+            identity_file=rec.meta.get("identity_file"),
+            label=name,
+            known_hosts=known_hosts_dir() / f"{rec.provider}-{rec.instance_id}",
+        )
         root, python = rec.remote_root, "python3"
     return Target(
         name=name,

@@ -73,9 +73,10 @@ class Instance(BaseModel):
     @property
     def hourly_cost(self) -> float:
         """What this instance costs per hour in its current state."""
-        if self.state in ("running", "loading", "creating"):
+        # Vast.ai bills the GPU from `running` on, and the disk from creation until destroyed.
+        if self.state == "running":
             return self.dph_total
-        if self.state in ("stopped", "exited", "unknown"):
+        if self.state in ("creating", "loading", "stopped", "exited", "unknown"):
             return self.storage_total_cost
         return 0.0
 

@@ -1,0 +1,241 @@
+"""``tether offers``, ``ls``, ``stop``, ``start``, ``destroy``: rented servers (Vast.ai)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+from rich.table import Table
+
+from tether import fleet
+from tether.cli.common import duration, emit_json, json_option, load_project, out, say, state
+from tether.errors import ConfigError, TetherError
+from tether.offers import estimate_cost
+
+
+@click.command()
+@click.option("--profile", default=None, help="A GPU profile: api, inference, finetune, or one from tether.toml.")
+@click.option("--query", default=None, help="A search in Vast.ai's query language, e.g. 'gpu_ram>=24 num_gpus=1'.")
+@click.option("--order", default=None, help="Sort order, e.g. 'dph+' (cheapest first) or 'dph+,reliability-'.")
+@click.option("--type", "offer_type", type=click.Choice(["on-demand", "bid", "reserved"]), default=None)
+@click.option("--disk", "disk_gb", type=float, default=None, help="Disk GB to rent with (it changes the $/hr).")
+@click.option("--limit", type=int, default=10, show_default=True)
+@click.option("--for", "for_exp", default=None, metavar="EXP", help="Estimate the cost of running EXP on each offer.")
+@json_option
+@click.pass_context
+def offers(
+    ctx: click.Context,
+    profile: str | None,
+    query: str | None,
+    order: str | None,
+    offer_type: str | None,
+    disk_gb: float | None,
+    limit: int,
+    for_exp: str | None,
+    as_json: bool,
+) -> None:
+    """Live offers, cheapest first, with $/hr including the disk asked for."""
+    project = load_project(ctx)
+    hours: float | None = None
+    if for_exp:
+        exp = project.experiment(for_exp)
+        if exp.items is None or exp.item_seconds is None:
+            raise ConfigError(
+                f"Experiment {for_exp!r} has no items or item_seconds, so its cost cannot be estimated.",
+                f"Add items = N and item_seconds = S under [experiments.{for_exp}].",
+            )
+        hours = exp.items * exp.item_seconds / exp.concurrency / 3600
+        if profile is None and query is None:
+            from tether.offers import profile_for_kind
+
+            profile = profile_for_kind(exp.kind) or "api"
+    spec = fleet.search_spec(project, profile or "api", disk_gb=disk_gb)
+    if offer_type:
+        spec = fleet.Search(spec.profile, offer_type, spec.disk_gb, spec.image)
+    provider = fleet.provider_for(project)
+    try:
+        found = fleet.search(provider, spec, query=query, order=order, limit=limit)
+    finally:
+        provider.close()
+    rows = []
+    for o in found[:limit]:
+        row = o.row()
+        row["est_cost_usd"] = estimate_cost(o, hours) if hours is not None else None
+        rows.append(row)
+    if as_json:
+        emit_json(
+            {
+                "profile": spec.profile.name,
+                "query": query or spec.profile.query,
+                "disk_gb": spec.disk_gb,
+                "hours": hours,
+                "offers": rows,
+            }
+        )
+        return
+    table = Table(box=None, pad_edge=False)
+    cols = ["offer", "$/hr", "GPU", "VRAM", "CPU", "RAM", "reliab.", "location"]
+    if hours is not None:
+        cols.append(f"{for_exp} (~{hours:.1f} h)")
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        gpu = f"{r['num_gpus']}x {r['gpu_name']}" if r["num_gpus"] else "-"
+        cells = [
+            str(r["id"]),
+            f"{r['dph_total']:.4f}",
+            gpu,
+            f"{r['gpu_ram_gb']:.0f} GB",
+            f"{r['cpu_cores']:.0f}",
+            f"{r['cpu_ram_gb']:.0f} GB",
+            f"{r['reliability']:.3f}",
+            str(r.get("geolocation") or "-"),
+        ]
+        if hours is not None:
+            cells.append(f"${r['est_cost_usd']:.2f}")
+        table.add_row(*cells)
+    out.print(table)
+    say(f"{len(rows)} offers for {query or spec.profile.query!r} with {spec.disk_gb:g} GB disk, cheapest first.")
+
+
+@click.command(name="ls")
+@click.option("--refresh/--no-refresh", default=True, help="Ask the provider for current states (default).")
+@json_option
+@click.pass_context
+def ls_cmd(ctx: click.Context, refresh: bool, as_json: bool) -> None:
+    """Servers tether rented: state, $/hr, address, age."""
+    project = load_project(ctx)
+    now = time.time()
+    rows: list[dict[str, Any]] = []
+    with state() as st:
+        records = [r for r in st.instances() if r.provider == fleet.PROVIDER]
+        if refresh and any(r.state != "gone" for r in records):
+            provider = fleet.provider_for(project)
+            try:
+                for r in records:
+                    if r.state != "gone":
+                        fleet.observe(project, st, r.name, provider=provider)
+            finally:
+                provider.close()
+            records = [r for r in st.instances() if r.provider == fleet.PROVIDER]
+        for r in records:
+            hourly = r.dph_total if r.state == "running" else r.storage_dph
+            rows.append(
+                {
+                    "name": r.name,
+                    "instance_id": r.instance_id,
+                    "state": r.state,
+                    "address": r.address,
+                    "dph_total": r.dph_total,
+                    "storage_dph": r.storage_dph,
+                    "hourly_now": 0.0 if r.state == "gone" else hourly,
+                    "created": r.created,
+                    "age_s": now - r.created,
+                    **{k: r.meta.get(k) for k in ("profile", "gpu_name", "num_gpus")},
+                }
+            )
+    if as_json:
+        emit_json({"instances": rows})
+        return
+    if not rows:
+        say("No rented servers. Rent one with `tether up NAME --profile api`.")
+        return
+    table = Table(box=None, pad_edge=False)
+    for c in ("name", "instance", "state", "$/hr now", "GPU", "address", "age"):
+        table.add_column(c)
+    for row in rows:
+        gpu = f"{row['num_gpus']}x {row['gpu_name']}" if row.get("num_gpus") else "-"
+        table.add_row(
+            row["name"],
+            str(row["instance_id"]),
+            row["state"],
+            f"{(row['hourly_now'] or 0):.4f}",
+            gpu,
+            row["address"] or "-",
+            duration(row["age_s"]),
+        )
+    out.print(table)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--no-pull", is_flag=True, help="Do not pull results before stopping.")
+@json_option
+@click.pass_context
+def stop(ctx: click.Context, name: str, no_pull: bool, as_json: bool) -> None:
+    """Stop a rented server: the GPU stops billing, the disk is kept (and billed as storage).
+
+    Results are pulled first, since a stopped server cannot be read without starting it again.
+    """
+    project = load_project(ctx)
+    pulled: dict[str, Any] | None = None
+    with state() as st:
+        rec = fleet.rented(st, name)
+        if not no_pull and rec.state == "running":
+            from tether import remote
+            from tether.targets import host_target
+
+            try:
+                pulled = remote.pull(project, st, host_target(project, name, st)).to_json()
+            except TetherError as exc:
+                say(f"warning: pulling from {name} before the stop failed ({exc}); its disk keeps the results.")
+        new = fleet.stop(project, st, name)
+    doc = {
+        "name": name,
+        "instance_id": new.instance_id,
+        "state": new.state,
+        "storage_dph": new.storage_dph,
+        "pull": pulled,
+    }
+    if as_json:
+        emit_json(doc)
+        return
+    say(
+        f"{name} is {new.state}; it now costs ${(new.storage_dph or 0):.4f}/hr for its disk. "
+        f"`tether start {name}` resumes it."
+    )
+
+
+@click.command()
+@click.argument("name")
+@json_option
+@click.pass_context
+def start(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Start a stopped rented server and re-read its SSH address (it changes across a restart)."""
+    project = load_project(ctx)
+    with state() as st:
+        doc = fleet.start(project, st, name, say=say)
+    if as_json:
+        emit_json({"name": name, **doc})
+
+
+@click.command()
+@click.argument("name")
+@click.option("--discard-unsynced", is_flag=True, help="Destroy even if results on it are not verified home.")
+@json_option
+@click.pass_context
+def destroy(ctx: click.Context, name: str, discard_unsynced: bool, as_json: bool) -> None:
+    """Destroy a rented server (irreversible; safe to run twice).
+
+    Refused (exit code 3) while a run is alive on it, or while it holds results newer than the last verified pull,
+    unless --discard-unsynced.
+    """
+    project = load_project(ctx)
+    with state() as st:
+        rec = fleet.rented(st, name)
+        if rec.state == "gone":
+            doc = {"name": name, "instance_id": rec.instance_id, "state": "gone", "already": True}
+        else:
+            facts = fleet.refuse_unless_safe(project, st, name, discard_unsynced=discard_unsynced)
+            new = fleet.destroy(project, st, name)
+            doc = {"name": name, "instance_id": new.instance_id, "state": new.state, "already": False, **facts}
+    if as_json:
+        emit_json(doc)
+        return
+    say(f"{name} was destroyed already." if doc["already"] else f"{name} is destroyed; it no longer bills.")
+
+
+def register(group: click.Group) -> None:
+    for command in (offers, ls_cmd, stop, start, destroy):
+        group.add_command(command)
