@@ -1,0 +1,137 @@
+"""``tether agents``: the AGENT_STATUS.json registry of a server (or of this machine), for agents that launch work
+by hand. tether's own runs register and leave through the run wrapper."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+from rich.table import Table
+
+from tether.cli.common import duration, emit_json, load_project, out, say, state
+from tether.errors import TetherError
+from tether.targets import LOCAL, Target, resolve
+
+SUBCOMMANDS = ("list", "register", "done", "heartbeat", "repair")
+
+
+def registry_argv(target: Target, args: list[str]) -> list[str]:
+    """The server-side argv for ``agents`` on ``target`` (pure)."""
+    where = ["--path", target.registry] if target.registry else ["--root", target.root]
+    sub, rest = (args[0], args[1:]) if args and args[0] in SUBCOMMANDS else ("list", args)
+    return [*target.server_argv, "agents", sub, *where, *rest, "--json"]
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("words", nargs=-1, type=click.UNPROCESSED)
+@click.option("--local", is_flag=True, help="This machine's registry (runs started with --local).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.pass_context
+def agents(ctx: click.Context, words: tuple[str, ...], local: bool, as_json: bool) -> None:
+    """Who uses a server's GPU: list, register, heartbeat, release, repair.
+
+    \b
+    tether agents [HOST|--local] [--json]                 list entries, the queue and GPU memory
+    tether agents [HOST] register --id ID --experiment EXP --gpu-gb N [--wait SECONDS] [--pid PID]
+    tether agents [HOST] heartbeat ID
+    tether agents [HOST] done ID [--status completed|failed]
+    tether agents [HOST] repair                           rebuild a damaged AGENT_STATUS.json
+
+    Admission is one step under an exclusive lock: API-only requests (--gpu-gb 0) always fit; a GPU request fits
+    only beside the live reservations and the memory the GPU really uses. A refusal exits with code 4 and says
+    how much is free, how much was asked, and who holds the rest.
+    """
+    args = list(words)
+    host = LOCAL
+    if args and args[0] not in SUBCOMMANDS and not args[0].startswith("-"):
+        host = args.pop(0)
+    if local:
+        host = LOCAL
+    project = load_project(ctx)
+    with state() as st:
+        target = resolve(project, host, st)
+    result = target.transport.run(registry_argv(target, args), check=False, timeout=600)
+    try:
+        doc: dict[str, Any] = json.loads(result.text())
+    except ValueError:
+        raise TetherError(
+            f"The agent registry on {target.name} did not answer.",
+            (result.output_tail() or "No output.") + f" Run `tether up {target.name}` if tether is not set up there.",
+        ) from None
+    if "error" in doc:
+        error = doc["error"]
+        if as_json:
+            emit_json(doc)
+        else:
+            click.echo(f"error: {error.get('message')}", err=True)
+            if error.get("hint"):
+                click.echo(error["hint"], err=True)
+        sys.exit(int(error.get("exit_code") or 1))
+    if as_json:
+        emit_json(doc)
+        return
+    sub = args[0] if args and args[0] in SUBCOMMANDS else "list"
+    if sub == "list":
+        _render_list(target.name, doc)
+    elif sub == "register":
+        entry = doc["entry"]
+        cuda = doc.get("cuda_visible_devices")
+        say(
+            f"Registered {entry['id']} ({entry['status']}) for {entry['gpu_gb']:g} GB"
+            + (f" on GPUs {cuda}" if cuda else "")
+            + "."
+        )
+        for key, value in (doc.get("env") or {}).items():
+            click.echo(f"export {key}={value}")
+    elif sub == "repair":
+        say(
+            f"Rebuilt {doc['path']} with {len(doc['entries'])} entries"
+            + (f"; the damaged file is kept as {doc['kept_aside']}" if doc.get("kept_aside") else "")
+            + "."
+        )
+    else:
+        entry = doc["entry"]
+        say(f"{entry['id']}: {entry['status']}.")
+
+
+def _render_list(host: str, doc: dict[str, Any]) -> None:
+    now = time.time()
+    entries = doc.get("entries", [])
+    if not entries:
+        say(f"No agents registered on {host} ({doc.get('path')}).")
+    else:
+        table = Table(box=None, pad_edge=False)
+        for col in ("id", "experiment", "GB", "status", "live", "GPUs", "queue", "started", "heartbeat"):
+            table.add_column(col)
+        for e in entries:
+            beat = e.get("heartbeat")
+            table.add_row(
+                str(e.get("id")),
+                str(e.get("experiment")),
+                f"{float(e.get('gpu_gb') or 0):g}",
+                str(e.get("status")),
+                "yes" if e.get("live") else "no",
+                ",".join(str(g) for g in e.get("gpus") or []) or "-",
+                str(e.get("queue_position") or "-"),
+                str(e.get("started") or "-"),
+                f"{duration(now - beat)} ago" if isinstance(beat, (int, float)) else "-",
+            )
+        out.print(table)
+    gpus = doc.get("gpus")
+    if gpus is None:
+        say(f"{host}: no GPU ({doc.get('gpu_error') or 'nvidia-smi not found'}); GPU requests are refused there.")
+    else:
+        for g in gpus:
+            say(
+                f"GPU {g['index']}: {g['free_gb']:.1f} GB free of {g['total_gb']:.1f} "
+                f"(reserved {g['reserved_gb']:.1f}, used outside the registry {g['outside_gb']:.1f})."
+            )
+    for problem in doc.get("problems", []):
+        say(f"warning: {problem}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(agents)
