@@ -27,6 +27,7 @@ ItemId = Union[str, int]  # noqa: UP007 - a runtime alias; the library must run 
 T = TypeVar("T")
 
 JOURNAL_VERSION = 1
+_ID_TYPES = (str, int)  # exact types as JSON decodes them (type(True) is bool, so booleans are not ids)
 RUNBOOK_PARTIAL = "results_partial.json"
 ENV_RESULTS_DIR = "TETHER_RESULTS_DIR"
 
@@ -35,26 +36,28 @@ class CheckpointWarning(UserWarning):
     """Opening a checkpoint repaired or adopted something (a torn last line, a runbook partial file)."""
 
 
-class _Decoded:
-    """A result replayed from the journal, kept as a Python value (new results are kept as JSON text)."""
+class _Encoded:
+    """A result recorded by this process, kept as its JSON text (replayed results are kept as values)."""
 
-    __slots__ = ("value",)
+    __slots__ = ("text",)
 
-    def __init__(self, value: Any) -> None:
-        self.value = value
+    def __init__(self, text: str) -> None:
+        self.text = text
 
 
-def id_key(item_id: Any) -> str:
-    """The normalized form of an item id: its JSON encoding (``"a"`` → ``'"a"'``, ``7`` → ``'7'``).
+def id_key(item_id: Any) -> ItemId:
+    """Check an item id and return it as the key results are filed under.
 
-    Ids must be ``str`` or ``int`` (not ``bool``); ``7`` and ``"7"`` are different ids.
+    Ids must be ``str`` or ``int`` (not ``bool``), so the id is its own key: ``7`` and ``"7"`` are different
+    ids, exactly as their JSON encodings in the journal differ, and an id read back from the journal is equal
+    to the one given.
     """
     if isinstance(item_id, bool) or not isinstance(item_id, (str, int)):
         raise CheckpointError(
             f"Item id {item_id!r} is a {type(item_id).__name__}; item ids must be str or int.",
             hint="Pass key= to say which field of an item is its id, e.g. key=lambda it: it['id'].",
         )
-    return json.dumps(item_id, ensure_ascii=False)
+    return item_id
 
 
 def _dumps(value: Any) -> str:
@@ -93,9 +96,11 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _duplicates(keys: Sequence[str]) -> list[str]:
-    seen: set[str] = set()
-    dupes: dict[str, None] = {}
+def _duplicates(keys: Sequence[ItemId]) -> list[ItemId]:
+    if len(set(keys)) == len(keys):
+        return []
+    seen: set[ItemId] = set()
+    dupes: dict[ItemId, None] = {}
     for k in keys:
         if k in seen:
             dupes[k] = None
@@ -103,8 +108,8 @@ def _duplicates(keys: Sequence[str]) -> list[str]:
     return list(dupes)
 
 
-def _name_ids(keys: Sequence[str], limit: int = 10) -> str:
-    shown = ", ".join(keys[:limit])
+def _name_ids(keys: Sequence[ItemId], limit: int = 10) -> str:
+    shown = ", ".join(json.dumps(k, ensure_ascii=False) for k in keys[:limit])
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
@@ -165,10 +170,10 @@ class Checkpoint:
 
         self._lock = threading.RLock()
         self._fd: int | None = None
-        self._ids: dict[str, ItemId] = {}  # key → id, in first-seen order
-        self._done: dict[str, str | _Decoded] = {}
-        self._failed: dict[str, str] = {}
-        self._order: list[str] | None = None
+        self._seen: dict[ItemId, None] = {}  # every id, in first-seen order
+        self._done: dict[ItemId, Any] = {}  # id → result (a value, or _Encoded JSON text)
+        self._failed: dict[ItemId, str] = {}
+        self._order: list[ItemId] | None = None
         self._partial: dict[str, Any] | None = None
         self._since_sync = 0
         self._last_sync = 0.0
@@ -292,9 +297,9 @@ class Checkpoint:
         assert self._fd is not None
         with open(self.journal_path, "rb") as fh:
             data = fh.read()
-        lines = data.split(b"\n")
-        tail = lines.pop()  # the bytes after the last newline: b"" unless the last line is torn
-        if not lines:
+        end = data.rfind(b"\n") + 1  # the journal's complete lines end here
+        tail = data[end:]  # the bytes after the last newline: b"" unless the last line is torn
+        if end == 0:
             # Not even the header line is complete (a crash while it was created): start the journal afresh.
             if tail:
                 self.dropped_tail = tail
@@ -307,12 +312,14 @@ class Checkpoint:
             self._fd = fd
             return
         try:
-            header = json.loads(lines[0])
+            first_nl = data.index(b"\n")
+            header = json.loads(data[:first_nl])
         except ValueError as exc:
             raise self._corrupt(1, f"the header is not valid JSON: {exc}") from exc
         if not isinstance(header, dict) or header.get("tether_journal") != JOURNAL_VERSION:
             raise self._corrupt(1, "not a tether journal header")
-        records = self._parse_records(lines)
+        self._check_config(header)  # may refuse; nothing was changed so far
+        records = self._parse_records(data[first_nl + 1 : end])
         tail_record: dict[str, Any] | None = None
         if tail:
             try:
@@ -321,19 +328,30 @@ class Checkpoint:
                 parsed = None
             if isinstance(parsed, dict) and self._valid_record(parsed):
                 tail_record = parsed  # complete but for its newline: keep it
-        self._check_config(header)  # may refuse; nothing was changed so far
-        for rec in records:
-            self._apply(rec)
         if tail_record is not None:
-            self._apply(tail_record)
+            records.append(tail_record)
+        seen, done, failed = self._seen, self._done, self._failed
+        for rec in records:
+            item_id = rec["id"]
+            if item_id not in seen:
+                seen[item_id] = None
+            if rec["ok"]:
+                done[item_id] = rec["result"]
+                if failed:
+                    failed.pop(item_id, None)
+            else:
+                failed[item_id] = str(rec["error"])
+                done.pop(item_id, None)
+        if tail_record is not None:
             self._append(b"\n")
         elif tail:
             self.dropped_tail = tail
-            os.ftruncate(self._fd, len(data) - len(tail))
+            os.ftruncate(self._fd, end)
             os.fsync(self._fd)
+            line_no = data.count(b"\n", 0, end) + 1
             self._note(
                 f"Journal {self.journal_path}: dropped a torn last line of {len(tail)} bytes "
-                f"(line {len(lines) + 1}, an interrupted write); its item will run again."
+                f"(line {line_no}, an interrupted write); its item will run again."
             )
 
     @staticmethod
@@ -346,19 +364,27 @@ class Checkpoint:
         ok = rec.get("ok")
         return (ok is True and "result" in rec) or (ok is False and "error" in rec)
 
-    def _parse_records(self, lines: list[bytes]) -> list[dict[str, Any]]:
-        body = lines[1:]
-        if not body:
+    def _parse_records(self, body_bytes: bytes) -> list[dict[str, Any]]:
+        """Parse the record lines (``body_bytes`` holds whole lines, each ending with a newline)."""
+        if not body_bytes:
             return []
-        # Fast path: one parse of all lines as a JSON array; on any doubt, parse line by line to name the bad one.
+        count = body_bytes.count(b"\n")
+        # Fast path: one parse of all lines as a JSON array; on any doubt, parse line by line to name the bad line.
         try:
-            parsed = json.loads(b"[" + b",".join(body) + b"]")
-            if isinstance(parsed, list) and len(parsed) == len(body) and all(self._valid_record(r) for r in parsed):
-                return parsed
+            parsed = json.loads(b"[" + body_bytes[:-1].replace(b"\n", b",") + b"]")
+            if isinstance(parsed, list) and len(parsed) == count:
+                for r in parsed:  # _valid_record, inlined: this loop runs once per journaled item
+                    if type(r) is not dict or type(r.get("id")) not in _ID_TYPES:
+                        break
+                    ok = r.get("ok")
+                    if not ((ok is True and "result" in r) or (ok is False and "error" in r)):
+                        break
+                else:
+                    return parsed
         except ValueError:
             pass  # a bad line somewhere: the slow path below finds and names it
         out: list[dict[str, Any]] = []
-        for i, raw in enumerate(body):
+        for i, raw in enumerate(body_bytes[:-1].split(b"\n")):
             line_no = i + 2
             try:
                 rec = json.loads(raw)
@@ -401,18 +427,6 @@ class Checkpoint:
         os.close(old_fd)
         self._lock_fd(self._fd)
 
-    def _apply(self, rec: Mapping[str, Any]) -> None:
-        item_id = rec["id"]
-        key = json.dumps(item_id, ensure_ascii=False)
-        if key not in self._ids:
-            self._ids[key] = item_id
-        if rec["ok"]:
-            self._done[key] = _Decoded(rec["result"])
-            self._failed.pop(key, None)
-        else:
-            self._failed[key] = str(rec["error"])
-            self._done.pop(key, None)
-
     # ------------------------------------------------------------------------------------ runbook adoption
     def _read_partial(self) -> None:
         path = self.partial_path
@@ -435,7 +449,7 @@ class Checkpoint:
             )
         self._partial = doc
 
-    def _adopt(self, ids: Sequence[ItemId], keys: Sequence[str]) -> None:
+    def _adopt(self, ids: Sequence[ItemId]) -> None:
         doc = self._partial
         if doc is None or self.partial_path is None:
             return
@@ -463,10 +477,9 @@ class Checkpoint:
         adopted = 0
         now = round(time.time(), 3)
         for i in range(n):
-            if keys[i] in self._done:
+            if ids[i] in self._done:
                 continue  # the journal already has a newer result for this item
-            text = _dumps(results[i])
-            self._append_line(ids[i], keys[i], text, now, extra=',"adopted":true')
+            self._append_line(ids[i], _dumps(results[i]), now, extra=',"adopted":true')
             adopted += 1
         self._sync()
         target = Path(str(path) + ".adopted")
@@ -500,12 +513,13 @@ class Checkpoint:
             raise self._os_error("append to the journal", exc) from exc
         self._bytes["journal"] += len(data)
 
-    def _append_line(self, item_id: ItemId, key: str, result_text: str, t: float, extra: str = "") -> None:
-        line = '{"id":' + key + ',"ok":true,"result":' + result_text + ',"t":' + repr(t) + extra + "}\n"
-        self._append(_encode_line(line))
-        self._ids.setdefault(key, item_id)
-        self._done[key] = result_text
-        self._failed.pop(key, None)
+    def _append_line(self, item_id: ItemId, result_text: str, t: float, extra: str = "") -> None:
+        line = '{"id":' + _dumps(item_id) + ',"ok":true,"result":' + result_text + ',"t":' + repr(t) + extra
+        self._append(_encode_line(line + "}\n"))
+        if item_id not in self._seen:
+            self._seen[item_id] = None
+        self._done[item_id] = _Encoded(result_text)
+        self._failed.pop(item_id, None)
 
     def _sync(self) -> None:
         if self._fd is None:
@@ -540,7 +554,7 @@ class Checkpoint:
             ) from exc
         with self._lock:
             self._require_open()
-            self._append_line(item_id, key, text, round(time.time(), 3))
+            self._append_line(key, text, round(time.time(), 3))
             self._new_completed += 1
             self._after_write()
 
@@ -548,11 +562,12 @@ class Checkpoint:
         """Append a failure for ``item_id``; it does not count as completed and is retried on resume."""
         key = id_key(item_id)
         message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        line = '{"id":' + key + ',"ok":false,"error":' + _dumps(message) + ',"t":' + repr(round(time.time(), 3))
+        line = '{"id":' + _dumps(key) + ',"ok":false,"error":' + _dumps(message) + ',"t":' + repr(round(time.time(), 3))
         with self._lock:
             self._require_open()
             self._append(_encode_line(line + "}\n"))
-            self._ids.setdefault(key, item_id)
+            if key not in self._seen:
+                self._seen[key] = None
             self._failed[key] = message
             self._done.pop(key, None)
             self._after_write()
@@ -566,9 +581,11 @@ class Checkpoint:
         file (its first N results belong to the first N items).
         """
         listed = list(items)
-        ids: list[ItemId] = [key(it) if key is not None else it for it in listed]  # type: ignore[misc]
-        keys = [id_key(i) for i in ids]
-        dupes = _duplicates(keys)
+        ids: list[ItemId] = [key(it) for it in listed] if key is not None else listed  # type: ignore[assignment]
+        for item_id in ids:
+            if type(item_id) not in _ID_TYPES:
+                id_key(item_id)  # raises for anything but a str or int (subclass), naming the bad id
+        dupes = _duplicates(ids)
         if dupes:
             raise CheckpointError(
                 f"Duplicate item ids: {_name_ids(dupes)}; nothing was run.",
@@ -576,16 +593,15 @@ class Checkpoint:
             )
         with self._lock:
             self._require_open_or_final()
-            self._order = keys
-            for k, i in zip(keys, ids):  # noqa: B905 - zip(strict=) needs Python 3.10
-                self._ids.setdefault(k, i)
+            self._order = ids  # finalize's default order from now on (no need to extend _seen)
             if self.total is None:
                 self.total = len(listed)
             if self.already_finalized:
                 return iter(())
-            self._adopt(ids, keys)
+            self._adopt(ids)
             self._write_progress()
-        return (it for it, k in zip(listed, keys) if k not in self._done)  # noqa: B905 - as above
+        done = self._done
+        return (it for it, k in zip(listed, ids) if k not in done)  # noqa: B905 - zip(strict=) needs 3.10
 
     def _require_open_or_final(self) -> None:
         if not self.already_finalized:
@@ -598,7 +614,7 @@ class Checkpoint:
     def result(self, item_id: ItemId) -> Any:
         """The recorded result of ``item_id`` (KeyError when it has none)."""
         value = self._done[id_key(item_id)]
-        return value.value if isinstance(value, _Decoded) else json.loads(value)
+        return json.loads(value.text) if isinstance(value, _Encoded) else value
 
     @property
     def completed(self) -> int:
@@ -608,7 +624,7 @@ class Checkpoint:
     @property
     def failed(self) -> dict[ItemId, str]:
         """Items whose last record is a failure → its error message."""
-        return {self._ids[k]: msg for k, msg in self._failed.items()}
+        return dict(self._failed)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -677,7 +693,7 @@ class Checkpoint:
             elif self._order is not None:
                 keys = self._order
             else:
-                keys = list(self._ids)
+                keys = list(self._seen)
             failed = [k for k in keys if k in self._failed]
             missing = [k for k in keys if k not in self._done and k not in self._failed]
             if failed and not allow_failures:
@@ -703,9 +719,9 @@ class Checkpoint:
                 )
             texts: list[str] = []
             for k in keys:
-                value = self._done.get(k)
-                if value is not None:
-                    texts.append(_dumps(value.value) if isinstance(value, _Decoded) else value)
+                if k in self._done:
+                    value = self._done[k]
+                    texts.append(value.text if isinstance(value, _Encoded) else _dumps(value))
             total = self.total if self.total is not None else len(keys)
             head = '{"completed": ' + str(len(texts)) + ', "total": ' + str(total) + ", "
             if failed:

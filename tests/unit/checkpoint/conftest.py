@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ckpt_helpers import StartScript
+
+from tests.unit.checkpoint.ckpt_helpers import StartScript
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ckpt_helpers import StartScript, journal_records, wait_for
 
+from tests.unit.checkpoint.ckpt_helpers import StartScript, journal_records, wait_for
 from tether.checkpoint import RetryAfter, backoff_delay, run_batch
 from tether.errors import CheckpointError, RateLimited
 
