@@ -106,6 +106,7 @@ class PolicyConfig(_Strict):
     local_busy: bool = False
     allow_spending: bool = False
     local_max_minutes: Annotated[float, Field(gt=0)] = 30
+    local_gpu_gb: Annotated[float, Field(ge=0)] = 0
 
 
 class TetherConfig(_Strict):

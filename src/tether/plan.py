@@ -90,6 +90,17 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def gpu_need_gb(exp: ExperimentConfig) -> float:
+    """GPU memory an experiment needs: its ``gpu_gb``, else what its kind implies (24 GB, 40 GB, none)."""
+    if exp.gpu_gb > 0:
+        return exp.gpu_gb
+    return {"inference": 24.0, "finetune": 40.0}.get(exp.kind, 0.0)
+
+
+def _fits_here(exp: ExperimentConfig, policy: PolicyConfig) -> bool:
+    return gpu_need_gb(exp) <= policy.local_gpu_gb
+
+
 def plan_experiment(
     name: str,
     exp: ExperimentConfig,
@@ -123,14 +134,9 @@ def plan_experiment(
         reasons.append(f"{what} runs on this machine: free and instant")
         if busy:
             reasons.append("the local machine is marked busy; it runs here when the machine is free")
-    elif duration is not None and duration < limit_s and not busy:
+    elif duration is not None and duration < limit_s and not busy and _fits_here(exp, policy):
         where, profile = "local", None
         reasons.append(f"a short run (under {policy.local_max_minutes:g} min) runs on this machine: free and instant")
-        if exp.kind in ("inference", "finetune") or exp.gpu_gb > 0:
-            reasons.append(
-                f"it needs {exp.gpu_gb:g} GB of GPU memory: if this machine has none, run it with "
-                f"`tether run {name} --on <instance>` or rent with --provision"
-            )
     elif exp.kind == "api":
         many = exp.items is not None and exp.items > API_REMOTE_MIN_ITEMS
         if busy:

@@ -46,7 +46,8 @@ def test_duration_is_items_times_seconds_over_concurrency() -> None:
         (exp(kind="api", items=100, item_seconds=60), False, "local", None, "100 or fewer"),
         (exp(kind="api", items=100, item_seconds=60), True, "remote-cpu", "api", "off or busy"),
         (exp(kind="inference", items=200, item_seconds=30), False, "remote-gpu", "inference", "24 GB"),
-        (exp(kind="inference", items=20, item_seconds=30), False, "local", None, "GPU memory"),
+        # a short GPU run still needs a GPU: this machine has none unless [policy] local_gpu_gb says so
+        (exp(kind="inference", items=20, item_seconds=30), False, "remote-gpu", "inference", "24 GB"),
         (exp(kind="finetune", items=1, item_seconds=6 * 3600, gpu_gb=80), False, "remote-gpu", "finetune", "80 GB"),
         (exp(kind="finetune", items=1, item_seconds=600), True, "remote-gpu", "finetune", "off or busy"),
     ],
@@ -66,7 +67,9 @@ def test_busy_from_config_counts_like_the_flag() -> None:
 def test_local_max_minutes_is_the_threshold() -> None:
     e = exp(kind="inference", items=60, item_seconds=60)  # 60 min
     assert plan_experiment("E", e, POLICY).where == "remote-gpu"
-    assert plan_experiment("E", e, PolicyConfig(local_max_minutes=90)).where == "local"
+    assert plan_experiment("E", e, PolicyConfig(local_max_minutes=90)).where == "remote-gpu"  # no local GPU
+    assert plan_experiment("E", e, PolicyConfig(local_max_minutes=90, local_gpu_gb=24)).where == "local"
+    assert plan_experiment("E", e, PolicyConfig(local_max_minutes=90, local_gpu_gb=16)).where == "remote-gpu"
 
 
 def test_cost_on_cheapest_offer() -> None:
