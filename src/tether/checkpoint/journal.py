@@ -319,7 +319,8 @@ class Checkpoint:
         if not isinstance(header, dict) or header.get("tether_journal") != JOURNAL_VERSION:
             raise self._corrupt(1, "not a tether journal header")
         self._check_config(header)  # may refuse; nothing was changed so far
-        records = self._parse_records(data[first_nl + 1 : end])
+        body = data[first_nl + 1 : end]
+        records = self._parse_records(body)
         tail_record: dict[str, Any] | None = None
         if tail:
             try:
@@ -330,18 +331,24 @@ class Checkpoint:
                 tail_record = parsed  # complete but for its newline: keep it
         if tail_record is not None:
             records.append(tail_record)
+        # Validate and apply in one pass (this loop runs once per journaled item, so it is kept tight).
+        # Re-assigning a key keeps its first position, so _seen stays in first-seen order.
         seen, done, failed = self._seen, self._done, self._failed
         for rec in records:
+            if type(rec) is not dict or type(rec.get("id")) not in _ID_TYPES:
+                self._parse_records_slowly(body)  # raises, naming the bad line
             item_id = rec["id"]
-            if item_id not in seen:
-                seen[item_id] = None
-            if rec["ok"]:
+            ok = rec.get("ok")
+            if ok is True and "result" in rec:
                 done[item_id] = rec["result"]
                 if failed:
                     failed.pop(item_id, None)
-            else:
+            elif ok is False and "error" in rec:
                 failed[item_id] = str(rec["error"])
                 done.pop(item_id, None)
+            else:
+                self._parse_records_slowly(body)
+            seen[item_id] = None
         if tail_record is not None:
             self._append(b"\n")
         elif tail:
@@ -364,25 +371,23 @@ class Checkpoint:
         ok = rec.get("ok")
         return (ok is True and "result" in rec) or (ok is False and "error" in rec)
 
-    def _parse_records(self, body_bytes: bytes) -> list[dict[str, Any]]:
-        """Parse the record lines (``body_bytes`` holds whole lines, each ending with a newline)."""
+    def _parse_records(self, body_bytes: bytes) -> list[Any]:
+        """Parse the record lines (``body_bytes`` holds whole lines, each ending with a newline): one value per
+        line, not yet checked to be records (the caller checks them as it applies them)."""
         if not body_bytes:
             return []
-        count = body_bytes.count(b"\n")
-        # Fast path: one parse of all lines as a JSON array; on any doubt, parse line by line to name the bad line.
+        # Fast path: one parse of all lines as a JSON array. A line holding two values (``1, 2``) would shift
+        # the rest, hence the count check; on any doubt the slow path finds and names the bad line.
         try:
             parsed = json.loads(b"[" + body_bytes[:-1].replace(b"\n", b",") + b"]")
-            if isinstance(parsed, list) and len(parsed) == count:
-                for r in parsed:  # _valid_record, inlined: this loop runs once per journaled item
-                    if type(r) is not dict or type(r.get("id")) not in _ID_TYPES:
-                        break
-                    ok = r.get("ok")
-                    if not ((ok is True and "result" in r) or (ok is False and "error" in r)):
-                        break
-                else:
-                    return parsed
+            if isinstance(parsed, list) and len(parsed) == body_bytes.count(b"\n"):
+                return parsed
         except ValueError:
             pass  # a bad line somewhere: the slow path below finds and names it
+        return self._parse_records_slowly(body_bytes)
+
+    def _parse_records_slowly(self, body_bytes: bytes) -> list[dict[str, Any]]:
+        """Parse and check the record lines one by one; raise naming the first bad line."""
         out: list[dict[str, Any]] = []
         for i, raw in enumerate(body_bytes[:-1].split(b"\n")):
             line_no = i + 2

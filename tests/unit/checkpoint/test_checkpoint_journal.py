@@ -324,3 +324,14 @@ def test_bad_name_and_config_are_refused(tmp_path: Path) -> None:
         Checkpoint(tmp_path, name="../x")
     with pytest.raises(CheckpointError, match="not JSON-serializable"):
         Checkpoint(tmp_path, config={"f": object()})
+
+
+def test_null_and_falsy_results_are_kept_after_replay(tmp_path: Path) -> None:
+    with Checkpoint(tmp_path) as ck:
+        for i, value in enumerate([None, 0, "", [], {}, False]):
+            ck.record(i, value)
+    with Checkpoint(tmp_path) as ck:
+        assert ck.completed == 6 and ck.result(0) is None
+        ck.record(6, None)  # recorded now, not replayed
+        doc = json.loads(ck.finalize().read_text())
+    assert doc == {"completed": 7, "total": 7, "results": [None, 0, "", [], {}, False, None]}
