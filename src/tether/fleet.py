@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tether.config import Project
-from tether.errors import ConfigError, PolicyRefusal, ProviderError, TetherError
+from tether.errors import ConfigError, ProviderError, TetherError
 from tether.offers import Profile, parse_query, resolve_profile
 from tether.providers.base import Instance, Offer
 from tether.providers.vast.provider import (
@@ -277,41 +277,3 @@ def destroy(project: Project, st: State, name: str, *, provider: VastProvider | 
     if rec.state != "gone":
         destroy_verified(prov, rec.instance_id)
     return record(st, name, prov.show(rec.instance_id), source="destroy")
-
-
-def refuse_unless_safe(project: Project, st: State, name: str, *, discard_unsynced: bool) -> dict[str, Any]:
-    """Refuse (PolicyRefusal, exit 3) to destroy while a run is alive or results are not verified home."""
-    from tether import remote, runs
-    from tether.targets import host_target
-
-    rec = rented(st, name)
-    facts: dict[str, Any] = {"live_runs": [], "unsynced": None}
-    if rec.state == "gone":
-        return facts
-    if rec.state != "running":
-        if discard_unsynced:
-            return facts
-        raise PolicyRefusal(
-            f"{name} is {rec.state}, so tether cannot check that its results are home.",
-            f"Start it and pull first (`tether start {name} && tether pull {name}`), or destroy anyway with "
-            "--discard-unsynced.",
-        )
-    target = host_target(project, name, st)
-    scan = runs.scan(target)
-    live = [r["id"] for r in scan.get("runs", []) if r.get("status") in ("running", "starting")]
-    facts["live_runs"] = live
-    if live:
-        raise PolicyRefusal(
-            f"A run is still alive on {name}: {', '.join(live)}.",
-            f"Wait for it (`tether progress {name}`) or cancel it (`tether cancel RUN`) first.",
-        )
-    unsynced = remote.unsynced(st, target, project)
-    facts["unsynced"] = unsynced
-    if unsynced and not discard_unsynced:
-        shown = ", ".join(unsynced[:5]) + (" ..." if len(unsynced) > 5 else "")
-        raise PolicyRefusal(
-            f"{name} holds {len(unsynced)} result files newer than the last verified pull ({shown}).",
-            f"Run `tether pull {name}` (or `tether down {name}`, which pulls and verifies first), or destroy anyway "
-            "with --discard-unsynced.",
-        )
-    return facts

@@ -33,7 +33,7 @@ def test_offers_up_run_progress_pull_destroy(tmp_path: Path, cloud: Cloud) -> No
     assert run["completed"] == 30
 
     refused = tether("destroy", "box", cwd=project, env=env)
-    assert refused.returncode == 3 and "newer than the last verified pull" in refused.stderr
+    assert refused.returncode == 3 and "not yet brought home" in refused.stderr
     assert cloud.emulator.instance_json(int(instance_id)) is not None  # still there
 
     pulled = tether_json("pull", "box", cwd=project, env=env)["pulls"][0]

@@ -141,11 +141,9 @@ def _follow(project: config.Project, run_id: str, host: str) -> dict[str, Any]:
 def _follow_plan(
     ctx: click.Context, project: config.Project, st: Any, experiment: str, provision: bool, local_busy: bool
 ) -> str:
-    try:
-        from tether import plan as plan_mod
-    except ModuleNotFoundError:
-        return LOCAL
-    return plan_mod.choose_target(project, st, experiment, provision=provision, local_busy=local_busy)
+    from tether import dispatch
+
+    return dispatch.choose_target(project, st, experiment, provision=provision, local_busy=local_busy, say=say)
 
 
 def _hosts_with_runs(project: config.Project, st: Any, host: str | None) -> list[str]:

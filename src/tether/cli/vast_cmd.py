@@ -225,11 +225,19 @@ def destroy(ctx: click.Context, name: str, discard_unsynced: bool, as_json: bool
     with state() as st:
         rec = fleet.rented(st, name)
         if rec.state == "gone":
-            doc = {"name": name, "instance_id": rec.instance_id, "state": "gone", "already": True}
+            doc: dict[str, Any] = {"name": name, "instance_id": rec.instance_id, "state": "gone", "already": True}
         else:
-            facts = fleet.refuse_unless_safe(project, st, name, discard_unsynced=discard_unsynced)
+            from tether import autopilot
+
+            facts = autopilot.guard_destroy(project, st, name, discard_unsynced=discard_unsynced)
             new = fleet.destroy(project, st, name)
-            doc = {"name": name, "instance_id": new.instance_id, "state": new.state, "already": False, **facts}
+            doc = {
+                "name": name,
+                "instance_id": new.instance_id,
+                "state": new.state,
+                "already": False,
+                "unsynced_files": facts.unsynced_files,
+            }
     if as_json:
         emit_json(doc)
         return
