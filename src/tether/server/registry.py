@@ -15,8 +15,9 @@ The file
     over k GPUs holds ``gpu_gb / k`` on each. Keys this module does not know are kept as they are.
 
 Every change happens under an exclusive ``flock`` on the sidecar ``<path>.lock`` (bounded wait, then a
-:class:`~tether.errors.RegistryError` naming the holder) and is written to a temporary file that is fsynced and
-``os.replace``-d over the old one, so a reader never sees half a file.
+:class:`~tether.errors.RegistryError` naming the holder) and is written to a temporary file that is
+``os.replace``-d over the old one, so a reader never sees half a file. (It is not fsynced: after a power loss
+every owner is gone anyway, and the boot id tells.)
 
 Liveness
     An entry owned by a process stores ``pid`` + ``pid_start`` (``/proc/<pid>/stat`` field 22) + ``boot_id``; it is
@@ -647,6 +648,7 @@ class Registry:
         self.lock_timeout = lock_timeout
         self.history_s = history_s
         self.host = host or socket.gethostname()
+        self._ahead = 0
 
     # ---- locking and file I/O ----------------------------------------------------------------------------
 
@@ -776,7 +778,8 @@ class Registry:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
-                os.fsync(fd)
+                # No fsync: after a power loss every owner is gone anyway (the boot id changes), and an empty
+                # or stale file after a crash reads as an empty or older list, which the reclaim then corrects.
             finally:
                 os.close(fd)
             os.replace(tmp, target)
@@ -882,7 +885,7 @@ class Registry:
         pid: int | None = None,
         wait: float | None = None,
         lease_s: float | None = None,
-        poll_s: float = 0.05,
+        poll_s: float = 0.1,
     ) -> Entry:
         """Admit a job (or wait for room up to ``wait`` seconds, in queue order) and return its entry.
 
@@ -909,8 +912,16 @@ class Registry:
         deadline = None if not wait or wait <= 0 else time.monotonic() + wait
         queued = False
         done = False
+        locked_at = 0.0
         try:
             while True:
+                if queued and deadline is not None and time.monotonic() < deadline:
+                    # Behind others in the queue: look without the lock (the file is replaced atomically) and
+                    # take the lock only at the head of the queue, or once a second to reclaim dead waiters.
+                    ahead = self._peek_ahead(id, me, me_start)
+                    if ahead is not None and ahead > 0 and time.monotonic() - locked_at < 1.0:
+                        time.sleep(min(poll_s * (1 + ahead), 0.5) * (0.75 + random.random() / 2))
+                        continue
                 with self.locked():
                     final = deadline is None or time.monotonic() >= deadline
                     doc = self._load()
@@ -923,15 +934,37 @@ class Registry:
                     finally:
                         if doc.changed:
                             self._save(doc)
+                locked_at = time.monotonic()
                 if entry is not None:
                     done = True
                     return entry
                 queued = True
-                time.sleep(poll_s * (0.75 + random.random() / 2))
-                poll_s = min(poll_s * 1.5, 1.0)
+                time.sleep(min(poll_s * (1 + self._ahead), 1.0) * (0.75 + random.random() / 2))
         finally:
             if queued and not done:
                 self._drop_ticket(id, me, me_start)
+
+    def _peek_ahead(self, ident: str, me: int, me_start: int | None) -> int | None:
+        """How many queued entries stand before this process's ticket, read without the lock (None: unknown)."""
+        try:
+            data = self._read_bytes()
+            if data is None:
+                return None
+            text = data.decode("utf-8")
+            fast = _parse_lines(text)
+            items = fast.items if fast is not None else json.loads(text)
+        except (RegistryError, UnicodeDecodeError, ValueError):
+            return None
+        if not isinstance(items, list):
+            return None
+        ahead = 0
+        for item in items:
+            if not isinstance(item, dict) or item.get("status") != "queued":
+                continue
+            if item.get("id") == ident and item.get("pid") == me and item.get("pid_start") == me_start:
+                return ahead
+            ahead += 1
+        return None
 
     def _drop_ticket(self, ident: str, me: int, me_start: int | None) -> None:
         with self.locked():
@@ -1007,6 +1040,10 @@ class Registry:
         if gb <= 0:
             doc.append(entry)
             return entry
+        ahead = [e for i, e in doc.live("queued") if ticket is None or i < ticket]
+        self._ahead = len(ahead)
+        if ahead and ticket is not None and not final:
+            return None  # still behind others: keep the place without asking nvidia-smi again
         try:
             gpus, uses = self._use(doc)
         except RegistryError:
@@ -1029,7 +1066,6 @@ class Registry:
                 "Lower --gpu-gb or use a bigger GPU server.",
                 {"asked_gb": gb, "free_gb": {}, "holders": [], "queued": [], "reason": "never_fits"},
             )
-        ahead = [e for i, e in doc.live("queued") if ticket is None or i < ticket]
         placement = None if ahead else place(gb, uses)
         if placement is not None:
             entry.gpus = placement
