@@ -920,7 +920,7 @@ class Registry:
                     # take the lock only at the head of the queue, or once a second to reclaim dead waiters.
                     ahead = self._peek_ahead(id, me, me_start)
                     if ahead is not None and ahead > 0 and time.monotonic() - locked_at < 1.0:
-                        time.sleep(min(poll_s * (1 + ahead), 0.5) * (0.75 + random.random() / 2))
+                        time.sleep(min(poll_s * (1 + ahead), 0.1) * (0.75 + random.random() / 2))
                         continue
                 with self.locked():
                     final = deadline is None or time.monotonic() >= deadline
