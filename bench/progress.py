@@ -177,9 +177,14 @@ def direct_argv(target: Target) -> list[str]:
     return [*target.server_argv, "progress", "--root", target.root]
 
 
+def server_env() -> dict[str, str]:
+    """This process's environment as an ssh session would see it: bytecode caching left on (as over ssh)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def import_cost(b: BenchHost, python: str) -> float:
     """Median seconds ``python -S`` spends importing the scan's module (startup of ``-S -c pass`` subtracted)."""
-    env = {**os.environ, "PYTHONPATH": f"{b.root}/.tether/lib"}
+    env = {**server_env(), "PYTHONPATH": f"{b.root}/.tether/lib"}
     importing = [python, "-S", "-c", "import tether.server.progress"]
     with_import = [run_timed(importing, env=env)[0] for _ in range(REPEATS)]
     bare_start = [run_timed([python, "-S", "-c", "pass"], env=env)[0] for _ in range(REPEATS)]
@@ -209,7 +214,7 @@ def main() -> int:
         targets = variant_targets(b)
         for name, target in targets.items():  # every variant must give the same 50 runs (and is warmed once)
             assert len(tether_scan(target)["runs"]) == N_RUNS, name
-            run_timed(direct_argv(target))
+            run_timed(direct_argv(target), env=server_env())
         bare(b)
 
         # Interleaved repetitions, so a load change on the machine hits every measurement alike.
@@ -231,7 +236,7 @@ def main() -> int:
                     over_ssh[name].append(elapsed_tether)
                 else:
                     over_ssh[name].append(timed(partial(tether_scan, target))[0])
-                direct[name].append(run_timed(direct_argv(target))[0])
+                direct[name].append(run_timed(direct_argv(target), env=server_env())[0])
             note(f"repetition {rep + 1}/{REPEATS} done")
         shell_s = shell_startup()
         real_python = server_variants(b)["resolved"][2]
