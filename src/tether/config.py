@@ -88,6 +88,8 @@ class VastConfig(_Strict):
     remote_root: str = "/workspace"
     wait_minutes: Annotated[float, Field(gt=0)] = 15
     poll_seconds: Annotated[float, Field(gt=0)] = 5
+    retries: Annotated[int, Field(ge=0, le=20)] = 5
+    backoff_seconds: Annotated[float, Field(gt=0)] = 1.0
 
 
 class HostConfig(_Strict):

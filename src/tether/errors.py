@@ -85,9 +85,7 @@ class SSHError(RemoteError):
 class CommandFailed(RemoteError):
     """A command ran and exited non-zero."""
 
-    def __init__(
-        self, message: str, hint: str | None = None, returncode: int | None = None, output: str = ""
-    ) -> None:
+    def __init__(self, message: str, hint: str | None = None, returncode: int | None = None, output: str = "") -> None:
         super().__init__(message, hint)
         self.returncode = returncode
         self.output = output

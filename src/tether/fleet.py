@@ -36,7 +36,8 @@ def _quiet(_message: str) -> None:
 
 def provider_for(project: Project) -> VastProvider:
     """The Vast.ai provider: key from VAST_API_KEY or the vendor CLI's key files; URL from [vast] url or VAST_URL."""
-    return VastProvider(base_url=project.config.vast.url)
+    vast = project.config.vast
+    return VastProvider(base_url=vast.url, max_retries=vast.retries, backoff_base=vast.backoff_seconds)
 
 
 def profile_overrides(project: Project) -> dict[str, dict[str, Any]]:

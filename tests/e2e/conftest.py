@@ -64,6 +64,8 @@ identity_file = "{cloud.key}"
 remote_root = "{cloud.base}/instance-{{instance_id}}/root"
 wait_minutes = 1
 poll_seconds = 0.2
+retries = 2
+backoff_seconds = 0.2
 
 [policy]
 allow_spending = true

@@ -24,7 +24,7 @@ try:
 except ImportError:  # pragma: no cover - Windows has no fcntl; the journal is then not locked
     _HAVE_FCNTL = False
 
-ItemId = Union[str, int]  # noqa: UP007 - a runtime alias; the library must run on Python 3.8
+ItemId = Union[str, int]
 T = TypeVar("T")
 
 JOURNAL_VERSION = 1
@@ -618,7 +618,7 @@ class Checkpoint:
             self._adopt(ids)
             self._write_progress()
         done = self._done
-        return (it for it, k in zip(listed, ids) if k not in done)  # noqa: B905 - zip(strict=) needs 3.10
+        return (it for it, k in zip(listed, ids) if k not in done)
 
     def _require_open_or_final(self) -> None:
         if not self.already_finalized:

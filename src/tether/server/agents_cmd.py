@@ -138,7 +138,7 @@ def _print_listing(listing: reg.Listing) -> None:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
-        out.write(("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1]).rstrip() + "\n")  # noqa: B905
+        out.write(("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1]).rstrip() + "\n")
     for problem in listing.problems:
         sys.stderr.write(f"warning: {problem}\n")
 

@@ -61,6 +61,7 @@ from typing import Any
 
 from tether.errors import AdmissionRefused, ConfigError, RegistryError
 from tether.server import gpu as gpu_mod
+from tether.server.procinfo import boot_id, have_proc, owner_gone, parent_pid, pid_start, proc_stat
 
 try:
     import fcntl
@@ -128,68 +129,8 @@ def parse_iso(value: Any) -> float | None:
     except ValueError:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)  # noqa: UP017 - datetime.UTC needs Python 3.11
+        moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
-
-
-def boot_id() -> str | None:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
-            return fh.read().strip() or None
-    except OSError:
-        return None
-
-
-def _proc_stat(pid: int) -> tuple[int, str, int] | None:
-    """(start time in ticks, state letter, parent pid) of ``pid`` from ``/proc``, or None if there is none."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            data = fh.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(")") + 2 :].split()
-    try:
-        return int(fields[19]), fields[0], int(fields[1])
-    except (IndexError, ValueError):
-        return None
-
-
-def _have_proc() -> bool:
-    return os.path.isdir("/proc/self")
-
-
-def pid_start(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot, or None (no such process, or no /proc)."""
-    stat = _proc_stat(pid)
-    return stat[0] if stat else None
-
-
-def owner_gone(pid: int, start: int | None, boot: str | None) -> str | None:
-    """Why the process that registered as (pid, start, boot) is no longer running, or None while it runs."""
-    current_boot = boot_id()
-    if boot and current_boot and boot != current_boot:
-        return f"the server rebooted since process {pid} started"
-    if not _have_proc():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return f"process {pid} is gone"
-        except PermissionError:
-            return None
-        return None
-    stat = _proc_stat(pid)
-    if stat is None:
-        return f"process {pid} is gone"
-    if start is not None and stat[0] != start:
-        return f"process {pid} is gone (the pid now belongs to a newer process)"
-    if stat[1] in ("Z", "X"):
-        return f"process {pid} has exited"
-    return None
-
-
-def _parent(pid: int) -> int | None:
-    stat = _proc_stat(pid)
-    return stat[2] if stat else None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -517,7 +458,7 @@ class _Doc:
         if not self.items:
             return "[]\n"
         rows = []
-        for item, line in zip(self.items, self.lines):  # noqa: B905 - strict= needs Python 3.10
+        for item, line in zip(self.items, self.lines):
             rows.append("  " + (json.dumps(item) if line is None else line))
         return "[\n" + ",\n".join(rows) + "\n]\n"
 
@@ -858,7 +799,7 @@ class Registry:
             node: int | None = pid
             steps = 0
             while node and node not in owners and steps < 64:
-                node = _parent(node)
+                node = parent_pid(node)
                 steps += 1
             if node and node in owners:
                 key = (owners[node], by_uuid[uuid])
@@ -1324,7 +1265,7 @@ _TAG_KEYS = (ENV_ID.encode(), ENV_EXPERIMENT.encode(), ENV_GPU_GB.encode(), b"CU
 def _tagged_processes() -> list[dict[str, Any]]:
     """Live processes whose environment names a registry agent (``TETHER_AGENT_ID``), one per agent: the
     top-most process of each agent's tree."""
-    if not _have_proc():
+    if not have_proc():
         return []
     tagged: dict[int, dict[str, Any]] = {}
     me = os.getpid()
@@ -1343,7 +1284,7 @@ def _tagged_processes() -> list[dict[str, Any]]:
             if sep and key in _TAG_KEYS:
                 env[key.decode()] = value.decode("utf-8", "replace")
         ident = env.get(ENV_ID)
-        stat = _proc_stat(pid)
+        stat = proc_stat(pid)
         if not ident or stat is None or stat[1] in ("Z", "X"):
             continue
         gb = _number(_float_or_none(env.get(ENV_GPU_GB)))

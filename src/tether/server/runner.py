@@ -6,9 +6,9 @@ controller going away. It:
 1. writes ``<root>/.tether/runs/<id>/run.json`` (status ``starting``, wrapper pid, pid start time, boot id);
 2. registers the run in the agent registry (``<root>/AGENT_STATUS.json`` unless ``--registry``) with its ``gpu_gb``;
    a refusal ends the run with status ``refused`` and exit code 4, the reason in the log;
-3. starts ARGV in ``--cwd`` with ``TETHER_RUN_ID``, ``TETHER_RESULTS_DIR``, ``CUDA_VISIBLE_DEVICES`` (when the
-   registry placed it) and the variables of ``<cwd>/.env`` (never printed), its output going to ``log`` and to the
-   tmux pane;
+3. starts ARGV in ``--cwd`` with ``TETHER_RUN_ID``, ``TETHER_RESULTS_DIR``, ``CUDA_VISIBLE_DEVICES`` (the GPUs the
+   registry placed it on; empty for an API-only run), ``TETHER_AGENT_*`` and the variables of ``<cwd>/.env``
+   (never printed), its output going to ``log`` and to the tmux pane;
 4. heartbeats the registry while it runs, forwards SIGTERM/SIGINT/SIGHUP to the experiment (``tether cancel``);
 5. records status (``completed`` on exit 0, ``failed``, ``cancelled``), exit code and end time in ``run.json``, and
    leaves the registry.
@@ -169,9 +169,10 @@ class _Run:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         env = dict(os.environ)
-        cuda: str | None = None
+        agent_env: dict[str, str] = {}
         if not self.args.no_registry:
             from tether.errors import TetherError
+            from tether.server import registry as registry_mod
             from tether.server.registry import Registry
 
             path = self.args.registry or str(Path(self.args.root) / "AGENT_STATUS.json")
@@ -188,7 +189,7 @@ class _Run:
                 self.log(f"not started: {exc}")
                 return self.finish("refused", getattr(exc, "exit_code", 4))
             self.registry = registry
-            cuda = getattr(entry, "cuda_visible_devices", None)
+            agent_env = registry_mod.agent_env(entry, registry.path)
         for key, value in read_env_file(Path(self.args.cwd) / ".env").items():
             env.setdefault(key, value)
         lib = str(Path(__file__).resolve().parents[2])
@@ -196,8 +197,8 @@ class _Run:
         env["TETHER_RUN_ID"] = self.args.run_id
         env["TETHER_RESULTS_DIR"] = self.record["results_dir"]
         env["PYTHONUNBUFFERED"] = "1"
-        if cuda is not None:
-            env["CUDA_VISIBLE_DEVICES"] = cuda
+        # CUDA_VISIBLE_DEVICES (the GPUs the registry placed it on) and TETHER_AGENT_* (`repair` finds runs by them)
+        env.update(agent_env)
         self.log(f"run {self.args.run_id}: {' '.join(self.argv)}")
         try:
             self.child = subprocess.Popen(
