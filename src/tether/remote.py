@@ -21,8 +21,9 @@ from tether import setup
 from tether.config import Project
 from tether.errors import CommandFailed, ConfigError, RemoteError, SyncError
 from tether.paths import tether_home
+from tether.server.manifest import digest_of
 from tether.state import State
-from tether.targets import Target
+from tether.targets import Target, remote_server_argv
 
 #: Never pushed: version control, caches, virtualenvs, secrets (uploaded separately), tether's own files.
 ALWAYS_EXCLUDED = [
@@ -122,9 +123,11 @@ def server_lib_stage() -> tuple[Path, str]:
     return stage, version
 
 
-def check_python(target: Target) -> str:
-    python = target.server_argv[2] if len(target.server_argv) > 2 else "python3"
-    result = target.transport.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], check=False)
+def check_python(target: Target) -> tuple[str, str]:
+    """The server's Python version and the real path of its interpreter (RemoteError if it is missing or old)."""
+    python = target.python
+    probe = "import sys; print('%d.%d' % sys.version_info[:2]); print(sys.executable)"
+    result = target.transport.run([python, "-c", probe], check=False)
     if result.returncode == 127:
         raise RemoteError(
             f"{python} is not installed on {target.name}.",
@@ -132,11 +135,12 @@ def check_python(target: Target) -> str:
         )
     if result.returncode != 0:
         raise CommandFailed(f"{python} does not run on {target.name}.", result.output_tail(), result.returncode)
-    version = result.text().strip()
+    lines = result.text().split("\n")
+    version, executable = lines[0].strip(), (lines[1].strip() if len(lines) > 1 else "") or python
     major, _, minor = version.partition(".")
     if (int(major), int(minor or 0)) < (3, 8):
         raise RemoteError(f"{target.name} has Python {version}; tether's server side needs 3.8 or newer.")
-    return version
+    return version, executable
 
 
 def _disk_full(exc: Exception, target: Target, step: str) -> RemoteError | None:
@@ -164,8 +168,7 @@ def install_server_side(target: Target) -> str:
 
 def run_setup(project: Project, target: Target) -> bool:
     """Run setup.sh on the target; True if it did work, False if it had run before (same script)."""
-    python = target.server_argv[2] if len(target.server_argv) > 2 else "python3"
-    script = setup.render(project, target.root, python)
+    script = setup.render(project, target.root, target.python)
     path = f"{target.root}/{setup.SETUP_PATH}"
     try:
         target.transport.put_bytes(script.encode(), path, 0o700)
@@ -205,7 +208,10 @@ def up(project: Project, state: State, target: Target, *, env: bool = True) -> d
     if env and not project.env_file().is_file() and project.config.project.env_file != ".env":
         upload_env(project, target)  # raises the missing-file error before anything changes on the server
     t0 = time.monotonic()
-    python = check_python(target)
+    python, executable = check_python(target)
+    if not target.local:
+        state.set(f"python:{target.name}", executable)
+        target.server_argv = remote_server_argv(target.root, executable)
     did_setup = run_setup(project, target)
     version = install_server_side(target)
     pushed = push_code(project, state, target)
@@ -252,13 +258,30 @@ class PullReport:
         return self.__dict__.copy()
 
 
-def remote_manifest(target: Target, base: str, paths: Sequence[str]) -> dict[str, list[Any]]:
-    result = target.transport.run([*target.server_argv, "manifest", "--base", base, *paths])
+def remote_manifest(
+    target: Target, base: str, paths: Sequence[str], unless_digest: str | None = None
+) -> dict[str, list[Any]] | None:
+    """The server's manifest of ``paths``; None when ``unless_digest`` matches (nothing changed there)."""
+    argv = [*target.server_argv, "manifest", "--base", base]
+    if unless_digest:
+        argv += ["--unless-digest", unless_digest]
+    result = target.transport.run([*argv, *paths])
     try:
-        files: dict[str, list[Any]] = json.loads(result.text())["files"]
-    except (ValueError, KeyError, TypeError):
+        doc = json.loads(result.text())
+        if doc.get("unchanged"):
+            return None
+        files: dict[str, list[Any]] = doc["files"]
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise RemoteError(f"The manifest from {target.name} is not readable.", result.output_tail()) from None
     return files
+
+
+def _last_verified(state: State, host: str, paths: Sequence[str]) -> dict[str, list[Any]] | None:
+    last = state.last_pull(host)
+    if last and last["verified"] and sorted(last["paths"]) == sorted(paths):
+        manifest: dict[str, list[Any]] = last["manifest"]
+        return manifest
+    return None
 
 
 def _sha256(path: Path) -> str | None:
@@ -309,9 +332,20 @@ def pull(
         report.verified = True
         return report
     before = {rel: sha for rel, (_s, _m, sha) in (state.last_pull(target.name) or {}).get("manifest", {}).items()}
+    previous = _last_verified(state, target.name, paths)
     manifest: dict[str, list[Any]] = {}
     for attempt in range(attempts):
-        manifest = remote_manifest(target, target.code_dir, paths)
+        fresh = remote_manifest(
+            target, target.code_dir, paths, digest_of(previous) if previous is not None and attempt == 0 else None
+        )
+        if fresh is None and previous is not None:
+            # Nothing changed on the server since the last verified pull: nothing to move or check again.
+            report.verified = True
+            report.total_bytes = sum(int(v[0]) for v in previous.values())
+            state.add_pull(target.name, paths, previous, 0, True)
+            return report
+        assert fresh is not None
+        manifest = fresh
         wanted = [p for p in paths if any(rel == p or rel.startswith(p + "/") for rel in manifest)]
         for rel in wanted:
             local = project.root / rel
@@ -339,7 +373,9 @@ def pull(
 def unsynced(state: State, target: Target, project: Project, experiments: Sequence[str] = ()) -> list[str]:
     """Result files on the server that are newer than (or missing from) the last verified pull."""
     paths = results_paths(project, experiments)
-    manifest = remote_manifest(target, target.code_dir, paths)
-    last = state.last_pull(target.name)
-    pulled = last["manifest"] if last and last["verified"] else {}
+    pulled = _last_verified(state, target.name, paths)
+    manifest = remote_manifest(target, target.code_dir, paths, digest_of(pulled) if pulled is not None else None)
+    if manifest is None:
+        return []
+    pulled = pulled or {}
     return sorted(rel for rel, v in manifest.items() if rel not in pulled or pulled[rel][2] != v[2])

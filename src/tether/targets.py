@@ -31,6 +31,7 @@ class Target:
     local: bool = False
     registry: str | None = None
     tmux_socket: str = field(default="")
+    python: str = "python3"
 
     def __post_init__(self) -> None:
         if not self.tmux_socket:
@@ -51,13 +52,16 @@ def local_target(project: Project) -> Target:
         root=str(root),
         code_dir=str(project.root),
         server_argv=[sys.executable, "-m", "tether.server"],
+        python=sys.executable,
         local=True,
         registry=registry,
     )
 
 
 def remote_server_argv(root: str, python: str = "python3") -> list[str]:
-    return ["env", f"PYTHONPATH={root}/.tether/lib", python, "-m", "tether.server"]
+    """How tether's server side starts on a server: the copy under ``<root>/.tether/lib``, stdlib only (``-S``
+    skips site-packages, which costs tens of milliseconds on every progress scan)."""
+    return ["env", f"PYTHONPATH={root}/.tether/lib", python, "-S", "-m", "tether.server"]
 
 
 def host_target(project: Project, name: str, state: State | None = None) -> Target:
@@ -89,12 +93,15 @@ def host_target(project: Project, name: str, state: State | None = None) -> Targ
             known_hosts=known_hosts_dir() / f"{rec.provider}-{rec.instance_id}",
         )
         root, python = rec.remote_root, "python3"
+    # `tether up` records the interpreter's real path: a pyenv-style shim can cost 100 ms per call.
+    resolved = state.get(f"python:{name}") if state is not None else None
     return Target(
         name=name,
         transport=SSHTransport(ssh, label=name),
         root=root,
         code_dir=project.remote_dir(root),
-        server_argv=remote_server_argv(root, python),
+        server_argv=remote_server_argv(root, resolved or python),
+        python=python,
     )
 
 

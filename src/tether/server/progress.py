@@ -14,18 +14,19 @@ Failed and dead runs also carry the last lines of their log.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from tether.server import procinfo
-from tether.server.runner import RUNS_DIR
+
+#: Where the run wrapper keeps run records, under the workspace root (kept here so the scan imports little).
+RUNS_DIR = ".tether/runs"
 
 
-def _load(path: Path) -> Any | None:
+def _load(path: str) -> Any | None:
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
@@ -33,7 +34,7 @@ def _load(path: Path) -> Any | None:
         return None
 
 
-def tail(path: Path, lines: int) -> str:
+def tail(path: str, lines: int) -> str:
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -45,7 +46,7 @@ def tail(path: Path, lines: int) -> str:
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
-def scan_results(folder: Path) -> list[dict[str, Any]]:
+def scan_results(folder: str) -> list[dict[str, Any]]:
     """Checkpoints in one results folder, newest information first per name."""
     found: dict[str, dict[str, Any]] = {}
     try:
@@ -53,7 +54,7 @@ def scan_results(folder: Path) -> list[dict[str, Any]]:
     except OSError:
         return []
     for fname in names:
-        path = folder / fname
+        path = os.path.join(folder, fname)
         if fname.endswith(".progress.json"):
             doc = _load(path)
             if isinstance(doc, dict):
@@ -72,7 +73,7 @@ def scan_results(folder: Path) -> list[dict[str, Any]]:
     for fname in names:
         if not fname.endswith(".json") or fname.endswith(".progress.json") or fname.startswith("."):
             continue
-        path = folder / fname
+        path = os.path.join(folder, fname)
         name = fname[: -len(".json")]
         partial = "partial" in name
         if name in found and not partial:
@@ -100,13 +101,13 @@ def scan_results(folder: Path) -> list[dict[str, Any]]:
 
 def scan(root: str, tail_lines: int = 20) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
-    runs_dir = Path(root) / RUNS_DIR
+    runs_dir = os.path.join(root, RUNS_DIR)
     try:
         ids = sorted(os.listdir(runs_dir))
     except OSError:
         ids = []
     for run_id in ids:
-        record = _load(runs_dir / run_id / "run.json")
+        record = _load(os.path.join(runs_dir, run_id, "run.json"))
         if not isinstance(record, dict):
             continue
         status = record.get("status", "unknown")
@@ -115,7 +116,7 @@ def scan(root: str, tail_lines: int = 20) -> dict[str, Any]:
             alive = procinfo.is_alive(int(record.get("pid", 0)), record.get("pid_start"), record.get("boot_id", ""))
             if not alive:
                 status = "dead"
-        checkpoints = scan_results(Path(record.get("results_dir", "")))
+        checkpoints = scan_results(str(record.get("results_dir", "")))
         completed = sum(int(c["completed"] or 0) for c in checkpoints)
         totals = [c["total"] for c in checkpoints if isinstance(c.get("total"), int)]
         out = {
@@ -136,15 +137,31 @@ def scan(root: str, tail_lines: int = 20) -> dict[str, Any]:
             "checkpoints": checkpoints,
         }
         if status in ("failed", "dead", "refused") and record.get("log"):
-            out["log_tail"] = tail(Path(record["log"]), tail_lines)
+            out["log_tail"] = tail(str(record["log"]), tail_lines)
         runs.append(out)
     return {"host": os.uname().nodename, "time": time.time(), "runs": runs}
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m tether.server progress")
-    p.add_argument("--root", required=True)
-    p.add_argument("--tail", type=int, default=20)
-    args = p.parse_args(argv)
-    print(json.dumps(scan(args.root, args.tail)))
+    """``progress --root R [--tail N]`` (a hand-made parse: argparse alone would double the import time)."""
+    root, tail_lines = None, 20
+    args = list(argv)
+    while args:
+        flag = args.pop(0)
+        if flag in ("--root", "--tail") and args:
+            value = args.pop(0)
+            if flag == "--root":
+                root = value
+            elif value.isdigit():
+                tail_lines = int(value)
+            else:
+                print("tether.server progress: --tail takes a number", file=sys.stderr)
+                return 2
+        else:
+            print("usage: python3 -m tether.server progress --root DIR [--tail N]", file=sys.stderr)
+            return 2
+    if root is None:
+        print("usage: python3 -m tether.server progress --root DIR [--tail N]", file=sys.stderr)
+        return 2
+    print(json.dumps(scan(root, tail_lines)))
     return 0

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from tether.server import procinfo
+from tether.server.progress import RUNS_DIR
 
-RUNS_DIR = ".tether/runs"
 HEARTBEAT_S = 20.0
 
 
