@@ -227,17 +227,20 @@ class State:
         return [_run(row) for row in self.db.execute(query + " ORDER BY started", args)]
 
     def find_run(self, ref: str) -> RunRecord:
+        """A run by id, by a unique prefix of one, or (an experiment's name) that experiment's latest run."""
         rows = [_run(r) for r in self.db.execute("SELECT * FROM runs WHERE id LIKE ? ORDER BY started", (ref + "%",))]
         exact = [r for r in rows if r.id == ref]
         if exact:
             return exact[0]
         if len(rows) == 1:
             return rows[0]
+        latest = [_run(r) for r in self.db.execute("SELECT * FROM runs WHERE experiment=? ORDER BY started", (ref,))]
+        if latest:
+            return latest[-1]
         if not rows:
             raise TetherError(f"No run {ref!r} is known here.", "`tether progress` lists the runs.")
         raise TetherError(
-            f"{ref!r} matches {len(rows)} runs.",
-            "Give more of the run id: " + ", ".join(r.id for r in rows[:5]),
+            f"{ref!r} matches {len(rows)} runs.", "Give more of the run id: " + ", ".join(r.id for r in rows[:5])
         )
 
     # --- instances and the cost ledger --------------------------------------------------------------------------

@@ -26,6 +26,8 @@ def test_run_returns_at_once_and_finishes_with_runbook_shape(tmp_path: Path) -> 
     assert sorted(p.name for p in (project / "results").iterdir()) == ["results.json"]
     logs = tether("logs", run_id, cwd=project)
     assert logs.returncode == 0 and "summary 30 0" in logs.stdout
+    by_name = tether("logs", "exp", cwd=project)  # an experiment's name means its latest run
+    assert by_name.returncode == 0 and run_id in by_name.stdout
 
 
 def test_run_id_is_printed_on_stdout_alone(tmp_path: Path) -> None:
