@@ -273,9 +273,11 @@ def attach(ctx: click.Context, run_ref: str) -> None:
             f"Its output is kept: `tether logs {rec.id}`.",
         )
     final = argv if target.local else target.transport.interactive_argv(argv)
-    if target.local and not os.isatty(0):
+    if not os.isatty(0):
         raise TetherError("`tether attach` needs a terminal.", f"Use `tether logs {rec.id} -f` instead.")
-    raise SystemExit(subprocess.call(final))
+    # Inside tmux already: the run's tmux server is another one, so attaching nests (TMUX would make tmux refuse).
+    env = {k: v for k, v in os.environ.items() if k != "TMUX"}
+    raise SystemExit(subprocess.call(final, env=env))
 
 
 @click.command()
