@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tether.remote import check_python
 from tether.targets import Target, remote_server_argv
 from tether.testing.sshd import SshdHost
 from tether.transport.ssh import SSHTransport, ssh_argv
@@ -83,6 +84,9 @@ def bench_host(prefix: str) -> Iterator[BenchHost]:
             server_argv=remote_server_argv(root),
         )
         transport.run(["true"])  # accept the host key and start the control master
+        # As `tether up` does: record the interpreter's real path, so the server side starts as it would after up.
+        _version, executable = check_python(target)
+        target.server_argv = remote_server_argv(root, executable)
         yield BenchHost(host=host, transport=transport, target=target, tmp=tmp)
     finally:
         if transport is not None:

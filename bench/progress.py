@@ -156,7 +156,7 @@ def server_variants(b: BenchHost) -> dict[str, list[str]]:
     lib = f"PYTHONPATH={b.root}/.tether/lib"
     real = b.transport.run(["python3", "-c", "import sys; print(sys.executable)"]).text().strip()
     return {
-        "python3": b.target.server_argv,
+        "python3": ["env", lib, "python3", "-m", "tether.server"],
         "python3_S": ["env", lib, "python3", "-S", "-m", "tether.server"],
         "resolved": ["env", lib, real, "-m", "tether.server"],
         "resolved_S": ["env", lib, real, "-S", "-m", "tether.server"],
