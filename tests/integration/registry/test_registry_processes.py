@@ -94,6 +94,17 @@ def test_reused_pid_is_not_taken_for_the_owner(
     registry.register("a", "x", 20, pid=owner.pid)
     owner.kill()
     owner.wait()
+    # Process start times count clock ticks (1/100 s): a pid reused within the owner's own tick could not be told
+    # apart (nor can it happen for real: the pid space would have to wrap in 10 ms). Let the tick pass first.
+    # (read the file itself: a registry call would already mark the dead owner's entry lost)
+    owner_start = next(e for e in json.loads((tmp_path / "AGENT_STATUS.json").read_text()) if e["id"] == "a")[
+        "pid_start"
+    ]
+    ticks = os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + 5
+    while float(Path("/proc/uptime").read_text().split()[0]) * ticks <= owner_start + 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
     impostor = _spawn_with_pid(owner.pid)
     if impostor is None:
         pytest.skip("cannot steer pid allocation here (needs root and /proc/sys/kernel/ns_last_pid)")
