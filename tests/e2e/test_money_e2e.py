@@ -27,7 +27,7 @@ def sha(path: Path) -> str:
 
 
 def test_autopilot_stops_idle_server_after_pulling_then_destroys_it(tmp_path: Path, cloud: Cloud) -> None:
-    policy = "idle_stop_minutes = 0.02\ndestroy_after_idle_hours = 0.005\n" + BIG
+    policy = "idle_stop_minutes = 0.02\ndestroy_after_idle_hours = 0.01\n" + BIG
     project = vast_project(tmp_path, cloud, items=25, policy=policy)
     env = cloud.env
     instance_id = tether_json("up", "box", "--profile", "api", cwd=project, env=env)["rented"]["instance_id"]
@@ -52,7 +52,7 @@ def test_autopilot_stops_idle_server_after_pulling_then_destroys_it(tmp_path: Pa
         decisions = tether_json("autopilot", "--once", cwd=project, env=env)["decisions"]
         return decisions if decisions and decisions[0]["action"] == "destroy" else None
 
-    second = wait_for(destroyed, 60, "the autopilot to destroy the stopped server")
+    second = wait_for(destroyed, 120, "the autopilot to destroy the stopped server")
     assert second[0]["done"] is True, second
     assert cloud.emulator.billing_instances() == []
     assert sha(project / "results" / "results.json") == server_sha
