@@ -11,6 +11,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+#: The fake nvidia-smi (real output formats; FAKE_NVIDIA_SMI chooses the GPUs) lives here.
+FAKES = Path(__file__).resolve().parent / "fakes"
+
+
+def fake_gpu_env(mode: str) -> dict[str, str]:
+    """Environment with the fake nvidia-smi first on PATH, showing the GPUs ``mode`` names (e.g. "1x24")."""
+    return {**os.environ, "PATH": f"{FAKES}{os.pathsep}{os.environ['PATH']}", "FAKE_NVIDIA_SMI": mode}
+
 
 def tether(
     *args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 120

@@ -6,13 +6,11 @@ import json
 import os
 from pathlib import Path
 
-from tests.helpers import tether, tether_json, wait_status, write_project
-
-FAKES = Path(__file__).resolve().parents[2] / "fakes"
+from tests.helpers import fake_gpu_env, tether, tether_json, wait_status, write_project
 
 
 def gpu_env(mode: str) -> dict[str, str]:
-    return {"PATH": f"{FAKES}{os.pathsep}{os.environ['PATH']}", "FAKE_NVIDIA_SMI": mode}
+    return fake_gpu_env(mode)
 
 
 def registry_file() -> Path:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import tether
+from tests.helpers import FAKES
 from tether.server.registry import Registry
 
-FAKES = Path(__file__).resolve().parents[2] / "fakes"
 SRC = str(Path(tether.__file__).resolve().parents[1])
 
 

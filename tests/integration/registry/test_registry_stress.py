@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import FAKES
+
 HERE = Path(__file__).resolve().parent
-FAKES = HERE.parents[1] / "fakes"
 WORKER = HERE / "registry_worker.py"
 PROCS = 32
 ITERATIONS = int(os.environ.get("REGISTRY_STRESS_ITERATIONS", "6"))

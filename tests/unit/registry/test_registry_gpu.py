@@ -12,8 +12,6 @@ from tether.server import gpu
 from tether.server.gpu import Gpu
 from tether.server.registry import Entry, GpuUse, compute_use, place
 
-FAKES = Path(__file__).resolve().parents[2] / "fakes"
-
 
 def test_argv_is_exact() -> None:
     assert gpu.gpu_query_argv("/usr/bin/nvidia-smi") == [

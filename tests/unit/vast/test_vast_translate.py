@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.errors import ConfigError, ProviderError
-from tether.providers.local import LocalProvider
-from tether.providers.ssh import SshHostSpec, SshProvider
+from tether.errors import ProviderError
 from tether.providers.vast.api import find_api_key
 from tether.providers.vast.provider import instance_from_json, normalize_state, offer_from_json, ssh_address
 
@@ -74,16 +72,3 @@ def test_ssh_address_prefers_direct_mapping_then_proxy_with_jupyter_offset() -> 
     assert ssh_address(instance_from_json({**base, "image_runtype": "jupyter_direc ssh"}))[1] == 12346
     with pytest.raises(ProviderError, match="no SSH address yet"):
         ssh_address(instance_from_json({**base, "actual_status": "loading"}))
-
-
-def test_local_and_ssh_providers_refuse_lifecycle_ops_clearly() -> None:
-    local = LocalProvider()
-    assert local.list()[0].state == "running" and local.search({}) == []
-    with pytest.raises(ProviderError, match="Stop is only for rented instances"):
-        local.stop("local")
-    ssh = SshProvider([SshHostSpec("box", "10.0.0.2", 2222, "me")])
-    assert ssh_address(ssh.show("box")) == ("10.0.0.2", 2222, "me")
-    with pytest.raises(ProviderError, match="Destroy is only for rented instances"):
-        ssh.destroy("box")
-    with pytest.raises(ConfigError, match="No configured host is named 'nope'"):
-        ssh.show("nope")
