@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,31 +73,14 @@ def test_server_side_runs_on_python_38_without_site_packages(tmp_path: Path) -> 
     assert run.returncode == 0, run.stdout + run.stderr
     final = json.loads((code / "results" / "results.json").read_text())
     assert final["completed"] == 40 and [r["v"] for r in final["results"]][:2] == ["i0", "i1"]
-    scan = json.loads(
-        subprocess.run(
-            [*server, "progress", "--root", str(root)], env=env, capture_output=True, text=True, timeout=60, check=True
-        ).stdout
-    )
+
+    def server_json(*args: str) -> Any:
+        done = subprocess.run([*server, *args], env=env, capture_output=True, text=True, timeout=60, check=True)
+        return json.loads(done.stdout)
+
+    scan = server_json("progress", "--root", str(root))
     assert [(r["id"], r["status"], r["completed"]) for r in scan["runs"]] == [("r1", "completed", 40)]
-    manifest = json.loads(
-        subprocess.run(
-            [*server, "manifest", "--base", str(code), "results"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-    )
+    manifest = server_json("manifest", "--base", str(code), "results")
     assert list(manifest["files"]) == ["results/results.json"]
-    agents = json.loads(
-        subprocess.run(
-            [*server, "agents", "--root", str(root), "--json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-    )
+    agents = server_json("agents", "--root", str(root), "--json")
     assert [(e["id"], e["status"]) for e in agents["entries"]] == [("r1", "completed")]
