@@ -147,10 +147,12 @@ def _follow_plan(
 
 
 def _hosts_with_runs(project: config.Project, st: Any, host: str | None) -> list[str]:
+    """Hosts to scan: the one asked for, else every host with runs except rented servers already destroyed."""
     if host:
         return [host]
     names = sorted({r.host for r in st.runs()})
-    return names or [LOCAL]
+    gone = {r.name for r in st.instances() if r.state == "gone"}
+    return [n for n in names if n not in gone] or [LOCAL]
 
 
 @click.command()
