@@ -58,3 +58,13 @@ def test_run_follows_the_plan_and_never_rents_without_permission(tmp_path: Path)
     assert refused.returncode == 3
     assert "renting costs money" in refused.stderr and "--provision" in refused.stderr
     assert len(tether_json("progress", cwd=project)["hosts"][0]["runs"]) == 1  # nothing else started
+
+
+def test_cost_with_nothing_rented_and_a_bad_date(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "p", items=20, extra=MORE)
+    doc = tether_json("cost", cwd=project)
+    assert doc["total_usd"] == 0 and doc["burn_dph"] == 0 and doc["by_instance"] == []
+    since = tether_json("cost", "--since", "2026-01-01", cwd=project)
+    assert since["since"] is not None
+    bad = tether("cost", "--since", "last tuesday", cwd=project)
+    assert bad.returncode == 2 and "is not a date" in bad.stderr
