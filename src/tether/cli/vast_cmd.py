@@ -86,14 +86,14 @@ def offers(
             str(r["id"]),
             f"{r['dph_total']:.4f}",
             gpu,
-            f"{r['gpu_ram_gb']:.0f} GB",
+            f"{r['gpu_ram_gb']:.1f} GB",
             f"{r['cpu_cores']:.0f}",
             f"{r['cpu_ram_gb']:.0f} GB",
             f"{r['reliability']:.3f}",
             str(r.get("geolocation") or "-"),
         ]
         if hours is not None:
-            cells.append(f"${r['est_cost_usd']:.2f}")
+            cells.append(f"${r['est_cost_usd']:.2f}" if r["est_cost_usd"] >= 0.01 else f"${r['est_cost_usd']:.4f}")
         table.add_row(*cells)
     out.print(table)
     say(f"{len(rows)} offers for {query or spec.profile.query!r} with {spec.disk_gb:g} GB disk, cheapest first.")
