@@ -32,6 +32,8 @@ _ID_TYPES = (str, int)  # exact types as JSON decodes them (type(True) is bool, 
 RUNBOOK_PARTIAL = "results_partial.json"
 ENV_RESULTS_DIR = "TETHER_RESULTS_DIR"
 
+_NEWLINE_TO_COMMA = bytes.maketrans(b"\n", b",")
+
 
 class CheckpointWarning(UserWarning):
     """Opening a checkpoint repaired or adopted something (a torn last line, a runbook partial file)."""
@@ -390,8 +392,12 @@ class Checkpoint:
             return []
         # Fast path: one parse of all lines as a JSON array. A line holding two values (``1, 2``) would shift
         # the rest, hence the count check; on any doubt the slow path finds and names the bad line.
+        # The text is built with two copies (not four): JSON strings hold no raw newline, so every newline is a
+        # line end; the last one becomes the closing bracket and the others commas.
+        text = bytearray(b"[") + body_bytes
+        text[-1] = 0x5D  # "]"
         try:
-            parsed = json.loads(b"[" + body_bytes[:-1].replace(b"\n", b",") + b"]")
+            parsed = json.loads(text.translate(_NEWLINE_TO_COMMA))
             if isinstance(parsed, list) and len(parsed) == body_bytes.count(b"\n"):
                 return parsed
         except ValueError:
