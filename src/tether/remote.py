@@ -180,15 +180,23 @@ def run_setup(project: Project, target: Target) -> bool:
     return "already done" not in result.text()
 
 
+def env_source(project: Project) -> Path | None:
+    """The .env to upload; None when the default ``.env`` is absent; ConfigError when a named env_file is missing."""
+    path = project.env_file()
+    if path.is_file():
+        return path
+    if project.config.project.env_file != ".env":
+        raise ConfigError(
+            f"The env file {path} named in {project.path} does not exist; nothing was uploaded.",
+            "Create it, or fix env_file under [project].",
+        )
+    return None
+
+
 def upload_env(project: Project, target: Target) -> bool:
     """Upload the project's .env with mode 0600 through stdin. Returns False when there is none to upload."""
-    path = project.env_file()
-    if not path.is_file():
-        if project.config.project.env_file != ".env":
-            raise ConfigError(
-                f"The env file {path} named in {project.path} does not exist; nothing was uploaded.",
-                "Create it, or fix env_file under [project].",
-            )
+    path = env_source(project)
+    if path is None:
         return False
     target.transport.put_bytes(path.read_bytes(), f"{target.code_dir}/.env", 0o600)
     return True
@@ -205,8 +213,8 @@ def push_code(project: Project, state: State, target: Target) -> dict[str, Any]:
 
 def up(project: Project, state: State, target: Target, *, env: bool = True) -> dict[str, Any]:
     """Everything a server needs before runs: setup.sh, tether's server side, the code, the .env."""
-    if env and not project.env_file().is_file() and project.config.project.env_file != ".env":
-        upload_env(project, target)  # raises the missing-file error before anything changes on the server
+    if env:
+        env_source(project)  # a missing named env file is refused before anything changes on the server
     t0 = time.monotonic()
     python, executable = check_python(target)
     if not target.local:
