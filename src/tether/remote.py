@@ -21,7 +21,7 @@ from tether import setup
 from tether.config import Project
 from tether.errors import CommandFailed, ConfigError, RemoteError, SyncError
 from tether.paths import tether_home
-from tether.server.manifest import digest_of
+from tether.server.manifest import digest_of, sha256_file
 from tether.state import State
 from tether.targets import Target, remote_server_argv
 
@@ -243,8 +243,7 @@ def ensure_pushed(project: Project, state: State, target: Target) -> bool:
     if state.get(f"push:{target.name}") == code_fingerprint(project):
         return False
     push_code(project, state, target)
-    if project.env_file().is_file():
-        upload_env(project, target)
+    upload_env(project, target)
     return True
 
 
@@ -292,30 +291,15 @@ def _last_verified(state: State, host: str, paths: Sequence[str]) -> dict[str, l
     return None
 
 
-def _sha256(path: Path) -> str | None:
-    try:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
-    except OSError:
-        return None
-
-
 def verify_local(root: Path, manifest: dict[str, list[Any]]) -> list[str]:
     """Paths of the manifest whose local copy is missing or differs (by size, then sha256)."""
     bad = []
     for rel, (size, _mtime, sha) in manifest.items():
         path = root / rel
         try:
-            if path.stat().st_size != size:
+            if path.stat().st_size != size or sha256_file(str(path)) != sha:
                 bad.append(rel)
-                continue
         except OSError:
-            bad.append(rel)
-            continue
-        if _sha256(path) != sha:
             bad.append(rel)
     return bad
 

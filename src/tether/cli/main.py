@@ -35,17 +35,10 @@ def cli(ctx: click.Context, config_path: Path | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from tether.cli import runs_cmd
+    from tether.cli import agents_cmd, money_cmd, remote_cmd, runs_cmd, vast_cmd
 
-    runs_cmd.register(cli)
-    for module in ("remote_cmd", "agents_cmd", "vast_cmd", "money_cmd"):
-        try:
-            mod = __import__(f"tether.cli.{module}", fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"tether.cli.{module}":
-                raise
-            continue
-        mod.register(cli)
+    for module in (runs_cmd, remote_cmd, agents_cmd, vast_cmd, money_cmd):
+        module.register(cli)
 
 
 _register()

@@ -97,8 +97,7 @@ def push(ctx: click.Context, name: str, as_json: bool) -> None:
     with state() as st:
         target = resolve(project, name, st)
         doc = remote.push_code(project, st, target)
-        if project.env_file().is_file():
-            remote.upload_env(project, target)
+        remote.upload_env(project, target)
     if as_json:
         emit_json({"host": name, **doc})
         return

@@ -234,7 +234,7 @@ def _run_and_target(ctx: click.Context, ref: str) -> tuple[Any, Target]:
 @click.option("-n", "--lines", type=int, default=100, show_default=True, help="How many lines to show.")
 @click.pass_context
 def logs(ctx: click.Context, run_ref: str, follow: bool, lines: int) -> None:
-    """Show the output of RUN (a run id or a unique prefix of one)."""
+    """Show the output of RUN (a run id, a unique prefix of one, or an experiment name for its latest run)."""
     rec, target = _run_and_target(ctx, run_ref)
     argv = ["tail", "-n", str(lines), rec.log_path]
     if not follow:
