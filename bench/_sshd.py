@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tether.remote import check_python
-from tether.targets import Target, remote_server_argv
+from tether.hosts import Target, remote_server_argv
+from tether.provision import check_python
 from tether.testing.sshd import SshdHost
 from tether.transport.ssh import SSHTransport, ssh_argv
 

@@ -4,7 +4,7 @@ One real sshd on loopback (``tether.testing.sshd.SshdHost``) holds 50 fabricated
 ``.tether/runs/<id>/run.json`` in the run wrapper's format (40 completed, 5 failed with a log, 5 running with the
 pid of this bench process, so the liveness check has a live process to find) and a results folder with
 ``results.progress.json`` in the checkpoint library's format (and a journal beside it, which neither side reads).
-tether's server side is installed there with ``tether.remote.install_server_side``.
+tether's server side is installed there with ``tether.provision.install_server_side``.
 
 - tether: ``tether.runs.scan(target)``, i.e. one ``ssh host python3 -m tether.server progress --root R``.
 - baseline, the obvious script: ``ssh host ls <root>/.tether/runs``, then for each run ``ssh host cat run.json``
@@ -43,9 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, median, note, timed
 from _sshd import BenchHost, bench_host, run_timed
 from tether import runs
-from tether.remote import install_server_side
+from tether.hosts import Target
+from tether.provision import install_server_side
 from tether.server import procinfo
-from tether.targets import Target
 
 N_RUNS = 50
 N_FAILED = 5
@@ -135,7 +135,7 @@ def obvious_script(b: BenchHost) -> dict[str, dict[str, Any]]:
 
 
 def tether_scan(target: Target) -> dict[str, Any]:
-    return runs.scan(target)
+    return runs.scan(target).to_json()
 
 
 def bare(b: BenchHost) -> None:

@@ -12,7 +12,7 @@ Both sides run on a warm shared connection and pull into an empty folder; repeti
 and the medians are compared: ``time_ratio`` = scp time / tether time (above 1: tether is faster). Every copy is
 checked against the source tree (same names, same bytes).
 
-Then a second pull of the unchanged tree. ``repull_bytes`` is what ``tether pull`` (``tether.remote.pull``: the
+Then a second pull of the unchanged tree. ``repull_bytes`` is what ``tether pull`` (``tether.pull.pull``: the
 server's manifest digest, then rsync and a sha256 check only if something changed) moves on the wire when nothing
 changed, counted on TCP through a counting proxy (``tether.testing.proxy.CutProxy``) on a connection of its own:
 encrypted bytes in both directions, ssh framing included, the handshake not counted. ``total_bytes`` is the sum of
@@ -45,8 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, median, note, timed
 from _sshd import BenchHost, bench_host, run_timed
 from tether.config import ExperimentConfig, Project, ProjectConfig, TetherConfig
-from tether.remote import install_server_side
-from tether.remote import pull as tether_full_pull
+from tether.context import Ctx
+from tether.provision import install_server_side
+from tether.pull import pull as tether_full_pull
 from tether.state import open_state
 from tether.testing.proxy import CutProxy
 from tether.transport.base import Completed, SyncStats, run_process
@@ -164,7 +165,7 @@ def main() -> int:
         sent, received = recorder.wire_bytes()
         assert tree_digest(dest) == source
 
-        # End to end: tether.remote.pull (manifest, rsync, verification) into a fresh project folder.
+        # End to end: tether.pull.pull (manifest, rsync, verification) into a fresh project folder.
         install_server_side(b.target)
         project_dir = local / "project"
         project_dir.mkdir()
@@ -174,8 +175,8 @@ def main() -> int:
         )
         project = Project(project_dir, config, project_dir / "tether.toml")
         with open_state() as state:
-            full_s, full = timed(lambda: tether_full_pull(project, state, b.target))
-            full_again_s, full_again = timed(lambda: tether_full_pull(project, state, b.target))
+            full_s, full = timed(lambda: tether_full_pull(Ctx(project, state), b.target))
+            full_again_s, full_again = timed(lambda: tether_full_pull(Ctx(project, state), b.target))
             assert full.verified and full_again.verified and full.total_bytes == total_bytes
             assert full_again.bytes_transferred == 0
 
@@ -193,7 +194,7 @@ def main() -> int:
                     repull_tcp = proxy.bytes_forwarded - mark
                     via_target = replace(b.target, transport=via)
                     mark = proxy.bytes_forwarded
-                    assert tether_full_pull(project, state, via_target).verified
+                    assert tether_full_pull(Ctx(project, state), via_target).verified
                     full_repull_tcp = proxy.bytes_forwarded - mark
                 finally:
                     via.close()

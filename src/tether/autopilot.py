@@ -11,12 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether import cost, fleet, plan, remote, runs
+from tether import cost, fleet, plan, pull, runs
 from tether.config import Project
+from tether.context import Ctx
 from tether.errors import PolicyRefusal, TetherError
+from tether.hosts import host_target
 from tether.providers.vast.provider import VastProvider
 from tether.state import InstanceRecord, State
-from tether.targets import host_target
 
 Say = Callable[[str], None]
 
@@ -29,9 +30,9 @@ def entered_state_at(st: State, rec: InstanceRecord) -> float:
     """When the instance entered its current state, from the ledger (the first of the last run of equal states)."""
     since = rec.updated
     for event in reversed(st.events(rec.name)):
-        if event["state"] != rec.state or (rec.instance_id and event["instance_id"] != rec.instance_id):
+        if event.state != rec.state or (rec.instance_id and event.instance_id != rec.instance_id):
             break
-        since = float(event["ts"])
+        since = event.ts
     return since
 
 
@@ -60,14 +61,13 @@ def gather(project: Project, st: State, name: str, now: float, *, more_work: boo
     files: list[str] = []
     errors: list[str] = []
     last = st.last_pull(name)
-    last_verified = float(last["ts"]) if last and last["verified"] else None
+    last_verified = last.ts if last and last.verified else None
     if rec.state == "running":
         try:
             target = host_target(project, name, st)
-            doc = runs.scan(target)
-            runs.refresh(st, target, doc)
+            runs.observe(st, target)
             live_runs, last_activity = cost.run_activity(st.runs(host=name), name)
-            files = remote.unsynced(st, target, project)
+            files = pull.unsynced(Ctx(project, st), target)
             unsynced = bool(files)
         except TetherError as exc:
             errors.append(f"could not read {name}: {exc}")
@@ -104,8 +104,8 @@ def guard_destroy(project: Project, st: State, name: str, *, discard_unsynced: b
     return facts
 
 
-def pull_verified(project: Project, st: State, name: str) -> remote.PullReport:
-    report = remote.pull(project, st, host_target(project, name, st))
+def pull_verified(project: Project, st: State, name: str) -> pull.PullReport:
+    report = pull.pull(Ctx(project, st), host_target(project, name, st))
     if not report.verified:
         raise PolicyRefusal(
             f"The pull from {name} did not verify ({len(report.mismatched)} files differ); nothing was stopped or "

@@ -105,6 +105,7 @@ class PolicyConfig(_Strict):
     more_work_within_hours: Annotated[float, Field(ge=0)] = 24
     max_total_usd: Annotated[float, Field(ge=0)] | None = None
     max_hourly_usd: Annotated[float, Field(ge=0)] | None = None
+    budget_warn_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
     local_busy: bool = False
     allow_spending: bool = False
     local_max_minutes: Annotated[float, Field(gt=0)] = 30

@@ -226,7 +226,7 @@ def _check_budget(project: Project, st: State, new_dph: float) -> None:
         from tether import cost
     except ImportError:
         return
-    ledger = cost.ledger(st.events(), time.time())
+    ledger = cost.ledger(st.event_log(), time.time())
     cost.check_budget(project.config.policy, ledger, new_dph)
 
 

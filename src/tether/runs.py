@@ -10,19 +10,21 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from tether.config import ExperimentConfig, Project
-from tether.errors import CommandFailed, TetherError
+from tether import vocab
+from tether.config import ExperimentConfig
+from tether.context import Ctx
+from tether.errors import CommandFailed, RemoteError, TetherError
+from tether.hosts import LOCAL, Target, resolve
 from tether.state import RunRecord, State
-from tether.targets import Target
 from tether.transport import tmux
 
-FINAL_STATES = {"completed", "failed", "cancelled", "refused", "dead"}
 START_CHECK_S = 3.0
+CANCEL_WAIT_S = 10.0
 
 
 def new_run_id(experiment: str, now: float | None = None) -> str:
@@ -75,8 +77,7 @@ class Started:
 
 
 def start(
-    project: Project,
-    state: State,
+    ctx: Ctx,
     target: Target,
     name: str,
     extra_args: Sequence[str] = (),
@@ -88,15 +89,11 @@ def start(
     Waits up to a few seconds for the wrapper to report: a command that does not exist, or a GPU admission refusal,
     is reported as a failure here (with the log tail), not as a run that looks alive.
     """
-    exp = project.experiment(name)
-    run_id = new_run_id(name)
+    exp = ctx.project.experiment(name)
+    run_id = new_run_id(name, ctx.now())
     argv = [*exp.command, *extra_args]
     session = session_name(run_id)
-    target.transport.run(["mkdir", "-p", f"{target.root}/.tether/runs"])
-    tmux.TmuxSessions(target.transport, target.root).start(
-        session, wrapper_argv(target, run_id, name, exp, argv, wait_s=wait_s), cwd=target.code_dir
-    )
-    run_dir = f"{target.root}/.tether/runs/{run_id}"
+    target.transport.run(["mkdir", "-p", vocab.runs_dir(target.root)])
     record = RunRecord(
         id=run_id,
         experiment=name,
@@ -104,84 +101,129 @@ def start(
         argv=argv,
         cwd=target.code_dir,
         results_dir=f"{target.code_dir}/{exp.results}",
-        log_path=f"{run_dir}/log",
+        log_path=vocab.run_log_path(target.root, run_id),
         session=session,
-        started=time.time(),
+        started=ctx.now(),
         ended=None,
         exit_code=None,
-        status="starting",
+        status=vocab.STARTING,
     )
-    state.add_run(record)
-    status = _await_start(target, run_id, state)
-    return Started(state.find_run(run_id), status)
+    # Recorded before it starts: a run tether started is never unknown to it, even if this process dies now.
+    ctx.state.add_run(record)
+    tmux.TmuxSessions(target.transport, target.root).start(
+        session, wrapper_argv(target, run_id, name, exp, argv, wait_s=wait_s), cwd=target.code_dir
+    )
+    status = _await_start(ctx.state, target, record)
+    return Started(ctx.state.find_run(run_id), status)
 
 
-def _read_run_json(target: Target, run_id: str) -> dict[str, Any] | None:
-    path = f"{target.root}/.tether/runs/{run_id}/run.json"
-    result = target.transport.run(["cat", path], check=False)
+def read_record(target: Target, run_id: str) -> vocab.RunRecordFile | None:
+    """The run's ``run.json`` on the target, or None when it is missing or not a run record."""
+    result = target.transport.run(["cat", vocab.run_record_path(target.root, run_id)], check=False)
     if result.returncode != 0:
         return None
     try:
-        doc = json.loads(result.text())
+        return vocab.RunRecordFile.from_json(json.loads(result.text()), run_id)
     except ValueError:
         return None
-    return doc if isinstance(doc, dict) else None
 
 
-def _await_start(target: Target, run_id: str, state: State) -> str:
+def _await_start(state: State, target: Target, run: RunRecord) -> str:
+    """Wait a few seconds for the wrapper's first word; a run that never started is recorded failed, with why."""
     deadline = time.monotonic() + START_CHECK_S
     delay = 0.05
-    doc: dict[str, Any] | None = None
+    record: vocab.RunRecordFile | None = None
     while time.monotonic() < deadline:
-        doc = _read_run_json(target, run_id)
-        if doc is not None and doc.get("status") != "starting":
+        record = read_record(target, run.id)
+        if record is not None and record.status != vocab.STARTING:
             break
         time.sleep(delay)  # polling a remote file; nothing local to wait on
         delay = min(delay * 2, 0.5)
-    if doc is None:
-        return "starting"
-    status = str(doc.get("status"))
-    state.update_run(run_id, status=status, ended=doc.get("ended"), exit_code=doc.get("exit_code"))
-    if status in ("failed", "refused"):
-        log = target.transport.run(["tail", "-n", "20", str(doc.get("log"))], check=False).text()
+    if record is None:
+        sessions = tmux.TmuxSessions(target.transport, target.root)
+        if sessions.exists(run.session):
+            return vocab.STARTING
+        # The wrapper exited without writing its record (it refused its arguments, or python3 is missing).
+        state.update_run(run.id, status=vocab.FAILED, ended=time.time(), exit_code=None)
         raise CommandFailed(
-            f"Run {run_id} on {target.name} {status} at once (exit code {doc.get('exit_code')}).",
+            f"Run {run.id} on {target.name} never started: tether's run wrapper exited before writing its record.",
+            f"Run `tether up {target.name}` again to reinstall tether's server side there."
+            if not target.local
+            else "Check that this Python can run `python -m tether.server`.",
+        )
+    state.update_run(run.id, status=record.status, ended=record.ended, exit_code=record.exit_code)
+    if record.status in (vocab.FAILED, vocab.REFUSED):
+        log = target.transport.run(["tail", "-n", "20", record.log or run.log_path], check=False).text()
+        raise CommandFailed(
+            f"Run {run.id} on {target.name} {record.status} at once (exit code {record.exit_code}).",
             "Its log ends with:\n" + log.rstrip(),
-            returncode=doc.get("exit_code"),
+            returncode=record.exit_code,
             output=log,
         )
-    return status
+    return record.status
 
 
-def scan(target: Target) -> dict[str, Any]:
+def scan(target: Target) -> vocab.Scan:
     """Every run on ``target`` with its progress, in one round trip."""
     result = target.transport.run([*target.server_argv, "progress", "--root", target.root])
     try:
-        doc = json.loads(result.text())
+        return vocab.Scan.from_json(json.loads(result.text()))
     except ValueError:
-        raise TetherError(
-            f"The progress scan on {target.name} printed something that is not JSON.",
+        raise RemoteError(
+            f"The progress scan on {target.name} printed something that is not a progress document.",
             "Run `tether up` again to reinstall tether's server side there.",
         ) from None
-    if not isinstance(doc, dict):
-        raise TetherError(f"The progress scan on {target.name} returned an unexpected document.")
-    return doc
 
 
-def refresh(state: State, target: Target, doc: dict[str, Any]) -> None:
+def refresh(state: State, target: Target, found: vocab.Scan) -> None:
     """Copy the statuses a scan found into local state."""
     known = {r.id: r for r in state.runs(host=target.name)}
-    for run in doc.get("runs", []):
-        rec = known.get(run.get("id"))
+    for run in found.runs:
+        rec = known.get(run.id)
         if rec is None:
             continue
-        if rec.status != run.get("status") or rec.exit_code != run.get("exit_code"):
-            state.update_run(
-                rec.id, status=str(run.get("status")), ended=run.get("ended"), exit_code=run.get("exit_code")
-            )
+        if rec.status != run.status or rec.exit_code != run.exit_code:
+            state.update_run(rec.id, status=run.status, ended=run.ended, exit_code=run.exit_code)
 
 
-def cancel(state: State, target: Target, run: RunRecord) -> dict[str, Any]:
+def observe(state: State, target: Target) -> vocab.Scan:
+    """Scan ``target`` and record what was found: what ``progress``, ``--follow``, ``cancel`` and ``status`` see."""
+    found = scan(target)
+    refresh(state, target, found)
+    return found
+
+
+def follow(
+    state: State,
+    target: Target,
+    run_id: str,
+    *,
+    on_update: Callable[[vocab.RunInfo | None], None] = lambda _run: None,
+    period: float | None = None,
+) -> vocab.RunInfo:
+    """Poll the run's target until the run ends; ``on_update`` sees each observation. Returns the final one."""
+    every = period if period is not None else (0.5 if target.local else 5.0)
+    while True:
+        run = observe(state, target).run(run_id)
+        on_update(run)
+        if run is not None and run.final:
+            return run
+        time.sleep(every)  # polling the target; the run lives in another process, maybe another machine
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    run_id: str
+    cancelled: bool
+    reason: str
+    status: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.run_id, "cancelled": self.cancelled, "reason": self.reason, "status": self.status}
+
+
+def cancel(state: State, target: Target, run: RunRecord, *, wait_s: float = CANCEL_WAIT_S) -> Cancelled:
+    """SIGTERM the run on its target, then wait (up to ``wait_s``) until it is recorded ended."""
     result = target.transport.run(
         [*target.server_argv, "cancel", "--root", target.root, "--run-id", run.id], check=False
     )
@@ -189,4 +231,57 @@ def cancel(state: State, target: Target, run: RunRecord) -> dict[str, Any]:
         doc: dict[str, Any] = json.loads(result.text())
     except ValueError:
         raise CommandFailed(f"Could not cancel run {run.id} on {target.name}.", result.output_tail()) from None
-    return doc
+    cancelled = doc.get("cancelled") is True
+    status = run.status
+    deadline = time.monotonic() + wait_s
+    while cancelled and time.monotonic() < deadline:
+        found = observe(state, target).run(run.id)
+        status = found.status if found is not None else status
+        if vocab.is_final(status):
+            break
+        time.sleep(0.2)  # the wrapper is stopping the experiment on the target
+    return Cancelled(run.id, cancelled, str(doc.get("reason") or ""), status)
+
+
+def live_wrapper_pid(target: Target, run_id: str) -> int | None:
+    """The wrapper's pid while the run is live (``logs -f`` stops following when it exits)."""
+    record = read_record(target, run_id)
+    if record is not None and vocab.is_live(record.status):
+        return record.pid or None
+    return None
+
+
+@dataclass(frozen=True)
+class HostProgress:
+    """One host's runs as ``tether progress`` shows them (``error``: why the host could not be read)."""
+
+    host: str
+    runs: list[vocab.RunInfo]
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"host": self.host, "runs": [r.to_json() for r in self.runs], "error": self.error}
+
+
+def hosts_with_runs(state: State) -> list[str]:
+    """Every host with runs except rented servers already destroyed; this machine when there are none."""
+    names = sorted({r.host for r in state.runs()})
+    gone = {r.name for r in state.instances() if r.state == "gone"}
+    return [n for n in names if n not in gone] or [LOCAL]
+
+
+def progress(ctx: Ctx, host: str | None = None) -> list[HostProgress]:
+    """Every run on ``host`` (or on every host with runs), one round trip per host.
+
+    Asked for one host, an unreachable host raises; otherwise its row carries the error and the others go on.
+    """
+    out: list[HostProgress] = []
+    for name in [host] if host else hosts_with_runs(ctx.state):
+        try:
+            found = observe(ctx.state, resolve(ctx.project, name, ctx.state))
+            out.append(HostProgress(name, found.runs))
+        except TetherError as exc:
+            if host:
+                raise
+            out.append(HostProgress(name, [], str(exc)))
+    return out

@@ -3,8 +3,11 @@
 Tables: ``runs`` (every run tether started, wherever it runs), ``instances`` (servers tether rented or knows),
 ``instance_events`` (every observed state and price of an instance: the cost ledger), ``pulls`` (what each pull
 brought home, with a manifest of path, size, mtime and sha256, which tells later whether results are unsynced),
-``decisions`` (what the autopilot did and why) and ``kv`` (small facts, such as the last pushed code fingerprint).
-The schema is versioned with ``PRAGMA user_version``; migrations run on open, in one transaction each.
+``decisions`` (what the autopilot did and why) and ``hosts`` (what tether set up on each server: the server side's
+version, the interpreter's real path, the last pushed code fingerprint, whether `.env` uploads are off).
+The schema is versioned with ``PRAGMA user_version``; migrations run on open, in one transaction each (schema 3
+moved the old ``kv`` facts ``up:NAME``, ``push:NAME``, ``python:NAME`` into ``hosts`` columns).
+Every record comes back as a frozen dataclass; every INSERT names its columns.
 """
 
 from __future__ import annotations
@@ -87,6 +90,22 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    """
+    CREATE TABLE hosts (
+        name TEXT PRIMARY KEY,
+        server_version TEXT,
+        python TEXT,
+        pushed_fingerprint TEXT,
+        no_env INTEGER NOT NULL DEFAULT 0,
+        updated REAL NOT NULL DEFAULT 0
+    );
+    INSERT INTO hosts(name) SELECT DISTINCT substr(key, instr(key, ':') + 1) FROM kv
+        WHERE key LIKE 'up:%' OR key LIKE 'push:%' OR key LIKE 'python:%';
+    UPDATE hosts SET server_version = (SELECT value FROM kv WHERE key = 'up:' || hosts.name);
+    UPDATE hosts SET pushed_fingerprint = (SELECT value FROM kv WHERE key = 'push:' || hosts.name);
+    UPDATE hosts SET python = (SELECT value FROM kv WHERE key = 'python:' || hosts.name);
+    DROP TABLE kv;
+    """,
 ]
 
 
@@ -135,6 +154,80 @@ class InstanceRecord:
     created: float
     updated: float
     meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One observation of an instance: the cost ledger's input (:func:`tether.cost.ledger` reads ``to_json()``)."""
+
+    seq: int
+    name: str
+    instance_id: str | None
+    ts: float
+    state: str
+    dph_total: float | None
+    storage_dph: float | None
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "name": self.name,
+            "instance_id": self.instance_id,
+            "ts": self.ts,
+            "state": self.state,
+            "dph_total": self.dph_total,
+            "storage_dph": self.storage_dph,
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True)
+class PullRecord:
+    """What one pull brought home: the paths, the server's manifest (path -> [size, mtime, sha256]), verified?"""
+
+    seq: int
+    host: str
+    ts: float
+    paths: list[str]
+    manifest: dict[str, Any]
+    bytes: int
+    verified: bool
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    seq: int
+    ts: float
+    name: str
+    action: str
+    reason: str
+    done: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "name": self.name,
+            "action": self.action,
+            "reason": self.reason,
+            "done": self.done,
+        }
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What tether set up on one server (``tether up``) and last pushed there."""
+
+    name: str
+    server_version: str | None = None
+    """The server side's content hash installed by ``tether up`` (None: never set up)."""
+    python: str | None = None
+    """The real path of the server's interpreter (a pyenv-style shim can cost 100 ms a call)."""
+    pushed_fingerprint: str | None = None
+    no_env: bool = False
+    """``tether up --no-env`` was used: later pushes do not upload ``.env`` until ``up`` or ``push --env``."""
+    updated: float = 0.0
 
 
 class State:
@@ -191,7 +284,8 @@ class State:
     def add_run(self, run: RunRecord) -> None:
         with self.tx() as db:
             db.execute(
-                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO runs(id, experiment, host, argv, cwd, results_dir, log_path, session, started, ended,"
+                " exit_code, status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     run.id,
                     run.experiment,
@@ -247,7 +341,8 @@ class State:
     def upsert_instance(self, rec: InstanceRecord, *, source: str = "") -> None:
         with self.tx() as db:
             db.execute(
-                """INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?)
+                """INSERT INTO instances(name, provider, instance_id, address, remote_root, state, dph_total,
+                   storage_dph, created, updated, meta) VALUES (?,?,?,?,?,?,?,?,?,?,?)
                    ON CONFLICT(name) DO UPDATE SET provider=excluded.provider, instance_id=excluded.instance_id,
                    address=excluded.address, remote_root=excluded.remote_root, state=excluded.state,
                    dph_total=excluded.dph_total, storage_dph=excluded.storage_dph, updated=excluded.updated,
@@ -279,12 +374,16 @@ class State:
     def instances(self) -> list[InstanceRecord]:
         return [_instance(r) for r in self.db.execute("SELECT * FROM instances ORDER BY created")]
 
-    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+    def events(self, name: str | None = None) -> list[EventRecord]:
         if name is None:
             rows = self.db.execute("SELECT * FROM instance_events ORDER BY ts, seq")
         else:
             rows = self.db.execute("SELECT * FROM instance_events WHERE name=? ORDER BY ts, seq", (name,))
-        return [dict(r) for r in rows]
+        return [EventRecord(**dict(r)) for r in rows]
+
+    def event_log(self) -> list[dict[str, Any]]:
+        """Every event as the cost ledger reads it (:func:`tether.cost.ledger`)."""
+        return [e.to_json() for e in self.events()]
 
     # --- pulls --------------------------------------------------------------------------------------------------
     def add_pull(
@@ -309,23 +408,56 @@ class State:
                 ),
             )
 
-    def last_pull(self, host: str) -> dict[str, Any] | None:
+    def last_pull(self, host: str) -> PullRecord | None:
         row = self.db.execute("SELECT * FROM pulls WHERE host=? ORDER BY ts DESC, seq DESC LIMIT 1", (host,)).fetchone()
         if row is None:
             return None
-        out = dict(row)
-        out["paths"] = json.loads(out["paths"])
-        out["manifest"] = json.loads(out["manifest"])
-        return out
+        return PullRecord(
+            seq=row["seq"],
+            host=row["host"],
+            ts=row["ts"],
+            paths=json.loads(row["paths"]),
+            manifest=json.loads(row["manifest"]),
+            bytes=row["bytes"],
+            verified=bool(row["verified"]),
+        )
 
-    # --- small facts (last pushed code fingerprint per host, ...) -----------------------------------------------
-    def get(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+    # --- what tether set up on each server ----------------------------------------------------------------------
+    def host_facts(self, name: str) -> HostFacts:
+        row = self.db.execute("SELECT * FROM hosts WHERE name=?", (name,)).fetchone()
+        if row is None:
+            return HostFacts(name)
+        return HostFacts(
+            name=row["name"],
+            server_version=row["server_version"],
+            python=row["python"],
+            pushed_fingerprint=row["pushed_fingerprint"],
+            no_env=bool(row["no_env"]),
+            updated=row["updated"],
+        )
 
-    def set(self, key: str, value: str) -> None:
+    def set_host_facts(
+        self,
+        name: str,
+        *,
+        server_version: str | None = None,
+        python: str | None = None,
+        pushed_fingerprint: str | None = None,
+        no_env: bool | None = None,
+    ) -> HostFacts:
+        """Change the facts given (None leaves one as it is) and return them all."""
         with self.tx() as db:
-            db.execute("INSERT INTO kv VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+            db.execute("INSERT INTO hosts(name) VALUES (?) ON CONFLICT(name) DO NOTHING", (name,))
+            changes = {
+                "server_version": server_version,
+                "python": python,
+                "pushed_fingerprint": pushed_fingerprint,
+                "no_env": None if no_env is None else int(no_env),
+            }
+            for column, value in changes.items():
+                if value is not None:
+                    db.execute(f"UPDATE hosts SET {column}=?, updated=? WHERE name=?", (value, time.time(), name))
+        return self.host_facts(name)
 
     # --- decisions ----------------------------------------------------------------------------------------------
     def add_decision(self, name: str, action: str, reason: str, done: bool, ts: float | None = None) -> None:
@@ -335,8 +467,11 @@ class State:
                 (ts if ts is not None else time.time(), name, action, reason, int(done)),
             )
 
-    def decisions(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.db.execute("SELECT * FROM decisions ORDER BY ts, seq")]
+    def decisions(self) -> list[DecisionRecord]:
+        return [
+            DecisionRecord(r["seq"], r["ts"], r["name"], r["action"], r["reason"], bool(r["done"]))
+            for r in self.db.execute("SELECT * FROM decisions ORDER BY ts, seq")
+        ]
 
 
 def _statements(script: str) -> list[str]:

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from tether.cli.common import duration, emit_json, load_project, out, say, state
 from tether.errors import TetherError
-from tether.targets import LOCAL, Target, resolve
+from tether.hosts import LOCAL, Target, resolve
 
 SUBCOMMANDS = ("list", "register", "done", "heartbeat", "repair")
 

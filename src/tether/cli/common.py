@@ -1,4 +1,8 @@
-"""Helpers shared by the CLI commands: output, the project and state, and run-time formatting."""
+"""Helpers shared by the CLI commands: output, the context (project + state), and formatting.
+
+Output is shown, never interpreted: both consoles have rich markup off, so text from servers, logs, names and hints
+(``[/bold]``, ``[experiments.old]``) prints literally. Colour is added only with :func:`styled`.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,17 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from tether import config
+from tether.context import Ctx
+from tether.errors import ConfigError
+from tether.fmt import bar, duration
 from tether.state import State, open_state
 
 # Tables are not cut to 80 columns when stdout is a pipe or a file.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, markup=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 
@@ -30,6 +38,22 @@ def emit_json(doc: Any) -> None:
 def say(message: str) -> None:
     """A human sentence on stderr (never mixed into --json output)."""
     err.print(message)
+
+
+def parse_every(text: str) -> float:
+    """``30m`` → 1800.0; units s, m, h; a bare number is minutes."""
+    value = text.strip().lower()
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    try:
+        if value and value[-1] in units:
+            seconds = float(value[:-1]) * units[value[-1]]
+        else:
+            seconds = float(value) * 60.0
+    except ValueError:
+        raise ConfigError(f"'{text}' is not a duration.", "Write it like 30m, 90s or 1h.") from None
+    if seconds <= 0:
+        raise ConfigError(f"'{text}' is not a positive duration.", "Write it like 30m, 90s or 1h.")
+    return seconds
 
 
 def load_project(ctx: click.Context) -> config.Project:
@@ -46,21 +70,38 @@ def state() -> Iterator[State]:
         st.close()
 
 
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, float(seconds))
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
+@contextmanager
+def context(ctx: click.Context) -> Iterator[Ctx]:
+    """The project, local state and a ``say`` to stderr, for one command."""
+    project = load_project(ctx)
+    with state() as st:
+        yield Ctx(project, st, say=say)
 
 
-def bar(done: int, total: int | None, width: int = 20) -> str:
-    if not total:
-        return " " * width
-    filled = int(width * min(1.0, done / total))
-    return "█" * filled + "░" * (width - filled)
+def styled(text: str, style: str) -> Text:
+    """``text`` in a colour or style, never parsed for markup."""
+    return Text(text, style=style)
+
+
+STATUS_STYLE = {
+    "running": "green",
+    "starting": "green",
+    "completed": "cyan",
+    "failed": "red",
+    "dead": "red",
+    "broken": "red",
+    "refused": "yellow",
+    "cancelled": "yellow",
+    "preempted": "yellow",
+}
+
+
+def status_text(status: str) -> Text:
+    return styled(status, STATUS_STYLE.get(status, "white"))
+
+
+def warn(message: str) -> None:
+    err.print(Text.assemble(("warning:", "yellow"), " ", message))
+
+
+__all__ = ["bar", "context", "duration", "emit_json", "err", "json_option", "out", "say", "styled", "warn"]

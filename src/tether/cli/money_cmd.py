@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -10,15 +9,26 @@ from typing import Any
 import click
 from rich.table import Table
 
-from tether import autopilot, cost, fleet, plan, runs
-from tether.cli.agents_cmd import registry_argv
-from tether.cli.common import bar, duration, emit_json, err, json_option, load_project, out, say, state
-from tether.cli.remote_cmd import parse_every
+from tether import agents, autopilot, cost, fleet, plan
+from tether import status as status_core
+from tether.cli.common import (
+    bar,
+    context,
+    duration,
+    emit_json,
+    json_option,
+    load_project,
+    out,
+    parse_every,
+    say,
+    state,
+    status_text,
+    warn,
+)
 from tether.config import Project
-from tether.errors import AuthError, ConfigError, ProviderError, TetherError
+from tether.errors import AuthError, ConfigError, ProviderError
 from tether.providers.base import Offer
 from tether.providers.vast.provider import find_offers
-from tether.targets import LOCAL, resolve
 
 
 def _offer_lookup(project: Project) -> tuple[Any, list[str]]:
@@ -91,27 +101,6 @@ def _parse_since(text: str | None) -> float | None:
     return moment.timestamp()
 
 
-def _observe_all(project: Project, st: Any) -> list[str]:
-    """Record the current state and price of every rented server in the ledger (best effort)."""
-    live = [r for r in st.instances() if r.provider == fleet.PROVIDER and r.state != "gone"]
-    if not live:
-        return []
-    problems: list[str] = []
-    try:
-        provider = fleet.provider_for(project)
-    except TetherError as exc:
-        return [f"could not ask the provider for current states: {exc.message}"]
-    try:
-        for rec in live:
-            try:
-                fleet.observe(project, st, rec.name, provider=provider)
-            except TetherError as exc:
-                problems.append(f"{rec.name}: {exc.message}")
-    finally:
-        provider.close()
-    return problems
-
-
 @click.command(name="cost")
 @click.option("--since", default=None, help="Only money spent from this date (YYYY-MM-DD, UTC).")
 @click.option("--no-refresh", is_flag=True, help="Use the ledger as recorded; do not ask the provider now.")
@@ -119,12 +108,12 @@ def _observe_all(project: Project, st: Any) -> list[str]:
 @click.pass_context
 def cost_cmd(ctx: click.Context, since: str | None, no_refresh: bool, as_json: bool) -> None:
     """Money spent per server, per experiment and per day; what burns now and the next 24 h projected."""
-    project = load_project(ctx)
     start = _parse_since(since)
-    with state() as st:
-        problems = [] if no_refresh else _observe_all(project, st)
-        now = time.time()
-        events = st.events()
+    with context(ctx) as here:
+        st = here.state
+        problems = [] if no_refresh else status_core.observe_rented(here)
+        now = here.now()
+        events = st.event_log()
         led = cost.ledger(events, now, since=start)
         per_exp = cost.cost_by_experiment(events, st.runs(), now, since=start)
     doc = {**led.to_json(), "by_experiment": {k: round(v, 6) for k, v in sorted(per_exp.items())}, "problems": problems}
@@ -152,7 +141,7 @@ def cost_cmd(ctx: click.Context, since: str | None, no_refresh: bool, as_json: b
         f"total ${led.total_usd:.2f}; burning ${led.burn_dph:.4f}/hr now; next 24 h ~${led.projected_24h_usd:.2f}"
     )
     for line in [*led.warnings, *problems]:
-        say(f"warning: {line}")
+        warn(line)
 
 
 @click.command()
@@ -208,116 +197,61 @@ def autopilot_cmd(ctx: click.Context, every: str, once: bool, dry_run: bool, as_
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """One screen for the project: servers, runs, agents, money and warnings."""
-    project = load_project(ctx)
-    policy = project.config.policy
-    warnings: list[str] = []
-    with state() as st:
-        warnings += _observe_all(project, st)
-        now = time.time()
-        led = cost.ledger(st.events(), now)
-        servers: list[dict[str, Any]] = []
-        hosts_with_runs = sorted({r.host for r in st.runs()})
-        scans: dict[str, dict[str, Any]] = {}
-        for name in hosts_with_runs:
-            try:
-                target = resolve(project, name, st)
-                rented = st.instance(name)
-                if rented is not None and rented.state != "running":
-                    continue  # a stopped or destroyed server cannot be asked; its runs were pulled before
-                scans[name] = runs.scan(target)
-                runs.refresh(st, target, scans[name])
-            except TetherError as exc:
-                warnings.append(f"{name}: could not read runs ({exc.message})")
-        for rec in st.instances():
-            if rec.provider != fleet.PROVIDER or rec.state == "gone":
-                continue
-            facts = autopilot.gather(project, st, rec.name, now)
-            view = facts.view
-            warnings += facts.errors
-            spent = led.by_instance.get(rec.name)
-            last = st.last_pull(rec.name)
-            idle_for = None if view.live_runs else now - (view.last_activity or view.since)
-            servers.append(
-                {
-                    "name": rec.name,
-                    "state": rec.state,
-                    "dph_now": spent.burn_dph if spent else None,
-                    "uptime_s": now - view.since if rec.state == "running" else None,
-                    "accrued_usd": spent.total_usd if spent else 0.0,
-                    "idle_s": idle_for,
-                    "last_pull": last["ts"] if last else None,
-                    "unsynced": view.unsynced,
-                    "decision": cost.decide(view, now, policy).to_json(),
-                }
-            )
-            if idle_for is not None and idle_for > 24 * 3600:
-                warnings.append(f"{rec.name} has been idle {duration(idle_for)}: `tether down {rec.name}`.")
-            if view.unsynced:
-                warnings.append(f"{rec.name} holds results not pulled yet: `tether pull {rec.name}`.")
-        agents_doc: dict[str, Any] = {}
-        for name in scans:
-            if name == LOCAL:
-                continue
-            try:
-                target = resolve(project, name, st)
-                result = target.transport.run(registry_argv(target, []), check=False)
-                agents_doc[name] = json.loads(result.text())
-            except (TetherError, ValueError) as exc:
-                warnings.append(f"{name}: agents unreadable ({exc})")
-    if policy.max_total_usd is not None and led.total_usd >= 0.8 * policy.max_total_usd:
-        warnings.append(f"budget: ${led.total_usd:.2f} spent of max_total_usd ${policy.max_total_usd:.2f}.")
-    if policy.max_hourly_usd is not None and led.burn_dph >= 0.8 * policy.max_hourly_usd:
-        warnings.append(f"budget: burning ${led.burn_dph:.4f}/hr of max_hourly_usd ${policy.max_hourly_usd:.2f}.")
-    run_rows = [dict(r, host=h) for h, doc in scans.items() for r in doc.get("runs", [])]
-    doc = {"servers": servers, "runs": run_rows, "agents": agents_doc, "cost": led.to_json(), "warnings": warnings}
+    with context(ctx) as c:
+        rep = status_core.report(c)
     if as_json:
-        emit_json(doc)
+        emit_json(rep.to_json())
         return
-    if servers:
+    now, led = rep.now, rep.ledger
+    assert led is not None
+    if rep.servers:
         table = Table(box=None, pad_edge=False, title="servers")
         for col in ("name", "state", "$/hr", "uptime", "spent", "idle for", "last pull", "unsynced", "autopilot"):
             table.add_column(col)
-        for s in servers:
+        for s in rep.servers:
             table.add_row(
-                s["name"],
-                s["state"],
-                f"{(s['dph_now'] or 0):.4f}",
-                duration(s["uptime_s"]),
-                f"${s['accrued_usd']:.2f}",
-                duration(s["idle_s"]),
-                f"{duration(now - s['last_pull'])} ago" if s["last_pull"] else "never",
-                {True: "yes", False: "no", None: "?"}[s["unsynced"]],
-                s["decision"]["action"],
+                s.name,
+                s.state,
+                f"{(s.dph_now or 0):.4f}",
+                duration(s.uptime_s),
+                f"${s.accrued_usd:.2f}",
+                duration(s.idle_s),
+                f"{duration(now - s.last_pull)} ago" if s.last_pull else "never",
+                {True: "yes", False: "no", None: "?"}[s.unsynced],
+                s.decision.action,
             )
         out.print(table)
-    if run_rows:
+    if rep.runs:
         table = Table(box=None, pad_edge=False, title="runs")
         for col in ("host", "run", "state", "progress", "done", "rate", "ETA"):
             table.add_column(col)
-        for r in run_rows:
-            done, total = int(r.get("completed") or 0), r.get("total")
+        for hr in rep.runs:
+            r = hr.run
             table.add_row(
-                r["host"],
-                r["id"],
-                r["status"],
-                bar(done, total),
-                f"{done}/{total if total is not None else '?'}",
-                f"{r['rate_per_s']:.2f}/s" if r.get("rate_per_s") else "-",
-                duration(r.get("eta_s")) if r["status"] == "running" else "-",
+                hr.host,
+                r.id,
+                status_text(r.status),
+                bar(r.completed, r.total),
+                f"{r.completed}/{r.total if r.total is not None else '?'}",
+                f"{r.rate_per_s:.2f}/s" if r.rate_per_s else "-",
+                duration(r.eta_s) if r.status == "running" else "-",
             )
         out.print(table)
-    for host, adoc in agents_doc.items():
-        for e in adoc.get("entries", []):
-            if e.get("live"):
-                out.print(
-                    f"agent {e['id']} on {host}: {e['experiment']} {float(e.get('gpu_gb') or 0):g} GB "
-                    f"GPUs {','.join(str(g) for g in e.get('gpus') or []) or '-'}"
-                )
+    for host, adoc in rep.agents.items():
+        for e in agents.live_entries(adoc):
+            out.print(
+                f"agent {e.get('id')} on {host}: {e.get('experiment')} {_gb(e.get('gpu_gb'))} GB "
+                f"GPUs {','.join(str(g) for g in e.get('gpus') or []) or '-'}"
+            )
     out.print(f"money: ${led.total_usd:.2f} spent, ${led.burn_dph:.4f}/hr now, next 24 h ~${led.projected_24h_usd:.2f}")
-    if not servers and not run_rows:
+    if not rep.servers and not rep.runs:
         say("Nothing running. `tether plan` says where each experiment should run.")
-    for w in warnings:
-        err.print(f"[yellow]warning:[/yellow] {w}")
+    for w in rep.warnings:
+        warn(w)
+
+
+def _gb(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 def register(group: click.Group) -> None:

@@ -7,26 +7,11 @@ from typing import Any
 
 import click
 
-from tether import fleet, remote
-from tether.cli.common import emit_json, json_option, load_project, say, state
+from tether import fleet, provision
+from tether import pull as pulling
+from tether.cli.common import context, emit_json, json_option, parse_every, say
 from tether.errors import ConfigError, TetherError
-from tether.targets import LOCAL, resolve
-
-
-def parse_every(text: str) -> float:
-    """``30m`` → 1800.0; units s, m, h; a bare number is minutes."""
-    value = text.strip().lower()
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
-    try:
-        if value and value[-1] in units:
-            seconds = float(value[:-1]) * units[value[-1]]
-        else:
-            seconds = float(value) * 60.0
-    except ValueError:
-        raise ConfigError(f"'{text}' is not a duration.", "Write it like 30m, 90s or 1h.") from None
-    if seconds <= 0:
-        raise ConfigError(f"'{text}' is not a positive duration.", "Write it like 30m, 90s or 1h.")
-    return seconds
+from tether.hosts import LOCAL, resolve
 
 
 @click.command()
@@ -55,9 +40,9 @@ def up(
     NAME is a [hosts.NAME] entry, or a server to rent from Vast.ai with --profile/--offer (then tether rents the
     cheapest fitting offer first). Running it twice changes nothing and is fast.
     """
-    project = load_project(ctx)
     doc: dict[str, Any] = {}
-    with state() as st:
+    with context(ctx) as c:
+        project, st = c.project, c.state
         if name == LOCAL:
             raise ConfigError("`local` is this machine: it needs no `tether up`.", "Run `tether run EXP --local`.")
         if name not in project.config.hosts:
@@ -76,7 +61,7 @@ def up(
             raise ConfigError(f"{name} is a configured host ([hosts.{name}]); --profile and --offer are for rentals.")
         target = resolve(project, name, st)
         say(f"Setting up {name}...")
-        doc.update(remote.up(project, st, target, env=not no_env))
+        doc.update(provision.up(c, target, env=not no_env))
     if as_json:
         emit_json(doc)
         return
@@ -93,21 +78,14 @@ def up(
 @click.pass_context
 def push(ctx: click.Context, name: str, as_json: bool) -> None:
     """Upload the project's code to NAME (rsync delta; excludes .git, caches, venvs, results, .tetherignore)."""
-    project = load_project(ctx)
-    with state() as st:
-        target = resolve(project, name, st)
-        doc = remote.push_code(project, st, target)
-        remote.upload_env(project, target)
+    with context(ctx) as c:
+        target = resolve(c.project, name, c.state)
+        doc = provision.push_code(c, target)
+        provision.upload_env(c.project, target)
     if as_json:
         emit_json({"host": name, **doc})
         return
     say(f"Pushed {doc['files']} changed files ({doc['bytes']} bytes) to {name}.")
-
-
-def _pull_hosts(st: Any, host: str | None) -> list[str]:
-    if host:
-        return [host]
-    return sorted({r.host for r in st.runs()} - {LOCAL})
 
 
 @click.command()
@@ -117,12 +95,8 @@ def _pull_hosts(st: Any, host: str | None) -> list[str]:
 @click.pass_context
 def pull(ctx: click.Context, host: str | None, experiments: tuple[str, ...], as_json: bool) -> None:
     """Bring results home from HOST (default: every server with runs) and verify them against the server."""
-    project = load_project(ctx)
-    reports = []
-    with state() as st:
-        for name in _pull_hosts(st, host):
-            target = resolve(project, name, st)
-            reports.append(remote.pull(project, st, target, experiments).to_json())
+    with context(ctx) as c:
+        reports = [r.to_json() for r in pulling.pull_all(c, host, experiments)]
     if as_json:
         emit_json({"pulls": reports})
         return
@@ -144,16 +118,9 @@ def pull(ctx: click.Context, host: str | None, experiments: tuple[str, ...], as_
 def sync(ctx: click.Context, host: str | None, every: str, once: bool, as_json: bool) -> None:
     """Pull results on every tick and print what changed (run it in a tmux window; Ctrl-C stops)."""
     period = parse_every(every)
-    project = load_project(ctx)
     while True:
-        tick: list[dict[str, Any]] = []
-        with state() as st:
-            for name in _pull_hosts(st, host):
-                try:
-                    report = remote.pull(project, st, resolve(project, name, st))
-                    tick.append(report.to_json())
-                except TetherError as exc:
-                    tick.append({"host": name, "error": str(exc)})
+        with context(ctx) as c:
+            tick = [outcome.to_json() for outcome in pulling.sync_tick(c, host)]
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         if as_json:
             emit_json({"time": stamp, "pulls": tick})

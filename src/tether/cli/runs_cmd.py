@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.table import Table
 
-from tether import config, runs
-from tether.cli.common import bar, duration, emit_json, err, json_option, load_project, out, say, state
+from tether import config, provision, routing, runs, vocab
+from tether.cli.common import (
+    bar,
+    context,
+    duration,
+    emit_json,
+    err,
+    json_option,
+    out,
+    say,
+    status_text,
+    styled,
+)
 from tether.errors import ConfigError, TetherError
-from tether.targets import LOCAL, Target, resolve
+from tether.hosts import LOCAL, Target, resolve
+from tether.state import RunRecord, State
 from tether.transport import tmux
 
 
@@ -48,7 +58,7 @@ def init(name: str | None, to_stdout: bool, force: bool) -> None:
     help="Queue this long for GPU room on the server instead of failing at once.",
 )
 @click.option("--follow", is_flag=True, help="Stay and show progress until the run ends (Ctrl-C leaves it running).")
-@click.option("--provision", is_flag=True, help="Allow renting a server if the plan says so (costs money).")
+@click.option("--provision", "may_rent", is_flag=True, help="Allow renting a server if the plan says so (costs money).")
 @click.option("--local-busy", is_flag=True, help="Treat this machine as off or busy when following the plan.")
 @json_option
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -60,7 +70,7 @@ def run(
     on: str | None,
     wait_gpu: float | None,
     follow: bool,
-    provision: bool,
+    may_rent: bool,
     local_busy: bool,
     as_json: bool,
     args: tuple[str, ...],
@@ -70,26 +80,23 @@ def run(
     Arguments after `--` are appended to the experiment's command. Without --local or --on, tether follows
     `tether plan` for the experiment.
     """
-    project = load_project(ctx)
     if local and on:
         raise click.UsageError("Give either --local or --on HOST, not both.")
     extra = list(args[1:] if args[:1] == ("--",) else args)
-    project.experiment(experiment)
-    with state() as st:
+    with context(ctx) as c:
+        c.project.experiment(experiment)
         if local:
             where = LOCAL
         elif on:
             where = on
         else:
-            where = _follow_plan(ctx, project, st, experiment, provision, local_busy)
-        target = resolve(project, where, st)
+            where = routing.choose_target(c, experiment, may_rent=may_rent, local_busy=local_busy)
+        target = resolve(c.project, where, c.state)
         if not target.local:
-            from tether import remote
-
-            remote.ensure_pushed(project, st, target)
-        started = runs.start(project, st, target, experiment, extra, wait_s=wait_gpu)
-    rec = started.run
-    final = _follow(project, rec.id, rec.host) if follow else None
+            provision.ensure_pushed(c, target)
+        started = runs.start(c, target, experiment, extra, wait_s=wait_gpu)
+        rec = started.run
+        final = _follow(c.state, target, rec.id) if follow else None
     if as_json:
         emit_json(
             {
@@ -99,16 +106,16 @@ def run(
                 "status": started.status,
                 "log": rec.log_path,
                 "session": rec.session,
-                "final": final,
+                "final": final.to_json() if final is not None else None,
             }
         )
         return
     click.echo(rec.id)
     if final is not None:
-        done = f"{final.get('completed')}/{final.get('total') if final.get('total') is not None else '?'}"
-        say(f"Run {rec.id} {final['status']} ({done} items, exit code {final.get('exit_code')}).")
-        if final["status"] != "completed":
-            raise TetherError(f"Run {rec.id} {final['status']}.", f"See `tether logs {rec.id}`.")
+        done = f"{final.completed}/{final.total if final.total is not None else '?'}"
+        say(f"Run {rec.id} {final.status} ({done} items, exit code {final.exit_code}).")
+        if final.status != vocab.COMPLETED:
+            raise TetherError(f"Run {rec.id} {final.status}.", f"See `tether logs {rec.id}`.")
         return
     say(
         f"Started {experiment} on {rec.host} as {rec.id} ({started.status}). "
@@ -116,43 +123,19 @@ def run(
     )
 
 
-def _follow(project: config.Project, run_id: str, host: str) -> dict[str, Any]:
-    """Poll the run's target until the run ends, showing a progress line on stderr."""
-    with state() as st:
-        target = resolve(project, host, st)
-        period = 0.5 if target.local else 5.0
-        with err.status(f"{run_id}: starting") as status:
-            while True:
-                doc = runs.scan(target)
-                runs.refresh(st, target, doc)
-                run = next((r for r in doc.get("runs", []) if r.get("id") == run_id), None)
-                if run is not None:
-                    total = run.get("total")
-                    done = int(run.get("completed") or 0)
-                    status.update(
-                        f"{run_id}: {run['status']} {bar(done, total)} {done}/{total if total is not None else '?'}"
-                        f"  ETA {duration(run.get('eta_s'))}"
-                    )
-                    if run["status"] in runs.FINAL_STATES:
-                        return dict(run)
-                time.sleep(period)  # polling the target; the run lives in another process, maybe another machine
+def _follow(st: State, target: Target, run_id: str) -> vocab.RunInfo:
+    """Follow the run until it ends, with a progress line on stderr."""
+    with err.status(f"{run_id}: starting") as line:
 
+        def show(run: vocab.RunInfo | None) -> None:
+            if run is not None:
+                total = run.total if run.total is not None else "?"
+                line.update(
+                    f"{run_id}: {run.status} {bar(run.completed, run.total)} {run.completed}/{total}"
+                    f"  ETA {duration(run.eta_s)}"
+                )
 
-def _follow_plan(
-    ctx: click.Context, project: config.Project, st: Any, experiment: str, provision: bool, local_busy: bool
-) -> str:
-    from tether import dispatch
-
-    return dispatch.choose_target(project, st, experiment, provision=provision, local_busy=local_busy, say=say)
-
-
-def _hosts_with_runs(project: config.Project, st: Any, host: str | None) -> list[str]:
-    """Hosts to scan: the one asked for, else every host with runs except rented servers already destroyed."""
-    if host:
-        return [host]
-    names = sorted({r.host for r in st.runs()})
-    gone = {r.name for r in st.instances() if r.state == "gone"}
-    return [n for n in names if n not in gone] or [LOCAL]
+        return runs.follow(st, target, run_id, on_update=show)
 
 
 @click.command()
@@ -162,70 +145,52 @@ def _hosts_with_runs(project: config.Project, st: Any, host: str | None) -> list
 @click.pass_context
 def progress(ctx: click.Context, host: str | None, local: bool, as_json: bool) -> None:
     """Every run's completed/total, rate, ETA and state: one round trip per host."""
-    project = load_project(ctx)
-    docs: list[dict[str, Any]] = []
-    with state() as st:
-        for name in _hosts_with_runs(project, st, LOCAL if local else host):
-            try:
-                target = resolve(project, name, st)
-                doc = runs.scan(target)
-                runs.refresh(st, target, doc)
-                docs.append({"host": name, "runs": doc.get("runs", []), "error": None})
-            except TetherError as exc:
-                if host:
-                    raise
-                docs.append({"host": name, "runs": [], "error": str(exc)})
+    with context(ctx) as c:
+        docs = runs.progress(c, LOCAL if local else host)
     if as_json:
-        emit_json({"hosts": docs})
+        emit_json({"hosts": [d.to_json() for d in docs]})
         return
     table = Table(box=None, pad_edge=False)
     for col in ("host", "run", "state", "progress", "done", "failed", "rate", "ETA"):
         table.add_column(col, justify="right" if col in ("done", "failed", "rate", "ETA") else "left")
     for hd in docs:
-        if hd["error"]:
-            table.add_row(hd["host"], "-", "[red]unreachable[/red]", hd["error"], "", "", "", "")
-        for r in hd["runs"]:
-            total = r.get("total")
-            done = int(r.get("completed") or 0)
-            rate = r.get("rate_per_s")
+        if hd.error:
+            table.add_row(hd.host, "-", styled("unreachable", "red"), hd.error, "", "", "", "")
+        for r in hd.runs:
             table.add_row(
-                hd["host"],
-                r["id"],
-                _colour(r["status"]),
-                bar(done, total),
-                f"{done}/{total if total is not None else '?'}",
-                str(r.get("failed") or 0),
-                f"{rate:.2f}/s" if rate else "-",
-                duration(r.get("eta_s")) if r["status"] == "running" else "-",
+                hd.host,
+                r.id,
+                status_text(r.status),
+                bar(r.completed, r.total),
+                f"{r.completed}/{r.total if r.total is not None else '?'}",
+                failed_cell(r),
+                f"{r.rate_per_s:.2f}/s" if r.rate_per_s else "-",
+                duration(r.eta_s) if r.status == vocab.RUNNING else "-",
             )
     if table.row_count == 0:
         say("No runs yet. Start one with `tether run EXPERIMENT --local`.")
         return
     out.print(table)
     for hd in docs:
-        for r in hd["runs"]:
-            if r.get("log_tail") and r["status"] in ("failed", "dead", "refused"):
-                err.print(f"[bold]{r['id']}[/bold] ({r['status']}) log tail:\n{r['log_tail']}")
+        for r in hd.runs:
+            if r.problem:
+                err.print(styled(r.id, "bold"), f"({r.status}): {r.problem}")
+            if r.log_tail and r.status in vocab.TROUBLE_STATUSES:
+                err.print(styled(r.id, "bold"), f"({r.status}) log tail:\n{r.log_tail}")
 
 
-def _colour(status: str) -> str:
-    colour = {
-        "running": "green",
-        "completed": "cyan",
-        "failed": "red",
-        "dead": "red",
-        "refused": "yellow",
-        "cancelled": "yellow",
-    }.get(status, "white")
-    return f"[{colour}]{status}[/{colour}]"
+def failed_cell(run: vocab.RunInfo) -> str:
+    """``37`` or, when the checkpoint says why, ``37 (35 x 429, 2 x 400)``."""
+    if not run.failed_by:
+        return str(run.failed)
+    kinds = sorted(run.failed_by.items(), key=lambda kv: (-kv[1], kv[0]))
+    return f"{run.failed} (" + ", ".join(f"{n} x {kind}" for kind, n in kinds) + ")"
 
 
-def _run_and_target(ctx: click.Context, ref: str) -> tuple[Any, Target]:
-    project = load_project(ctx)
-    with state() as st:
-        rec = st.find_run(ref)
-        target = resolve(project, rec.host, st)
-    return rec, target
+def _run_and_target(ctx: click.Context, ref: str) -> tuple[RunRecord, Target]:
+    with context(ctx) as c:
+        rec = c.state.find_run(ref)
+        return rec, resolve(c.project, rec.host, c.state)
 
 
 @click.command()
@@ -246,19 +211,12 @@ def logs(ctx: click.Context, run_ref: str, follow: bool, lines: int) -> None:
             )
         click.echo(result.text(), nl=False)
         return
-    wrapper_pid = _wrapper_pid(target, rec.id)
+    wrapper_pid = runs.live_wrapper_pid(target, rec.id)
     follow_argv = ["tail", "-n", str(lines), "-F", rec.log_path]
     if wrapper_pid:
         follow_argv.insert(1, f"--pid={wrapper_pid}")
     final = follow_argv if target.local else target.transport.interactive_argv(follow_argv)
     raise SystemExit(subprocess.call(final))
-
-
-def _wrapper_pid(target: Target, run_id: str) -> int | None:
-    doc = runs._read_run_json(target, run_id)
-    if doc and doc.get("status") in ("starting", "running"):
-        return int(doc.get("pid") or 0) or None
-    return None
 
 
 @click.command()
@@ -288,23 +246,13 @@ def attach(ctx: click.Context, run_ref: str) -> None:
 @click.pass_context
 def cancel(ctx: click.Context, run_ref: str, as_json: bool) -> None:
     """Stop RUN (SIGTERM to the experiment; the checkpoint journal keeps every finished item)."""
-    rec, target = _run_and_target(ctx, run_ref)
-    with state() as st:
-        doc = runs.cancel(st, target, rec)
-        deadline = time.monotonic() + 10
-        status = rec.status
-        while doc.get("cancelled") and time.monotonic() < deadline:
-            scan = runs.scan(target)
-            runs.refresh(st, target, scan)
-            status = next((r["status"] for r in scan["runs"] if r["id"] == rec.id), status)
-            if status in runs.FINAL_STATES:
-                break
-            time.sleep(0.2)  # the wrapper is stopping the experiment on the target
-    doc["status"] = status
+    with context(ctx) as c:
+        rec = c.state.find_run(run_ref)
+        outcome = runs.cancel(c.state, resolve(c.project, rec.host, c.state), rec)
     if as_json:
-        emit_json(doc)
+        emit_json(outcome.to_json())
         return
-    say(f"Run {rec.id}: {'cancelled' if doc.get('cancelled') else doc.get('reason')} (now {status}).")
+    say(f"Run {rec.id}: {'cancelled' if outcome.cancelled else outcome.reason} (now {outcome.status}).")
 
 
 def register(group: click.Group) -> None:

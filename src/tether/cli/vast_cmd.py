@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import click
 from rich.table import Table
 
 from tether import fleet
-from tether.cli.common import duration, emit_json, json_option, load_project, out, say, state
+from tether import status as status_core
+from tether.cli.common import context, duration, emit_json, json_option, load_project, out, say, state, warn
 from tether.errors import ConfigError, TetherError
 from tether.offers import estimate_cost
 
@@ -105,21 +105,11 @@ def offers(
 @click.pass_context
 def ls_cmd(ctx: click.Context, refresh: bool, as_json: bool) -> None:
     """Servers tether rented: state, $/hr, address, age."""
-    project = load_project(ctx)
-    now = time.time()
     rows: list[dict[str, Any]] = []
-    with state() as st:
-        records = [r for r in st.instances() if r.provider == fleet.PROVIDER]
-        if refresh and any(r.state != "gone" for r in records):
-            provider = fleet.provider_for(project)
-            try:
-                for r in records:
-                    if r.state != "gone":
-                        fleet.observe(project, st, r.name, provider=provider)
-            finally:
-                provider.close()
-            records = [r for r in st.instances() if r.provider == fleet.PROVIDER]
-        for r in records:
+    with context(ctx) as c:
+        problems = status_core.observe_rented(c) if refresh else []
+        now = c.now()
+        for r in (r for r in c.state.instances() if r.provider == fleet.PROVIDER):
             hourly = r.dph_total if r.state == "running" else r.storage_dph
             rows.append(
                 {
@@ -135,6 +125,8 @@ def ls_cmd(ctx: click.Context, refresh: bool, as_json: bool) -> None:
                     **{k: r.meta.get(k) for k in ("profile", "gpu_name", "num_gpus")},
                 }
             )
+    for problem in problems:
+        warn(problem)
     if as_json:
         emit_json({"instances": rows})
         return
@@ -142,8 +134,8 @@ def ls_cmd(ctx: click.Context, refresh: bool, as_json: bool) -> None:
         say("No rented servers. Rent one with `tether up NAME --profile api`.")
         return
     table = Table(box=None, pad_edge=False)
-    for c in ("name", "instance", "state", "$/hr now", "GPU", "address", "age"):
-        table.add_column(c)
+    for col in ("name", "instance", "state", "$/hr now", "GPU", "address", "age"):
+        table.add_column(col)
     for row in rows:
         gpu = f"{row['num_gpus']}x {row['gpu_name']}" if row.get("num_gpus") else "-"
         table.add_row(
@@ -173,11 +165,12 @@ def stop(ctx: click.Context, name: str, no_pull: bool, as_json: bool) -> None:
     with state() as st:
         rec = fleet.rented(st, name)
         if not no_pull and rec.state == "running":
-            from tether import remote
-            from tether.targets import host_target
+            from tether import pull
+            from tether.context import Ctx
+            from tether.hosts import host_target
 
             try:
-                pulled = remote.pull(project, st, host_target(project, name, st)).to_json()
+                pulled = pull.pull(Ctx(project, st), host_target(project, name, st)).to_json()
             except TetherError as exc:
                 say(f"warning: pulling from {name} before the stop failed ({exc}); its disk keeps the results.")
         new = fleet.stop(project, st, name)

@@ -14,13 +14,13 @@ def main(argv: list[str]) -> int:
         return 2 if not argv else 0
     command, rest = argv[0], argv[1:]
     if command == "run":
-        from tether.server import runner
+        from tether.server import wrapper
 
-        return runner.main(rest)
+        return wrapper.main(rest)
     if command == "cancel":
-        from tether.server import runner
+        from tether.server import wrapper
 
-        return runner.cancel_main(rest)
+        return wrapper.cancel_main(rest)
     if command == "progress":
         from tether.server import progress
 

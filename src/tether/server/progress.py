@@ -9,7 +9,9 @@ results folder:
 - a finished ``<name>.json`` in the runbook's shape ``{"completed", "total", "results"}``;
 - a runbook ``*partial*.json`` written by experiment code that checkpoints by hand.
 
-Failed and dead runs also carry the last lines of their log.
+Failed and dead runs also carry the last lines of their log. A run whose wrapper was killed while its experiment
+still computes stays ``running`` (``wrapper_alive: false``). A ``run.json`` that is not a run record (wrong types,
+unknown status) makes that run ``broken`` with the reason in ``problem``; the other runs are reported as usual.
 """
 
 from __future__ import annotations
@@ -20,10 +22,8 @@ import sys
 import time
 from typing import Any
 
+from tether import vocab
 from tether.server import procinfo
-
-#: Where the run wrapper keeps run records, under the workspace root (kept here so the scan imports little).
-RUNS_DIR = ".tether/runs"
 
 
 def _load(path: str) -> Any | None:
@@ -70,6 +70,9 @@ def scan_results(folder: str) -> list[dict[str, Any]]:
                     "updated": doc.get("updated"),
                     "finished": bool(doc.get("finished")),
                 }
+                failed_by = doc.get("failed_by")
+                if isinstance(failed_by, dict):
+                    found[name]["failed_by"] = {str(k): v for k, v in failed_by.items() if isinstance(v, int)}
     for fname in names:
         if not fname.endswith(".json") or fname.endswith(".progress.json") or fname.startswith("."):
             continue
@@ -99,46 +102,74 @@ def scan_results(folder: str) -> list[dict[str, Any]]:
     return list(found.values())
 
 
+def _alive(pid: int | None, start: int | None, boot: str) -> bool:
+    return pid is not None and procinfo.is_alive(pid, start, boot)
+
+
+def scan_run(root: str, run_id: str, tail_lines: int) -> dict[str, Any] | None:
+    """One run's entry, or None when its folder has no record at all (a run being created)."""
+    path = vocab.run_record_path(root, run_id)
+    if not os.path.exists(path):
+        return None
+    raw = _load(path)
+    try:
+        record = vocab.RunRecordFile.from_json(raw, run_id)
+    except ValueError as exc:
+        problem = "run.json is not valid JSON" if raw is None else str(exc)
+        return vocab.RunInfo(id=run_id, experiment=None, status=vocab.BROKEN, problem=problem).to_json()
+    status = record.status
+    wrapper = experiment = False
+    if vocab.is_live(status):
+        wrapper = _alive(record.pid, record.pid_start, record.boot_id)
+        experiment = _alive(record.child_pid, record.child_start, record.boot_id)
+        if not wrapper and not experiment:
+            status = vocab.DEAD
+    alive = wrapper or experiment
+    checkpoints = scan_results(record.results_dir or "")
+    completed = sum(int(c["completed"] or 0) for c in checkpoints if isinstance(c.get("completed"), int))
+    totals = [c["total"] for c in checkpoints if isinstance(c.get("total"), int)]
+    failed_by: dict[str, int] = {}
+    for c in checkpoints:
+        for kind, n in c.get("failed_by", {}).items():
+            failed_by[kind] = failed_by.get(kind, 0) + n
+    out = vocab.RunInfo(
+        id=record.id,
+        experiment=record.experiment,
+        status=status,
+        alive=alive,
+        exit_code=record.exit_code,
+        started=record.started,
+        ended=record.ended,
+        log=record.log,
+        results_dir=record.results_dir,
+        completed=completed,
+        failed=sum(int(c.get("failed") or 0) for c in checkpoints if isinstance(c.get("failed"), int)),
+        total=sum(totals) if totals else None,
+        rate_per_s=sum(c["rate_per_s"] for c in checkpoints if _is_num(c.get("rate_per_s"))) or None,
+        eta_s=max((c["eta_s"] for c in checkpoints if _is_num(c.get("eta_s"))), default=None),
+        checkpoints=checkpoints,
+        log_tail=tail(record.log, tail_lines) if status in vocab.TROUBLE_STATUSES and record.log else None,
+        failed_by=failed_by,
+    ).to_json()
+    if vocab.is_live(status):
+        out["wrapper_alive"] = wrapper
+    return out
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def scan(root: str, tail_lines: int = 20) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
-    runs_dir = os.path.join(root, RUNS_DIR)
     try:
-        ids = sorted(os.listdir(runs_dir))
+        ids = sorted(os.listdir(vocab.runs_dir(root)))
     except OSError:
         ids = []
     for run_id in ids:
-        record = _load(os.path.join(runs_dir, run_id, "run.json"))
-        if not isinstance(record, dict):
-            continue
-        status = record.get("status", "unknown")
-        alive = False
-        if status in ("starting", "running"):
-            alive = procinfo.is_alive(int(record.get("pid", 0)), record.get("pid_start"), record.get("boot_id", ""))
-            if not alive:
-                status = "dead"
-        checkpoints = scan_results(str(record.get("results_dir", "")))
-        completed = sum(int(c["completed"] or 0) for c in checkpoints)
-        totals = [c["total"] for c in checkpoints if isinstance(c.get("total"), int)]
-        out = {
-            "id": record.get("id", run_id),
-            "experiment": record.get("experiment"),
-            "status": status,
-            "alive": alive,
-            "exit_code": record.get("exit_code"),
-            "started": record.get("started"),
-            "ended": record.get("ended"),
-            "log": record.get("log"),
-            "results_dir": record.get("results_dir"),
-            "completed": completed,
-            "failed": sum(int(c.get("failed") or 0) for c in checkpoints),
-            "total": sum(totals) if totals else None,
-            "rate_per_s": sum(c["rate_per_s"] or 0 for c in checkpoints if c["source"] == "progress") or None,
-            "eta_s": max((c["eta_s"] for c in checkpoints if c.get("eta_s") is not None), default=None),
-            "checkpoints": checkpoints,
-        }
-        if status in ("failed", "dead", "refused") and record.get("log"):
-            out["log_tail"] = tail(str(record["log"]), tail_lines)
-        runs.append(out)
+        entry = scan_run(root, run_id, tail_lines)
+        if entry is not None:
+            runs.append(entry)
     return {"host": os.uname().nodename, "time": time.time(), "runs": runs}
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tether.remote import server_lib_stage
+from tether.provision import server_lib_stage
 
 
 def old_python() -> str | None:

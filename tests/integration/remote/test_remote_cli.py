@@ -58,7 +58,7 @@ def test_up_sets_up_once_and_never_leaks_the_env(tmp_path: Path, sshd_host: Sshd
     assert (code / "exp.py").is_file() and (code / "tether.toml").is_file()
     # never pushed: .git, results folders, .tetherignore patterns
     assert not (code / ".git").exists() and not (code / "results").exists() and not (code / "notes.tmp").exists()
-    assert (root / ".tether" / "lib" / "tether" / "server" / "runner.py").is_file()
+    assert (root / ".tether" / "lib" / "tether" / "server" / "wrapper.py").is_file()
     second = tether_json("up", "lab1", cwd=project)
     assert second["setup"] == "already done"
     assert second["push"]["files"] == 0

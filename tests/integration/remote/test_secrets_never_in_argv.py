@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers import wait_for, write_project
-from tether import config, remote, runs
+from tether import config, provision, pull, runs
+from tether.context import Ctx
+from tether.hosts import Target, remote_server_argv
 from tether.state import open_state
-from tether.targets import Target, remote_server_argv
 from tether.testing.sshd import SshdHost
 from tether.transport.base import Completed, run_process
 from tether.transport.ssh import SSHTransport, parse_address
@@ -42,11 +43,12 @@ def test_env_values_never_reach_an_argv(tmp_path: Path, sshd_host: SshdHost) -> 
         server_argv=remote_server_argv(root),
     )
     with open_state() as st:
-        summary = remote.up(project, st, target)
+        ctx = Ctx(project, st)
+        summary = provision.up(ctx, target)
         assert summary["env"].startswith("uploaded")
-        started = runs.start(project, st, target, "exp")
-        wait_for(lambda: any(r["status"] == "completed" for r in runs.scan(target)["runs"]), 60, "the run to complete")
-        assert remote.pull(project, st, target).verified
+        started = runs.start(ctx, target, "exp")
+        wait_for(lambda: any(r.status == "completed" for r in runs.scan(target).runs), 60, "the run to complete")
+        assert pull.pull(ctx, target).verified
         target.transport.close()
     assert len(recorder.argvs) > 5
     for argv in recorder.argvs:

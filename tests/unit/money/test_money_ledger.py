@@ -138,7 +138,7 @@ def test_ledger_reads_what_state_records(tmp_path: Path) -> None:
             st.upsert_instance(
                 InstanceRecord("v1", "vast", "42", None, "/workspace", state, 0.5, 0.05, T0, ts, {}), source="test"
             )
-        events = st.events()
+        events = st.event_log()
     led = ledger(events, T0 + 10.1 * H)
     assert led.total_usd == pytest.approx(0.1 * 0.05 + 4 * 0.5 + 6 * 0.05)
     assert led.by_instance["v1"].state == "stopped"

@@ -1,29 +1,27 @@
-"""Servers reached over SSH: set up, push code and secrets, pull results home and prove they arrived whole.
+"""Getting a server ready for runs: setup.sh, tether's server side, the code (rsync delta) and the .env (0600).
 
-A rented Vast.ai instance is such a server too, once its provider has told us its address.
+A rented Vast.ai instance is such a server too, once its provider has told us its address. Bringing results home
+is :mod:`tether.pull`.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
 import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tether
-from tether import setup
+from tether import setup_script, vocab
 from tether.config import Project
+from tether.context import Ctx
 from tether.errors import CommandFailed, ConfigError, RemoteError, SyncError
+from tether.hosts import Target, remote_server_argv
 from tether.paths import tether_home
-from tether.server.manifest import digest_of, sha256_file
-from tether.state import State
-from tether.targets import Target, remote_server_argv
 
 #: Never pushed: version control, caches, virtualenvs, secrets (uploaded separately), tether's own files.
 ALWAYS_EXCLUDED = [
@@ -42,7 +40,7 @@ ALWAYS_EXCLUDED = [
     ".env",
 ]
 IGNORE_FILE = ".tetherignore"
-SERVER_PARTS = ("__init__.py", "errors.py", "py.typed", "checkpoint", "server")
+SERVER_PARTS = ("__init__.py", "errors.py", "vocab.py", "py.typed", "checkpoint", "server")
 
 
 def push_excludes(project: Project) -> list[str]:
@@ -168,8 +166,8 @@ def install_server_side(target: Target) -> str:
 
 def run_setup(project: Project, target: Target) -> bool:
     """Run setup.sh on the target; True if it did work, False if it had run before (same script)."""
-    script = setup.render(project, target.root, target.python)
-    path = f"{target.root}/{setup.SETUP_PATH}"
+    script = setup_script.render(project, target.root, target.python)
+    path = f"{target.root}/{vocab.SETUP_SCRIPT}"
     try:
         target.transport.put_bytes(script.encode(), path, 0o700)
         result = target.transport.run(["bash", path], timeout=3600)
@@ -202,29 +200,31 @@ def upload_env(project: Project, target: Target) -> bool:
     return True
 
 
-def push_code(project: Project, state: State, target: Target) -> dict[str, Any]:
+def push_code(ctx: Ctx, target: Target) -> dict[str, Any]:
+    project = ctx.project
     try:
         stats = target.transport.push(project.root, target.code_dir, excludes=push_excludes(project))
     except (SyncError, CommandFailed) as exc:
         raise _disk_full(exc, target, "the push") or exc from None
-    state.set(f"push:{target.name}", code_fingerprint(project))
+    ctx.state.set_host_facts(target.name, pushed_fingerprint=code_fingerprint(project))
     return {"files": stats.files_transferred, "bytes": stats.bytes_transferred, "total": stats.total_size}
 
 
-def up(project: Project, state: State, target: Target, *, env: bool = True) -> dict[str, Any]:
+def up(ctx: Ctx, target: Target, *, env: bool = True) -> dict[str, Any]:
     """Everything a server needs before runs: setup.sh, tether's server side, the code, the .env."""
+    project, state = ctx.project, ctx.state
     if env:
         env_source(project)  # a missing named env file is refused before anything changes on the server
     t0 = time.monotonic()
     python, executable = check_python(target)
     if not target.local:
-        state.set(f"python:{target.name}", executable)
+        state.set_host_facts(target.name, python=executable)
         target.server_argv = remote_server_argv(target.root, executable)
     did_setup = run_setup(project, target)
     version = install_server_side(target)
-    pushed = push_code(project, state, target)
+    pushed = push_code(ctx, target)
     env_uploaded = upload_env(project, target) if env else False
-    state.set(f"up:{target.name}", version)
+    state.set_host_facts(target.name, server_version=version)
     return {
         "host": target.name,
         "python": python,
@@ -236,138 +236,14 @@ def up(project: Project, state: State, target: Target, *, env: bool = True) -> d
     }
 
 
-def ensure_pushed(project: Project, state: State, target: Target) -> bool:
+def ensure_pushed(ctx: Ctx, target: Target) -> bool:
     """Before a remote run: refuse if the host was never set up; push the code if it changed. True if pushed."""
-    if state.get(f"up:{target.name}") is None:
+    project = ctx.project
+    facts = ctx.state.host_facts(target.name)
+    if facts.server_version is None:
         raise ConfigError(f"{target.name} has not been set up by tether yet.", f"Run `tether up {target.name}` first.")
-    if state.get(f"push:{target.name}") == code_fingerprint(project):
+    if facts.pushed_fingerprint == code_fingerprint(project):
         return False
-    push_code(project, state, target)
+    push_code(ctx, target)
     upload_env(project, target)
     return True
-
-
-# --- pulling results home -------------------------------------------------------------------------------------
-
-
-@dataclass
-class PullReport:
-    host: str
-    paths: list[str]
-    files: int = 0
-    bytes_transferred: int = 0
-    total_bytes: int = 0
-    verified: bool = False
-    mismatched: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return self.__dict__.copy()
-
-
-def remote_manifest(
-    target: Target, base: str, paths: Sequence[str], unless_digest: str | None = None
-) -> dict[str, list[Any]] | None:
-    """The server's manifest of ``paths``; None when ``unless_digest`` matches (nothing changed there)."""
-    argv = [*target.server_argv, "manifest", "--base", base]
-    if unless_digest:
-        argv += ["--unless-digest", unless_digest]
-    result = target.transport.run([*argv, *paths])
-    try:
-        doc = json.loads(result.text())
-        if doc.get("unchanged"):
-            return None
-        files: dict[str, list[Any]] = doc["files"]
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise RemoteError(f"The manifest from {target.name} is not readable.", result.output_tail()) from None
-    return files
-
-
-def _last_verified(state: State, host: str, paths: Sequence[str]) -> dict[str, list[Any]] | None:
-    last = state.last_pull(host)
-    if last and last["verified"] and sorted(last["paths"]) == sorted(paths):
-        manifest: dict[str, list[Any]] = last["manifest"]
-        return manifest
-    return None
-
-
-def verify_local(root: Path, manifest: dict[str, list[Any]]) -> list[str]:
-    """Paths of the manifest whose local copy is missing or differs (by size, then sha256)."""
-    bad = []
-    for rel, (size, _mtime, sha) in manifest.items():
-        path = root / rel
-        try:
-            if path.stat().st_size != size or sha256_file(str(path)) != sha:
-                bad.append(rel)
-        except OSError:
-            bad.append(rel)
-    return bad
-
-
-def results_paths(project: Project, experiments: Sequence[str] = ()) -> list[str]:
-    names = list(experiments) or sorted(project.config.experiments)
-    return sorted({project.experiment(n).results.strip("/") for n in names})
-
-
-def pull(
-    project: Project, state: State, target: Target, experiments: Sequence[str] = (), *, attempts: int = 3
-) -> PullReport:
-    """Bring the results folders home by rsync and verify them against the server's manifest.
-
-    A local file is never replaced by a partial one (rsync's delayed updates); a cut connection is retried by the
-    transport. Files that change on the server while we pull (a live journal) are pulled again, a bounded number of
-    times; the report says whether every file arrived whole.
-    """
-    paths = results_paths(project, experiments)
-    report = PullReport(host=target.name, paths=paths)
-    if target.local:
-        report.verified = True
-        return report
-    before = {rel: sha for rel, (_s, _m, sha) in (state.last_pull(target.name) or {}).get("manifest", {}).items()}
-    previous = _last_verified(state, target.name, paths)
-    manifest: dict[str, list[Any]] = {}
-    for attempt in range(attempts):
-        fresh = remote_manifest(
-            target, target.code_dir, paths, digest_of(previous) if previous is not None and attempt == 0 else None
-        )
-        if fresh is None and previous is not None:
-            # Nothing changed on the server since the last verified pull: nothing to move or check again.
-            report.verified = True
-            report.total_bytes = sum(int(v[0]) for v in previous.values())
-            state.add_pull(target.name, paths, previous, 0, True)
-            return report
-        assert fresh is not None
-        manifest = fresh
-        wanted = [p for p in paths if any(rel == p or rel.startswith(p + "/") for rel in manifest)]
-        for rel in wanted:
-            local = project.root / rel
-            try:
-                stats = target.transport.pull(f"{target.code_dir}/{rel}", local, excludes=[".*.tmp"])
-            except SyncError as exc:
-                raise SyncError(
-                    f"Pulling {rel} from {target.name} failed: {exc.message}",
-                    "The local copy was left as it was; run `tether pull` again.",
-                ) from None
-            report.files += stats.files_transferred
-            report.bytes_transferred += stats.bytes_transferred
-        report.mismatched = verify_local(project.root, manifest)
-        if not report.mismatched:
-            break
-        if attempt + 1 < attempts:
-            time.sleep(0.2 * (attempt + 1))  # a file changed on the server while it was copied; copy it again
-    report.total_bytes = sum(int(v[0]) for v in manifest.values())
-    report.verified = not report.mismatched
-    report.changed = sorted(rel for rel, v in manifest.items() if before.get(rel) != v[2])
-    state.add_pull(target.name, paths, manifest, report.bytes_transferred, report.verified)
-    return report
-
-
-def unsynced(state: State, target: Target, project: Project, experiments: Sequence[str] = ()) -> list[str]:
-    """Result files on the server that are newer than (or missing from) the last verified pull."""
-    paths = results_paths(project, experiments)
-    pulled = _last_verified(state, target.name, paths)
-    manifest = remote_manifest(target, target.code_dir, paths, digest_of(pulled) if pulled is not None else None)
-    if manifest is None:
-        return []
-    pulled = pulled or {}
-    return sorted(rel for rel, v in manifest.items() if rel not in pulled or pulled[rel][2] != v[2])

@@ -12,8 +12,6 @@ import shlex
 
 from tether.config import Project
 
-SETUP_PATH = ".tether/setup.sh"
-
 
 def render(project: Project, root: str, python: str = "python3") -> str:
     cfg = project.config.project

@@ -13,7 +13,10 @@ controller going away. It:
 5. records status (``completed`` on exit 0, ``failed``, ``cancelled``), exit code and end time in ``run.json``, and
    leaves the registry.
 
-A run whose ``run.json`` says ``running`` but whose wrapper process is gone is reported ``dead`` by the progress scan.
+The experiment runs in a session of its own, so a SIGKILL of the wrapper does not kill it. ``run.json`` records
+the experiment's identity too (``child_pid``, ``child_start``): while the experiment lives, the progress scan reports
+the run ``running`` (with ``wrapper_alive: false``) and ``cancel`` signals the experiment's process group directly.
+Only when neither the wrapper nor the experiment is alive does the scan report ``dead``.
 """
 
 from __future__ import annotations
@@ -30,14 +33,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tether import vocab
 from tether.server import procinfo
-from tether.server.progress import RUNS_DIR
 
 HEARTBEAT_S = 20.0
 
 
 def run_dir(root: str, run_id: str) -> Path:
-    return Path(root) / RUNS_DIR / run_id
+    return Path(vocab.run_dir(root, run_id))
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -96,7 +99,7 @@ class _Run:
         self.argv = argv
         self.dir = run_dir(args.root, args.run_id)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.dir / "log"
+        self.log_path = self.dir / vocab.RUN_LOG
         self.record: dict[str, Any] = {
             "id": args.run_id,
             "experiment": args.experiment,
@@ -105,7 +108,7 @@ class _Run:
             "results_dir": str(Path(args.cwd) / args.results),
             "gpu_gb": args.gpu_gb,
             "log": str(self.log_path),
-            "status": "starting",
+            "status": vocab.STARTING,
             "started": time.time(),
             "ended": None,
             "exit_code": None,
@@ -118,7 +121,7 @@ class _Run:
         self.registry: Any = None
 
     def save(self) -> None:
-        write_json_atomic(self.dir / "run.json", self.record)
+        write_json_atomic(self.dir / vocab.RUN_RECORD, self.record)
 
     def log(self, message: str) -> None:
         with open(self.log_path, "a", encoding="utf-8") as fh:
@@ -131,7 +134,9 @@ class _Run:
         self.stop.set()
         if self.registry is not None:
             try:
-                self.registry.release(self.args.run_id, status="completed" if status == "completed" else "failed")
+                self.registry.release(
+                    self.args.run_id, status=vocab.COMPLETED if status == vocab.COMPLETED else vocab.FAILED
+                )
             except Exception as exc:  # the run's outcome is recorded already; a registry hiccup must not hide it
                 self.log(f"could not leave the agent registry: {exc}")
         self.log(f"run {self.args.run_id} {status} (exit code {code})")
@@ -175,7 +180,7 @@ class _Run:
             from tether.server import registry as registry_mod
             from tether.server.registry import Registry
 
-            path = self.args.registry or str(Path(self.args.root) / "AGENT_STATUS.json")
+            path = self.args.registry or vocab.agent_status_path(self.args.root)
             registry = Registry(path)
             try:
                 entry = registry.register(
@@ -187,7 +192,7 @@ class _Run:
                 )
             except TetherError as exc:
                 self.log(f"not started: {exc}")
-                return self.finish("refused", getattr(exc, "exit_code", 4))
+                return self.finish(vocab.REFUSED, getattr(exc, "exit_code", 4))
             self.registry = registry
             agent_env = registry_mod.agent_env(entry, registry.path)
         for key, value in read_env_file(Path(self.args.cwd) / ".env").items():
@@ -211,14 +216,16 @@ class _Run:
             )
         except FileNotFoundError:
             self.log(f"command not found: {self.argv[0]} (is it installed on this server, and on PATH?)")
-            return self.finish("failed", 127)
+            return self.finish(vocab.FAILED, 127)
         except PermissionError:
             self.log(f"command not executable: {self.argv[0]}")
-            return self.finish("failed", 126)
+            return self.finish(vocab.FAILED, 126)
         except OSError as exc:
             self.log(f"cannot start {self.argv[0]}: {exc}")
-            return self.finish("failed", 1)
-        self.record.update(status="running", child_pid=self.child.pid)
+            return self.finish(vocab.FAILED, 1)
+        self.record.update(
+            status=vocab.RUNNING, child_pid=self.child.pid, child_start=procinfo.pid_start(self.child.pid)
+        )
         self.save()
         beat = threading.Thread(target=self._heartbeat, daemon=True)
         beat.start()
@@ -228,8 +235,8 @@ class _Run:
         if code < 0:
             code = 128 - code
         if self.cancelled:
-            return self.finish("cancelled", code)
-        return self.finish("completed" if code == 0 else "failed", code)
+            return self.finish(vocab.CANCELLED, code)
+        return self.finish(vocab.COMPLETED if code == 0 else vocab.FAILED, code)
 
 
 def main(argv: list[str]) -> int:
@@ -243,25 +250,50 @@ def main(argv: list[str]) -> int:
     return _Run(args, command).execute()
 
 
+def experiment_alive(record: vocab.RunRecordFile) -> bool:
+    """Whether the experiment process of a run still runs (it outlives a SIGKILLed wrapper: own session)."""
+    if record.child_pid is None:
+        return False
+    return procinfo.is_alive(record.child_pid, record.child_start, record.boot_id)
+
+
+def wrapper_alive(record: vocab.RunRecordFile) -> bool:
+    return procinfo.is_alive(record.pid, record.pid_start, record.boot_id)
+
+
 def cancel_main(argv: list[str]) -> int:
-    """``python3 -m tether.server cancel --root R --run-id ID``: SIGTERM the run's wrapper if it is still running."""
+    """``python3 -m tether.server cancel --root R --run-id ID``: stop a live run.
+
+    SIGTERM goes to the wrapper, which forwards it to the experiment and records ``cancelled``. When the wrapper is
+    gone but the experiment still runs, SIGTERM goes to the experiment's process group and the record says
+    ``cancelled``.
+    """
     p = argparse.ArgumentParser(prog="python3 -m tether.server cancel")
     p.add_argument("--root", required=True)
     p.add_argument("--run-id", required=True)
     args = p.parse_args(argv)
-    path = run_dir(args.root, args.run_id) / "run.json"
+    path = run_dir(args.root, args.run_id) / vocab.RUN_RECORD
     try:
         with open(path, encoding="utf-8") as fh:
-            record = json.load(fh)
-    except (OSError, ValueError):
-        print(json.dumps({"id": args.run_id, "cancelled": False, "reason": "no such run on this host"}))
+            raw = json.load(fh)
+        record = vocab.RunRecordFile.from_json(raw, args.run_id)
+    except (OSError, ValueError) as exc:
+        reason = "no such run on this host" if isinstance(exc, OSError) else f"its record is unreadable ({exc})"
+        print(json.dumps({"id": args.run_id, "cancelled": False, "reason": reason}))
         return 1
-    pid = int(record.get("pid", 0))
-    if record.get("status") not in ("starting", "running") or not procinfo.is_alive(
-        pid, record.get("pid_start"), record.get("boot_id", "")
-    ):
-        print(json.dumps({"id": args.run_id, "cancelled": False, "reason": f"run is {record.get('status')}"}))
+    if not vocab.is_live(record.status):
+        print(json.dumps({"id": args.run_id, "cancelled": False, "reason": f"run is {record.status}"}))
         return 0
-    os.kill(pid, signal.SIGTERM)
-    print(json.dumps({"id": args.run_id, "cancelled": True, "reason": "SIGTERM sent"}))
+    if wrapper_alive(record):
+        os.kill(record.pid, signal.SIGTERM)
+        print(json.dumps({"id": args.run_id, "cancelled": True, "reason": "SIGTERM sent"}))
+        return 0
+    if record.child_pid is not None and experiment_alive(record):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(record.child_pid, signal.SIGTERM)
+        raw.update(status=vocab.CANCELLED, ended=time.time(), reason="cancelled after its wrapper died")
+        write_json_atomic(path, raw)
+        print(json.dumps({"id": args.run_id, "cancelled": True, "reason": "SIGTERM sent to the experiment"}))
+        return 0
+    print(json.dumps({"id": args.run_id, "cancelled": False, "reason": "run is dead"}))
     return 0

@@ -1,21 +1,14 @@
-"""``tether run EXP`` without ``--local``/``--on``: follow the plan, reuse a rented server of the right profile, and
-rent one only when spending is allowed (``[policy] allow_spending`` or ``--provision``)."""
+"""Where ``tether run EXP`` goes without ``--local``/``--on``: it follows the plan (:mod:`tether.plan`), reuses a
+rented server of the right profile, and rents one only when spending is allowed (``[policy] allow_spending`` or
+``--provision``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from tether import fleet, plan, remote
+from tether import fleet, plan, provision
 from tether.config import Project
+from tether.context import Ctx
 from tether.errors import PolicyRefusal
-from tether.state import State
-from tether.targets import LOCAL, resolve
-
-Say = Callable[[str], None]
-
-
-def _quiet(_message: str) -> None:
-    return None
+from tether.hosts import LOCAL, resolve
 
 
 def server_name(project: Project, profile: str) -> str:
@@ -23,16 +16,9 @@ def server_name(project: Project, profile: str) -> str:
     return f"{project.name}-{profile}"
 
 
-def choose_target(
-    project: Project,
-    st: State,
-    experiment: str,
-    *,
-    provision: bool = False,
-    local_busy: bool = False,
-    say: Say = _quiet,
-) -> str:
+def choose_target(ctx: Ctx, experiment: str, *, may_rent: bool = False, local_busy: bool = False) -> str:
     """Where ``experiment`` runs by the plan: ``local``, or the name of a running rented server (set up)."""
+    project, st, say = ctx.project, ctx.state, ctx.say
     entry = plan.plan_experiment(
         experiment, project.experiment(experiment), project.config.policy, local_busy=local_busy
     )
@@ -44,7 +30,7 @@ def choose_target(
             say(f"Plan: {experiment} runs on {rec.name}, the running {entry.profile} server.")
             return rec.name
     name = server_name(project, entry.profile)
-    if not (provision or project.config.policy.allow_spending):
+    if not (may_rent or project.config.policy.allow_spending):
         raise PolicyRefusal(
             f"The plan runs {experiment} on a rented {entry.profile} server ({'; '.join(entry.reasons)}), and "
             "renting costs money.",
@@ -53,5 +39,5 @@ def choose_target(
         )
     say(f"Plan: renting {name} ({entry.profile}) for {experiment}.")
     fleet.ensure_rented(project, st, name, profile=entry.profile, say=say)
-    remote.up(project, st, resolve(project, name, st))
+    provision.up(ctx, resolve(project, name, st))
     return name

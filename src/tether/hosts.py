@@ -10,6 +10,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from tether import vocab
 from tether.config import Project
 from tether.errors import ConfigError
 from tether.paths import local_root
@@ -39,7 +40,7 @@ class Target:
 
     @property
     def lib_dir(self) -> str:
-        return f"{self.root}/.tether/lib"
+        return vocab.lib_dir(self.root)
 
 
 def local_target(project: Project) -> Target:
@@ -61,7 +62,7 @@ def local_target(project: Project) -> Target:
 def remote_server_argv(root: str, python: str = "python3") -> list[str]:
     """How tether's server side starts on a server: the copy under ``<root>/.tether/lib``, stdlib only (``-S``
     skips site-packages, which costs tens of milliseconds on every progress scan)."""
-    return ["env", f"PYTHONPATH={root}/.tether/lib", python, "-S", "-m", "tether.server"]
+    return ["env", f"PYTHONPATH={vocab.lib_dir(root)}", python, "-S", "-m", "tether.server"]
 
 
 def host_target(project: Project, name: str, state: State | None = None) -> Target:
@@ -94,7 +95,7 @@ def host_target(project: Project, name: str, state: State | None = None) -> Targ
         )
         root, python = rec.remote_root, "python3"
     # `tether up` records the interpreter's real path: a pyenv-style shim can cost 100 ms per call.
-    resolved = state.get(f"python:{name}") if state is not None else None
+    resolved = state.host_facts(name).python if state is not None else None
     return Target(
         name=name,
         transport=SSHTransport(ssh, label=name),

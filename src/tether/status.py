@@ -1,0 +1,162 @@
+"""``tether status``: one observation of the whole project — servers, runs, agents, money and warnings.
+
+It asks the provider for the state and price of every rented server (the same observation ``ls`` and ``cost``
+make), scans each host with runs once, reads the agent registries of the servers it scanned, and turns what it saw
+into warnings, each with the command that fixes it. The thresholds are ``[policy]``'s: the idle warning fires past
+``destroy_after_idle_hours``, the budget warnings at ``budget_warn_fraction`` of ``max_total_usd`` and
+``max_hourly_usd``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tether import agents, autopilot, cost, fleet, runs, vocab
+from tether.context import Ctx
+from tether.errors import TetherError
+from tether.fmt import duration
+from tether.hosts import LOCAL, resolve
+
+
+def observe_rented(ctx: Ctx) -> list[str]:
+    """Record the current state and price of every rented server in the ledger; the problems met (best effort)."""
+    live = [r for r in ctx.state.instances() if r.provider == fleet.PROVIDER and r.state != "gone"]
+    if not live:
+        return []
+    problems: list[str] = []
+    try:
+        provider = fleet.provider_for(ctx.project)
+    except TetherError as exc:
+        return [f"could not ask the provider for current states: {exc.message}"]
+    try:
+        for rec in live:
+            try:
+                fleet.observe(ctx.project, ctx.state, rec.name, provider=provider)
+            except TetherError as exc:
+                problems.append(f"{rec.name}: {exc.message}")
+    finally:
+        provider.close()
+    return problems
+
+
+@dataclass(frozen=True)
+class ServerRow:
+    name: str
+    state: str
+    dph_now: float | None
+    uptime_s: float | None
+    accrued_usd: float
+    idle_s: float | None
+    last_pull: float | None
+    unsynced: bool | None
+    decision: cost.Decision
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "dph_now": self.dph_now,
+            "uptime_s": self.uptime_s,
+            "accrued_usd": self.accrued_usd,
+            "idle_s": self.idle_s,
+            "last_pull": self.last_pull,
+            "unsynced": self.unsynced,
+            "decision": self.decision.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class HostRun:
+    host: str
+    run: vocab.RunInfo
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.run.to_json(), "host": self.host}
+
+
+@dataclass
+class Report:
+    now: float
+    servers: list[ServerRow] = field(default_factory=list)
+    runs: list[HostRun] = field(default_factory=list)
+    agents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ledger: cost.Ledger | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "servers": [s.to_json() for s in self.servers],
+            "runs": [r.to_json() for r in self.runs],
+            "agents": self.agents,
+            "cost": self.ledger.to_json() if self.ledger is not None else None,
+            "warnings": self.warnings,
+        }
+
+
+def budget_warnings(policy: Any, ledger: cost.Ledger) -> list[str]:
+    """Warnings when spending nears ``[policy]``'s limits (pure)."""
+    out: list[str] = []
+    fraction = policy.budget_warn_fraction
+    if policy.max_total_usd is not None and ledger.total_usd >= fraction * policy.max_total_usd:
+        out.append(f"budget: ${ledger.total_usd:.2f} spent of max_total_usd ${policy.max_total_usd:.2f}.")
+    if policy.max_hourly_usd is not None and ledger.burn_dph >= fraction * policy.max_hourly_usd:
+        out.append(f"budget: burning ${ledger.burn_dph:.4f}/hr of max_hourly_usd ${policy.max_hourly_usd:.2f}.")
+    return out
+
+
+def report(ctx: Ctx) -> Report:
+    """Observe everything once (see the module docstring)."""
+    project, st = ctx.project, ctx.state
+    policy = project.config.policy
+    out = Report(now=0.0)
+    out.warnings += observe_rented(ctx)
+    now = out.now = ctx.now()
+    out.ledger = led = cost.ledger(st.event_log(), now)
+    scanned: list[str] = []
+    for name in sorted({r.host for r in st.runs()}):
+        rented = st.instance(name)
+        if rented is not None and rented.state != "running":
+            continue  # a stopped or destroyed server cannot be asked; its runs were pulled before
+        try:
+            found = runs.observe(st, resolve(project, name, st))
+        except TetherError as exc:
+            out.warnings.append(f"{name}: could not read runs ({exc.message})")
+            continue
+        scanned.append(name)
+        out.runs += [HostRun(name, r) for r in found.runs]
+    for rec in st.instances():
+        if rec.provider != fleet.PROVIDER or rec.state == "gone":
+            continue
+        facts = autopilot.gather(project, st, rec.name, now)
+        view = facts.view
+        out.warnings += facts.errors
+        spent = led.by_instance.get(rec.name)
+        last = st.last_pull(rec.name)
+        idle_for = None if view.live_runs else now - (view.last_activity or view.since)
+        out.servers.append(
+            ServerRow(
+                name=rec.name,
+                state=rec.state,
+                dph_now=spent.burn_dph if spent else None,
+                uptime_s=now - view.since if rec.state == "running" else None,
+                accrued_usd=spent.total_usd if spent else 0.0,
+                idle_s=idle_for,
+                last_pull=last.ts if last else None,
+                unsynced=view.unsynced,
+                decision=cost.decide(view, now, policy),
+            )
+        )
+        if idle_for is not None and idle_for > policy.destroy_after_idle_hours * 3600:
+            out.warnings.append(f"{rec.name} has been idle {duration(idle_for)}: `tether down {rec.name}`.")
+        if view.unsynced:
+            out.warnings.append(f"{rec.name} holds results not pulled yet: `tether pull {rec.name}`.")
+    for name in scanned:
+        if name == LOCAL:
+            continue
+        try:
+            out.agents[name] = agents.listing(resolve(project, name, st))
+        except TetherError as exc:
+            out.warnings.append(f"{name}: agents unreadable ({exc})")
+    out.warnings += budget_warnings(policy, led)
+    return out

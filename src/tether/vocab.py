@@ -1,0 +1,290 @@
+"""tether's one vocabulary: run statuses, the server layout, and the shapes of the records both sides exchange.
+
+Standard library only and Python 3.8+, because the server side (``python3 -m tether.server``) imports it on servers
+with a bare ``python3``. Everything that names a run status, a path under a workspace root, or reads ``run.json``,
+the progress scan or the manifest uses this module, so each is defined once.
+
+Run statuses (``run.json``'s ``status``; the progress scan adds ``dead`` and ``broken``):
+
+==============  ======  ==========================================================================================
+status          live?   meaning
+==============  ======  ==========================================================================================
+``starting``    yes     the wrapper wrote its record and is being admitted (GPU registry) or starting the command
+``running``     yes     the experiment runs
+``completed``   no      it exited 0
+``failed``      no      it exited non-zero, or never started (the reason is in its log)
+``cancelled``   no      ``tether cancel`` stopped it
+``refused``     no      the agent registry refused its GPU memory (exit code 4)
+``dead``        no      ``run.json`` says live but neither the wrapper nor the experiment is alive
+``broken``      no      ``run.json`` cannot be read as a run record (shown, never fatal for the other runs)
+==============  ======  ==========================================================================================
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any, Dict, Tuple
+
+STARTING = "starting"
+RUNNING = "running"
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+REFUSED = "refused"
+DEAD = "dead"
+BROKEN = "broken"
+
+LIVE_STATUSES = frozenset({STARTING, RUNNING})
+"""A run in one of these may be computing: never stop or destroy its server."""
+FINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED, REFUSED, DEAD, BROKEN})
+"""A run in one of these has ended and will not change by itself."""
+TROUBLE_STATUSES = frozenset({FAILED, DEAD, REFUSED, BROKEN})
+"""Ended badly: the progress scan attaches the log's last lines."""
+ALL_STATUSES = LIVE_STATUSES | FINAL_STATUSES
+
+
+def is_live(status: str) -> bool:
+    return status in LIVE_STATUSES
+
+
+def is_final(status: str) -> bool:
+    return status in FINAL_STATUSES
+
+
+# ------------------------------------------------------------------------------------------ server layout
+TETHER_DIR = ".tether"
+"""tether's own files under a workspace root."""
+RUNS_DIR = TETHER_DIR + "/runs"
+LIB_DIR = TETHER_DIR + "/lib"
+SETUP_SCRIPT = TETHER_DIR + "/setup.sh"
+AGENT_STATUS = "AGENT_STATUS.json"
+SETUP_LOG = "SETUP_LOG.txt"
+RUN_RECORD = "run.json"
+RUN_LOG = "log"
+
+
+def runs_dir(root: str) -> str:
+    """``<root>/.tether/runs``: one folder per run."""
+    return posixpath.join(root, RUNS_DIR)
+
+
+def run_dir(root: str, run_id: str) -> str:
+    return posixpath.join(root, RUNS_DIR, run_id)
+
+
+def run_record_path(root: str, run_id: str) -> str:
+    return posixpath.join(root, RUNS_DIR, run_id, RUN_RECORD)
+
+
+def run_log_path(root: str, run_id: str) -> str:
+    return posixpath.join(root, RUNS_DIR, run_id, RUN_LOG)
+
+
+def lib_dir(root: str) -> str:
+    return posixpath.join(root, LIB_DIR)
+
+
+def agent_status_path(root: str) -> str:
+    return posixpath.join(root, AGENT_STATUS)
+
+
+def setup_log_path(root: str) -> str:
+    return posixpath.join(root, SETUP_LOG)
+
+
+# ------------------------------------------------------------------------------------------ record shapes
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    out = float(value)
+    return out if out == out and out not in (float("inf"), float("-inf")) else None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run as the progress scan reports it (its ``--json`` shape is a contract: see the README)."""
+
+    id: str
+    experiment: str | None
+    status: str
+    alive: bool = False
+    exit_code: int | None = None
+    started: float | None = None
+    ended: float | None = None
+    log: str | None = None
+    results_dir: str | None = None
+    completed: int = 0
+    failed: int = 0
+    total: int | None = None
+    rate_per_s: float | None = None
+    eta_s: float | None = None
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    log_tail: str | None = None
+    problem: str | None = None
+    """Why a ``broken`` run could not be read."""
+    failed_by: dict[str, int] = field(default_factory=dict)
+    """Failed items by kind (HTTP status or error type), when the checkpoint reports it."""
+
+    @property
+    def live(self) -> bool:
+        return is_live(self.status)
+
+    @property
+    def final(self) -> bool:
+        return is_final(self.status)
+
+    @classmethod
+    def from_json(cls, doc: Any) -> RunInfo:
+        """Read one scan entry; anything of the wrong type is dropped, never trusted (the server is a third party)."""
+        if not isinstance(doc, dict):
+            return cls(id="?", experiment=None, status=BROKEN, problem="not a JSON object")
+        status = _str(doc.get("status")) or BROKEN
+        checkpoints = doc.get("checkpoints")
+        failed_by = doc.get("failed_by")
+        return cls(
+            id=_str(doc.get("id")) or "?",
+            experiment=_str(doc.get("experiment")),
+            status=status,
+            alive=doc.get("alive") is True,
+            exit_code=_int(doc.get("exit_code")),
+            started=_num(doc.get("started")),
+            ended=_num(doc.get("ended")),
+            log=_str(doc.get("log")),
+            results_dir=_str(doc.get("results_dir")),
+            completed=max(0, _int(doc.get("completed")) or 0),
+            failed=max(0, _int(doc.get("failed")) or 0),
+            total=_int(doc.get("total")),
+            rate_per_s=_num(doc.get("rate_per_s")),
+            eta_s=_num(doc.get("eta_s")),
+            checkpoints=[c for c in checkpoints if isinstance(c, dict)] if isinstance(checkpoints, list) else [],
+            log_tail=_str(doc.get("log_tail")),
+            problem=_str(doc.get("problem")),
+            failed_by=(
+                {str(k): n for k, n in failed_by.items() if isinstance(n, int) and not isinstance(n, bool)}
+                if isinstance(failed_by, dict)
+                else {}
+            ),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "experiment": self.experiment,
+            "status": self.status,
+            "alive": self.alive,
+            "exit_code": self.exit_code,
+            "started": self.started,
+            "ended": self.ended,
+            "log": self.log,
+            "results_dir": self.results_dir,
+            "completed": self.completed,
+            "failed": self.failed,
+            "total": self.total,
+            "rate_per_s": self.rate_per_s,
+            "eta_s": self.eta_s,
+            "checkpoints": self.checkpoints,
+        }
+        if self.failed_by:
+            out["failed_by"] = dict(self.failed_by)
+        if self.log_tail is not None:
+            out["log_tail"] = self.log_tail
+        if self.problem is not None:
+            out["problem"] = self.problem
+        return out
+
+
+@dataclass(frozen=True)
+class Scan:
+    """The progress scan of one target: ``{"host", "time", "runs": [...]}``."""
+
+    host: str
+    time: float
+    runs: list[RunInfo]
+
+    def run(self, run_id: str) -> RunInfo | None:
+        return next((r for r in self.runs if r.id == run_id), None)
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Scan:
+        if not isinstance(doc, dict):
+            raise ValueError("the progress scan is not a JSON object")
+        runs = doc.get("runs")
+        return cls(
+            host=_str(doc.get("host")) or "?",
+            time=_num(doc.get("time")) or 0.0,
+            runs=[RunInfo.from_json(r) for r in runs] if isinstance(runs, list) else [],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"host": self.host, "time": self.time, "runs": [r.to_json() for r in self.runs]}
+
+
+@dataclass(frozen=True)
+class RunRecordFile:
+    """``<root>/.tether/runs/<id>/run.json`` as the wrapper writes it (the fields readers rely on)."""
+
+    id: str
+    experiment: str | None
+    status: str
+    pid: int = 0
+    pid_start: int | None = None
+    boot_id: str = ""
+    child_pid: int | None = None
+    child_start: int | None = None
+    exit_code: int | None = None
+    started: float | None = None
+    ended: float | None = None
+    log: str | None = None
+    results_dir: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def from_json(cls, doc: Any, run_id: str) -> RunRecordFile:
+        """Read ``run.json``; raises ValueError naming what is wrong when it is not a run record."""
+        if not isinstance(doc, dict):
+            raise ValueError("run.json is not a JSON object")
+        status = doc.get("status")
+        if not isinstance(status, str) or status not in ALL_STATUSES:
+            raise ValueError(f"run.json has status {status!r}")
+        pid = doc.get("pid", 0)
+        if pid is not None and _int(pid) is None:
+            raise ValueError(f"run.json has pid {pid!r}")
+        for key in ("results_dir", "log", "boot_id", "experiment"):
+            value = doc.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"run.json has {key} {value!r}")
+        return cls(
+            id=_str(doc.get("id")) or run_id,
+            experiment=_str(doc.get("experiment")),
+            status=status,
+            pid=_int(pid) or 0,
+            pid_start=_int(doc.get("pid_start")),
+            boot_id=_str(doc.get("boot_id")) or "",
+            child_pid=_int(doc.get("child_pid")),
+            child_start=_int(doc.get("child_start")),
+            exit_code=_int(doc.get("exit_code")),
+            started=_num(doc.get("started")),
+            ended=_num(doc.get("ended")),
+            log=_str(doc.get("log")),
+            results_dir=_str(doc.get("results_dir")),
+            reason=_str(doc.get("reason")),
+        )
+
+
+ManifestFiles = Dict[str, Tuple[int, float, str]]
+"""A manifest's files (``python3 -m tether.server manifest``): relative path -> (size, mtime, sha256)."""
