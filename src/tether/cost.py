@@ -618,7 +618,10 @@ class IdleCosts:
     """Destroying: ``recreate_cost_minutes`` (a re-rental when work comes back); nothing bills meanwhile."""
 
     def text(self) -> str:
-        return f"up ~{self.keep:.2f} h, stopped ~{self.stop:.2f} h, destroyed ~{self.destroy:.2f} h at the full rate"
+        return (
+            f"the expected cost in hours of the full rate is {self.keep:.2f} up, {self.stop:.2f} stopped, "
+            f"{self.destroy:.2f} destroyed"
+        )
 
 
 def idle_costs(
