@@ -1,8 +1,11 @@
 """Cost simulation: two weeks of experiments against the Vast emulator's clock under three operators.
 
-Run: ``python bench/costsim.py [--seed N] [--days D]``. The last line printed is one JSON object with
-``cost_never_stop``, ``cost_daily_manual``, ``cost_autopilot``, ``cost_lower_bound``,
-``ratio_autopilot_to_bound`` and ``results_lost``.
+Run: ``python bench/costsim.py [--seed N] [--days D] [--seeds 1-20]``. The last line printed is one JSON object
+with ``cost_never_stop``, ``cost_daily_manual``, ``cost_autopilot``, ``cost_lower_bound``,
+``ratio_autopilot_to_bound`` and ``results_lost`` for ``--seed`` (default 20260211). With ``--seeds`` (ranges and
+comma lists: ``1-20``, ``1,4,7``, ``1-5,9``) each of those seeds is run too, a table of its autopilot ratio and
+results lost is printed, and the JSON adds ``seeds`` (the list), ``seeds_ratio_median``, ``seeds_ratio_max`` and
+``seeds_results_lost`` (the total over those seeds and all three operators).
 
 The workload (fixed seed): experiments of the three kinds arrive as Poisson processes over ``--days`` days, each
 needing an instance of its profile (``api``, ``inference``, ``finetune``, the offer chosen as ``tether`` does:
@@ -32,8 +35,13 @@ Operators:
 - ``daily_manual``: the runbook's decision tree applied by hand once a day at 09:00 UTC: an idle running instance
   is pulled and stopped if more work is planned within 24 h, else pulled and destroyed; a stopped one with no
   planned work is destroyed (its results came home when it was stopped);
-- ``autopilot``: :func:`tether.cost.decide` with the default policy (stop after 30 idle minutes, destroy after
-  24 h) every 5 simulated minutes, pull-and-verify before any stop or destroy that asks for it.
+- ``autopilot``: :func:`tether.cost.decide` with the default policy every 5 simulated minutes, pull-and-verify
+  before any stop or destroy that asks for it. Its :class:`~tether.cost.InstanceView` holds what
+  :func:`tether.autopilot.gather` reads from state: the instance's prices (from the emulator) and the gaps between
+  the runs seen on that profile's instances (:func:`tether.cost.idle_gaps`), so the learned idle timers work as
+  they do for real; with no gap yet it uses the fixed timers (stop after 30 idle minutes, destroy after 24 h).
+  A re-rental here costs only its 3 loading minutes at the storage rate; the policy still prices one at
+  ``recreate_cost_minutes`` (30 min of the full rate), so it destroys less often than this simulation would reward.
 
 ``cost_lower_bound``: the same rates (each experiment's instance ``dph_total``) paid only while an experiment runs.
 ``results_lost``: experiments whose results were on an instance destroyed before a verified pull, over all three
@@ -61,7 +69,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tether.config import PolicyConfig
-from tether.cost import InstanceView, accrued, decide
+from tether.cost import InstanceView, accrued, decide, idle_gaps
 from tether.emulator.vast import Clock, VastEmulator, load_offer_book, null_host_factory
 from tether.offers import DEFAULT_PROFILES, render_body
 
@@ -119,7 +127,9 @@ class Slot:
     last_activity: float | None = None
     dph_total: float = 0.0
     current: Experiment | None = None
+    current_start: float = 0.0
     current_end: float = 0.0
+    busy: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of every finished run on it
     unsynced: list[int] = field(default_factory=list)
     last_verified_pull: float | None = None
     queue: deque[Experiment] = field(default_factory=deque)
@@ -167,7 +177,10 @@ class Sim:
             return True
         return any(e.profile == slot.profile and now <= e.arrival < now + horizon_s for e in self.pending)
 
-    def view(self, slot: Slot) -> InstanceView:
+    def view(self, slot: Slot, gap_history: int) -> InstanceView:
+        """What :func:`tether.autopilot.gather` builds from state: the same facts, read from the simulation."""
+        inst = self.emu.instances[slot.inst_id] if slot.inst_id is not None else None
+        live: list[tuple[float, float | None]] = [(slot.current_start, None)] if slot.current is not None else []
         return InstanceView(
             name=slot.profile,
             state=slot.state,
@@ -178,6 +191,9 @@ class Sim:
             unsynced=bool(slot.unsynced),
             last_verified_pull=slot.last_verified_pull,
             more_work_within_h=self.more_work_within(slot, self.clock.now()),
+            dph_total=inst.dph_total if inst is not None else None,
+            storage_dph=inst.storage_total_cost if inst is not None else None,
+            idle_gaps=idle_gaps([*slot.busy, *live], gap_history),
         )
 
     def record(self, slot: Slot, state: str | None = None) -> None:
@@ -254,6 +270,7 @@ class Sim:
                 # runs that finished leave their results on the instance
                 if slot.current is not None and now >= slot.current_end:
                     slot.unsynced.append(slot.current.id)
+                    slot.busy.append((slot.current_start, slot.current_end))
                     slot.last_activity = slot.current_end
                     slot.current = None
                     self.finished += 1
@@ -275,7 +292,7 @@ class Sim:
                     self.counts["start"] += 1
                 elif slot.state == "running":
                     exp = slot.queue.popleft()
-                    slot.current, slot.current_end = exp, now + exp.duration_s
+                    slot.current, slot.current_start, slot.current_end = exp, now, now + exp.duration_s
                     slot.last_activity = now
                     self.lower_bound += slot.dph_total * exp.duration_s / 3600.0
             operator(self, now)
@@ -339,7 +356,7 @@ def make_autopilot(policy: PolicyConfig) -> Callable[[Sim, float], None]:
         for slot in sim.slots.values():
             if slot.inst_id is None:
                 continue
-            decision = decide(sim.view(slot), now, policy)
+            decision = decide(sim.view(slot, policy.gap_history), now, policy)
             if decision.action == "none":
                 continue
             if decision.needs_pull and not sim.pull(slot):
@@ -353,34 +370,101 @@ def make_autopilot(policy: PolicyConfig) -> Callable[[Sim, float], None]:
     return autopilot
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--days", type=float, default=14.0)
-    args = parser.parse_args(argv)
-    started = time.monotonic()
-    workload = make_workload(args.seed, args.days)
-    end = START + (args.days + 1.0) * 86400.0
+def parse_seeds(text: str) -> list[int]:
+    """``"1-20"``, ``"1,3,5"`` or both (``"1-5,9"``) as the seeds in order, each once; ValueError if malformed."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            raise ValueError(f"empty item in {text!r}")
+        lo_text, dash, hi_text = part.partition("-")
+        lo = int(lo_text)
+        hi = int(hi_text) if dash else lo
+        if hi < lo:
+            raise ValueError(f"range {part!r} runs backwards")
+        seeds.extend(seed for seed in range(lo, hi + 1) if seed not in seeds)
+    return seeds
+
+
+def _seeds_arg(text: str) -> list[int]:
+    try:
+        return parse_seeds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--seeds wants ranges and comma lists like 1-20 or 1,4,7: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One seed's workload under every operator (and the quick-timer autopilot shown beside them)."""
+
+    seed: int
+    workload: list[Experiment]
+    outcomes: dict[str, Outcome]
+    quick: Outcome
+
+    @property
+    def bound(self) -> float:
+        return self.outcomes["autopilot"].lower_bound
+
+    @property
+    def ratio(self) -> float:
+        return self.outcomes["autopilot"].cost / self.bound
+
+    @property
+    def lost(self) -> int:
+        return sum(o.results_lost for o in self.outcomes.values())
+
+    def problems(self) -> list[str]:
+        """What makes this trial invalid: unfinished work, a ledger that disagrees with the bill, two bounds."""
+        out: list[str] = []
+        for o in self.outcomes.values():
+            if o.finished != len(self.workload):
+                out.append(f"{o.name}: only {o.finished} of {len(self.workload)} experiments finished")
+            if not math.isclose(o.ledger_total, o.cost, rel_tol=1e-6, abs_tol=1e-6):
+                out.append(f"{o.name}: tether's ledger says ${o.ledger_total:.4f}, the emulator billed ${o.cost:.4f}")
+            if not math.isclose(o.lower_bound, self.bound, rel_tol=1e-9):
+                out.append(f"{o.name}: a different lower bound ({o.lower_bound:.4f} vs {self.bound:.4f})")
+        return [f"seed {self.seed}: {p}" for p in out]
+
+
+def trial(seed: int, days: float, policy: PolicyConfig | None = None) -> Trial:
+    """Run one seed's workload under the three operators; the autopilot uses ``policy`` (default: the default)."""
+    workload = make_workload(seed, days)
+    end = START + (days + 1.0) * 86400.0
     operators: list[tuple[str, Callable[[Sim, float], None]]] = [
         ("never_stop", never_stop),
         ("daily_manual", daily_manual),
-        ("autopilot", make_autopilot(PolicyConfig())),
+        ("autopilot", make_autopilot(policy or PolicyConfig())),
     ]
-    outcomes = {name: Sim(name, workload, args.seed, end).run(op) for name, op in operators}
-    # Not in the JSON: the same autopilot with a shorter idle timer, to show what the knob buys.
-    quick = Sim("autopilot_10m", workload, args.seed, end).run(make_autopilot(PolicyConfig(idle_stop_minutes=10)))
-    bound = outcomes["autopilot"].lower_bound
-    for out in outcomes.values():
-        if out.finished != len(workload):
-            print(f"{out.name}: only {out.finished} of {len(workload)} experiments finished", file=sys.stderr)
-            return 1
-        if not math.isclose(out.ledger_total, out.cost, rel_tol=1e-6, abs_tol=1e-6):
-            print(f"{out.name}: tether's ledger says ${out.ledger_total:.4f}, the emulator billed ${out.cost:.4f}")
-            return 1
-        if not math.isclose(out.lower_bound, bound, rel_tol=1e-9):
-            print(f"{out.name}: a different lower bound ({out.lower_bound:.4f} vs {bound:.4f})", file=sys.stderr)
-            return 1
-    lost = sum(o.results_lost for o in outcomes.values())
+    outcomes = {name: Sim(name, workload, seed, end).run(op) for name, op in operators}
+    # Not in the JSON: the same autopilot with a shorter fixed idle timer, to show what the knob buys.
+    quick_policy = (policy or PolicyConfig()).model_copy(update={"idle_stop_minutes": 10})
+    quick = Sim("autopilot_10m", workload, seed, end).run(make_autopilot(quick_policy))
+    return Trial(seed, workload, outcomes, quick)
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--seed", type=int, default=SEED, help="the seed whose figures the JSON reports")
+    parser.add_argument("--days", type=float, default=14.0)
+    parser.add_argument(
+        "--seeds", type=_seeds_arg, default=None, help="also run these seeds (e.g. 1-20, 1,4,7) and report the spread"
+    )
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    main_trial = trial(args.seed, args.days)
+    others = [main_trial if seed == args.seed else trial(seed, args.days) for seed in args.seeds or []]
+    problems = [p for t in [main_trial, *others] for p in t.problems()]
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    workload, outcomes, bound = main_trial.workload, main_trial.outcomes, main_trial.bound
     by_kind = {k: sum(1 for e in workload if e.profile == k) for k in WORKLOAD}
     busy_h = sum(e.duration_s for e in workload) / 3600.0
     print(
@@ -388,22 +472,38 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{n} {k}" for k, n in by_kind.items())
         + f"; {busy_h:.1f} busy hours; window {args.days + 1:g} days"
     )
-    for out in [*outcomes.values(), quick]:
+    for out in [*outcomes.values(), main_trial.quick]:
         counts = ", ".join(f"{k} {v}" for k, v in out.counts.items())
         print(
             f"  {out.name:<13} ${out.cost:8.2f}  x{out.cost / bound:5.2f} of the bound  lost {out.results_lost}"
             f"  idle-running ${out.idle_running:.2f}  storage ${out.storage:.2f}  ({counts})"
         )
-    print(f"  {'lower bound':<13} ${bound:8.2f}  (busy time only)   [{time.monotonic() - started:.1f} s]")
+    print(f"  {'lower bound':<13} ${bound:8.2f}  (busy time only)")
     print("  tether's ledger (tether.cost.accrued over the recorded events) matches the emulator's bill for each")
     result: dict[str, Any] = {
         "cost_never_stop": round(outcomes["never_stop"].cost, 4),
         "cost_daily_manual": round(outcomes["daily_manual"].cost, 4),
         "cost_autopilot": round(outcomes["autopilot"].cost, 4),
         "cost_lower_bound": round(bound, 4),
-        "ratio_autopilot_to_bound": round(outcomes["autopilot"].cost / bound, 4),
-        "results_lost": lost,
+        "ratio_autopilot_to_bound": round(main_trial.ratio, 4),
+        "results_lost": main_trial.lost,
     }
+    if others:
+        print(f"seeds ({len(others)}): autopilot cost / lower bound, and results lost over the three operators")
+        print(f"  {'seed':>6}  {'experiments':>11}  {'bound':>8}  {'autopilot':>9}  {'ratio':>6}  lost")
+        for t in others:
+            bound_usd, auto_usd = f"${t.bound:.2f}", f"${t.outcomes['autopilot'].cost:.2f}"
+            print(f"  {t.seed:>6}  {len(t.workload):>11}  {bound_usd:>8}  {auto_usd:>9}  {t.ratio:6.3f}  {t.lost}")
+        ratios = [t.ratio for t in others]
+        result.update(
+            {
+                "seeds": [t.seed for t in others],
+                "seeds_ratio_median": round(median(ratios), 4),
+                "seeds_ratio_max": round(max(ratios), 4),
+                "seeds_results_lost": sum(t.lost for t in others),
+            }
+        )
+    print(f"  [{time.monotonic() - started:.1f} s]")
     print(json.dumps(result))
     return 0
 

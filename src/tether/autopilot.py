@@ -88,6 +88,9 @@ def gather(project: Project, st: State, name: str, now: float, *, more_work: boo
         unsynced=unsynced,
         last_verified_pull=last_verified,
         more_work_within_h=more_work if more_work is not None else more_work_for(project, st, rec),
+        dph_total=rec.dph_total,
+        storage_dph=rec.storage_dph,
+        idle_gaps=cost.run_gaps(st.runs(host=name), name, project.config.policy.gap_history),
     )
     return Facts(view, files, errors)
 

@@ -103,6 +103,12 @@ class PolicyConfig(_Strict):
     idle_stop_minutes: Annotated[float, Field(gt=0)] = 30
     destroy_after_idle_hours: Annotated[float, Field(gt=0)] = 24
     more_work_within_hours: Annotated[float, Field(ge=0)] = 24
+    # The learned idle timers (README "Money"): what a stop and a later start, or a destroy and a later re-rental,
+    # is worth in minutes of the server's full rate, and how many of a server's recent gaps between runs to learn
+    # from (0: learn nothing, the fixed timers above only).
+    restart_cost_minutes: Annotated[float, Field(ge=0)] = 5
+    recreate_cost_minutes: Annotated[float, Field(ge=0)] = 30
+    gap_history: Annotated[int, Field(ge=0)] = 20
     max_total_usd: Annotated[float, Field(ge=0)] | None = None
     max_hourly_usd: Annotated[float, Field(ge=0)] | None = None
     budget_warn_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8

@@ -32,6 +32,18 @@ Faults never crash the ledger and never make money negative; each is said in ``w
    preceded by a pull); otherwise nothing is done and the reason says what to do by hand;
 4. a clock that reads earlier than the instance's last recorded change does nothing until it catches up.
 
+**Learned idle timers.** Rules 2 and 3 use fixed timers only while the instance has no history. Once runs on it have
+left gaps between them (:func:`run_gaps`, the last ``gap_history``), an idle gap that began when a run ended is
+priced instead: :func:`expected_rest` estimates how much longer it lasts (the mean rest of the past gaps longer than
+this one so far; as long again when it already outlasts them all; at least ``more_work_within_hours`` when no more
+work is planned), and :func:`idle_costs` prices, in hours of the full rate, staying up (that rest at the full rate),
+stopping or staying stopped (that rest at the storage rate, plus ``restart_cost_minutes``) and destroying
+(``recreate_cost_minutes``). :func:`cheapest_idle_action` takes the cheapest, staying as it is on a tie. A running
+instance brought up since its last run keeps the fixed ``idle_stop_minutes`` (it was brought up for a run about to
+start). The safety rules hold unchanged: rule 1 first, every stop or destroy of a running instance asks for a
+verified pull, a stopped one is destroyed only with ``unsynced is False``, and ``destroy_after_idle_hours`` caps
+every timer.
+
 :func:`refuse_destroy` is the guard of ``tether destroy``: it raises :class:`~tether.errors.PolicyRefusal`
 (exit 3) while a run is alive, or while results are unsynced or unknown unless ``--discard-unsynced``.
 """
@@ -50,20 +62,27 @@ from tether.errors import PolicyRefusal
 
 __all__ = [
     "Decision",
+    "IdleCosts",
     "InstanceCost",
     "InstanceView",
     "Ledger",
     "Segment",
     "accrued",
+    "cheapest_idle_action",
     "check_budget",
     "cost_by_experiment",
     "decide",
     "decide_all",
+    "expected_rest",
+    "idle_costs",
+    "idle_gaps",
     "ledger",
     "rate_kind",
     "refuse_destroy",
     "run_activity",
+    "run_gaps",
     "segments",
+    "storage_share",
 ]
 
 IDLE = "(idle)"
@@ -496,6 +515,12 @@ class InstanceView:
     last_verified_pull: float | None = None
     more_work_within_h: bool = False
     """Whether more experiments are planned for it within ``more_work_within_hours``."""
+    dph_total: float | None = None
+    """What it costs per hour while running (None: unknown)."""
+    storage_dph: float | None = None
+    """What it costs per hour while stopped, the storage part (None: unknown)."""
+    idle_gaps: tuple[float, ...] = ()
+    """Recent gaps between runs on it, in seconds, oldest first (:func:`run_gaps`; empty: no history)."""
 
 
 @dataclass(frozen=True)
@@ -522,6 +547,122 @@ def _dur(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def idle_gaps(busy: Iterable[tuple[float, float | None]], limit: int) -> tuple[float, ...]:
+    """The gaps (seconds) between the busy stretches of one server: the most recent ``limit``, oldest first.
+
+    ``busy`` holds each run's (start, end), end None while it is live (busy from its start on). Overlapping runs
+    make one stretch; a run recorded as ending before it started (the clock went backwards) is an instant at its
+    start; a start or end that is not a finite number is skipped (the run) or taken as live (the end).
+    """
+    spans: list[tuple[float, float]] = []
+    for start, end in busy:
+        if not math.isfinite(start):
+            continue
+        stop = math.inf if end is None or math.isnan(end) else max(start, end)
+        spans.append((start, stop))
+    spans.sort()
+    gaps: list[float] = []
+    reach: float | None = None
+    for start, stop in spans:
+        if reach is not None and start > reach:
+            gaps.append(start - reach)
+        reach = stop if reach is None else max(reach, stop)
+    return tuple(gaps[-limit:]) if limit > 0 else ()
+
+
+def run_gaps(runs: Iterable[StatusRunLike], host: str, limit: int) -> tuple[float, ...]:
+    """For building an :class:`InstanceView`: :func:`idle_gaps` of the runs on ``host`` (a live run is busy from
+    its start on; one that is neither live nor ended, e.g. dead, is an instant at its start)."""
+    busy: list[tuple[float, float | None]] = []
+    for run in runs:
+        if run.host != host:
+            continue
+        alive = run.status in LIVE_RUN_STATUSES and run.ended is None
+        busy.append((run.started, None if alive else (run.ended if run.ended is not None else run.started)))
+    return idle_gaps(busy, limit)
+
+
+def expected_rest(gaps: Sequence[float], idle: float) -> float | None:
+    """How much longer (seconds) the current gap between runs should last, given that it has lasted ``idle``.
+
+    The mean of ``g - idle`` over the learned gaps ``g`` longer than ``idle``. When none is longer (this gap already
+    outlasts every one seen), it is taken to last as long again: ``idle``. None when there is no history (gaps that
+    are not positive finite numbers do not count).
+    """
+    known = [g for g in gaps if math.isfinite(g) and g > 0]
+    if not known:
+        return None
+    idle = max(0.0, idle)
+    longer = [g - idle for g in known if g > idle]
+    return sum(longer) / len(longer) if longer else idle
+
+
+def storage_share(view: InstanceView) -> float:
+    """The stopped rate as a share of the running rate (0..1); 0 when either is unknown or running is free."""
+    if view.dph_total is None or view.storage_dph is None or view.dph_total <= 0:
+        return 0.0
+    return min(1.0, max(0.0, view.storage_dph / view.dph_total))
+
+
+@dataclass(frozen=True)
+class IdleCosts:
+    """The expected cost of each choice over the rest of an idle gap, in hours of the server's full rate."""
+
+    rest_s: float
+    """The expected rest of the gap (:func:`expected_rest`)."""
+    keep: float
+    """Staying up: the full rate for the rest of the gap."""
+    stop: float
+    """Stopping (or staying stopped): storage for the rest of the gap, plus ``restart_cost_minutes``."""
+    destroy: float
+    """Destroying: ``recreate_cost_minutes`` (a re-rental when work comes back); nothing bills meanwhile."""
+
+    def text(self) -> str:
+        return (
+            f"the expected cost in hours of the full rate is {self.keep:.2f} up, {self.stop:.2f} stopped, "
+            f"{self.destroy:.2f} destroyed"
+        )
+
+
+def idle_costs(
+    gaps: Sequence[float], idle: float, share: float, policy: PolicyConfig, more_work: bool = True
+) -> IdleCosts | None:
+    """The expected costs of keeping, stopping and destroying a server idle for ``idle`` seconds, from its
+    learned ``gaps`` (the last ``gap_history``) and its ``share`` (:func:`storage_share`); None without history.
+
+    With no more work planned (``more_work`` False) the rest of the gap is at least ``more_work_within_hours``.
+    """
+    if policy.gap_history <= 0:
+        return None
+    rest = expected_rest(gaps[-policy.gap_history :], idle)
+    if rest is None:
+        return None
+    if not more_work:
+        rest = max(rest, policy.more_work_within_hours * 3600.0)
+    rest_h = rest / 3600.0
+    return IdleCosts(
+        rest_s=rest,
+        keep=rest_h,
+        stop=share * rest_h + policy.restart_cost_minutes / 60.0,
+        destroy=policy.recreate_cost_minutes / 60.0,
+    )
+
+
+def cheapest_idle_action(costs: IdleCosts, state: str) -> Action:
+    """The learned choice: the cheapest of what may be done, ``"none"`` on a tie (the least drastic wins ties,
+    then stop before destroy). A ``"running"`` server may stay up, be stopped or be destroyed; a stopped one may
+    stay stopped or be destroyed."""
+    if state == "running":
+        options: list[tuple[float, Action]] = [(costs.keep, "none"), (costs.stop, "stop"), (costs.destroy, "destroy")]
+    else:
+        options = [(costs.stop, "none"), (costs.destroy, "destroy")]
+    best = options[0]
+    for option in options[1:]:
+        if option[0] < best[0]:
+            best = option
+    return best[1]
+
+
 def decide(view: InstanceView, now: float, policy: PolicyConfig) -> Decision:
     """The runbook's decision for one instance at ``now`` (see the module docstring for the rules)."""
     name = view.name
@@ -546,6 +687,7 @@ def decide(view: InstanceView, now: float, policy: PolicyConfig) -> Decision:
         )
     stop_after = policy.idle_stop_minutes * 60.0
     destroy_after = policy.destroy_after_idle_hours * 3600.0
+    share = storage_share(view)
     if view.state == "running":
         idle = now - latest
         if idle >= destroy_after:
@@ -553,6 +695,23 @@ def decide(view: InstanceView, now: float, policy: PolicyConfig) -> Decision:
                 "destroy",
                 f"{name} has been idle {_dur(idle)}, past destroy_after_idle_hours "
                 f"({policy.destroy_after_idle_hours:g} h): pull and verify its results, then destroy it.",
+                True,
+            )
+        # Learned only for a gap that began when a run ended: a server brought up since its last run was brought
+        # up for a run about to begin, and waits the fixed timer.
+        after_run = view.last_activity is not None and view.last_activity >= view.since
+        costs = idle_costs(view.idle_gaps, idle, share, policy, view.more_work_within_h) if after_run else None
+        if costs is not None:
+            learned = _learned(view, idle, costs, policy)
+            action = cheapest_idle_action(costs, "running")
+            if action == "none":
+                return out("none", f"{learned}: staying up is cheapest.")
+            if action == "stop":
+                return out("stop", f"{learned}: stopping is cheapest; pull its results, then stop it.", True)
+            work = "more work is planned" if view.more_work_within_h else "no more experiments are planned"
+            return out(
+                "destroy",
+                f"{learned}, and {work}: destroying is cheapest; pull and verify its results, then destroy it.",
                 True,
             )
         if idle < stop_after:
@@ -576,24 +735,40 @@ def decide(view: InstanceView, now: float, policy: PolicyConfig) -> Decision:
     if view.state in ("stopped", "exited"):
         held = now - view.since
         if held < destroy_after:
-            return out(
-                "none",
-                f"{name} has been {view.state} {_dur(held)}, under destroy_after_idle_hours "
-                f"({policy.destroy_after_idle_hours:g} h).",
+            gap = now - (view.last_activity if view.last_activity is not None else view.since)
+            costs = idle_costs(view.idle_gaps, gap, share, policy, view.more_work_within_h)
+            if costs is None:
+                return out(
+                    "none",
+                    f"{name} has been {view.state} {_dur(held)}, under destroy_after_idle_hours "
+                    f"({policy.destroy_after_idle_hours:g} h).",
+                )
+            learned = _learned(view, gap, costs, policy)
+            if cheapest_idle_action(costs, view.state) == "none":
+                return out("none", f"{learned}: staying {view.state} is cheapest.")
+            why = f"{learned}: destroying is cheapest"
+        else:
+            why = (
+                f"{name} has been {view.state} {_dur(held)}, past destroy_after_idle_hours "
+                f"({policy.destroy_after_idle_hours:g} h)"
             )
         if view.unsynced is False:
-            return out(
-                "destroy",
-                f"{name} has been {view.state} {_dur(held)}, past destroy_after_idle_hours "
-                f"({policy.destroy_after_idle_hours:g} h), and its results are verified home: destroy it.",
-            )
+            return out("destroy", f"{why}, and its results are verified home: destroy it.")
         what = "not verified home" if view.unsynced else "of unknown sync state"
         return out(
             "none",
-            f"{name} has been {view.state} {_dur(held)} with results {what}: start it and pull "
-            f"(`tether down {name}`), or destroy it with --discard-unsynced.",
+            f"{why}, but its results are {what}: start it and pull (`tether down {name}`), or destroy it with "
+            "--discard-unsynced.",
         )
     return out("none", f"{name} is {view.state}; waiting for it to settle before deciding.")
+
+
+def _learned(view: InstanceView, idle: float, costs: IdleCosts, policy: PolicyConfig) -> str:
+    count = len([g for g in view.idle_gaps[-policy.gap_history :] if math.isfinite(g) and g > 0])
+    return (
+        f"{view.name} has been idle {_dur(idle)}; from its last {count} gap(s) between runs the rest of this one "
+        f"should last ~{_dur(costs.rest_s)}, so {costs.text()}"
+    )
 
 
 def decide_all(views: Iterable[InstanceView], now: float, policy: PolicyConfig) -> dict[str, Decision]:
