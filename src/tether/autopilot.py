@@ -1,29 +1,29 @@
-"""Applying the money policies to real instances: gather the facts, ask :mod:`tether.cost`, act safely.
+"""Acting on rented servers safely: gather the facts, ask :mod:`tether.cost`, then stop or destroy.
 
-Every stop or destroy is preceded by a pull whose files are verified against the server's manifest; if the pull
-fails or does not verify, nothing is stopped or destroyed. Every decision is logged in local state with its reason.
+One path acts: :func:`act` pulls and verifies first where the decision needs it (if the pull fails or does not
+verify, nothing is stopped or destroyed), runs the destroy guard before every destroy, and logs the decision in
+local state. ``tether down`` (:func:`down`), ``tether stop`` (:func:`stop`), ``tether destroy`` (:func:`destroy`)
+and the autopilot's pass (:func:`tick`) all go through it.
+
+What lives on a server is read from the server, not only from this controller's state: the progress scan counts
+runs started by any controller (another ``TETHER_HOME``, a colleague's laptop), the agent registry counts agents
+registered by hand or by other tools, and the folders the server's run records name are results too, even when no
+experiment in ``tether.toml`` names them any more.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether import cost, fleet, plan, pull, runs
-from tether.config import Project
+from tether import agents, cost, fleet, plan, pull, runs, vocab
 from tether.context import Ctx
 from tether.errors import PolicyRefusal, TetherError
-from tether.hosts import host_target
+from tether.fmt import duration
+from tether.hosts import Target, host_target
 from tether.providers.vast.provider import VastProvider
 from tether.state import InstanceRecord, State
-
-Say = Callable[[str], None]
-
-
-def _quiet(_message: str) -> None:
-    return None
 
 
 def entered_state_at(st: State, rec: InstanceRecord) -> float:
@@ -36,13 +36,13 @@ def entered_state_at(st: State, rec: InstanceRecord) -> float:
     return since
 
 
-def more_work_for(project: Project, st: State, rec: InstanceRecord) -> bool:
+def more_work_for(ctx: Ctx, rec: InstanceRecord) -> bool:
     """Whether an experiment planned on this instance's profile has not completed yet (so more work is coming)."""
     profile = rec.meta.get("profile")
     if not profile:
         return False
-    done = {r.experiment for r in st.runs() if r.status == "completed"}
-    return any(entry.profile == profile and entry.experiment not in done for entry in plan.plan_all(project))
+    done = {r.experiment for r in ctx.state.runs() if r.status == vocab.COMPLETED}
+    return any(entry.profile == profile and entry.experiment not in done for entry in plan.plan_all(ctx.project))
 
 
 @dataclass
@@ -50,34 +50,83 @@ class Facts:
     view: cost.InstanceView
     unsynced_files: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    """Why the server could not be read (then nothing is stopped or destroyed unless the user discards)."""
+    notes: list[str] = field(default_factory=list)
+    """What is known beside the view, e.g. a run last seen running on a server that is stopped now."""
 
 
-def gather(project: Project, st: State, name: str, now: float, *, more_work: bool | None = None) -> Facts:
-    """Build the policy view of one rented instance (one scan and one manifest on the server when it runs)."""
+def _server_side(ctx: Ctx, target: Target, name: str) -> tuple[int, int, float | None, list[str]]:
+    """Live runs (any controller's), live agents that are not those runs, the last activity, unsynced files."""
+    st = ctx.state
+    found = runs.observe(st, target)
+    local_live, last_activity = cost.run_activity(st.runs(host=name), name)
+    live_ids = {r.id for r in found.runs if r.live} | {
+        r.id for r in st.runs(host=name) if vocab.is_live(r.status) and r.ended is None
+    }
+    for r in found.runs:
+        moment = r.started if r.live else r.ended
+        if moment is not None:
+            last_activity = moment if last_activity is None else max(last_activity, moment)
+    registry = agents.listing(target)
+    live_agents = [e for e in agents.live_entries(registry) if e.get("id") not in live_ids]
+    files = pull.unsynced(ctx, target)
+    files += _unlisted_results(ctx, target, found)
+    return max(len(live_ids), local_live), len(live_agents), last_activity, files
+
+
+def _unlisted_results(ctx: Ctx, target: Target, found: vocab.Scan) -> list[str]:
+    """Files in results folders that the server's run records name but ``tether.toml`` does not (an experiment
+    removed or renamed, another project on the same server): never home, since ``tether pull`` cannot see them."""
+    listed = {posixpath.normpath(posixpath.join(target.code_dir, p)) for p in pull.results_paths(ctx.project)}
+    extra = sorted(
+        {
+            posixpath.normpath(r.results_dir)
+            for r in found.runs
+            if r.results_dir and posixpath.isabs(r.results_dir)
+        }
+        - listed
+    )
+    files: list[str] = []
+    for folder in extra:
+        if any(folder.startswith(p + "/") for p in listed):
+            continue
+        manifest = pull.remote_manifest(target, posixpath.dirname(folder), [posixpath.basename(folder)])
+        files += sorted(posixpath.join(posixpath.dirname(folder), rel) for rel in manifest or {})
+    return files
+
+
+def gather(ctx: Ctx, name: str, now: float, *, more_work: bool | None = None) -> Facts:
+    """Build the policy view of one rented instance (a scan, the registry and a manifest when it runs)."""
+    project, st = ctx.project, ctx.state
     rec = fleet.rented(st, name)
     live_runs, last_activity = cost.run_activity(st.runs(host=name), name)
     live_agents = 0
     unsynced: bool | None = None
     files: list[str] = []
     errors: list[str] = []
+    notes: list[str] = []
     last = st.last_pull(name)
     last_verified = last.ts if last and last.verified else None
     if rec.state == "running":
         try:
             target = host_target(project, name, st)
-            runs.observe(st, target)
-            live_runs, last_activity = cost.run_activity(st.runs(host=name), name)
-            files = pull.unsynced(Ctx(project, st), target)
+            live_runs, live_agents, last_activity, files = _server_side(ctx, target, name)
             unsynced = bool(files)
         except TetherError as exc:
             errors.append(f"could not read {name}: {exc}")
-    elif (
-        rec.state in ("stopped", "exited")
-        and last_verified is not None
-        and (last_activity is None or last_verified >= last_activity)
-    ):
-        # Every stop is preceded by a verified pull; results are home if that pull came after the last activity.
-        unsynced = False
+            notes += _stale(st, name, now, f"{name} cannot be reached")
+            live_runs = 0  # unknown, not alive: the errors keep the autopilot from acting
+    else:
+        # A stopped (or preempted, exited) server runs nothing: a run recorded live there was cut off by the stop.
+        notes += _stale(st, name, now, f"the server is {rec.state}")
+        live_runs = 0
+        if (
+            rec.state in ("stopped", "exited")
+            and last_verified is not None
+            and (last_activity is None or last_verified >= last_activity)
+        ):
+            # Every stop is preceded by a verified pull; results are home if that pull came after the last activity.
+            unsynced = False
     view = cost.InstanceView(
         name=name,
         state=rec.state,
@@ -87,17 +136,26 @@ def gather(project: Project, st: State, name: str, now: float, *, more_work: boo
         live_agents=live_agents,
         unsynced=unsynced,
         last_verified_pull=last_verified,
-        more_work_within_h=more_work if more_work is not None else more_work_for(project, st, rec),
+        more_work_within_h=more_work if more_work is not None else more_work_for(ctx, rec),
         dph_total=rec.dph_total,
         storage_dph=rec.storage_dph,
         idle_gaps=cost.run_gaps(st.runs(host=name), name, project.config.policy.gap_history),
     )
-    return Facts(view, files, errors)
+    return Facts(view, files, errors, notes)
 
 
-def guard_destroy(project: Project, st: State, name: str, *, discard_unsynced: bool) -> Facts:
-    """Refuse (PolicyRefusal, exit 3) to destroy while a run is alive or results are not verified home."""
-    facts = gather(project, st, name, time.time(), more_work=False)
+def _stale(st: State, name: str, now: float, why: str) -> list[str]:
+    """Sentences for runs recorded live on a server that cannot be running them (stopped, or unreachable)."""
+    return [
+        f"run {r.id} was last seen {r.status} {duration(now - r.started)} ago; {why}."
+        for r in st.runs(host=name)
+        if vocab.is_live(r.status) and r.ended is None
+    ]
+
+
+def guard_destroy(ctx: Ctx, name: str, *, discard_unsynced: bool) -> Facts:
+    """Refuse (PolicyRefusal, exit 3) to destroy while a run or agent is alive or results are not verified home."""
+    facts = gather(ctx, name, ctx.now(), more_work=False)
     if facts.errors and not discard_unsynced:
         raise PolicyRefusal(
             f"tether cannot check {name} before destroying it: {'; '.join(facts.errors)}.",
@@ -107,8 +165,8 @@ def guard_destroy(project: Project, st: State, name: str, *, discard_unsynced: b
     return facts
 
 
-def pull_verified(project: Project, st: State, name: str) -> pull.PullReport:
-    report = pull.pull(Ctx(project, st), host_target(project, name, st))
+def pull_verified(ctx: Ctx, name: str) -> pull.PullReport:
+    report = pull.pull(ctx, host_target(ctx.project, name, ctx.state))
     if not report.verified:
         raise PolicyRefusal(
             f"The pull from {name} did not verify ({len(report.mismatched)} files differ); nothing was stopped or "
@@ -118,16 +176,18 @@ def pull_verified(project: Project, st: State, name: str) -> pull.PullReport:
     return report
 
 
-def apply(
-    project: Project,
-    st: State,
+def act(
+    ctx: Ctx,
     decision: cost.Decision,
     *,
-    say: Say = _quiet,
     provider: VastProvider | None = None,
     discard_unsynced: bool = False,
 ) -> dict[str, Any]:
-    """Carry out one decision: pull and verify first where needed, then stop or destroy; log it in state."""
+    """Carry out one decision: pull and verify first where needed, guard a destroy, then stop or destroy; log it.
+
+    Never raises for a failed step: the outcome's ``error`` says why nothing was done.
+    """
+    project, st = ctx.project, ctx.state
     name = decision.name
     outcome: dict[str, Any] = {**decision.to_json(), "done": False, "error": None}
     if decision.action == "none":
@@ -135,12 +195,14 @@ def apply(
         return outcome
     try:
         if decision.needs_pull:
-            report = pull_verified(project, st, name)
+            report = pull_verified(ctx, name)
             outcome["pull"] = report.to_json()
         if decision.action == "stop":
+            if not decision.needs_pull:
+                guard_stop(ctx, name)
             fleet.stop(project, st, name, provider=provider)
         else:
-            guard_destroy(project, st, name, discard_unsynced=discard_unsynced)
+            guard_destroy(ctx, name, discard_unsynced=discard_unsynced)
             fleet.destroy(project, st, name, provider=provider)
         outcome["done"] = True
     except TetherError as exc:
@@ -151,17 +213,30 @@ def apply(
         decision.reason + (f" [not done: {outcome['error']}]" if outcome["error"] else ""),
         bool(outcome["done"]),
     )
-    say(
+    ctx.say(
         f"{name}: {decision.action} {'done' if outcome['done'] else 'NOT done'}: {decision.reason}"
         + (f" ({outcome['error']})" if outcome["error"] else "")
     )
     return outcome
 
 
-def tick(
-    project: Project, st: State, *, dry_run: bool = False, say: Say = _quiet, now: float | None = None
-) -> list[dict[str, Any]]:
+def guard_stop(ctx: Ctx, name: str) -> None:
+    """Refuse (exit 3) to stop a running server while a run or agent is alive on it (a stop kills them)."""
+    facts = gather(ctx, name, ctx.now())
+    if facts.errors:
+        raise PolicyRefusal(f"{name} could not be checked: {'; '.join(facts.errors)}.", "Nothing was changed.")
+    view = facts.view
+    if view.live_runs or view.live_agents:
+        raise PolicyRefusal(
+            f"A run is still alive on {name} ({view.live_runs} live run(s), {view.live_agents} agent(s)); a stop "
+            "would kill it.",
+            f"Wait for it (`tether progress {name}`) or cancel it first.",
+        )
+
+
+def tick(ctx: Ctx, *, dry_run: bool = False, now: float | None = None) -> list[dict[str, Any]]:
     """One pass of the autopilot over every rented instance that still exists."""
+    project, st = ctx.project, ctx.state
     provider = fleet.provider_for(project)
     results: list[dict[str, Any]] = []
     try:
@@ -180,47 +255,67 @@ def tick(
                         "error": str(exc),
                     }
                 )
-                say(f"{rec.name}: could not observe it ({exc}); nothing done.")
+                ctx.say(f"{rec.name}: could not observe it ({exc}); nothing done.")
                 continue
-            moment = now if now is not None else time.time()
-            facts = gather(project, st, rec.name, moment)
+            moment = now if now is not None else ctx.now()
+            facts = gather(ctx, rec.name, moment)
             decision = cost.decide(facts.view, moment, project.config.policy)
             if facts.errors and decision.action != "none":
                 decision = cost.Decision("none", "; ".join(facts.errors) + ": nothing done", False, rec.name)
             if dry_run:
                 results.append({**decision.to_json(), "done": False, "error": None, "dry_run": True})
-                say(f"{rec.name}: would {decision.action}: {decision.reason}")
+                ctx.say(f"{rec.name}: would {decision.action}: {decision.reason}")
                 continue
-            results.append(apply(project, st, decision, say=say, provider=provider))
+            results.append(act(ctx, decision, provider=provider))
     finally:
         provider.close()
     return results
 
 
-def down(project: Project, st: State, name: str, *, more_work: bool | None = None, say: Say = _quiet) -> dict[str, Any]:
-    """The runbook's decision tree now: more work within 24 h → pull, stop; else → pull, verify, destroy."""
-    rec = fleet.rented(st, name)
+def down(ctx: Ctx, name: str, *, more_work: bool | None = None) -> dict[str, Any]:
+    """The runbook's decision tree now (:func:`tether.cost.decide_now`): more work within ``more_work_within_hours``
+    → pull, stop; else → pull, verify, destroy."""
+    rec = fleet.rented(ctx.state, name)
     if rec.state == "gone":
         return {"name": name, "action": "none", "reason": f"{name} is destroyed already.", "done": True}
-    facts = gather(project, st, name, time.time(), more_work=more_work)
+    facts = gather(ctx, name, ctx.now(), more_work=more_work)
+    for note in facts.notes:
+        ctx.say(note)
     view = facts.view
-    if view.live_runs:
+    if view.live_runs or view.live_agents:
         raise PolicyRefusal(
-            f"A run is still alive on {name}; `tether down` never stops or destroys a server in use.",
+            f"A run is still alive on {name} ({view.live_runs} live run(s), {view.live_agents} agent(s)); "
+            "`tether down` never stops or destroys a server in use.",
             f"Wait for it (`tether progress {name}`) or cancel it first.",
         )
     if facts.errors:
         raise PolicyRefusal(f"{name} could not be checked: {'; '.join(facts.errors)}.", "Nothing was changed.")
-    if rec.state != "running":
-        if view.more_work_within_h:
-            return {"name": name, "action": "none", "reason": f"{name} is {rec.state} already.", "done": True}
-        action, reason, needs_pull = "destroy", f"{name} is {rec.state} and no more work is planned within 24 h.", False
-    elif view.more_work_within_h:
-        action, reason, needs_pull = "stop", "more experiments are planned within 24 h: stop (storage only).", True
-    else:
-        action, reason, needs_pull = "destroy", "no more experiments planned within 24 h: sync, verify, destroy.", True
-    decision = cost.Decision(action, reason, needs_pull, name)  # type: ignore[arg-type]
-    outcome = apply(project, st, decision, say=say)
+    decision = cost.decide_now(view, ctx.project.config.policy)
+    if decision.action == "none":
+        return {**decision.to_json(), "done": True}
+    outcome = act(ctx, decision)
     if outcome["error"]:
-        raise PolicyRefusal(f"{name} was not {'stopped' if action == 'stop' else 'destroyed'}: {outcome['error']}")
+        verb = "stopped" if decision.action == "stop" else "destroyed"
+        raise PolicyRefusal(f"{name} was not {verb}: {outcome['error']}")
     return outcome
+
+
+def stop(ctx: Ctx, name: str, *, no_pull: bool = False) -> tuple[InstanceRecord, pull.PullReport | None]:
+    """``tether stop``: the same safety rule as the autopilot's — results pulled and verified first (refused,
+    nothing stopped, when that fails), never while a run or agent is alive — unless ``no_pull``."""
+    rec = fleet.rented(ctx.state, name)
+    report = None
+    if rec.state == "running":
+        guard_stop(ctx, name)
+        if not no_pull:
+            report = pull_verified(ctx, name)
+    return fleet.stop(ctx.project, ctx.state, name), report
+
+
+def destroy(ctx: Ctx, name: str, *, discard_unsynced: bool = False) -> tuple[InstanceRecord, Facts | None]:
+    """``tether destroy``: idempotent; refused (exit 3) while anything on the server is alive or not home."""
+    rec = fleet.rented(ctx.state, name)
+    if rec.state == "gone":
+        return rec, None
+    facts = guard_destroy(ctx, name, discard_unsynced=discard_unsynced)
+    return fleet.destroy(ctx.project, ctx.state, name), facts

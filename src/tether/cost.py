@@ -57,6 +57,7 @@ from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any, Literal, Protocol
 
+from tether import vocab
 from tether.config import PolicyConfig
 from tether.errors import PolicyRefusal
 
@@ -420,7 +421,6 @@ class StatusRunLike(RunLike, Protocol):
 
 
 #: Run statuses that count as live (a run in them keeps its instance from being stopped or destroyed).
-LIVE_RUN_STATUSES = frozenset({"starting", "running"})
 
 
 def run_activity(runs: Iterable[StatusRunLike], host: str) -> tuple[int, float | None]:
@@ -431,7 +431,7 @@ def run_activity(runs: Iterable[StatusRunLike], host: str) -> tuple[int, float |
     for run in runs:
         if run.host != host:
             continue
-        alive = run.status in LIVE_RUN_STATUSES and run.ended is None
+        alive = vocab.is_live(run.status) and run.ended is None
         live += int(alive)
         moment = run.started if alive or run.ended is None else run.ended
         last = moment if last is None else max(last, moment)
@@ -577,7 +577,7 @@ def run_gaps(runs: Iterable[StatusRunLike], host: str, limit: int) -> tuple[floa
     for run in runs:
         if run.host != host:
             continue
-        alive = run.status in LIVE_RUN_STATUSES and run.ended is None
+        alive = vocab.is_live(run.status) and run.ended is None
         busy.append((run.started, None if alive else (run.ended if run.ended is not None else run.started)))
     return idle_gaps(busy, limit)
 
@@ -719,19 +719,7 @@ def decide(view: InstanceView, now: float, policy: PolicyConfig) -> Decision:
                 "none",
                 f"{name} has been idle {_dur(idle)}, under idle_stop_minutes ({policy.idle_stop_minutes:g} min).",
             )
-        if view.more_work_within_h:
-            return out(
-                "stop",
-                f"{name} has been idle {_dur(idle)} and more experiments are planned within "
-                f"{policy.more_work_within_hours:g} h: pull its results, then stop it (storage only).",
-                True,
-            )
-        return out(
-            "destroy",
-            f"{name} has been idle {_dur(idle)} and no more experiments are planned within "
-            f"{policy.more_work_within_hours:g} h: pull and verify its results, then destroy it.",
-            True,
-        )
+        return _runbook_tree(view, policy, f"{name} has been idle {_dur(idle)}")
     if view.state in ("stopped", "exited"):
         held = now - view.since
         if held < destroy_after:
@@ -761,6 +749,57 @@ def decide(view: InstanceView, now: float, policy: PolicyConfig) -> Decision:
             "--discard-unsynced.",
         )
     return out("none", f"{name} is {view.state}; waiting for it to settle before deciding.")
+
+
+def _runbook_tree(view: InstanceView, policy: PolicyConfig, why: str) -> Decision:
+    """The runbook's tree for a running server that may be acted on: more work within ``more_work_within_hours``
+    → pull, stop (storage only); else → pull, verify, destroy. ``why`` starts the reason."""
+    within = f"{policy.more_work_within_hours:g} h"
+    if view.more_work_within_h:
+        return Decision(
+            "stop",
+            f"{why} and more experiments are planned within {within}: pull its results, then stop it (storage only).",
+            True,
+            view.name,
+        )
+    return Decision(
+        "destroy",
+        f"{why} and no more experiments are planned within {within}: pull and verify its results, then destroy it.",
+        True,
+        view.name,
+    )
+
+
+def decide_now(view: InstanceView, policy: PolicyConfig) -> Decision:
+    """``tether down``: the same tree as :func:`decide` with every idle timer taken as run out (the user asks now).
+
+    A live run or agent still means ``none`` (the caller refuses); a stopped server is destroyed only when no more
+    work is planned, and the destroy guard (:func:`refuse_destroy`) still decides whether its results are home.
+    """
+    name = view.name
+    if view.state in FREE_STATES:
+        return Decision("none", f"{name} is destroyed already.", False, name)
+    if view.live_runs > 0 or view.live_agents > 0:
+        return Decision(
+            "none",
+            f"a run is still alive on {name} ({view.live_runs} live run(s), {view.live_agents} agent(s)).",
+            False,
+            name,
+        )
+    if view.state == "running":
+        return _runbook_tree(view, policy, f"{name} was taken down by hand")
+    if view.state in ("stopped", "exited"):
+        if view.more_work_within_h:
+            return Decision("none", f"{name} is {view.state} already.", False, name)
+        return Decision(
+            "destroy",
+            f"{name} is {view.state} and no more work is planned within {policy.more_work_within_hours:g} h.",
+            False,
+            name,
+        )
+    return Decision(
+        "none", f"{name} is {view.state}; wait for it to settle, then run `tether down` again.", False, name
+    )
 
 
 def _learned(view: InstanceView, idle: float, costs: IdleCosts, policy: PolicyConfig) -> str:

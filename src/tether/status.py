@@ -128,7 +128,7 @@ def report(ctx: Ctx) -> Report:
     for rec in st.instances():
         if rec.provider != fleet.PROVIDER or rec.state == "gone":
             continue
-        facts = autopilot.gather(project, st, rec.name, now)
+        facts = autopilot.gather(ctx, rec.name, now)
         view = facts.view
         out.warnings += facts.errors
         spent = led.by_instance.get(rec.name)

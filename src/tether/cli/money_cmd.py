@@ -21,7 +21,6 @@ from tether.cli.common import (
     out,
     parse_every,
     say,
-    state,
     status_text,
     warn,
 )
@@ -154,11 +153,10 @@ def cost_cmd(ctx: click.Context, since: str | None, no_refresh: bool, as_json: b
 @json_option
 @click.pass_context
 def down(ctx: click.Context, name: str, more_work: bool | None, as_json: bool) -> None:
-    """Apply the runbook's decision tree to NAME now: more work within 24 h → pull, stop; else → pull, verify,
-    destroy. Nothing is destroyed unless its results were pulled and verified."""
-    project = load_project(ctx)
-    with state() as st:
-        outcome = autopilot.down(project, st, name, more_work=more_work, say=say)
+    """Apply the runbook's decision tree to NAME now: more work planned within [policy] more_work_within_hours
+    → pull, stop; else → pull, verify, destroy. Nothing is destroyed unless its results were pulled and verified."""
+    with context(ctx) as c:
+        outcome = autopilot.down(c, name, more_work=more_work)
     if as_json:
         emit_json(outcome)
         return
@@ -174,15 +172,16 @@ def down(ctx: click.Context, name: str, more_work: bool | None, as_json: bool) -
 def autopilot_cmd(ctx: click.Context, every: str, once: bool, dry_run: bool, as_json: bool) -> None:
     """Apply the stop/destroy policies to every rented server, logging each decision with its reason.
 
-    Run it in a tmux window on an always-on machine (or --once from cron). Idle servers are stopped after
-    idle_stop_minutes when more work is planned, else destroyed; stopped ones are destroyed after
-    destroy_after_idle_hours. Every stop and destroy is preceded by a verified pull.
+    Run it in a tmux window on an always-on machine (or --once from cron). An idle server is stopped, destroyed
+    or kept by the expected cost of each, learned from the gaps between its runs (without a history: stopped after
+    idle_stop_minutes when more work is planned, else destroyed); stopped ones are destroyed after
+    destroy_after_idle_hours at the latest. Every stop and destroy is preceded by a verified pull.
     """
     period = parse_every(every)
-    project = load_project(ctx)
+    load_project(ctx)  # a bad tether.toml is reported before the first pass
     while True:
-        with state() as st:
-            results = autopilot.tick(project, st, dry_run=dry_run, say=say)
+        with context(ctx) as c:
+            results = autopilot.tick(c, dry_run=dry_run)
         if as_json:
             emit_json({"time": time.time(), "dry_run": dry_run, "decisions": results})
         elif not results:

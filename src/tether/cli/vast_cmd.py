@@ -7,10 +7,10 @@ from typing import Any
 import click
 from rich.table import Table
 
-from tether import fleet
+from tether import autopilot, fleet
 from tether import status as status_core
 from tether.cli.common import context, duration, emit_json, json_option, load_project, out, say, state, warn
-from tether.errors import ConfigError, TetherError
+from tether.errors import ConfigError
 from tether.offers import estimate_cost
 
 
@@ -158,22 +158,12 @@ def ls_cmd(ctx: click.Context, refresh: bool, as_json: bool) -> None:
 def stop(ctx: click.Context, name: str, no_pull: bool, as_json: bool) -> None:
     """Stop a rented server: the GPU stops billing, the disk is kept (and billed as storage).
 
-    Results are pulled first, since a stopped server cannot be read without starting it again.
+    Results are pulled and verified first, since a stopped server cannot be read without starting it again: if
+    that fails, nothing is stopped (exit 3). Refused while a run or agent is alive on it.
     """
-    project = load_project(ctx)
-    pulled: dict[str, Any] | None = None
-    with state() as st:
-        rec = fleet.rented(st, name)
-        if not no_pull and rec.state == "running":
-            from tether import pull
-            from tether.context import Ctx
-            from tether.hosts import host_target
-
-            try:
-                pulled = pull.pull(Ctx(project, st), host_target(project, name, st)).to_json()
-            except TetherError as exc:
-                say(f"warning: pulling from {name} before the stop failed ({exc}); its disk keeps the results.")
-        new = fleet.stop(project, st, name)
+    with context(ctx) as c:
+        new, report = autopilot.stop(c, name, no_pull=no_pull)
+    pulled = report.to_json() if report is not None else None
     doc = {
         "name": name,
         "instance_id": new.instance_id,
@@ -214,23 +204,18 @@ def destroy(ctx: click.Context, name: str, discard_unsynced: bool, as_json: bool
     Refused (exit code 3) while a run is alive on it, or while it holds results newer than the last verified pull,
     unless --discard-unsynced.
     """
-    project = load_project(ctx)
-    with state() as st:
-        rec = fleet.rented(st, name)
-        if rec.state == "gone":
-            doc: dict[str, Any] = {"name": name, "instance_id": rec.instance_id, "state": "gone", "already": True}
-        else:
-            from tether import autopilot
-
-            facts = autopilot.guard_destroy(project, st, name, discard_unsynced=discard_unsynced)
-            new = fleet.destroy(project, st, name)
-            doc = {
-                "name": name,
-                "instance_id": new.instance_id,
-                "state": new.state,
-                "already": False,
-                "unsynced_files": facts.unsynced_files,
-            }
+    with context(ctx) as c:
+        new, facts = autopilot.destroy(c, name, discard_unsynced=discard_unsynced)
+    if facts is not None:
+        for note in facts.notes:
+            say(note)
+    doc: dict[str, Any] = {
+        "name": name,
+        "instance_id": new.instance_id,
+        "state": new.state,
+        "already": facts is None,
+        "unsynced_files": facts.unsynced_files if facts is not None else [],
+    }
     if as_json:
         emit_json(doc)
         return

@@ -9,6 +9,7 @@ import pytest
 
 from tether import autopilot, config
 from tether.config import PolicyConfig
+from tether.context import Ctx
 from tether.cost import (
     IdleCosts,
     InstanceView,
@@ -312,7 +313,7 @@ def test_gather_fills_gaps_and_prices_from_state(tmp_path: Path) -> None:
         for i, (start, end) in enumerate([(T0, T0 + H), (T0 + 2 * H, T0 + 3 * H), (T0 + 4 * H, T0 + 4.5 * H)]):
             st.add_run(RunRecord(f"r{i}", "e", "box", ["x"], "/p", "results", "log", "s", start, end, 0, "completed"))
         st.add_run(RunRecord("o", "e", "other", ["x"], "/p", "results", "log", "s", T0, T0 + 1, 0, "completed"))
-        facts = autopilot.gather(project, st, "box", T0 + 6 * H, more_work=True)
+        facts = autopilot.gather(Ctx(project, st), "box", T0 + 6 * H, more_work=True)
     v = facts.view
     assert (v.dph_total, v.storage_dph, v.idle_gaps) == (0.5, 0.02, (H, H))
     assert v.last_activity == T0 + 4.5 * H and v.live_runs == 0
