@@ -269,7 +269,7 @@ results = "results"     # folder (inside the project) where the checkpoint libra
 # [profiles.inference]
 # query = "gpu_ram>=24 reliability>0.95 num_gpus=1"
 # order = "dph+"
-# disk_gb = 40
+# disk_gb = 60
 
 # Servers you already have:
 # [hosts.lab1]

@@ -139,6 +139,8 @@ class RunInfo:
     """Why a ``broken`` run could not be read."""
     failed_by: dict[str, int] = field(default_factory=dict)
     """Failed items by kind (HTTP status or error type), when the checkpoint reports it."""
+    wrapper_alive: bool | None = None
+    """For a live run: whether its wrapper still runs (False: killed, while the experiment goes on computing)."""
 
     @property
     def live(self) -> bool:
@@ -179,6 +181,7 @@ class RunInfo:
                 if isinstance(failed_by, dict)
                 else {}
             ),
+            wrapper_alive=doc.get("wrapper_alive") if isinstance(doc.get("wrapper_alive"), bool) else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -201,6 +204,8 @@ class RunInfo:
         }
         if self.failed_by:
             out["failed_by"] = dict(self.failed_by)
+        if self.wrapper_alive is not None:
+            out["wrapper_alive"] = self.wrapper_alive
         if self.log_tail is not None:
             out["log_tail"] = self.log_tail
         if self.problem is not None:

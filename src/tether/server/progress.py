@@ -150,9 +150,8 @@ def scan_run(root: str, run_id: str, tail_lines: int) -> dict[str, Any] | None:
         checkpoints=checkpoints,
         log_tail=tail(record.log, tail_lines) if status in vocab.TROUBLE_STATUSES and record.log else None,
         failed_by=failed_by,
+        wrapper_alive=wrapper if vocab.is_live(status) else None,
     ).to_json()
-    if vocab.is_live(status):
-        out["wrapper_alive"] = wrapper
     return out
 
 

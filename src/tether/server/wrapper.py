@@ -158,16 +158,31 @@ class _Run:
             except Exception as exc:  # keep running: a missed heartbeat is recoverable, a dead wrapper is not
                 self.log(f"heartbeat failed: {exc}")
 
-    def _tee(self, stream: Any) -> None:
-        with open(self.log_path, "ab") as log:
-            for chunk in iter(lambda: stream.read1(65536), b""):
-                log.write(chunk)
-                log.flush()
-                try:
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.buffer.flush()
-                except (OSError, ValueError):
-                    pass
+    def _show_log(self, child: subprocess.Popen[bytes]) -> None:
+        """Copy what the experiment writes to its log onto the tmux pane until it exits.
+
+        The experiment writes to the log file itself (not through a pipe to this process), so a SIGKILL of the
+        wrapper neither stops it nor breaks its output.
+        """
+        with open(self.log_path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            while True:
+                chunk = log.read(65536)
+                if chunk:
+                    try:
+                        sys.stdout.buffer.write(chunk)
+                        sys.stdout.buffer.flush()
+                    except (OSError, ValueError):
+                        pass
+                    continue
+                if child.poll() is not None:
+                    rest = log.read()
+                    if rest:
+                        with contextlib.suppress(OSError, ValueError):
+                            sys.stdout.buffer.write(rest)
+                            sys.stdout.buffer.flush()
+                    return
+                time.sleep(0.1)  # following a file another process writes
 
     def execute(self) -> int:
         self.save()
@@ -206,14 +221,15 @@ class _Run:
         env.update(agent_env)
         self.log(f"run {self.args.run_id}: {' '.join(self.argv)}")
         try:
-            self.child = subprocess.Popen(
-                self.argv,
-                cwd=self.args.cwd,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            with open(self.log_path, "ab") as log:
+                self.child = subprocess.Popen(
+                    self.argv,
+                    cwd=self.args.cwd,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
         except FileNotFoundError:
             self.log(f"command not found: {self.argv[0]} (is it installed on this server, and on PATH?)")
             return self.finish(vocab.FAILED, 127)
@@ -229,8 +245,7 @@ class _Run:
         self.save()
         beat = threading.Thread(target=self._heartbeat, daemon=True)
         beat.start()
-        assert self.child.stdout is not None
-        self._tee(self.child.stdout)
+        self._show_log(self.child)
         code = self.child.wait()
         if code < 0:
             code = 128 - code
