@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether import cost, fleet, plan, remote, runs
+from tether import cost, plan, remote, rentals, runs
 from tether.config import Project
 from tether.errors import PolicyRefusal, TetherError
-from tether.providers.vast.provider import VastProvider
+from tether.providers import Provider, provider_for
 from tether.state import InstanceRecord, State
 from tether.targets import host_target
 
@@ -53,7 +53,7 @@ class Facts:
 
 def gather(project: Project, st: State, name: str, now: float, *, more_work: bool | None = None) -> Facts:
     """Build the policy view of one rented instance (one scan and one manifest on the server when it runs)."""
-    rec = fleet.rented(st, name)
+    rec = rentals.rented(st, name)
     live_runs, last_activity = cost.run_activity(st.runs(host=name), name)
     live_agents = 0
     unsynced: bool | None = None
@@ -121,7 +121,7 @@ def apply(
     decision: cost.Decision,
     *,
     say: Say = _quiet,
-    provider: VastProvider | None = None,
+    provider: Provider | None = None,
     discard_unsynced: bool = False,
 ) -> dict[str, Any]:
     """Carry out one decision: pull and verify first where needed, then stop or destroy; log it in state."""
@@ -135,10 +135,10 @@ def apply(
             report = pull_verified(project, st, name)
             outcome["pull"] = report.to_json()
         if decision.action == "stop":
-            fleet.stop(project, st, name, provider=provider)
+            rentals.stop(project, st, name, provider=provider)
         else:
             guard_destroy(project, st, name, discard_unsynced=discard_unsynced)
-            fleet.destroy(project, st, name, provider=provider)
+            rentals.destroy(project, st, name, provider=provider)
         outcome["done"] = True
     except TetherError as exc:
         outcome["error"] = str(exc)
@@ -159,14 +159,14 @@ def tick(
     project: Project, st: State, *, dry_run: bool = False, say: Say = _quiet, now: float | None = None
 ) -> list[dict[str, Any]]:
     """One pass of the autopilot over every rented instance that still exists."""
-    provider = fleet.provider_for(project)
+    provider = provider_for(project)
     results: list[dict[str, Any]] = []
     try:
         for rec in st.instances():
-            if rec.provider != fleet.PROVIDER or rec.state == "gone":
+            if rec.provider != rentals.PROVIDER or rec.state == "gone":
                 continue
             try:
-                fleet.observe(project, st, rec.name, provider=provider)
+                rentals.observe(project, st, rec.name, provider=provider)
             except TetherError as exc:
                 results.append(
                     {
@@ -196,7 +196,7 @@ def tick(
 
 def down(project: Project, st: State, name: str, *, more_work: bool | None = None, say: Say = _quiet) -> dict[str, Any]:
     """The runbook's decision tree now: more work within 24 h → pull, stop; else → pull, verify, destroy."""
-    rec = fleet.rented(st, name)
+    rec = rentals.rented(st, name)
     if rec.state == "gone":
         return {"name": name, "action": "none", "reason": f"{name} is destroyed already.", "done": True}
     facts = gather(project, st, name, time.time(), more_work=more_work)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tether import fleet, plan, remote
+from tether import plan, remote, rentals
 from tether.config import Project
 from tether.errors import PolicyRefusal
 from tether.state import State
@@ -40,7 +40,7 @@ def choose_target(
         say(f"Plan: {experiment} runs on this machine ({'; '.join(entry.reasons)}).")
         return LOCAL
     for rec in st.instances():
-        if rec.provider == fleet.PROVIDER and rec.meta.get("profile") == entry.profile and rec.state == "running":
+        if rec.provider == rentals.PROVIDER and rec.meta.get("profile") == entry.profile and rec.state == "running":
             say(f"Plan: {experiment} runs on {rec.name}, the running {entry.profile} server.")
             return rec.name
     name = server_name(project, entry.profile)
@@ -52,6 +52,6 @@ def choose_target(
             f"`tether up {name} --profile {entry.profile}`, or run it here with --local.",
         )
     say(f"Plan: renting {name} ({entry.profile}) for {experiment}.")
-    fleet.ensure_rented(project, st, name, profile=entry.profile, say=say)
+    rentals.ensure_rented(project, st, name, profile=entry.profile, say=say)
     remote.up(project, st, resolve(project, name, st))
     return name

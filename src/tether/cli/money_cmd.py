@@ -10,14 +10,14 @@ from typing import Any
 import click
 from rich.table import Table
 
-from tether import autopilot, cost, fleet, plan, runs
+from tether import autopilot, cost, plan, rentals, runs
 from tether.cli.agents_cmd import registry_argv
 from tether.cli.common import bar, duration, emit_json, err, json_option, load_project, out, say, state
 from tether.cli.remote_cmd import parse_every
 from tether.config import Project
 from tether.errors import AuthError, ConfigError, ProviderError, TetherError
-from tether.providers.base import Offer
-from tether.providers.vast.provider import find_offers
+from tether.providers import Offer, provider_for
+from tether.renting import find_offers
 from tether.targets import LOCAL, resolve
 
 
@@ -25,21 +25,14 @@ def _offer_lookup(project: Project) -> tuple[Any, list[str]]:
     """A function profile -> cheapest offer, or None (with a note) when Vast.ai cannot be asked."""
     notes: list[str] = []
     try:
-        provider = fleet.provider_for(project)
+        provider = provider_for(project)
     except AuthError as exc:
         return None, [f"costs unknown: {exc.message}"]
 
     def lookup(profile: str) -> Offer | None:
         try:
-            spec = fleet.search_spec(project, profile)
-            found = find_offers(
-                provider,
-                spec.profile.parsed(),
-                order=spec.profile.order,
-                offer_type=spec.offer_type,
-                disk_gb=spec.disk_gb,
-                limit=5,
-            )
+            spec = rentals.profile_for(project, profile)
+            found = find_offers(provider, spec.offer_query(limit=5))
         except (AuthError, ProviderError) as exc:
             notes.append(f"{profile}: {exc.message}")
             return None
@@ -93,18 +86,18 @@ def _parse_since(text: str | None) -> float | None:
 
 def _observe_all(project: Project, st: Any) -> list[str]:
     """Record the current state and price of every rented server in the ledger (best effort)."""
-    live = [r for r in st.instances() if r.provider == fleet.PROVIDER and r.state != "gone"]
+    live = [r for r in st.instances() if r.provider == rentals.PROVIDER and r.state != "gone"]
     if not live:
         return []
     problems: list[str] = []
     try:
-        provider = fleet.provider_for(project)
+        provider = provider_for(project)
     except TetherError as exc:
         return [f"could not ask the provider for current states: {exc.message}"]
     try:
         for rec in live:
             try:
-                fleet.observe(project, st, rec.name, provider=provider)
+                rentals.observe(project, st, rec.name, provider=provider)
             except TetherError as exc:
                 problems.append(f"{rec.name}: {exc.message}")
     finally:
@@ -229,7 +222,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
             except TetherError as exc:
                 warnings.append(f"{name}: could not read runs ({exc.message})")
         for rec in st.instances():
-            if rec.provider != fleet.PROVIDER or rec.state == "gone":
+            if rec.provider != rentals.PROVIDER or rec.state == "gone":
                 continue
             facts = autopilot.gather(project, st, rec.name, now)
             view = facts.view

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from tether import fleet, remote
+from tether import remote, rentals
 from tether.cli.common import emit_json, json_option, load_project, say, state
 from tether.errors import ConfigError, TetherError
 from tether.targets import LOCAL, resolve
@@ -61,7 +61,7 @@ def up(
         if name == LOCAL:
             raise ConfigError("`local` is this machine: it needs no `tether up`.", "Run `tether run EXP --local`.")
         if name not in project.config.hosts:
-            doc["rented"] = fleet.ensure_rented(
+            doc["rented"] = rentals.ensure_rented(
                 project,
                 st,
                 name,

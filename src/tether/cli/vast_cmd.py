@@ -8,10 +8,11 @@ from typing import Any
 import click
 from rich.table import Table
 
-from tether import fleet
+from tether import rentals
 from tether.cli.common import duration, emit_json, json_option, load_project, out, say, state
 from tether.errors import ConfigError, TetherError
-from tether.offers import estimate_cost
+from tether.profiles import estimate_cost
+from tether.providers import provider_for
 
 
 @click.command()
@@ -47,17 +48,12 @@ def offers(
             )
         hours = exp.items * exp.item_seconds / exp.concurrency / 3600
         if profile is None and query is None:
-            from tether.offers import profile_for_kind
+            from tether.profiles import profile_for_kind
 
             profile = profile_for_kind(exp.kind) or "api"
-    spec = fleet.search_spec(project, profile or "api", disk_gb=disk_gb)
-    if offer_type:
-        spec = fleet.Search(spec.profile, offer_type, spec.disk_gb, spec.image)
-    provider = fleet.provider_for(project)
-    try:
-        found = fleet.search(provider, spec, query=query, order=order, limit=limit)
-    finally:
-        provider.close()
+    spec = rentals.profile_for(project, profile or "api", disk_gb=disk_gb, offer_type=offer_type)
+    with provider_for(project) as provider:
+        found = rentals.search(provider, spec, query=query, order=order, limit=limit)
     rows = []
     for o in found[:limit]:
         row = o.row()
@@ -66,9 +62,9 @@ def offers(
     if as_json:
         emit_json(
             {
-                "profile": spec.profile.name,
-                "query": query or spec.profile.query,
-                "disk_gb": spec.disk_gb,
+                "profile": spec.name,
+                "query": query or spec.query,
+                "disk_gb": spec.min_disk_gb,
                 "hours": hours,
                 "offers": rows,
             }
@@ -96,7 +92,7 @@ def offers(
             cells.append(f"${r['est_cost_usd']:.2f}" if r["est_cost_usd"] >= 0.01 else f"${r['est_cost_usd']:.4f}")
         table.add_row(*cells)
     out.print(table)
-    say(f"{len(rows)} offers for {query or spec.profile.query!r} with {spec.disk_gb:g} GB disk, cheapest first.")
+    say(f"{len(rows)} offers for {query or spec.query!r} with {spec.min_disk_gb:g} GB disk, cheapest first.")
 
 
 @click.command(name="ls")
@@ -109,16 +105,13 @@ def ls_cmd(ctx: click.Context, refresh: bool, as_json: bool) -> None:
     now = time.time()
     rows: list[dict[str, Any]] = []
     with state() as st:
-        records = [r for r in st.instances() if r.provider == fleet.PROVIDER]
+        records = [r for r in st.instances() if r.provider == rentals.PROVIDER]
         if refresh and any(r.state != "gone" for r in records):
-            provider = fleet.provider_for(project)
-            try:
+            with provider_for(project) as provider:
                 for r in records:
                     if r.state != "gone":
-                        fleet.observe(project, st, r.name, provider=provider)
-            finally:
-                provider.close()
-            records = [r for r in st.instances() if r.provider == fleet.PROVIDER]
+                        rentals.observe(project, st, r.name, provider=provider)
+            records = [r for r in st.instances() if r.provider == rentals.PROVIDER]
         for r in records:
             hourly = r.dph_total if r.state == "running" else r.storage_dph
             rows.append(
@@ -171,7 +164,7 @@ def stop(ctx: click.Context, name: str, no_pull: bool, as_json: bool) -> None:
     project = load_project(ctx)
     pulled: dict[str, Any] | None = None
     with state() as st:
-        rec = fleet.rented(st, name)
+        rec = rentals.rented(st, name)
         if not no_pull and rec.state == "running":
             from tether import remote
             from tether.targets import host_target
@@ -180,7 +173,7 @@ def stop(ctx: click.Context, name: str, no_pull: bool, as_json: bool) -> None:
                 pulled = remote.pull(project, st, host_target(project, name, st)).to_json()
             except TetherError as exc:
                 say(f"warning: pulling from {name} before the stop failed ({exc}); its disk keeps the results.")
-        new = fleet.stop(project, st, name)
+        new = rentals.stop(project, st, name)
     doc = {
         "name": name,
         "instance_id": new.instance_id,
@@ -205,7 +198,7 @@ def start(ctx: click.Context, name: str, as_json: bool) -> None:
     """Start a stopped rented server and re-read its SSH address (it changes across a restart)."""
     project = load_project(ctx)
     with state() as st:
-        doc = fleet.start(project, st, name, say=say)
+        doc = rentals.start(project, st, name, say=say)
     if as_json:
         emit_json({"name": name, **doc})
 
@@ -223,14 +216,14 @@ def destroy(ctx: click.Context, name: str, discard_unsynced: bool, as_json: bool
     """
     project = load_project(ctx)
     with state() as st:
-        rec = fleet.rented(st, name)
+        rec = rentals.rented(st, name)
         if rec.state == "gone":
             doc: dict[str, Any] = {"name": name, "instance_id": rec.instance_id, "state": "gone", "already": True}
         else:
             from tether import autopilot
 
             facts = autopilot.guard_destroy(project, st, name, discard_unsynced=discard_unsynced)
-            new = fleet.destroy(project, st, name)
+            new = rentals.destroy(project, st, name)
             doc = {
                 "name": name,
                 "instance_id": new.instance_id,
