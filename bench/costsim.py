@@ -71,7 +71,8 @@ from typing import Any
 from tether.config import PolicyConfig
 from tether.cost import InstanceView, accrued, decide, idle_gaps
 from tether.emulator.vast import Clock, VastEmulator, load_offer_book, null_host_factory
-from tether.offers import DEFAULT_PROFILES, render_body
+from tether.profiles import DEFAULT_PROFILES
+from tether.providers import search_body
 
 SEED = 20260211
 START = datetime(2026, 2, 2, tzinfo=UTC).timestamp()  # a Monday, 00:00 UTC
@@ -197,7 +198,7 @@ class Sim:
         )
 
     def record(self, slot: Slot, state: str | None = None) -> None:
-        """What tether's fleet records in ``instance_events`` on every change it observes (the cost ledger)."""
+        """What tether's rentals record in ``instance_events`` on every change it observes (the cost ledger)."""
         assert slot.inst_id is not None
         inst = self.emu.instances[slot.inst_id]
         self.events.append(
@@ -243,7 +244,7 @@ class Sim:
 
     def _rent(self, slot: Slot) -> None:
         profile = DEFAULT_PROFILES[slot.profile]
-        body = render_body(profile.parsed(), profile.order, disk_gb=profile.min_disk_gb)
+        body = search_body(profile.offer_query())
         offers = self.emu.search(body)
         assert offers, f"no offer for {slot.profile}"
         status, answer = self.emu.create(int(offers[0]["id"]), {"image": IMAGE, "disk": profile.min_disk_gb})

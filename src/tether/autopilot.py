@@ -17,12 +17,12 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether import agents, cost, fleet, plan, pull, runs, vocab
+from tether import agents, cost, plan, pull, rentals, runs, vocab
 from tether.context import Ctx
 from tether.errors import PolicyRefusal, TetherError
 from tether.fmt import duration
 from tether.hosts import Target, host_target
-from tether.providers.vast.provider import VastProvider
+from tether.providers import Provider, provider_for
 from tether.state import InstanceRecord, State
 
 
@@ -98,7 +98,7 @@ def _unlisted_results(ctx: Ctx, target: Target, found: vocab.Scan) -> list[str]:
 def gather(ctx: Ctx, name: str, now: float, *, more_work: bool | None = None) -> Facts:
     """Build the policy view of one rented instance (a scan, the registry and a manifest when it runs)."""
     project, st = ctx.project, ctx.state
-    rec = fleet.rented(st, name)
+    rec = rentals.rented(st, name)
     live_runs, last_activity = cost.run_activity(st.runs(host=name), name)
     live_agents = 0
     unsynced: bool | None = None
@@ -180,7 +180,7 @@ def act(
     ctx: Ctx,
     decision: cost.Decision,
     *,
-    provider: VastProvider | None = None,
+    provider: Provider | None = None,
     discard_unsynced: bool = False,
 ) -> dict[str, Any]:
     """Carry out one decision: pull and verify first where needed, guard a destroy, then stop or destroy; log it.
@@ -200,10 +200,10 @@ def act(
         if decision.action == "stop":
             if not decision.needs_pull:
                 guard_stop(ctx, name)
-            fleet.stop(project, st, name, provider=provider)
+            rentals.stop(project, st, name, provider=provider)
         else:
             guard_destroy(ctx, name, discard_unsynced=discard_unsynced)
-            fleet.destroy(project, st, name, provider=provider)
+            rentals.destroy(project, st, name, provider=provider)
         outcome["done"] = True
     except TetherError as exc:
         outcome["error"] = str(exc)
@@ -237,14 +237,14 @@ def guard_stop(ctx: Ctx, name: str) -> None:
 def tick(ctx: Ctx, *, dry_run: bool = False, now: float | None = None) -> list[dict[str, Any]]:
     """One pass of the autopilot over every rented instance that still exists."""
     project, st = ctx.project, ctx.state
-    provider = fleet.provider_for(project)
+    provider = provider_for(project)
     results: list[dict[str, Any]] = []
     try:
         for rec in st.instances():
-            if rec.provider != fleet.PROVIDER or rec.state == "gone":
+            if rec.provider != rentals.PROVIDER or rec.state == "gone":
                 continue
             try:
-                fleet.observe(project, st, rec.name, provider=provider)
+                rentals.observe(project, st, rec.name, provider=provider)
             except TetherError as exc:
                 results.append(
                     {
@@ -275,7 +275,7 @@ def tick(ctx: Ctx, *, dry_run: bool = False, now: float | None = None) -> list[d
 def down(ctx: Ctx, name: str, *, more_work: bool | None = None) -> dict[str, Any]:
     """The runbook's decision tree now (:func:`tether.cost.decide_now`): more work within ``more_work_within_hours``
     → pull, stop; else → pull, verify, destroy."""
-    rec = fleet.rented(ctx.state, name)
+    rec = rentals.rented(ctx.state, name)
     if rec.state == "gone":
         return {"name": name, "action": "none", "reason": f"{name} is destroyed already.", "done": True}
     facts = gather(ctx, name, ctx.now(), more_work=more_work)
@@ -303,19 +303,19 @@ def down(ctx: Ctx, name: str, *, more_work: bool | None = None) -> dict[str, Any
 def stop(ctx: Ctx, name: str, *, no_pull: bool = False) -> tuple[InstanceRecord, pull.PullReport | None]:
     """``tether stop``: the same safety rule as the autopilot's — results pulled and verified first (refused,
     nothing stopped, when that fails), never while a run or agent is alive — unless ``no_pull``."""
-    rec = fleet.rented(ctx.state, name)
+    rec = rentals.rented(ctx.state, name)
     report = None
     if rec.state == "running":
         guard_stop(ctx, name)
         if not no_pull:
             report = pull_verified(ctx, name)
-    return fleet.stop(ctx.project, ctx.state, name), report
+    return rentals.stop(ctx.project, ctx.state, name), report
 
 
 def destroy(ctx: Ctx, name: str, *, discard_unsynced: bool = False) -> tuple[InstanceRecord, Facts | None]:
     """``tether destroy``: idempotent; refused (exit 3) while anything on the server is alive or not home."""
-    rec = fleet.rented(ctx.state, name)
+    rec = rentals.rented(ctx.state, name)
     if rec.state == "gone":
         return rec, None
     facts = guard_destroy(ctx, name, discard_unsynced=discard_unsynced)
-    return fleet.destroy(ctx.project, ctx.state, name), facts
+    return rentals.destroy(ctx.project, ctx.state, name), facts

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tether.config import ExperimentConfig, PolicyConfig, Project
-from tether.offers import profile_for_kind
-from tether.providers.base import Offer
+from tether.profiles import profile_for_kind
+from tether.providers import Offer
 
 __all__ = ["API_REMOTE_MIN_ITEMS", "OfferLookup", "PlanEntry", "estimate_duration", "plan_all", "plan_experiment"]
 

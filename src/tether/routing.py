@@ -4,7 +4,7 @@ rented server of the right profile, and rents one only when spending is allowed 
 
 from __future__ import annotations
 
-from tether import fleet, plan, provision
+from tether import plan, provision, rentals
 from tether.config import Project
 from tether.context import Ctx
 from tether.errors import PolicyRefusal
@@ -26,7 +26,7 @@ def choose_target(ctx: Ctx, experiment: str, *, may_rent: bool = False, local_bu
         say(f"Plan: {experiment} runs on this machine ({'; '.join(entry.reasons)}).")
         return LOCAL
     for rec in st.instances():
-        if rec.provider == fleet.PROVIDER and rec.meta.get("profile") == entry.profile and rec.state == "running":
+        if rec.provider == rentals.PROVIDER and rec.meta.get("profile") == entry.profile and rec.state == "running":
             say(f"Plan: {experiment} runs on {rec.name}, the running {entry.profile} server.")
             return rec.name
     name = server_name(project, entry.profile)
@@ -38,6 +38,6 @@ def choose_target(ctx: Ctx, experiment: str, *, may_rent: bool = False, local_bu
             f"`tether up {name} --profile {entry.profile}`, or run it here with --local.",
         )
     say(f"Plan: renting {name} ({entry.profile}) for {experiment}.")
-    fleet.ensure_rented(project, st, name, profile=entry.profile, say=say)
+    rentals.ensure_rented(project, st, name, profile=entry.profile, say=say)
     provision.up(ctx, resolve(project, name, st))
     return name

@@ -12,27 +12,28 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether import agents, autopilot, cost, fleet, runs, vocab
+from tether import agents, autopilot, cost, rentals, runs, vocab
 from tether.context import Ctx
 from tether.errors import TetherError
 from tether.fmt import duration
 from tether.hosts import LOCAL, resolve
+from tether.providers import provider_for
 
 
 def observe_rented(ctx: Ctx) -> list[str]:
     """Record the current state and price of every rented server in the ledger; the problems met (best effort)."""
-    live = [r for r in ctx.state.instances() if r.provider == fleet.PROVIDER and r.state != "gone"]
+    live = [r for r in ctx.state.instances() if r.provider == rentals.PROVIDER and r.state != "gone"]
     if not live:
         return []
     problems: list[str] = []
     try:
-        provider = fleet.provider_for(ctx.project)
+        provider = provider_for(ctx.project)
     except TetherError as exc:
         return [f"could not ask the provider for current states: {exc.message}"]
     try:
         for rec in live:
             try:
-                fleet.observe(ctx.project, ctx.state, rec.name, provider=provider)
+                rentals.observe(ctx.project, ctx.state, rec.name, provider=provider)
             except TetherError as exc:
                 problems.append(f"{rec.name}: {exc.message}")
     finally:
@@ -126,7 +127,7 @@ def report(ctx: Ctx) -> Report:
         scanned.append(name)
         out.runs += [HostRun(name, r) for r in found.runs]
     for rec in st.instances():
-        if rec.provider != fleet.PROVIDER or rec.state == "gone":
+        if rec.provider != rentals.PROVIDER or rec.state == "gone":
             continue
         facts = autopilot.gather(ctx, rec.name, now)
         view = facts.view

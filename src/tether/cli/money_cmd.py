@@ -9,7 +9,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from tether import agents, autopilot, cost, fleet, plan
+from tether import agents, autopilot, cost, plan, rentals
 from tether import status as status_core
 from tether.cli.common import (
     bar,
@@ -26,29 +26,22 @@ from tether.cli.common import (
 )
 from tether.config import Project
 from tether.errors import AuthError, ConfigError, ProviderError
-from tether.providers.base import Offer
-from tether.providers.vast.provider import find_offers
+from tether.providers import Offer, provider_for
+from tether.renting import find_offers
 
 
 def _offer_lookup(project: Project) -> tuple[Any, list[str]]:
     """A function profile -> cheapest offer, or None (with a note) when Vast.ai cannot be asked."""
     notes: list[str] = []
     try:
-        provider = fleet.provider_for(project)
+        provider = provider_for(project)
     except AuthError as exc:
         return None, [f"costs unknown: {exc.message}"]
 
     def lookup(profile: str) -> Offer | None:
         try:
-            spec = fleet.search_spec(project, profile)
-            found = find_offers(
-                provider,
-                spec.profile.parsed(),
-                order=spec.profile.order,
-                offer_type=spec.offer_type,
-                disk_gb=spec.disk_gb,
-                limit=5,
-            )
+            spec = rentals.profile_for(project, profile)
+            found = find_offers(provider, spec.offer_query(limit=5))
         except (AuthError, ProviderError) as exc:
             notes.append(f"{profile}: {exc.message}")
             return None

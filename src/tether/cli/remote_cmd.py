@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from tether import fleet, provision
+from tether import provision, rentals
 from tether import pull as pulling
 from tether.cli.common import context, emit_json, json_option, parse_every, say
 from tether.errors import ConfigError, TetherError
@@ -46,7 +46,7 @@ def up(
         if name == LOCAL:
             raise ConfigError("`local` is this machine: it needs no `tether up`.", "Run `tether run EXP --local`.")
         if name not in project.config.hosts:
-            doc["rented"] = fleet.ensure_rented(
+            doc["rented"] = rentals.ensure_rented(
                 project,
                 st,
                 name,

@@ -7,11 +7,12 @@ from typing import Any
 import click
 from rich.table import Table
 
-from tether import autopilot, fleet
+from tether import autopilot, rentals
 from tether import status as status_core
 from tether.cli.common import context, duration, emit_json, json_option, load_project, out, say, state, warn
 from tether.errors import ConfigError
-from tether.offers import estimate_cost
+from tether.profiles import estimate_cost
+from tether.providers import provider_for
 
 
 @click.command()
@@ -47,17 +48,12 @@ def offers(
             )
         hours = exp.items * exp.item_seconds / exp.concurrency / 3600
         if profile is None and query is None:
-            from tether.offers import profile_for_kind
+            from tether.profiles import profile_for_kind
 
             profile = profile_for_kind(exp.kind) or "api"
-    spec = fleet.search_spec(project, profile or "api", disk_gb=disk_gb)
-    if offer_type:
-        spec = fleet.Search(spec.profile, offer_type, spec.disk_gb, spec.image)
-    provider = fleet.provider_for(project)
-    try:
-        found = fleet.search(provider, spec, query=query, order=order, limit=limit)
-    finally:
-        provider.close()
+    spec = rentals.profile_for(project, profile or "api", disk_gb=disk_gb, offer_type=offer_type)
+    with provider_for(project) as provider:
+        found = rentals.search(provider, spec, query=query, order=order, limit=limit)
     rows = []
     for o in found[:limit]:
         row = o.row()
@@ -66,9 +62,9 @@ def offers(
     if as_json:
         emit_json(
             {
-                "profile": spec.profile.name,
-                "query": query or spec.profile.query,
-                "disk_gb": spec.disk_gb,
+                "profile": spec.name,
+                "query": query or spec.query,
+                "disk_gb": spec.min_disk_gb,
                 "hours": hours,
                 "offers": rows,
             }
@@ -96,7 +92,7 @@ def offers(
             cells.append(f"${r['est_cost_usd']:.2f}" if r["est_cost_usd"] >= 0.01 else f"${r['est_cost_usd']:.4f}")
         table.add_row(*cells)
     out.print(table)
-    say(f"{len(rows)} offers for {query or spec.profile.query!r} with {spec.disk_gb:g} GB disk, cheapest first.")
+    say(f"{len(rows)} offers for {query or spec.query!r} with {spec.min_disk_gb:g} GB disk, cheapest first.")
 
 
 @click.command(name="ls")
@@ -109,7 +105,7 @@ def ls_cmd(ctx: click.Context, refresh: bool, as_json: bool) -> None:
     with context(ctx) as c:
         problems = status_core.observe_rented(c) if refresh else []
         now = c.now()
-        for r in (r for r in c.state.instances() if r.provider == fleet.PROVIDER):
+        for r in (r for r in c.state.instances() if r.provider == rentals.PROVIDER):
             hourly = r.dph_total if r.state == "running" else r.storage_dph
             rows.append(
                 {
@@ -188,7 +184,7 @@ def start(ctx: click.Context, name: str, as_json: bool) -> None:
     """Start a stopped rented server and re-read its SSH address (it changes across a restart)."""
     project = load_project(ctx)
     with state() as st:
-        doc = fleet.start(project, st, name, say=say)
+        doc = rentals.start(project, st, name, say=say)
     if as_json:
         emit_json({"name": name, **doc})
 

@@ -70,8 +70,6 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from tether.offers import matches, wire_filters
-
 DEFAULT_API_KEY = "emulator-key-0123456789abcdef"
 PAGE_SIZE = 25
 DEFAULT_LIMIT = 64
@@ -394,6 +392,74 @@ def _num(v: Any, default: float = 0.0) -> float:
         return default
 
 
+# ---------------------------------------------------------------------------------------------- the search service
+
+#: Body keys of ``POST /api/v0/bundles/`` that are not filters.
+_NOT_FILTERS = frozenset({"order", "type", "limit", "allocated_storage", "q", "select_cols", "disable_bundling"})
+_OPS = frozenset({"eq", "neq", "gt", "gte", "lt", "lte", "in", "notin"})
+
+
+def wire_filters(body: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ``{field: {op: value}}`` filters of a search body (a ``q`` wrapper, as old clients send, is unwrapped)."""
+    inner = body.get("q")
+    if isinstance(inner, Mapping):
+        body = inner
+    return {k: dict(v) for k, v in body.items() if k not in _NOT_FILTERS and isinstance(v, Mapping)}
+
+
+def _scalar(v: Any) -> Any:
+    """A wire or offer value as the service compares it: numbers (also sent as strings) as floats, booleans as
+    1.0/0.0, other strings case-folded, None as None."""
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return 1.0 if v else 0.0
+    if isinstance(v, int | float):
+        return float(v)
+    text = str(v).strip()
+    if text in ("true", "True"):
+        return 1.0
+    if text in ("false", "False"):
+        return 0.0
+    try:
+        return float(text)
+    except ValueError:
+        return text.casefold()
+
+
+def _candidates(field_name: str, have: Any) -> set[Any]:
+    """What an offer's value equals: itself, and for ``geolocation`` ("Texas, US") also its country code."""
+    value = _scalar(have)
+    out = {value}
+    if field_name == "geolocation" and isinstance(value, str) and "," in value:
+        out.add(value.rsplit(",", 1)[1].strip())
+    return out
+
+
+def _passes(field_name: str, op: str, want: Any, have: Any) -> bool:
+    if op in ("in", "notin"):
+        wants = want if isinstance(want, list) else [want]
+        hit = bool({_scalar(w) for w in wants} & _candidates(field_name, have))
+        return hit if op == "in" else not hit
+    if op in ("eq", "neq"):
+        equal = _scalar(want) in _candidates(field_name, have)
+        return equal if op == "eq" else not equal
+    a, b = _scalar(have), _scalar(want)
+    if not isinstance(a, float) or not isinstance(b, float):
+        return False
+    return {"gt": a > b, "gte": a >= b, "lt": a < b, "lte": a <= b}.get(op, False)
+
+
+def offer_matches(filters: Mapping[str, Mapping[str, Any]], offer: Mapping[str, Any]) -> bool:
+    """Whether an offer passes every wire filter (an unknown op matches nothing, as a strict service would)."""
+    for field_name, ops in filters.items():
+        have = offer.get(field_name)
+        for op, want in ops.items():
+            if op not in _OPS or not _passes(field_name, op, want, have):
+                return False
+    return True
+
+
 def _sort_key(name: str) -> Callable[[Mapping[str, Any]], float]:
     def key(offer: Mapping[str, Any]) -> float:
         return _num(offer.get(name))
@@ -543,7 +609,7 @@ class VastEmulator:
                 q["storage_total_cost"] = round(storage, 6)
                 q["dph_total"] = round(_num(o.get("dph_base")) + storage, 6)
                 q.setdefault("rentable", True)
-                if matches(filters, q):
+                if offer_matches(filters, q):
                     quoted.append(q)
         keys = [(str(x[0]), str(x[1])) for x in order if isinstance(x, list | tuple) and len(x) == 2]
         for key, direction in reversed(keys):

@@ -10,8 +10,11 @@ import pytest
 
 from tether.emulator.vast import VastEmulator
 from tether.errors import AuthError, ConfigError, NoCapacity, ProviderError, RateLimited
-from tether.offers import parse_query, render_body, resolve_profile
-from tether.providers.vast import VastClient, VastProvider, find_offers
+from tether.profiles import resolve_profile
+from tether.providers.base import OfferQuery
+from tether.providers.vast import VastClient, VastProvider
+from tether.providers.vast.query import parse_query
+from tether.renting import find_offers
 
 MP = Callable[..., VastProvider]
 
@@ -19,7 +22,7 @@ MP = Callable[..., VastProvider]
 def test_profiles_search_cheapest_matching_offers(make_provider: MP, vast_api_emulator: VastEmulator) -> None:
     p = make_provider(vast_api_emulator)
     prof = resolve_profile("inference")
-    offers = find_offers(p, prof.parsed(), order=prof.order, disk_gb=prof.min_disk_gb)
+    offers = find_offers(p, prof.offer_query())
     assert offers, "the default book has 24 GB offers"
     assert all(o.gpu_ram_gb >= 24 and o.num_gpus == 1 and o.reliability > 0.95 for o in offers)
     assert [o.dph_total for o in offers] == sorted(o.dph_total for o in offers)
@@ -29,7 +32,7 @@ def test_profiles_search_cheapest_matching_offers(make_provider: MP, vast_api_em
     # the defaults hold: no unverified or external offer comes back
     assert all(o.raw["verified"] is True and o.raw["external"] is False for o in offers)
     finetune = resolve_profile("finetune")
-    big = find_offers(p, finetune.parsed(), disk_gb=finetune.min_disk_gb)
+    big = find_offers(p, finetune.offer_query())
     assert big and all(o.num_gpus >= 2 and o.gpu_ram_gb >= 40 for o in big)
 
 
@@ -46,7 +49,7 @@ def test_no_offer_matches_names_the_filter_and_rents_nothing(
 ) -> None:
     p = make_provider(vast_api_emulator)
     with pytest.raises(NoCapacity) as err:
-        find_offers(p, parse_query("gpu_ram>=200 reliability>0.9"))
+        find_offers(p, OfferQuery("gpu_ram>=200 reliability>0.9"))
     assert "gpu_ram>=200 GB ruled out" in err.value.message
     assert vast_api_emulator.billing_instances() == []
 
@@ -59,7 +62,7 @@ def test_missing_key_is_refused_before_any_request(
     monkeypatch.delenv("VAST_API_KEY", raising=False)
     p = VastProvider(VastClient(base_url=vast_api_emulator.url))
     with pytest.raises(AuthError) as err:
-        p.search(render_body(parse_query("")))
+        p.search(OfferQuery(""))
     assert "VAST_API_KEY" in (err.value.hint or "") and "vastai set api-key" in (err.value.hint or "")
     assert vast_api_emulator.requests == []
 
@@ -72,14 +75,14 @@ def test_key_is_read_from_the_vendor_file(
     (tmp_path / ".config" / "vastai").mkdir(parents=True)
     (tmp_path / ".config" / "vastai" / "vast_api_key").write_text(vast_api_emulator.api_key + "\n")
     monkeypatch.setenv("VAST_URL", vast_api_emulator.url)
-    assert VastProvider().search(render_body(parse_query("num_gpus=1")))
+    assert VastProvider().search(OfferQuery("num_gpus=1"))
 
 
 def test_bad_key_is_rejected_and_never_shown(vast_api_emulator: VastEmulator) -> None:
     secret = "not-the-right-key-5f3a9c"
     p = VastProvider(VastClient(secret, vast_api_emulator.url, sleep=lambda s: None))
     with pytest.raises(AuthError) as err:
-        p.list()
+        p.list_instances()
     assert err.value.message == "Vast.ai rejected the API key."
     assert secret not in str(err.value) and secret not in repr(p.client)
     assert len(vast_api_emulator.requests) == 1, "a rejected key is not retried"
@@ -90,7 +93,7 @@ def test_429_storm_is_retried_honouring_retry_after(
 ) -> None:
     vast_api_emulator.faults.rate_limit(3, retry_after=2)
     p = make_provider(vast_api_emulator, sleeps)
-    assert p.search(render_body(parse_query("num_gpus=1")))
+    assert p.search(OfferQuery("num_gpus=1"))
     assert sleeps == [2.0, 2.0, 2.0]
     assert len(vast_api_emulator.requests) == 4
 
@@ -101,7 +104,7 @@ def test_429_past_the_budget_is_rate_limited(
     vast_api_emulator.faults.rate_limit(50, retry_after=None)
     p = make_provider(vast_api_emulator, sleeps, max_retries=3, backoff_base=0.5, max_wait=3)
     with pytest.raises(RateLimited, match="kept rate limiting"):
-        p.list()
+        p.list_instances()
     assert len(vast_api_emulator.requests) == 4
     assert len(sleeps) == 3 and all(0.5 <= s <= 3 for s in sleeps)
     assert sleeps[0] < sleeps[1] < sleeps[2], "exponential backoff"
@@ -113,7 +116,7 @@ def test_retry_after_longer_than_the_cap_is_reported_at_once(
     vast_api_emulator.faults.rate_limit(5, retry_after=900)
     p = make_provider(vast_api_emulator, sleeps, max_wait=60)
     with pytest.raises(RateLimited) as err:
-        p.list()
+        p.list_instances()
     assert err.value.retry_after == 900 and "15 minutes" in (err.value.hint or "")
     assert sleeps == [] and len(vast_api_emulator.requests) == 1
 
@@ -124,7 +127,7 @@ def test_search_quota_exceeded_is_not_retried(
     vast_api_emulator.faults.quota_exceeded(1, retry_after=7200)
     p = make_provider(vast_api_emulator, sleeps)
     with pytest.raises(RateLimited) as err:
-        p.search(render_body(parse_query("")))
+        p.search(OfferQuery(""))
     assert "search_quota_exceeded" in err.value.message and "2.0 hours" in (err.value.hint or "")
     assert sleeps == [] and len(vast_api_emulator.requests) == 1
 
@@ -134,11 +137,11 @@ def test_5xx_is_retried_then_succeeds_or_fails_bounded(
 ) -> None:
     vast_api_emulator.faults.server_error(2, status=502)
     p = make_provider(vast_api_emulator, sleeps, max_retries=3)
-    assert p.list() == []
+    assert p.list_instances() == []
     assert len(sleeps) == 2
     vast_api_emulator.faults.server_error(10, status=503)
     with pytest.raises(ProviderError, match="after 4 tries: HTTP 503"):
-        p.list()
+        p.list_instances()
 
 
 def test_timeouts_are_retried_and_bounded(
@@ -146,11 +149,11 @@ def test_timeouts_are_retried_and_bounded(
 ) -> None:
     p = make_provider(vast_api_emulator, sleeps, timeout=0.3, max_retries=1)
     vast_api_emulator.faults.delay(1, 1.0)
-    assert p.list() == []
+    assert p.list_instances() == []
     assert len(sleeps) == 1
     vast_api_emulator.faults.delay(2, 1.0)
     with pytest.raises(ProviderError, match="did not answer GET /api/v1/instances/ after 2 tries"):
-        p.list()
+        p.list_instances()
 
 
 def test_listing_follows_next_token_and_v0_list_is_retired(make_provider: MP, vast_api_emulator: VastEmulator) -> None:
@@ -160,7 +163,7 @@ def test_listing_follows_next_token_and_v0_list_is_retired(make_provider: MP, va
         vast_api_emulator.offers.append(dict(o, id=int(o["id"]) + 5))
         created.add(p.create(int(o["id"]) + 5, image="img", disk_gb=10))
     assert len(created) == 32
-    listed = p.list()
+    listed = p.list_instances()
     assert {i.id for i in listed} == created and len(listed) == 32
     pages = [path for method, path in vast_api_emulator.requests if path == "/api/v1/instances/"]
     assert len(pages) == 2

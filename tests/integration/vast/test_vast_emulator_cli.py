@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tether.offers import parse_query, render_body
+from tether.providers.base import OfferQuery
 from tether.providers.vast import VastClient, VastProvider
 
 
@@ -21,12 +21,13 @@ def test_emulator_runs_standalone_and_serves_searches() -> None:
         assert proc.stdout is not None
         info = json.loads(proc.stdout.readline())
         p = VastProvider(VastClient(info["api_key"], info["url"]))
-        offers = p.search(render_body(parse_query("gpu_ram>=24 reliability>0.95 num_gpus=1"), disk_gb=60))
+        offers = p.search(OfferQuery("gpu_ram>=24 reliability>0.95 num_gpus=1", disk_gb=60))
         assert offers and all(o.gpu_ram_gb >= 24 for o in offers)
         new_id = p.create(offers[0].id, image="img", disk_gb=60, label="cli")
-        assert p.show(new_id).label == "cli"
+        shown = p.show(new_id)
+        assert shown is not None and shown.label == "cli"
         p.destroy(new_id)
-        assert p.show(new_id).state == "gone"
+        assert p.show(new_id) is None
         p.close()
     finally:
         proc.terminate()

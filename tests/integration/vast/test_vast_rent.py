@@ -9,21 +9,23 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tether.emulator.vast import VastEmulator
 from tether.errors import NoCapacity, ProviderError
-from tether.offers import resolve_profile
-from tether.providers.base import Offer
-from tether.providers.vast import VastProvider, find_offers, rent, ssh_address, wait_running
+from tether.profiles import resolve_profile
+from tether.providers.base import Offer, ssh_address
+from tether.providers.vast import VastProvider
+from tether.renting import find_offers, rent, wait_running
 
 MP = Callable[..., VastProvider]
 
 
 def offers_for(p: VastProvider, profile: str = "api", disk_gb: float = 20.0) -> list[Offer]:
-    return find_offers(p, resolve_profile(profile).parsed(), disk_gb=disk_gb)
+    return find_offers(p, replace(resolve_profile(profile), min_disk_gb=disk_gb).offer_query())
 
 
 def rent_on(emu: VastEmulator, p: VastProvider, offers: list[Offer], **kw: object) -> object:
@@ -63,7 +65,7 @@ def test_rent_gives_a_real_ssh_host_and_the_lifecycle_costs_what_it_should(
     assert emu.account_total() - start_cost == pytest.approx(offers[0].dph_base + storage_per_hour, rel=1e-9)
 
     p.stop(inst.id)  # type: ignore[attr-defined]
-    assert p.show(inst.id).state == "stopped"  # type: ignore[attr-defined]
+    assert p.show(inst.id).state == "stopped"  # type: ignore[attr-defined,union-attr]
     with pytest.raises(OSError):
         ssh_banner(host, port)
     before = emu.account_total()
@@ -79,8 +81,8 @@ def test_rent_gives_a_real_ssh_host_and_the_lifecycle_costs_what_it_should(
 
     p.destroy(inst.id)  # type: ignore[attr-defined]
     p.destroy(inst.id)  # type: ignore[attr-defined]  # idempotent
-    assert p.show(inst.id).state == "gone"  # type: ignore[attr-defined]
-    assert p.list() == [] and emu.billing_instances() == []
+    assert p.show(inst.id) is None  # type: ignore[attr-defined]
+    assert p.list_instances() == [] and emu.billing_instances() == []
     final = emu.account_total()
     emu.clock.advance(3600)
     assert emu.account_total() == final, "a destroyed instance costs nothing"
@@ -193,7 +195,8 @@ def test_concurrent_rents_in_threads_never_take_the_same_offer(
 
 RENT_SCRIPT = """
 import json, sys, httpx
-from tether.providers.vast import VastClient, VastProvider, rent
+from tether.providers.vast import VastClient, VastProvider
+from tether.renting import rent
 from tether.providers.base import Offer
 url, key, label = sys.argv[1], sys.argv[2], sys.argv[3]
 offers = [Offer.model_validate(o) for o in json.loads(sys.stdin.read())]

@@ -7,18 +7,9 @@ from typing import Any
 import pytest
 
 from tether.errors import ConfigError
-from tether.offers import (
-    estimate_cost,
-    explain_no_match,
-    matches,
-    parse_order,
-    parse_query,
-    profile_for_kind,
-    rank_offers,
-    render_body,
-    resolve_profile,
-)
+from tether.profiles import estimate_cost, profile_for_kind, rank_offers, resolve_profile
 from tether.providers.base import Offer
+from tether.providers.vast.query import explain_no_match, matches, parse_order, parse_query, render_body
 
 DEFAULTS = {"verified": {"eq": True}, "external": {"eq": False}, "rentable": {"eq": True}}
 

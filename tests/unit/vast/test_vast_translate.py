@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from tether.errors import ProviderError
+from tether.providers.base import ssh_address
 from tether.providers.vast.api import find_api_key
-from tether.providers.vast.provider import instance_from_json, normalize_state, offer_from_json, ssh_address
+from tether.providers.vast.translate import instance_from_json, normalize_state, offer_from_json
 
 
 def test_key_lookup_order(tmp_path: Path) -> None:

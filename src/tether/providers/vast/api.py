@@ -220,7 +220,7 @@ class VastClient:
     # -------------------------------------------------------------------------------- endpoints
 
     def search_offers(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """``POST /api/v0/bundles/`` with a wire body from :func:`tether.offers.render_body`."""
+        """``POST /api/v0/bundles/`` with a wire body from :func:`tether.providers.vast.query.body_for`."""
         resp = self.request("POST", "/api/v0/bundles/", json=dict(body))
         data = self._json(resp, "the offer search")
         offers = data.get("offers")

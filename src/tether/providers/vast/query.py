@@ -1,4 +1,4 @@
-"""The Vast.ai offer query language: parse, validate, render to the wire form, match, explain, rank.
+"""Vast.ai's offer query language: parse, validate, render to the wire form, match, explain no match.
 
 What users type is what the vendor's CLI reads (``'gpu_ram>=24 reliability>0.95 num_gpus=1' -o 'dph+'``):
 
@@ -15,40 +15,41 @@ What users type is what the vendor's CLI reads (``'gpu_ram>=24 reliability>0.95 
 
 The wire form is one flat dict ``{field: {op: value}}`` plus ``order``, ``type``, ``limit`` and
 ``allocated_storage``. Numbers are sent as JSON numbers (the vendor client sends some as strings; the server
-takes both). Everything here is pure: no I/O.
+takes both). :func:`matches` is the client's own reading of a wire body, used only to explain an empty search.
+Everything here is pure: no I/O. Nothing outside :mod:`tether.providers.vast` imports it.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal
 
 from tether.errors import ConfigError
+from tether.providers.base import OfferQuery
 
 __all__ = [
     "ALIASES",
     "DEFAULT_FILTERS",
-    "DEFAULT_PROFILES",
     "FIELDS",
-    "KIND_PROFILES",
+    "MAX_OFFERS",
     "OFFER_TYPES",
-    "Profile",
     "Query",
     "Term",
-    "estimate_cost",
+    "body_for",
+    "check",
     "explain_no_match",
     "matches",
     "parse_order",
     "parse_query",
-    "profile_for_kind",
-    "rank_offers",
     "render_body",
-    "resolve_profile",
     "wire_filters",
 ]
+
+#: The most offers one search answers, whatever ``limit`` asks.
+MAX_OFFERS = 64
 
 FieldKind = Literal["num", "bool", "str"]
 
@@ -554,100 +555,15 @@ def explain_no_match(query: Query | Mapping[str, Any], offers: Sequence[Mapping[
     return f"The filter {desc} ruled out {failed} of {total} offers, more than any other filter."
 
 
-# ------------------------------------------------------------------------------------------ profiles
+# ------------------------------------------------------------------------------------------ the provider's side
 
 
-@dataclass(frozen=True)
-class Profile:
-    """A named search: the query string, the order, and the least disk (GB) to rent with."""
-
-    name: str
-    query: str
-    order: str = "dph+"
-    min_disk_gb: float = 20.0
-    description: str = ""
-
-    def parsed(self) -> Query:
-        return parse_query(self.query)
-
-
-DEFAULT_PROFILES: dict[str, Profile] = {
-    "api": Profile("api", "reliability>0.95 num_gpus=1", "dph+", 20.0, "API-only experiments; CPU is enough"),
-    "inference": Profile(
-        "inference",
-        "gpu_ram>=24 reliability>0.95 num_gpus=1",
-        "dph+",
-        60.0,
-        "local inference (Ollama, llama.cpp); 24 GB VRAM",
-    ),
-    "finetune": Profile(
-        "finetune",
-        "gpu_ram>=40 reliability>0.95 num_gpus>=2",
-        "dph+",
-        150.0,
-        "fine-tuning; 40+ GB VRAM on 2+ GPUs",
-    ),
-}
-
-#: Experiment kind → profile name (``None``: runs here, rents nothing).
-KIND_PROFILES: dict[str, str | None] = {
-    "api": "api",
-    "inference": "inference",
-    "finetune": "finetune",
-    "local": None,
-}
-
-
-def resolve_profile(name: str, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Profile:
-    """The profile called ``name``: a config override (query, order, min_disk_gb) over the default one."""
-    base = DEFAULT_PROFILES.get(name)
-    over = (overrides or {}).get(name)
-    if base is None and over is None:
-        known = sorted(set(DEFAULT_PROFILES) | set(overrides or {}))
-        close = difflib.get_close_matches(name, known, n=1)
-        suggestion = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"Unknown GPU profile {name!r}{suggestion}", "Known profiles: " + ", ".join(known) + ".")
-    query = str((over or {}).get("query", base.query if base else ""))
-    order = str((over or {}).get("order", base.order if base else "dph+"))
-    disk_raw = (over or {}).get("min_disk_gb", base.min_disk_gb if base else 20.0)
-    try:
-        min_disk = float(disk_raw)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"Profile {name!r} has a bad min_disk_gb {disk_raw!r}.", "Give a number of GB.") from exc
-    profile = Profile(name, query, order, min_disk, base.description if base else "")
-    profile.parsed()  # refuse a bad query now, with its position
+def check(text: str, order: str) -> None:
+    """Refuse a bad query or order (ConfigError with the term's position); nothing is sent."""
+    parse_query(text)
     parse_order(order)
-    return profile
 
 
-def profile_for_kind(kind: str) -> str | None:
-    """The profile an experiment kind rents with, or None for ``local``."""
-    if kind not in KIND_PROFILES:
-        raise ConfigError(f"Unknown experiment kind {kind!r}.", "Use one of: " + ", ".join(KIND_PROFILES) + ".")
-    return KIND_PROFILES[kind]
-
-
-# ------------------------------------------------------------------------------------------ ranking
-
-
-class _Priced(Protocol):
-    @property
-    def dph_total(self) -> float: ...
-
-    @property
-    def reliability(self) -> float: ...
-
-
-_T = TypeVar("_T", bound=_Priced)
-
-
-def rank_offers(offers: Iterable[_T]) -> list[_T]:
-    """Cheapest ``dph_total`` first (quoted for the disk asked), ties broken by higher reliability."""
-    return sorted(offers, key=lambda o: (o.dph_total, -o.reliability))
-
-
-def estimate_cost(offer: _Priced, hours: float) -> float:
-    """Dollars an offer costs if it runs ``hours`` hours (GPU and storage, traffic not included)."""
-    if hours < 0:
-        raise ConfigError(f"Hours must not be negative, not {hours!r}.")
-    return round(offer.dph_total * hours, 6)
+def body_for(query: OfferQuery) -> dict[str, Any]:
+    """The wire body of ``POST /api/v0/bundles/`` for a provider-neutral :class:`OfferQuery`."""
+    return render_body(parse_query(query.text), query.order, query.type, query.disk_gb, query.limit)

@@ -1,0 +1,257 @@
+"""Rented servers: search, rent, observe, stop, start and destroy, with every state and price written to the ledger.
+
+The provider (:mod:`tether.providers`: Vast.ai, or its emulator in tests) knows offers and lifecycle, and
+:mod:`tether.renting` rents from it safely; this module ties both to the project (its profiles, its ``[vast]``
+settings), to local state (``instances`` and the ``instance_events`` cost ledger) and to the safety rules: never
+destroy a server whose results are not home, never leave a failed rental billing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from tether import cost
+from tether.config import Project
+from tether.errors import ConfigError, ProviderError, TetherError
+from tether.profiles import Profile, project_profile
+from tether.providers import OFFER_TYPES, Instance, Offer, OfferType, Provider, provider_for, ssh_address
+from tether.renting import destroy_verified, find_offers, rent, wait_running
+from tether.renting import observe as observe_instance
+from tether.state import InstanceRecord, State
+
+Say = Callable[[str], None]
+PROVIDER = "vast"
+
+
+def _quiet(_message: str) -> None:
+    return None
+
+
+def profile_for(
+    project: Project,
+    name: str,
+    *,
+    disk_gb: float | None = None,
+    image: str | None = None,
+    offer_type: str | None = None,
+) -> Profile:
+    """The project's profile ``name`` with the command line's disk, image and offer type over it."""
+    kind: OfferType | None = None
+    if offer_type is not None:
+        if offer_type not in OFFER_TYPES:
+            raise ConfigError(f"Unknown offer type {offer_type!r}.", "Use on-demand, bid or reserved.")
+        kind = offer_type
+    return project_profile(project, name, disk_gb=disk_gb, image=image, offer_type=kind)
+
+
+def search(
+    provider: Provider,
+    profile: Profile,
+    *,
+    query: str | None = None,
+    order: str | None = None,
+    limit: int | None = None,
+) -> list[Offer]:
+    """Live offers for the profile (or for ``query`` instead of its query), cheapest first."""
+    return find_offers(provider, profile.offer_query(query=query, order=order, limit=limit))
+
+
+def address_of(inst: Instance) -> str:
+    host, port, user = ssh_address(inst)
+    return f"{user}@{host}:{port}"
+
+
+def record(
+    st: State,
+    name: str,
+    inst: Instance,
+    *,
+    source: str,
+    meta: dict[str, Any] | None = None,
+    now: float | None = None,
+    remote_root: str | None = None,
+) -> InstanceRecord:
+    """Write what we observed of an instance into state and the cost ledger."""
+    old = st.instance(name)
+    ts = now if now is not None else time.time()
+    merged = dict(old.meta) if old else {}
+    merged.update(meta or {})
+    address = old.address if old else None
+    if inst.state == "running" and inst.ssh_host and inst.ssh_port:
+        address = address_of(inst)
+    rec = InstanceRecord(
+        name=name,
+        provider=PROVIDER,
+        instance_id=inst.id,
+        address=address,
+        remote_root=project_root_for(inst.id, remote_root)
+        if remote_root
+        else (old.remote_root if old else "/workspace"),
+        state=inst.state,
+        dph_total=inst.dph_total if inst.state != "gone" else (old.dph_total if old else None),
+        storage_dph=inst.storage_total_cost if inst.state != "gone" else (old.storage_dph if old else None),
+        created=old.created if old and old.instance_id == inst.id else ts,
+        updated=ts,
+        meta=merged,
+    )
+    st.upsert_instance(rec, source=source)
+    return rec
+
+
+def project_root_for(instance_id: str, template: str) -> str:
+    """``[vast] remote_root`` for one instance (``{instance_id}`` is replaced; default ``/workspace``)."""
+    return template.replace("{instance_id}", str(instance_id))
+
+
+def rented(st: State, name: str) -> InstanceRecord:
+    rec = st.instance(name)
+    if rec is None or rec.provider != PROVIDER or not rec.instance_id:
+        known = ", ".join(r.name for r in st.instances() if r.provider == PROVIDER and r.state != "gone") or "none"
+        raise ConfigError(f"No rented server is called {name!r}.", f"Rented servers: {known}. `tether ls` lists them.")
+    return rec
+
+
+def _wait_s(project: Project) -> float:
+    return project.config.vast.wait_minutes * 60
+
+
+@contextlib.contextmanager
+def _provider(project: Project, given: Provider | None) -> Iterator[Provider]:
+    """The caller's provider, or the project's own one, closed afterwards."""
+    if given is not None:
+        yield given
+        return
+    with provider_for(project) as prov:
+        yield prov
+
+
+def ensure_rented(
+    project: Project,
+    st: State,
+    name: str,
+    *,
+    profile: str | None = None,
+    offer_id: str | None = None,
+    image: str | None = None,
+    disk_gb: float | None = None,
+    max_price: float | None = None,
+    say: Say = _quiet,
+    provider: Provider | None = None,
+) -> dict[str, Any]:
+    """Rent a server called ``name`` (or reuse the one already rented under that name) and wait until it runs."""
+    with _provider(project, provider) as prov:
+        existing = st.instance(name)
+        if existing is not None and existing.provider == PROVIDER and existing.state != "gone" and existing.instance_id:
+            inst = observe_instance(prov, existing.instance_id)
+            if inst.state == "running":
+                rec = record(st, name, inst, source="up")
+                return {"instance_id": inst.id, "reused": True, "address": rec.address, "dph_total": inst.dph_total}
+            if inst.state == "stopped":
+                say(f"{name} is stopped; starting it.")
+                return start(project, st, name, say=say, provider=prov)
+            if inst.state != "gone":
+                raise ProviderError(
+                    f"{name} (instance {inst.id}) is {inst.state}, not running.",
+                    f"Wait and retry `tether up {name}`, or `tether destroy {name}` and rent again.",
+                )
+            record(st, name, inst, source="up")
+        if not profile and not offer_id:
+            raise ConfigError(
+                f"{name!r} is neither a [hosts.{name}] entry nor a server tether rented.",
+                f"Rent one with `tether up {name} --profile api` (or inference, finetune), or add [hosts.{name}].",
+            )
+        prof = profile_for(project, profile or "api", disk_gb=disk_gb, image=image)
+        if offer_id:
+            offers = [o for o in search(prov, prof, query="") if str(o.id) == offer_id]
+            if not offers:
+                raise ProviderError(f"Offer {offer_id} is not available.", "List current offers with `tether offers`.")
+        else:
+            offers = search(prov, prof)
+        _check_budget(project, st, min(o.dph_total for o in offers))
+        label = f"tether:{project.name}:{name}"
+        say(f"Renting {name} ({prof.name}): {len(offers)} offers, cheapest ${offers[0].dph_total:.4f}/hr.")
+        assert prof.image is not None  # project_profile always sets it
+        inst = rent(
+            prov,
+            offers,
+            image=prof.image,
+            disk_gb=prof.min_disk_gb,
+            label=label,
+            max_price=max_price,
+            wait_deadline_s=_wait_s(project),
+            poll_s=project.config.vast.poll_seconds,
+            on_event=say,
+        )
+    meta = {
+        "profile": prof.name,
+        "image": prof.image,
+        "disk_gb": prof.min_disk_gb,
+        "identity_file": project.config.vast.identity_file,
+        "gpu_name": inst.gpu_name,
+        "num_gpus": inst.num_gpus,
+        "gpu_ram_gb": inst.gpu_ram_gb,
+    }
+    rec = record(st, name, inst, source="rent", meta=meta, remote_root=project.config.vast.remote_root)
+    return {"instance_id": inst.id, "reused": False, "address": rec.address, "dph_total": inst.dph_total}
+
+
+def _check_budget(project: Project, st: State, new_dph: float) -> None:
+    ledger = cost.ledger(st.event_log(), time.time())
+    cost.check_budget(project.config.policy, ledger, new_dph)
+
+
+def observe(project: Project, st: State, name: str, *, provider: Provider | None = None) -> InstanceRecord:
+    """Ask the provider for the instance's state and prices now, and write them to the ledger."""
+    rec = rented(st, name)
+    assert rec.instance_id is not None
+    with _provider(project, provider) as prov:
+        inst = observe_instance(prov, rec.instance_id)
+    return record(st, name, inst, source="observe")
+
+
+def start(
+    project: Project, st: State, name: str, *, say: Say = _quiet, provider: Provider | None = None
+) -> dict[str, Any]:
+    """Start a stopped server, wait until it runs and re-read its SSH address (it changes across a restart)."""
+    rec = rented(st, name)
+    assert rec.instance_id is not None
+    with _provider(project, provider) as prov:
+        prov.start(rec.instance_id)
+        record(st, name, observe_instance(prov, rec.instance_id), source="start")
+        try:
+            inst = wait_running(prov, rec.instance_id, _wait_s(project), poll_s=project.config.vast.poll_seconds)
+        except TetherError as exc:
+            record(st, name, observe_instance(prov, rec.instance_id), source="start-failed")
+            raise ProviderError(
+                f"{name} did not come back after a start: {exc.message}",
+                "The GPU was probably rented by someone else while it was stopped. Its disk is kept (and billed for "
+                f"storage): wait and retry `tether start {name}`, or rent a new server and move the data "
+                f"(`tether up NEW --profile ...`), then `tether destroy {name}`.",
+            ) from None
+    new = record(st, name, inst, source="start")
+    say(f"{name} is running at {new.address}.")
+    return {"instance_id": inst.id, "reused": True, "address": new.address, "dph_total": inst.dph_total}
+
+
+def stop(project: Project, st: State, name: str, *, provider: Provider | None = None) -> InstanceRecord:
+    """Ask the provider to stop the server (the disk is kept and billed as storage) and record what it says."""
+    rec = rented(st, name)
+    assert rec.instance_id is not None
+    with _provider(project, provider) as prov:
+        prov.stop(rec.instance_id)
+        inst = observe_instance(prov, rec.instance_id)
+    return record(st, name, inst, source="stop")
+
+
+def destroy(project: Project, st: State, name: str, *, provider: Provider | None = None) -> InstanceRecord:
+    """Destroy (idempotent) and verify the provider no longer has it. Safety checks are the caller's."""
+    rec = rented(st, name)
+    assert rec.instance_id is not None
+    with _provider(project, provider) as prov:
+        if rec.state != "gone":
+            destroy_verified(prov, rec.instance_id)
+        inst = observe_instance(prov, rec.instance_id)
+    return record(st, name, inst, source="destroy")

@@ -1,0 +1,280 @@
+"""Renting from any :class:`~tether.providers.base.Provider`, with every failure cleaned up.
+
+- :func:`find_offers`: search, cheapest first; when nothing matches, NoCapacity says why (the provider explains).
+- :func:`rent`: turn a list of offers into one running instance: cheapest first, under a machine-wide file lock so
+  that several ``rent`` at once (threads or processes) never take the same offer, destroying (and verifying gone)
+  every instance that did not come up, so nothing is left billing.
+- :func:`wait_running`: poll with a deadline until the instance runs with an SSH address.
+- :func:`destroy_verified`: destroy, then poll until the provider no longer has it.
+- :func:`cleanup_by_label`: after a create whose outcome is unknown, destroy what it may have made.
+
+Nothing here knows a provider's JSON, query language or HTTP; nothing here knows the project or local state
+(:mod:`tether.rentals` does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+from tether.errors import AuthError, NoCapacity, ProviderError
+from tether.paths import tether_home
+from tether.profiles import rank_offers
+from tether.providers.base import DEAD_STATES, Instance, Offer, OfferQuery, Provider, gone
+
+TAKEN_TTL_S = 300.0
+DESTROY_VERIFY_S = 60.0
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], None]
+Say = Callable[[str], None]
+
+
+def _quiet(_message: str) -> None:
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- searching
+
+
+def find_offers(provider: Provider, query: OfferQuery) -> list[Offer]:
+    """Offers for ``query``, cheapest first; when nothing matches, NoCapacity names why (no instance is made)."""
+    offers = provider.search(query)
+    if offers:
+        return rank_offers(offers)
+    why = provider.explain_no_match(query)
+    raise NoCapacity(
+        f"No offer matches {query.text!r}. {why}",
+        "Loosen that filter (or set it to any, e.g. verified=any), or try again later.",
+    )
+
+
+# ---------------------------------------------------------------------------------------------- waiting
+
+
+def observe(provider: Provider, instance_id: str) -> Instance:
+    """The instance now; a ``gone`` model when the provider no longer has it."""
+    return provider.show(instance_id) or gone(instance_id)
+
+
+def wait_running(
+    provider: Provider,
+    instance_id: str,
+    deadline_s: float,
+    *,
+    poll_s: float = 5.0,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = time.sleep,
+) -> Instance:
+    """Poll until the instance runs with an SSH address; NoCapacity if it dies or the deadline passes."""
+    start = clock()
+    last: Instance | None = None
+    while True:
+        inst = observe(provider, instance_id)
+        last = inst
+        if inst.state == "running" and inst.ssh_host is not None and inst.ssh_port is not None:
+            return inst
+        if inst.state in DEAD_STATES:
+            raise NoCapacity(
+                f"Instance {instance_id} ended up {inst.state} ({inst.status}) instead of running.",
+                "tether tries another offer; if this keeps happening, raise reliability in the query.",
+            )
+        elapsed = clock() - start
+        if elapsed >= deadline_s:
+            break
+        sleep(min(poll_s, max(0.0, deadline_s - elapsed)))
+    raise NoCapacity(
+        f"Instance {instance_id} was still {last.state} ({last.status}) after {deadline_s:g} s.",
+        "A big image can load slowly: raise the wait deadline, or pick another offer."
+        if last.state != "stopped"
+        else "The GPU may have been rented by someone else meanwhile: move the data to a new instance.",
+    )
+
+
+def destroy_verified(
+    provider: Provider,
+    instance_id: str,
+    *,
+    deadline_s: float = DESTROY_VERIFY_S,
+    poll_s: float = 2.0,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = time.sleep,
+) -> None:
+    """Destroy and poll until the provider says the instance is gone; ProviderError if it never is."""
+    start = clock()
+    while True:
+        provider.destroy(instance_id)
+        if provider.show(instance_id) is None:
+            return
+        if clock() - start >= deadline_s:
+            raise ProviderError(
+                f"Instance {instance_id} is still there after destroying it for {deadline_s:g} s; "
+                "it may still be billing.",
+                f"Destroy it by hand: `tether destroy {instance_id}` or in the provider's console.",
+            )
+        sleep(poll_s)
+
+
+def cleanup_by_label(provider: Provider, label: str | None) -> list[str]:
+    """Destroy (verified) every instance labelled ``label``: what a create whose outcome is unknown may have made.
+    The ids destroyed."""
+    if not label:
+        return []
+    done: list[str] = []
+    for inst in provider.list_instances(label):
+        if inst.label == label:
+            destroy_verified(provider, inst.id)
+            done.append(inst.id)
+    return done
+
+
+# ---------------------------------------------------------------------------------------------- the rent lock
+
+_process_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def rent_lock(path: Path | None = None) -> Iterator[Path]:
+    """Hold the machine-wide rent lock (a thread lock plus ``flock`` on ``$TETHER_HOME/rent.lock``); yields its
+    path."""
+    lock_path = path or tether_home() / "rent.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with _process_lock, open(lock_path, "a+", encoding="utf-8") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield lock_path
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _taken_file(lock_path: Path) -> Path:
+    return lock_path.with_name("rent-taken.json")
+
+
+def read_taken(lock_path: Path, now: float) -> dict[int, float]:
+    """Offers taken in the last :data:`TAKEN_TTL_S` seconds (by any process holding the same lock), with when;
+    the caller holds the lock."""
+    taken: dict[int, float] = {}
+    try:
+        data = json.loads(_taken_file(lock_path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        data = {}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if str(k).isdigit() and isinstance(v, int | float) and now - float(v) < TAKEN_TTL_S:
+                taken[int(k)] = max(float(v), taken.get(int(k), 0.0))
+    return taken
+
+
+def _write_taken(lock_path: Path, taken: Mapping[int, float]) -> None:
+    path = _taken_file(lock_path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text(json.dumps({str(k): v for k, v in taken.items()}), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def mark_taken(lock_path: Path, offer_id: int) -> None:
+    """Remember that ``offer_id`` was just taken; the caller holds the lock."""
+    now = time.time()
+    taken = read_taken(lock_path, now)
+    taken[offer_id] = now
+    _write_taken(lock_path, taken)
+
+
+# ---------------------------------------------------------------------------------------------- renting
+
+
+def rent(
+    provider: Provider,
+    offers: Sequence[Offer],
+    *,
+    image: str,
+    disk_gb: float,
+    label: str | None = None,
+    onstart: str | None = None,
+    env: Mapping[str, str] | None = None,
+    max_price: float | None = None,
+    price_for: Callable[[Offer], float | None] | None = None,
+    wait_deadline_s: float = 900.0,
+    poll_s: float = 5.0,
+    max_attempts: int = 3,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = time.sleep,
+    lock_path: Path | None = None,
+    on_event: Say | None = None,
+) -> Instance:
+    """Rent the cheapest usable offer and wait until it runs; never leave a failed instance billing.
+
+    Offers are tried cheapest first (ties: higher reliability). An offer that is gone, or an instance that stays
+    ``loading`` past ``wait_deadline_s`` or ends ``exited``/``unknown``, is destroyed (verified gone) and the next
+    offer is tried, at most ``max_attempts`` creates in all. Picking an offer and creating the instance happen under
+    the machine-wide rent lock, and taken offers are remembered, so several ``rent`` at once never rent the same
+    offer twice. ``price_for(offer)`` is the $/hr bid sent with the create (None: on demand).
+    """
+    say = on_event or _quiet
+    ranked = rank_offers(offers)
+    if not ranked:
+        raise NoCapacity("There is no offer to rent.", "Loosen the query or try again later.")
+    if max_price is not None:
+        affordable = [o for o in ranked if o.dph_total <= max_price]
+        if not affordable:
+            cheapest = ranked[0]
+            raise NoCapacity(
+                f"No offer costs at most ${max_price:.4f}/hr; the cheapest found is "
+                f"${cheapest.dph_total:.4f}/hr (offer {cheapest.id}, {cheapest.gpu_name or 'CPU'}).",
+                "Raise --max-price or loosen the query.",
+            )
+        ranked = affordable
+    failures: list[str] = []
+    tried: set[int] = set()
+    attempts = 0
+    while attempts < max_attempts:
+        offer: Offer | None = None
+        with rent_lock(lock_path) as lp:
+            taken = read_taken(lp, time.time())
+            offer = next((o for o in ranked if o.id not in tried and o.id not in taken), None)
+            if offer is None:
+                break
+            tried.add(offer.id)
+            attempts += 1
+            price = price_for(offer) if price_for is not None else None
+            bid = f", bid ${price:.4f}/hr" if price is not None else ""
+            say(f"renting offer {offer.id} ({offer.gpu_name or 'CPU'}, ${offer.dph_total:.4f}/hr{bid})")
+            try:
+                instance_id = provider.create(
+                    offer.id, image=image, disk_gb=disk_gb, label=label, onstart=onstart, env=env, price=price
+                )
+            except NoCapacity as exc:
+                mark_taken(lp, offer.id)
+                failures.append(f"offer {offer.id}: {exc.message}")
+                say(f"offer {offer.id} is gone; trying the next one")
+                continue
+            except AuthError:
+                raise
+            except ProviderError:
+                cleanup_by_label(provider, label)
+                raise
+            mark_taken(lp, offer.id)
+        try:
+            inst = wait_running(provider, instance_id, wait_deadline_s, poll_s=poll_s, clock=clock, sleep=sleep)
+        except NoCapacity as exc:
+            failures.append(f"offer {offer.id}: {exc.message}")
+            say(f"instance {instance_id} did not come up; destroying it and trying the next offer")
+            destroy_verified(provider, instance_id, clock=clock, sleep=sleep)
+            continue
+        except BaseException:
+            destroy_verified(provider, instance_id, clock=clock, sleep=sleep)
+            raise
+        say(f"instance {inst.id} is running at {inst.ssh_host}:{inst.ssh_port}")
+        return inst
+    detail = "; ".join(failures) if failures else "every offer was just taken by another rent on this machine"
+    raise NoCapacity(
+        f"Could not get a running instance after {attempts} attempt(s): {detail}.",
+        "Search again (offers change quickly), loosen the query, or raise the wait deadline.",
+    )
