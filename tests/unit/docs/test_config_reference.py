@@ -30,9 +30,7 @@ def _uncomment(text: str) -> str:
     lines = []
     for line in text.splitlines():
         stripped = line.lstrip()
-        if re.match(r"#\s*[a-z_]+\s*=", stripped):
-            lines.append(re.sub(r"^#\s*", "", stripped))
-        elif re.match(r"#\s*\[[a-z_.]+\]", stripped):
+        if re.match(r"#\s*[a-z_]+\s*=", stripped) or re.match(r"#\s*\[[a-z_.]+\]", stripped):
             lines.append(re.sub(r"^#\s*", "", stripped))
         else:
             lines.append(line)
