@@ -223,15 +223,23 @@ def act(
 def guard_stop(ctx: Ctx, name: str) -> None:
     """Refuse (exit 3) to stop a running server while a run or agent is alive on it (a stop kills them)."""
     facts = gather(ctx, name, ctx.now())
-    if facts.errors:
-        raise PolicyRefusal(f"{name} could not be checked: {'; '.join(facts.errors)}.", "Nothing was changed.")
+    _refuse_unreadable(facts, name)
+    _refuse_in_use(facts, name, "a stop would kill it.")
+
+
+def _refuse_in_use(facts: Facts, name: str, consequence: str) -> None:
     view = facts.view
     if view.live_runs or view.live_agents:
         raise PolicyRefusal(
-            f"A run is still alive on {name} ({view.live_runs} live run(s), {view.live_agents} agent(s)); a stop "
-            "would kill it.",
+            f"A run is still alive on {name} ({view.live_runs} live run(s), {view.live_agents} agent(s)); "
+            + consequence,
             f"Wait for it (`tether progress {name}`) or cancel it first.",
         )
+
+
+def _refuse_unreadable(facts: Facts, name: str) -> None:
+    if facts.errors:
+        raise PolicyRefusal(f"{name} could not be checked: {'; '.join(facts.errors)}.", "Nothing was changed.")
 
 
 def tick(ctx: Ctx, *, dry_run: bool = False, now: float | None = None) -> list[dict[str, Any]]:
@@ -281,16 +289,9 @@ def down(ctx: Ctx, name: str, *, more_work: bool | None = None) -> dict[str, Any
     facts = gather(ctx, name, ctx.now(), more_work=more_work)
     for note in facts.notes:
         ctx.say(note)
-    view = facts.view
-    if view.live_runs or view.live_agents:
-        raise PolicyRefusal(
-            f"A run is still alive on {name} ({view.live_runs} live run(s), {view.live_agents} agent(s)); "
-            "`tether down` never stops or destroys a server in use.",
-            f"Wait for it (`tether progress {name}`) or cancel it first.",
-        )
-    if facts.errors:
-        raise PolicyRefusal(f"{name} could not be checked: {'; '.join(facts.errors)}.", "Nothing was changed.")
-    decision = cost.decide_now(view, ctx.project.config.policy)
+    _refuse_in_use(facts, name, "`tether down` never stops or destroys a server in use.")
+    _refuse_unreadable(facts, name)
+    decision = cost.decide_now(facts.view, ctx.project.config.policy)
     if decision.action == "none":
         return {**decision.to_json(), "done": True}
     outcome = act(ctx, decision)

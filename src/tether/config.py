@@ -10,7 +10,7 @@ import re
 import shlex
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -127,6 +127,9 @@ class TetherConfig(_Strict):
     vast: VastConfig = VastConfig()
 
 
+_T = TypeVar("_T")
+
+
 class Project:
     """A loaded ``tether.toml`` and the folder it lives in."""
 
@@ -140,24 +143,19 @@ class Project:
         return self.config.project.name
 
     def experiment(self, name: str) -> ExperimentConfig:
-        try:
-            return self.config.experiments[name]
-        except KeyError:
-            known = ", ".join(sorted(self.config.experiments)) or "none"
-            raise ConfigError(
-                f"Unknown experiment {name!r} in {self.path}.",
-                f"Known experiments: {known}.",
-            ) from None
+        return self._entry(self.config.experiments, "experiment", name, "")
 
     def host(self, name: str) -> HostConfig:
-        try:
-            return self.config.hosts[name]
-        except KeyError:
-            known = ", ".join(sorted(self.config.hosts)) or "none"
-            raise ConfigError(
-                f"Unknown host {name!r} in {self.path}.",
-                f'Known hosts: {known}; add one as [hosts.{name}] with address = "user@host[:port]".',
-            ) from None
+        return self._entry(
+            self.config.hosts, "host", name, f'; add one as [hosts.{name}] with address = "user@host[:port]"'
+        )
+
+    def _entry(self, table: dict[str, _T], what: str, name: str, advice: str) -> _T:
+        """``table[name]``, or a ConfigError naming the file and what is known."""
+        if name in table:
+            return table[name]
+        known = ", ".join(sorted(table)) or "none"
+        raise ConfigError(f"Unknown {what} {name!r} in {self.path}.", f"Known {what}s: {known}{advice}.")
 
     def remote_dir(self, remote_root: str) -> str:
         return self.config.project.remote_dir or f"{remote_root.rstrip('/')}/{self.name}"
