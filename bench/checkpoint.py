@@ -21,6 +21,7 @@ import shutil
 import string
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -98,12 +99,12 @@ def main() -> None:
             folder = Path(tempfile.mkdtemp(prefix="bench-ckpt-"))
             try:
                 if which == "baseline":
-                    seconds, base_bytes = timed(lambda f=folder: baseline(f, items))
+                    seconds, base_bytes = timed(partial(baseline, folder, items))
                     base_times.append(seconds)
                     base_final_size = (folder / "results.json").stat().st_size
                     check = json.loads((folder / "results.json").read_text())
                 else:
-                    seconds, stats = timed(lambda f=folder: tether(f, items))
+                    seconds, stats = timed(partial(tether, folder, items))
                     tether_times.append(seconds)
                     final_size = (folder / "results.json").stat().st_size
                     check = json.loads((folder / "results.json").read_text())

@@ -46,7 +46,11 @@ def test_a_killed_wrapper_leaves_a_computing_run_running_and_cancel_reaches_it(t
 
     cancelled = tether_json("cancel", run_id, cwd=project)
     assert cancelled["cancelled"] is True and cancelled["status"] == "cancelled", cancelled
-    wait_for(lambda: procinfo.proc_stat(child) is None or procinfo.proc_stat(child)[1] == "Z", 10, "the experiment")
+    def experiment_gone() -> bool:
+        stat = procinfo.proc_stat(child)
+        return stat is None or stat[1] == "Z"
+
+    wait_for(experiment_gone, 10, "the experiment to stop")
     assert wait_status(project, run_id, {"cancelled"})["status"] == "cancelled"
     # Every item it finished is kept in the journal.
     journal = project / "results" / "results.journal.jsonl"

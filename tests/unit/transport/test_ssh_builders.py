@@ -165,7 +165,7 @@ def test_classify_ssh_failure(stderr: str, kind: str | None) -> None:
 
 def test_only_transient_failures_are_retryable() -> None:
     assert is_retryable("unreachable") and is_retryable("dropped")
-    assert not any(is_retryable(k) for k in ("auth", "host_key", "unresolved"))  # type: ignore[arg-type]
+    assert not any(is_retryable(k) for k in ("auth", "host_key", "unresolved"))
 
 
 def test_host_key_error_hint_is_the_exact_accept_command() -> None:
