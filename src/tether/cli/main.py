@@ -35,9 +35,9 @@ def cli(ctx: click.Context, config_path: Path | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from tether.cli import agents_cmd, money_cmd, remote_cmd, runs_cmd, vast_cmd
+    from tether.cli import agents_cmd, dashboard_cmd, money_cmd, remote_cmd, runs_cmd, vast_cmd
 
-    for module in (runs_cmd, remote_cmd, agents_cmd, vast_cmd, money_cmd):
+    for module in (runs_cmd, remote_cmd, agents_cmd, vast_cmd, money_cmd, dashboard_cmd):
         module.register(cli)
 
 

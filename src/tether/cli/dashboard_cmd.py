@@ -1,0 +1,48 @@
+"""``tether dashboard``: one live page of every run, server, GPU and dollar."""
+
+from __future__ import annotations
+
+import click
+
+from tether.cli.common import load_project, parse_every, say, warn
+
+
+@click.command()
+@click.option("--port", type=int, default=8787, show_default=True, help="Port to serve on (0: any free one).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on. Anything but loopback exposes the page to your network (the token still guards it).",
+)
+@click.option("--poll", default="30s", show_default=True, help="How often to observe every host (one round trip each).")
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
+@click.pass_context
+def dashboard(ctx: click.Context, port: int, host: str, poll: str, open_browser: bool) -> None:
+    """Serve a live page of every run, server, GPU and dollar on 127.0.0.1 behind a random token (Ctrl-C stops).
+
+    The URL with its token is printed on stdout. All pages share one poller: each host is asked once per --poll.
+    """
+    from tether.dashboard.server import Dashboard
+
+    project = load_project(ctx)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        warn(f"serving on {host}: other machines on that network can reach the page (the token still guards it).")
+    board = Dashboard(project, host=host, port=port, poll_s=parse_every(poll))
+
+    def ready(url: str) -> None:
+        click.echo(url)
+        say(f"Dashboard of {project.name} at {url} (every host observed each {poll}; Ctrl-C stops).")
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+
+    try:
+        board.serve(ready)
+    except KeyboardInterrupt:
+        say("Dashboard stopped.")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(dashboard)
