@@ -18,6 +18,7 @@ from tether.errors import TetherError
 from tether.fmt import duration
 from tether.hosts import LOCAL, resolve
 from tether.providers import provider_for
+from tether.runs import HostProgress
 
 
 def observe_rented(ctx: Ctx) -> list[str]:
@@ -81,6 +82,8 @@ class Report:
     now: float
     servers: list[ServerRow] = field(default_factory=list)
     runs: list[HostRun] = field(default_factory=list)
+    hosts: list[HostProgress] = field(default_factory=list)
+    """Every host with runs as it was read (``error`` when it could not be), what ``tether progress`` shows."""
     agents: dict[str, dict[str, Any]] = field(default_factory=dict)
     ledger: cost.Ledger | None = None
     warnings: list[str] = field(default_factory=list)
@@ -123,8 +126,10 @@ def report(ctx: Ctx) -> Report:
             found = runs.observe(st, resolve(project, name, st))
         except TetherError as exc:
             out.warnings.append(f"{name}: could not read runs ({exc.message})")
+            out.hosts.append(HostProgress(name, [], str(exc)))
             continue
         scanned.append(name)
+        out.hosts.append(HostProgress(name, found.runs))
         out.runs += [HostRun(name, r) for r in found.runs]
     for rec in st.instances():
         if rec.provider != rentals.PROVIDER or rec.state == "gone":

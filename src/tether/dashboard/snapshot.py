@@ -1,7 +1,7 @@
 """The dashboard's data: one observation of the project as one JSON document (``/api/snapshot``).
 
-It reads the same core functions as ``tether status`` (:func:`tether.status.report`) and ``tether progress``
-(:func:`tether.runs.progress`), then adds what a page needs: runs grouped by experiment, money per day and week,
+It reads the same core function as ``tether status`` (:func:`tether.status.report`, whose host scans are the ones
+``tether progress`` makes: :func:`tether.runs.observe`), then adds what a page needs: runs grouped by experiment, money per day and week,
 the budget lines, and points of cost over time: one per observation of an instance in the ledger (the latest
 :data:`HISTORY_POINTS`) and one for now, so a page left open for hours costs the same memory as a fresh one.
 """
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tether import agents, cost, runs, status
+from tether import agents, cost, status
 from tether.context import Ctx
 from tether.state import RunRecord
 
@@ -100,7 +100,7 @@ def build(ctx: Ctx) -> dict[str, Any]:
     started = time.monotonic()
     report = status.report(ctx)
     now = report.now
-    hosts = runs.progress(ctx)
+    hosts = report.hosts  # the scans status made: one round trip per host, not two
     by_experiment: dict[str, list[dict[str, Any]]] = {}
     host_rows: list[dict[str, Any]] = []
     for hp in hosts:

@@ -135,7 +135,7 @@ def test_the_page_lives_in_a_real_browser(board: tuple[Dashboard, Path], tmp_pat
             first = progress()
             wait_for(lambda: progress() > first, 30, "the progress bar to advance")
             page.click(f"{row} a.log")
-            page.wait_for_function("document.getElementById('log').textContent.includes('<script>')", timeout=10_000)
+            page.locator("#log", has_text="<script>").wait_for(timeout=10_000)
             assert page.evaluate("window.pwned") is None
             assert "[/bold]" in (page.text_content("#log") or "")
             points = page.locator("#chart circle.point").count()

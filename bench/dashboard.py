@@ -1,0 +1,156 @@
+"""Dashboard: the data endpoint's time and the page's load time with 50 runs on 5 real sshd hosts.
+
+Five sshd hosts on loopback, each with tether's server side and 10 finished runs (run records and progress files
+as the wrapper and the checkpoint library write them); a project naming the five as ``[hosts.*]``; local state
+knowing the 50 runs. It measures, as medians over repeats:
+
+- ``snapshot_s``: one :func:`tether.dashboard.snapshot.build` (what the poller does: one progress scan per host, the
+  status observation, the money), against ``progress_s``: :func:`tether.runs.progress` alone (what ``tether
+  progress`` does), in the same run, so ``snapshot_ratio`` is what the page costs beyond ``tether progress``;
+- ``page_load_s``: headless Chromium (Debian's, through Playwright) opening the page until all 50 rows are drawn,
+  with the poller's snapshot ready.
+
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit, median, note, timed
+
+HOSTS = 5
+RUNS_PER_HOST = 10
+REPEATS = 5
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
+    os.environ["TETHER_HOME"] = str(tmp / "home")
+    from tether import config, runs
+    from tether.context import Ctx
+    from tether.dashboard.server import Dashboard
+    from tether.dashboard.snapshot import build
+    from tether.hosts import resolve
+    from tether.provision import check_python, install_server_side
+    from tether.state import RunRecord, open_state
+    from tether.testing.sshd import SshdHost
+
+    hosts = [SshdHost(tmp / f"sshd-{n}") for n in range(HOSTS)]
+    try:
+        for host in hosts:
+            host.start()
+        project_dir = tmp / "proj"
+        project_dir.mkdir()
+        text = '[project]\nname = "proj"\n\n[experiments.exp]\ncommand = "true"\nresults = "results"\n'
+        for n, host in enumerate(hosts):
+            text += (
+                f'\n[hosts.h{n}]\naddress = "{host.address}"\nidentity_file = "{host.identity_file}"\n'
+                f'remote_root = "{host.root_dir}"\n'
+            )
+        (project_dir / "tether.toml").write_text(text)
+        project = config.load(project_dir / "tether.toml")
+        now = time.time()
+        with open_state() as st:
+            for n, host in enumerate(hosts):
+                target = resolve(project, f"h{n}", st)
+                _version, python = check_python(target)
+                st.set_host_facts(f"h{n}", python=python)
+                install_server_side(resolve(project, f"h{n}", st))
+                for k in range(RUNS_PER_HOST):
+                    run_id = f"exp-h{n}-{k:02d}"
+                    results = host.root_dir / "proj" / "results" / run_id
+                    results.mkdir(parents=True)
+                    (results / "results.progress.json").write_text(
+                        json.dumps({"name": "results", "completed": 100, "failed": 0, "total": 100, "finished": True})
+                    )
+                    run_dir = host.root_dir / ".tether" / "runs" / run_id
+                    run_dir.mkdir(parents=True)
+                    (run_dir / "log").write_text("done\n")
+                    record = {
+                        "id": run_id,
+                        "experiment": "exp",
+                        "status": "completed",
+                        "pid": 1,
+                        "exit_code": 0,
+                        "started": now - 600,
+                        "ended": now - 60,
+                        "log": str(run_dir / "log"),
+                        "results_dir": str(results),
+                    }
+                    (run_dir / "run.json").write_text(json.dumps(record))
+                    st.add_run(
+                        RunRecord(
+                            run_id,
+                            "exp",
+                            f"h{n}",
+                            ["true"],
+                            "/",
+                            str(results),
+                            str(run_dir / "log"),
+                            "s",
+                            now - 600,
+                            now - 60,
+                            0,
+                            "completed",
+                        )
+                    )
+            ctx = Ctx(project, st)
+            runs.progress(ctx)  # warm every control master
+            progress_times = [timed(lambda: runs.progress(ctx))[0] for _ in range(REPEATS)]
+            snapshot_times, docs = zip(*(timed(lambda: build(ctx)) for _ in range(REPEATS)), strict=True)
+        shown = sum(len(group["runs"]) for group in docs[-1]["runs"])
+        assert shown == HOSTS * RUNS_PER_HOST, shown
+        note(f"snapshot {median(list(snapshot_times)):.3f} s, progress {median(progress_times):.3f} s")
+
+        page_load: float | None = None
+        chromium = shutil.which("chromium") or "/usr/bin/chromium"
+        if Path(chromium).exists():
+            from playwright.sync_api import sync_playwright
+
+            board = Dashboard(project, port=0, poll_s=3600).start()
+            try:
+                board.poller.wait_newer(0, 60)
+                loads = []
+                with sync_playwright() as pw:
+                    browser = pw.chromium.launch(
+                        executable_path=chromium,
+                        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+                    )
+                    for _ in range(REPEATS):
+                        page = browser.new_page()
+                        t0 = time.perf_counter()
+                        page.goto(board.url)
+                        page.locator("tr[data-run]").nth(shown - 1).wait_for()
+                        loads.append(time.perf_counter() - t0)
+                        page.close()
+                    browser.close()
+                page_load = median(loads)
+            finally:
+                board.stop()
+        emit(
+            {
+                "hosts": HOSTS,
+                "runs": HOSTS * RUNS_PER_HOST,
+                "snapshot_s": round(median(list(snapshot_times)), 4),
+                "progress_s": round(median(progress_times), 4),
+                "snapshot_ratio": round(median(list(snapshot_times)) / median(progress_times), 3),
+                "page_load_s": None if page_load is None else round(page_load, 4),
+            }
+        )
+    finally:
+        for host in hosts:
+            host.kill_tmux()
+            host.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
