@@ -105,6 +105,10 @@ def pull(ctx: click.Context, host: str | None, experiments: tuple[str, ...], as_
     for r in reports:
         status = "verified" if r["verified"] else f"NOT verified ({len(r['mismatched'])} files differ)"
         say(f"{r['host']}: {len(r['changed'])} files changed, {r['bytes_transferred']} bytes moved, {status}.")
+        skipped = r["skipped_links"]
+        if skipped:
+            names = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+            say(f"{r['host']}: {len(skipped)} links that point outside the results folders were not copied: {names}.")
     if any(not r["verified"] for r in reports):
         raise TetherError("Some results did not arrive whole.", "Run `tether pull` again once the runs settle.")
 

@@ -41,11 +41,25 @@ def test_push_argv_local_without_delete() -> None:
 def test_pull_argv_exact_includes_before_excludes() -> None:
     argv = pull_argv("h:/workspace/p/results", Path("/l/results"), rsh=RSH, includes=["*.json"], excludes=["*"])
     assert argv == [
-        "rsync", "-a", "--partial-dir=.rsync-partial", "--delay-updates", "--stats",
+        "rsync", "-a", "--partial-dir=.rsync-partial", "--delay-updates", "--stats", "--safe-links",
         "-e", RSH,
         "--include=*.json", "--exclude=*",
         "h:/workspace/p/results/", "/l/results/",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("build", ["push", "pull"])
+def test_links_are_never_followed_on_either_side(build: str) -> None:
+    """No -L/--copy-links (a link's target would be copied) and no -K/--keep-dirlinks (a link here followed)."""
+    if build == "push":
+        argv = push_argv(Path("/src/proj"), "h:/w/p", rsh=RSH, excludes=["x"], delete=True)
+    else:
+        argv = pull_argv("h:/w/p/results", Path("/l/results"), rsh=RSH, includes=["a"], excludes=["b"])
+    flags = [word for word in argv if word.startswith("-") and word != RSH]
+    followers = {"-L", "--copy-links", "-K", "--keep-dirlinks", "--copy-unsafe-links", "--copy-dirlinks", "-k"}
+    assert not followers & set(flags)
+    assert not any(f.startswith("-") and not f.startswith("--") and set(f[1:]) & set("LKk") for f in flags)
+    assert ("--safe-links" in flags) == (build == "pull")
 
 
 STATS = """
