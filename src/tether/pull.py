@@ -74,7 +74,7 @@ def remote_manifest(
     argv = [*target.server_argv, "manifest", "--base", base]
     if unless_digest:
         argv += ["--unless-digest", unless_digest]
-    result = target.transport.run([*argv, *paths])
+    result = target.transport.run([*argv, "--", *paths])
     try:
         doc = json.loads(result.text())
         links = {str(k): str(v) for k, v in dict(doc.get("links") or {}).items()}

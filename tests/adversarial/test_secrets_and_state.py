@@ -42,7 +42,9 @@ def files_holding(root: Path, needle: str) -> list[Path]:
 def test_a_named_env_file_is_never_pushed_by_rsync(tmp_path: Path, sshd_host: SshdHost) -> None:
     project = write_project(tmp_path / "proj", extra=host_block("lab1", sshd_host))
     toml = project / "tether.toml"
-    toml.write_text(toml.read_text().replace("setup_packages = []", 'setup_packages = []\nenv_file = "secrets/prod.env"'))
+    toml.write_text(
+        toml.read_text().replace("setup_packages = []", 'setup_packages = []\nenv_file = "secrets/prod.env"')
+    )
     (project / "secrets").mkdir()
     (project / "secrets" / "prod.env").write_text(f"OPENAI_API_KEY={SECRET}\n")
     (project / "secrets" / "README").write_text("what the keys are for\n")

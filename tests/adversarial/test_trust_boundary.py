@@ -156,7 +156,9 @@ def test_a_file_name_that_is_not_utf8_is_pulled_with_every_other_file(tmp_path: 
 def test_a_log_tail_with_markup_prints_literally(tmp_path: Path) -> None:
     extra = '[experiments.loud]\ncommand = "python3 loud.py"\nkind = "local"\nresults = "r_loud"\n'
     project = write_project(tmp_path / "proj", extra=extra)
-    (project / "loud.py").write_text("print('[/bold] closing tag [experiments.old] [red]x[/red]')\nraise SystemExit(3)\n")
+    (project / "loud.py").write_text(
+        "print('[/bold] closing tag [experiments.old] [red]x[/red]')\nraise SystemExit(3)\n"
+    )
     literal = "[/bold] closing tag [experiments.old] [red]x[/red]"
     started = tether("run", "loud", "--local", cwd=project)
     assert started.returncode == 1 and "failed at once (exit code 3)" in started.stderr

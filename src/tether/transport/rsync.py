@@ -113,12 +113,21 @@ def classify_exit(returncode: int, stderr: str) -> ExitClass:
     return "fatal"
 
 
+_CAUSE_WORDS = ("error", "cannot", "could not", "failed", "denied")
+
+
 def _last_error_line(stderr: str) -> str:
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    """The line that says why rsync failed: its last specific complaint, not the ``rsync error: ... (code N)``
+    summary (which only says that something earlier went wrong), unless that is all there is."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    causes = [line for line in lines if not line.startswith("rsync error:")]
+    for line in reversed(causes):
+        if line.startswith("rsync:") or any(word in line.lower() for word in _CAUSE_WORDS):
+            return line
     for line in reversed(lines):
-        if line.startswith("rsync:") or "error" in line.lower():
-            return line.strip()
-    return lines[-1].strip() if lines else ""
+        if line.startswith("rsync") or "error" in line.lower():
+            return line
+    return lines[-1] if lines else ""
 
 
 def sync_error(

@@ -111,6 +111,21 @@ def test_disk_full_names_the_full_side() -> None:
     assert "the local disk is full" in pull.message
 
 
+def test_a_fatal_error_names_the_cause_not_the_summary() -> None:
+    stderr = (
+        b"cannot delete non-empty directory: x\n"
+        b"could not make way for new regular file: x\n"
+        b"rsync error: some files/attrs were not transferred (see previous errors) (code 23) at main.c(1394)\n"
+    )
+    error = sync_error("fatal", Completed(23, b"", stderr), direction="pull", where="lab1", remote=True, attempts=1)
+    assert error.message == (
+        "Pulling from lab1 failed with rsync exit code 23: could not make way for new regular file: x"
+    )
+    only_summary = Completed(23, b"", b"rsync error: some files/attrs were not transferred (code 23)\n")
+    error = sync_error("fatal", only_summary, direction="pull", where="lab1", remote=True, attempts=1)
+    assert error.message.endswith(": rsync error: some files/attrs were not transferred (code 23)")
+
+
 class Script:
     """A runner that replays canned rsync outcomes: the unit under test is the retry loop, not rsync."""
 
