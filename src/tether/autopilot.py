@@ -91,7 +91,8 @@ def _unlisted_results(ctx: Ctx, target: Target, found: vocab.Scan) -> list[str]:
         if any(folder.startswith(p + "/") for p in listed):
             continue
         manifest = pull.remote_manifest(target, posixpath.dirname(folder), [posixpath.basename(folder)])
-        files += sorted(posixpath.join(posixpath.dirname(folder), rel) for rel in manifest or {})
+        held = [*(manifest.files or {}), *manifest.links]
+        files += sorted(posixpath.join(posixpath.dirname(folder), rel) for rel in held)
     return files
 
 

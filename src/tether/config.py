@@ -6,18 +6,45 @@ mode 0600 and never prints. Every error names the file, the line and the key.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tether.errors import ConfigError
 
 CONFIG_NAME = "tether.toml"
 Kind = Literal["api", "inference", "finetune", "local"]
+
+
+#: What an experiment or host name may be: it becomes part of run ids, folders and file names.
+NAME_RULE = "letters, digits, '.', '_' and '-', not starting with '-'"
+_NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]*")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _valid_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid name (use {NAME_RULE})")
+    if set(value) == {"."}:
+        raise ValueError(f"{value!r} is not a valid name (a name of dots only names a folder)")
+    return value
+
+
+#: An experiment or host name: a run folder named after it cannot leave the state folder or the server's root.
+Name = Annotated[str, AfterValidator(_valid_name)]
+
+
+def _suggest(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip("-").strip(".") or "renamed"
+
+
+def _toml_key(name: str) -> str:
+    return name if _BARE_KEY.fullmatch(name) else json.dumps(name)
 
 
 class _Strict(BaseModel):
@@ -61,11 +88,23 @@ class ExperimentConfig(_Strict):
             return parts
         return value
 
+    @field_validator("command")
+    @classmethod
+    def _not_empty(cls, value: list[str]) -> list[str]:
+        if not value or not value[0].strip():
+            raise ValueError("command is empty: give the program to run and its arguments")
+        return value
+
     @field_validator("results")
     @classmethod
     def _relative(cls, value: str) -> str:
-        if value.startswith("/") or ".." in Path(value).parts:
+        parts = PurePosixPath(value).parts
+        if value.startswith("/") or ".." in parts:
             raise ValueError("results must be a folder inside the project (a relative path without '..')")
+        if value.startswith("-"):
+            raise ValueError("results must not start with '-' (it would read as an option); write ./" + value)
+        if not parts or all(part == "." for part in parts):
+            raise ValueError("results must be a folder inside the project, not the project folder itself")
         return value
 
 
@@ -120,9 +159,9 @@ class PolicyConfig(_Strict):
 
 class TetherConfig(_Strict):
     project: ProjectConfig
-    experiments: dict[str, ExperimentConfig] = {}
+    experiments: dict[Name, ExperimentConfig] = {}
     profiles: dict[str, ProfileConfig] = {}
-    hosts: dict[str, HostConfig] = {}
+    hosts: dict[Name, HostConfig] = {}
     policy: PolicyConfig = PolicyConfig()
     vast: VastConfig = VastConfig()
 
@@ -183,20 +222,22 @@ def _line_of(text: str, loc: tuple[int | str, ...]) -> int | None:
     if not keys:
         return None
     lines = text.splitlines()
-    header_re = re.compile(r"^\s*\[+\s*([^\]]+?)\s*\]+\s*(#.*)?$")
-    key_re = re.compile(r"^\s*(\"[^\"]*\"|'[^']*'|[A-Za-z0-9_.-]+)\s*=")
+    header_re = re.compile(r"^\s*\[\[?\s*(.+?)\s*\]\]?\s*(#.*)?$")
+    key_re = re.compile(
+        r"^\s*((?:\"[^\"]*\"|'[^']*'|[A-Za-z0-9_-]+)(?:\s*\.\s*(?:\"[^\"]*\"|'[^']*'|[A-Za-z0-9_-]+))*)\s*="
+    )
     table: list[str] = []
     best: int | None = None
     for number, line in enumerate(lines, start=1):
         header = header_re.match(line)
         if header:
-            table = [p.strip().strip("\"'") for p in header.group(1).split(".")]
+            table = _dotted(header.group(1))
             if table == keys:
                 best = number
             continue
         key = key_re.match(line)
         if key:
-            path = table + [p.strip().strip("\"'") for p in key.group(1).split(".")]
+            path = table + _dotted(key.group(1))
             if path == keys:
                 return number
             if best is None and keys[: len(path)] == path:
@@ -204,6 +245,14 @@ def _line_of(text: str, loc: tuple[int | str, ...]) -> int | None:
     if best is None and len(keys) > 1:
         return _line_of(text, tuple(keys[:-1]))
     return best
+
+
+def _dotted(key: str) -> list[str]:
+    """The parts of a TOML dotted key (``experiments."a.b"`` -> ``['experiments', 'a.b']``)."""
+    return [next(g for g in m.groups() if g is not None) for m in _KEY_PART.finditer(key)]
+
+
+_KEY_PART = re.compile(r"\s*(?:\"((?:[^\"\\]|\\.)*)\"|'([^']*)'|([^.\s\"']+))\s*(?:\.|$)")
 
 
 def load(path: Path | None = None) -> Project:
@@ -228,18 +277,23 @@ def load(path: Path | None = None) -> Project:
         config = TetherConfig.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = tuple(first["loc"])
-        key = ".".join(str(p) for p in loc) or "(top level)"
+        raw_loc = tuple(first["loc"])
+        loc = tuple(p for p in raw_loc if p != "[key]")  # a bad table name: point at the table itself
+        key = ".".join(_toml_key(str(p)) for p in loc) or "(top level)"
         line = _line_of(text, loc)
         where = f"{config_path}:{line}" if line else str(config_path)
         more = len(exc.errors()) - 1
         extra = f" ({more} more problem{'s' if more > 1 else ''} after this one)" if more else ""
-        message = first["msg"]
+        message = first["msg"].removeprefix("Value error, ")
+        hint = "See the config reference in the README."
         if first["type"] == "missing":
             message = "this key is required"
         elif first["type"] == "extra_forbidden":
             message = "unknown key"
-        raise ConfigError(f"{where}: {key}: {message}{extra}.", "See the config reference in the README.") from None
+        elif "[key]" in raw_loc and len(loc) == 2:
+            table, name = str(loc[0]), str(loc[1])
+            hint = f"Rename [{table}.{_toml_key(name)}] to a name of {NAME_RULE}, e.g. [{table}.{_suggest(name)}]."
+        raise ConfigError(f"{where}: {key}: {message}{extra}.", hint) from None
     return Project(config_path.parent.resolve(), config, config_path)
 
 

@@ -23,7 +23,8 @@ from tether.errors import CommandFailed, ConfigError, RemoteError, SyncError
 from tether.hosts import Target, remote_server_argv
 from tether.paths import tether_home
 
-#: Never pushed: version control, caches, virtualenvs, secrets (uploaded separately), tether's own files.
+#: Never pushed: version control, caches, virtualenvs, secrets (uploaded separately), tether's own files. The
+#: ``env_file`` named in ``[project]`` is excluded too (:func:`env_exclude`).
 ALWAYS_EXCLUDED = [
     ".git/",
     ".hg/",
@@ -43,9 +44,31 @@ IGNORE_FILE = ".tetherignore"
 SERVER_PARTS = ("__init__.py", "errors.py", "vocab.py", "py.typed", "checkpoint", "server")
 
 
+def _rsync_literal(path: str) -> str:
+    """``path`` as an rsync pattern that matches only itself (wildcard characters escaped)."""
+    return "".join("\\" + ch if ch in "*?[\\" else ch for ch in path)
+
+
+def env_exclude(project: Project) -> str | None:
+    """The anchored exclude for the ``env_file`` of ``[project]`` when it lies inside the project (else None)."""
+    root = project.root
+    path = Path(os.path.normpath(project.env_file()))
+    for candidate in (path, path.resolve()):
+        try:
+            rel = candidate.relative_to(root)
+        except ValueError:
+            continue
+        if rel.parts:
+            return "/" + _rsync_literal(rel.as_posix())
+    return None
+
+
 def push_excludes(project: Project) -> list[str]:
-    """rsync exclude patterns for a code push: the defaults, results folders, config and ``.tetherignore``."""
+    """rsync exclude patterns for a code push: the defaults, the env file, results folders and ``.tetherignore``."""
     patterns = list(ALWAYS_EXCLUDED)
+    secret = env_exclude(project)
+    if secret is not None and secret != "/.env":
+        patterns.append(secret)
     patterns += sorted({f"/{exp.results.strip('/')}/" for exp in project.config.experiments.values()})
     patterns += project.config.project.sync_excludes
     ignore = project.root / IGNORE_FILE
@@ -200,6 +223,21 @@ def upload_env(project: Project, target: Target) -> bool:
     return True
 
 
+ENV_UPLOADED = "uploaded (mode 0600)"
+ENV_HELD_BACK = "not uploaded (`tether up --no-env`)"
+
+
+def push_env(ctx: Ctx, target: Target, *, force: bool = False) -> str:
+    """Upload the .env after a push unless ``tether up --no-env`` said not to for this host; ``force``
+    (``tether push --env``) uploads it anyway and lifts that. Says what happened: uploaded, held back or none."""
+    if not force and ctx.state.host_facts(target.name).no_env:
+        return ENV_HELD_BACK
+    uploaded = upload_env(ctx.project, target)
+    if force:
+        ctx.state.set_host_facts(target.name, no_env=False)
+    return ENV_UPLOADED if uploaded else "none"
+
+
 def push_code(ctx: Ctx, target: Target) -> dict[str, Any]:
     project = ctx.project
     try:
@@ -224,14 +262,15 @@ def up(ctx: Ctx, target: Target, *, env: bool = True) -> dict[str, Any]:
     version = install_server_side(target)
     pushed = push_code(ctx, target)
     env_uploaded = upload_env(project, target) if env else False
-    state.set_host_facts(target.name, server_version=version)
+    # Remembered: later pushes and `run --on` hold the .env back until `up` without --no-env or `push --env`.
+    state.set_host_facts(target.name, server_version=version, no_env=not env)
     return {
         "host": target.name,
         "python": python,
         "setup": "ran" if did_setup else "already done",
         "server_side": version,
         "push": pushed,
-        "env": "uploaded (mode 0600)" if env_uploaded else "none",
+        "env": ENV_UPLOADED if env_uploaded else ("none" if env else "not uploaded (--no-env, remembered for pushes)"),
         "seconds": round(time.monotonic() - t0, 2),
     }
 
@@ -245,5 +284,5 @@ def ensure_pushed(ctx: Ctx, target: Target) -> bool:
     if facts.pushed_fingerprint == code_fingerprint(project):
         return False
     push_code(ctx, target)
-    upload_env(project, target)
+    push_env(ctx, target)
     return True

@@ -1,9 +1,17 @@
 """Bringing results home: rsync the results folders, then prove every file arrived whole against the server's
-sha256 manifest; and telling which results on a server are not home yet (the destroy guard's question)."""
+sha256 manifest; and telling which results on a server are not home yet (the destroy guard's question).
+
+A pull writes only inside the results folders. Symbolic links are never followed, on either side: the server's
+manifest reports links as links (nothing behind one is hashed), rsync does not make a link here that points outside
+the folder being pulled (``--safe-links``), a results folder is never pulled through a link on this machine, and a
+local copy is verified without following a link. Results folders nested in one another are pulled once, as the
+outer one. File names that are not UTF-8 travel as ``surrogateescape`` strings and are shown with ``\\xNN`` escapes.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +23,7 @@ from tether.context import Ctx
 from tether.errors import RemoteError, SyncError, TetherError
 from tether.hosts import LOCAL, Target, resolve
 from tether.server.manifest import digest_of, sha256_file
+from tether.server.manifest import link_on_the_way as _server_link
 from tether.state import State
 
 
@@ -28,27 +37,94 @@ class PullReport:
     verified: bool = False
     mismatched: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
+    links: dict[str, str] = field(default_factory=dict)
+    """Symbolic links the server has in the results folders (path -> target); never followed."""
+    skipped_links: list[str] = field(default_factory=list)
+    """Those of ``links`` that point outside their results folder, so were not made here."""
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
 
 
+def shown(name: str) -> str:
+    """A path as text that prints anywhere: bytes that are not UTF-8 become ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+@dataclass(frozen=True)
+class RemoteManifest:
+    """What ``manifest`` said: the files (None when nothing changed since ``unless_digest``) and the links."""
+
+    files: dict[str, list[Any]] | None
+    links: dict[str, str]
+
+
+def _inside(rel: str, paths: Sequence[str], *, or_above: bool = False) -> bool:
+    """Whether ``rel`` is a clean relative path in one of ``paths`` (or, ``or_above``, on the way to one)."""
+    parts = rel.split("/")
+    if rel.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        return False
+    return any(rel == p or rel.startswith(p + "/") or (or_above and p.startswith(rel + "/")) for p in paths)
+
+
 def remote_manifest(
     target: Target, base: str, paths: Sequence[str], unless_digest: str | None = None
-) -> dict[str, list[Any]] | None:
-    """The server's manifest of ``paths``; None when ``unless_digest`` matches (nothing changed there)."""
+) -> RemoteManifest:
+    """The server's manifest of ``paths`` (its ``files`` are None when ``unless_digest`` matches)."""
     argv = [*target.server_argv, "manifest", "--base", base]
     if unless_digest:
         argv += ["--unless-digest", unless_digest]
-    result = target.transport.run([*argv, *paths])
+    result = target.transport.run([*argv, "--", *paths])
     try:
         doc = json.loads(result.text())
-        if doc.get("unchanged"):
-            return None
-        files: dict[str, list[Any]] = doc["files"]
+        links = {str(k): str(v) for k, v in dict(doc.get("links") or {}).items()}
+        files: dict[str, list[Any]] | None = None if doc.get("unchanged") else dict(doc["files"])
     except (ValueError, KeyError, TypeError, AttributeError):
         raise RemoteError(f"The manifest from {target.name} is not readable.", result.output_tail()) from None
-    return files
+    outside = [rel for rel in files or {} if not _inside(rel, paths)]
+    outside += [rel for rel in links if not _inside(rel, paths, or_above=True)]
+    if outside:
+        raise RemoteError(
+            f"The manifest from {target.name} names {shown(outside[0])!r}, which is not inside the results folders.",
+            "Nothing was pulled; check tether's server side there (`tether up` installs it again).",
+        )
+    return RemoteManifest(files, links)
+
+
+def _unsafe_link(rel: str, link_target: str, top: str) -> bool:
+    """Whether a link at ``rel`` points outside the pulled folder ``top`` (rsync's ``--safe-links`` rule)."""
+    if not link_target or link_target.startswith("/") or rel == top or not rel.startswith(top + "/"):
+        return True
+    depth = rel[len(top) + 1 :].count("/")
+    for part in link_target.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
+
+
+def _skipped(links: dict[str, str], paths: Sequence[str]) -> list[str]:
+    tops = sorted(paths, key=len, reverse=True)
+    out = []
+    for rel, link_target in links.items():
+        top = next((p for p in tops if rel == p or rel.startswith(p + "/")), "")
+        if _unsafe_link(rel, link_target, top):
+            out.append(rel)
+    return sorted(out)
+
+
+def _shown_links(report: PullReport, links: dict[str, str], paths: Sequence[str]) -> None:
+    report.links = {shown(k): shown(v) for k, v in sorted(links.items())}
+    report.skipped_links = [shown(rel) for rel in _skipped(links, paths)]
+
+
+def local_link_on_the_way(root: Path, rel: str) -> Path | None:
+    """The first of ``root/a``, ``root/a/b``, ... down to ``root/rel`` that is a symbolic link here, or None."""
+    found = _server_link(str(root), rel)
+    return root / found if found is not None else None
 
 
 def _last_verified(state: State, host: str, paths: Sequence[str]) -> dict[str, list[Any]] | None:
@@ -60,12 +136,21 @@ def _last_verified(state: State, host: str, paths: Sequence[str]) -> dict[str, l
 
 
 def verify_local(root: Path, manifest: dict[str, list[Any]]) -> list[str]:
-    """Paths of the manifest whose local copy is missing or differs (by size, then sha256)."""
+    """Paths of the manifest whose local copy is missing or differs (by size, then sha256), or is reached through
+    a symbolic link (a link is never followed: its target is not a result that came home)."""
     bad = []
+    links: dict[str, bool] = {}
     for rel, (size, _mtime, sha) in manifest.items():
         path = root / rel
+        parts = rel.split("/")
+        through_link = False
+        for i in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:i])
+            if prefix not in links:
+                links[prefix] = (root / prefix).is_symlink()
+            through_link = through_link or links[prefix]
         try:
-            if path.stat().st_size != size or sha256_file(str(path)) != sha:
+            if through_link or path.lstat().st_size != size or sha256_file(str(path)) != sha:
                 bad.append(rel)
         except OSError:
             bad.append(rel)
@@ -73,8 +158,10 @@ def verify_local(root: Path, manifest: dict[str, list[Any]]) -> list[str]:
 
 
 def results_paths(project: Project, experiments: Sequence[str] = ()) -> list[str]:
+    """The results folders of ``experiments`` (default: all); one nested in another is covered by the outer one."""
     names = list(experiments) or sorted(project.config.experiments)
-    return sorted({project.experiment(n).results.strip("/") for n in names})
+    folders = sorted({project.experiment(n).results.strip("/") for n in names})
+    return [f for f in folders if not any(f.startswith(outer + "/") for outer in folders)]
 
 
 def pull(ctx: Ctx, target: Target, experiments: Sequence[str] = (), *, attempts: int = 3) -> PullReport:
@@ -98,24 +185,22 @@ def pull(ctx: Ctx, target: Target, experiments: Sequence[str] = (), *, attempts:
         fresh = remote_manifest(
             target, target.code_dir, paths, digest_of(previous) if previous is not None and attempt == 0 else None
         )
-        if fresh is None and previous is not None:
+        _shown_links(report, fresh.links, paths)
+        if fresh.files is None and previous is not None:
             # Nothing changed on the server since the last verified pull: nothing to move or check again.
             report.verified = True
             report.total_bytes = sum(int(v[0]) for v in previous.values())
             state.add_pull(target.name, paths, previous, 0, True)
             return report
-        assert fresh is not None
-        manifest = fresh
+        manifest = fresh.files or {}
         wanted = [p for p in paths if any(rel == p or rel.startswith(p + "/") for rel in manifest)]
+        _refuse_local_links(project.root, wanted, target.name)
         for rel in wanted:
             local = project.root / rel
             try:
                 stats = target.transport.pull(f"{target.code_dir}/{rel}", local, excludes=[".*.tmp"])
             except SyncError as exc:
-                raise SyncError(
-                    f"Pulling {rel} from {target.name} failed: {exc.message}",
-                    "The local copy was left as it was; run `tether pull` again.",
-                ) from None
+                raise _pull_failed(exc, rel, target.name) from None
             report.files += stats.files_transferred
             report.bytes_transferred += stats.bytes_transferred
         report.mismatched = verify_local(project.root, manifest)
@@ -125,20 +210,45 @@ def pull(ctx: Ctx, target: Target, experiments: Sequence[str] = (), *, attempts:
             time.sleep(0.2 * (attempt + 1))  # a file changed on the server while it was copied; copy it again
     report.total_bytes = sum(int(v[0]) for v in manifest.values())
     report.verified = not report.mismatched
-    report.changed = sorted(rel for rel, v in manifest.items() if before.get(rel) != v[2])
+    report.changed = sorted(shown(rel) for rel, v in manifest.items() if before.get(rel) != v[2])
     state.add_pull(target.name, paths, manifest, report.bytes_transferred, report.verified)
+    report.mismatched = [shown(rel) for rel in report.mismatched]
     return report
+
+
+def _refuse_local_links(root: Path, wanted: Sequence[str], host: str) -> None:
+    """A results folder here that is (or lies under) a symbolic link would be written through: refuse, copy nothing."""
+    for rel in wanted:
+        link = local_link_on_the_way(root, rel)
+        if link is not None:
+            raise SyncError(
+                f"Pulling {rel} from {host} failed: {link} is a symbolic link (to {shown(os.readlink(link))}), "
+                "and tether never pulls through a link.",
+                "Nothing was copied. Make it a real folder inside the project (move what it points to there), "
+                "then run `tether pull` again.",
+            )
+
+
+def _pull_failed(exc: SyncError, rel: str, host: str) -> SyncError:
+    """The transport's error, naming the folder once: ``Pulling results from lab1 failed ...``."""
+    said = f"Pulling from {host}"
+    if exc.message.startswith(said):
+        message = f"Pulling {rel} from {host}{exc.message[len(said) :]}"
+    else:
+        message = f"Pulling {rel} from {host} failed: {exc.message}"
+    hint = exc.hint or "Run `tether pull` again."
+    return SyncError(message, f"The local copy was left as it was. {hint}")
 
 
 def unsynced(ctx: Ctx, target: Target, experiments: Sequence[str] = ()) -> list[str]:
     """Result files on the server that are newer than (or missing from) the last verified pull."""
     paths = results_paths(ctx.project, experiments)
     pulled = _last_verified(ctx.state, target.name, paths)
-    manifest = remote_manifest(target, target.code_dir, paths, digest_of(pulled) if pulled is not None else None)
+    manifest = remote_manifest(target, target.code_dir, paths, digest_of(pulled) if pulled is not None else None).files
     if manifest is None:
         return []
     pulled = pulled or {}
-    return sorted(rel for rel, v in manifest.items() if rel not in pulled or pulled[rel][2] != v[2])
+    return sorted(shown(rel) for rel, v in manifest.items() if rel not in pulled or pulled[rel][2] != v[2])
 
 
 def hosts_to_pull(state: State, host: str | None = None) -> list[str]:

@@ -24,6 +24,7 @@ from tether.state import RunRecord, State
 from tether.transport import tmux
 
 START_CHECK_S = 3.0
+START_GRACE_S = 0.5
 CANCEL_WAIT_S = 10.0
 
 
@@ -133,9 +134,15 @@ def _await_start(state: State, target: Target, run: RunRecord) -> str:
     deadline = time.monotonic() + START_CHECK_S
     delay = 0.05
     record: vocab.RunRecordFile | None = None
+    running_since: float | None = None
     while time.monotonic() < deadline:
         record = read_record(target, run.id)
-        if record is not None and record.status != vocab.STARTING:
+        if record is not None and record.status == vocab.RUNNING:
+            # A command that fails at once (not found, bad arguments) is still reported as failed here.
+            running_since = running_since or time.monotonic()
+            if time.monotonic() - running_since >= START_GRACE_S:
+                break
+        elif record is not None and record.status != vocab.STARTING:
             break
         time.sleep(delay)  # polling a remote file; nothing local to wait on
         delay = min(delay * 2, 0.5)

@@ -8,21 +8,26 @@ version, the interpreter's real path, the last pushed code fingerprint, whether 
 The schema is versioned with ``PRAGMA user_version``; migrations run on open, in one transaction each (schema 3
 moved the old ``kv`` facts ``up:NAME``, ``push:NAME``, ``python:NAME`` into ``hosts`` columns).
 Every record comes back as a frozen dataclass; every INSERT names its columns.
+
+The file is private: ``state.db`` and its ``-wal``/``-shm`` files are 0600 (looser ones are tightened on open) in a
+``$TETHER_HOME`` that is 0700. A damaged file (not a database) or a full disk is one :class:`TetherError` sentence,
+raised at open, on a write or on a read, never a traceback.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tether.errors import TetherError
-from tether.paths import tether_home
+from tether.paths import private_dir, private_file, tether_home
 
 MIGRATIONS: list[str] = [
     """
@@ -236,7 +241,11 @@ class State:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.parent == tether_home():
+                private_dir(path.parent)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(path)  # SQLite gives the -wal and -shm files the mode of the database file
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise TetherError(
@@ -244,9 +253,17 @@ class State:
                 "Check that TETHER_HOME points to a writable folder.",
             ) from None
         self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA busy_timeout=30000")
-        self._migrate()
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA busy_timeout=30000")
+            self._migrate()
+            for suffix in ("-wal", "-shm"):
+                private_file(path.with_name(path.name + suffix), create=False)
+        except BaseException as exc:
+            self.db.close()
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise self._error(exc) from exc
+            raise
 
     def __enter__(self) -> State:
         return self
@@ -255,20 +272,50 @@ class State:
         self.close()
 
     def close(self) -> None:
-        self.db.close()
+        try:
+            self.db.close()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def _error(self, exc: sqlite3.Error | OSError) -> TetherError:
+        """One sentence for a database that cannot be used: damaged, on a full disk, busy, or otherwise."""
+        return database_error(self.path, exc)
+
+    def _rows(self, query: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """The rows of a read; a damaged or unreadable file is a :class:`TetherError`."""
+        try:
+            return self.db.execute(query, args).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def _row(self, query: str, args: Sequence[Any] = ()) -> sqlite3.Row | None:
+        rows = self._rows(query, args)
+        return rows[0] if rows else None
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
+        """One write transaction; a full disk, a damaged file or a lock held too long is a :class:`TetherError`."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
         try:
             yield self.db
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise self._error(exc) from exc
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
-        self.db.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:
+            with suppress(sqlite3.Error):  # SQLite may have rolled back already (a full disk does that)
+                self.db.execute("ROLLBACK")
 
     def _migrate(self) -> None:
-        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])  # errors: see __init__
         if version > len(MIGRATIONS):
             raise TetherError(
                 f"The state database {self.path} was written by a newer tether (schema {version}).",
@@ -318,17 +365,17 @@ class State:
         if experiment is not None:
             query += " AND experiment=?"
             args.append(experiment)
-        return [_run(row) for row in self.db.execute(query + " ORDER BY started", args)]
+        return [_run(row) for row in self._rows(query + " ORDER BY started", args)]
 
     def find_run(self, ref: str) -> RunRecord:
         """A run by id, by a unique prefix of one, or (an experiment's name) that experiment's latest run."""
-        rows = [_run(r) for r in self.db.execute("SELECT * FROM runs WHERE id LIKE ? ORDER BY started", (ref + "%",))]
+        rows = [_run(r) for r in self._rows("SELECT * FROM runs WHERE id LIKE ? ORDER BY started", (ref + "%",))]
         exact = [r for r in rows if r.id == ref]
         if exact:
             return exact[0]
         if len(rows) == 1:
             return rows[0]
-        latest = [_run(r) for r in self.db.execute("SELECT * FROM runs WHERE experiment=? ORDER BY started", (ref,))]
+        latest = [_run(r) for r in self._rows("SELECT * FROM runs WHERE experiment=? ORDER BY started", (ref,))]
         if latest:
             return latest[-1]
         if not rows:
@@ -368,17 +415,17 @@ class State:
             )
 
     def instance(self, name: str) -> InstanceRecord | None:
-        row = self.db.execute("SELECT * FROM instances WHERE name=?", (name,)).fetchone()
+        row = self._row("SELECT * FROM instances WHERE name=?", (name,))
         return _instance(row) if row else None
 
     def instances(self) -> list[InstanceRecord]:
-        return [_instance(r) for r in self.db.execute("SELECT * FROM instances ORDER BY created")]
+        return [_instance(r) for r in self._rows("SELECT * FROM instances ORDER BY created")]
 
     def events(self, name: str | None = None) -> list[EventRecord]:
         if name is None:
-            rows = self.db.execute("SELECT * FROM instance_events ORDER BY ts, seq")
+            rows = self._rows("SELECT * FROM instance_events ORDER BY ts, seq")
         else:
-            rows = self.db.execute("SELECT * FROM instance_events WHERE name=? ORDER BY ts, seq", (name,))
+            rows = self._rows("SELECT * FROM instance_events WHERE name=? ORDER BY ts, seq", (name,))
         return [EventRecord(**dict(r)) for r in rows]
 
     def event_log(self) -> list[dict[str, Any]]:
@@ -409,7 +456,7 @@ class State:
             )
 
     def last_pull(self, host: str) -> PullRecord | None:
-        row = self.db.execute("SELECT * FROM pulls WHERE host=? ORDER BY ts DESC, seq DESC LIMIT 1", (host,)).fetchone()
+        row = self._row("SELECT * FROM pulls WHERE host=? ORDER BY ts DESC, seq DESC LIMIT 1", (host,))
         if row is None:
             return None
         return PullRecord(
@@ -424,7 +471,7 @@ class State:
 
     # --- what tether set up on each server ----------------------------------------------------------------------
     def host_facts(self, name: str) -> HostFacts:
-        row = self.db.execute("SELECT * FROM hosts WHERE name=?", (name,)).fetchone()
+        row = self._row("SELECT * FROM hosts WHERE name=?", (name,))
         if row is None:
             return HostFacts(name)
         return HostFacts(
@@ -470,7 +517,7 @@ class State:
     def decisions(self) -> list[DecisionRecord]:
         return [
             DecisionRecord(r["seq"], r["ts"], r["name"], r["action"], r["reason"], bool(r["done"]))
-            for r in self.db.execute("SELECT * FROM decisions ORDER BY ts, seq")
+            for r in self._rows("SELECT * FROM decisions ORDER BY ts, seq")
         ]
 
 
@@ -509,6 +556,42 @@ def _instance(row: sqlite3.Row) -> InstanceRecord:
         updated=row["updated"],
         meta=json.loads(row["meta"]),
     )
+
+
+def database_error(path: Path, exc: sqlite3.Error | OSError) -> TetherError:
+    """The sentence (and what to do) for a state database that cannot be used."""
+    text = str(exc).rstrip(".") or type(exc).__name__
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT") or "not a database" in text or "malformed" in text:
+        return TetherError(
+            f"The state database {path} is damaged ({text}).",
+            f"Move it aside (mv {path} {path}.damaged) and run the command again to start a new one; servers "
+            "rented before are then unknown here, so check your Vast.ai console for any that still bill.",
+        )
+    full = name == "SQLITE_FULL" or "disk is full" in text or getattr(exc, "errno", None) == 28
+    if not full and (name.startswith("SQLITE_IOERR") or "disk I/O error" in text):
+        full = _nearly_full(path.parent)
+    if full:
+        return TetherError(
+            f"The state database {path} cannot be written: the disk holding it is full ({text}).",
+            "Free space on that disk, then run the command again; what was recorded before is kept.",
+        )
+    if name == "SQLITE_BUSY" or "locked" in text:
+        return TetherError(
+            f"The state database {path} is busy: another tether process held it for more than 30 seconds.",
+            "Wait for the other command (a `sync` or `autopilot` tick) to finish, then run this one again.",
+        )
+    return TetherError(
+        f"The state database {path} cannot be used ({text}).",
+        "Check the disk and the permissions of TETHER_HOME, then run the command again.",
+    )
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
 
 
 def open_state(path: Path | None = None) -> State:

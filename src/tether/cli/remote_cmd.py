@@ -16,7 +16,9 @@ from tether.hosts import LOCAL, resolve
 
 @click.command()
 @click.argument("name")
-@click.option("--no-env", is_flag=True, help="Do not upload the project's .env.")
+@click.option(
+    "--no-env", is_flag=True, help="Do not upload the project's .env, now or on later pushes (until `push --env`)."
+)
 @click.option("--profile", default=None, help="Rent a Vast.ai server of this profile (api, inference, finetune...).")
 @click.option("--offer", "offer_id", default=None, help="Rent this Vast.ai offer id.")
 @click.option("--image", default=None, help="Docker image for a rented server.")
@@ -74,18 +76,22 @@ def up(
 
 @click.command()
 @click.argument("name")
+@click.option("--env", "env", is_flag=True, help="Upload the .env even after `tether up --no-env` (and from now on).")
 @json_option
 @click.pass_context
-def push(ctx: click.Context, name: str, as_json: bool) -> None:
-    """Upload the project's code to NAME (rsync delta; excludes .git, caches, venvs, results, .tetherignore)."""
+def push(ctx: click.Context, name: str, env: bool, as_json: bool) -> None:
+    """Upload the project's code to NAME (rsync delta; excludes .git, caches, venvs, results, the env file,
+    .tetherignore), then the .env (mode 0600) unless `tether up --no-env` said not to."""
     with context(ctx) as c:
         target = resolve(c.project, name, c.state)
         doc = provision.push_code(c, target)
-        provision.upload_env(c.project, target)
+        doc["env"] = provision.push_env(c, target, force=env)
     if as_json:
         emit_json({"host": name, **doc})
         return
-    say(f"Pushed {doc['files']} changed files ({doc['bytes']} bytes) to {name}.")
+    held = doc["env"] == provision.ENV_HELD_BACK
+    tail = "; .env not uploaded (`tether up --no-env`; `tether push --env` uploads it)" if held else ""
+    say(f"Pushed {doc['files']} changed files ({doc['bytes']} bytes) to {name}{tail}.")
 
 
 @click.command()
@@ -105,6 +111,10 @@ def pull(ctx: click.Context, host: str | None, experiments: tuple[str, ...], as_
     for r in reports:
         status = "verified" if r["verified"] else f"NOT verified ({len(r['mismatched'])} files differ)"
         say(f"{r['host']}: {len(r['changed'])} files changed, {r['bytes_transferred']} bytes moved, {status}.")
+        skipped = r["skipped_links"]
+        if skipped:
+            names = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+            say(f"{r['host']}: {len(skipped)} links that point outside the results folders were not copied: {names}.")
     if any(not r["verified"] for r in reports):
         raise TetherError("Some results did not arrive whole.", "Run `tether pull` again once the runs settle.")
 

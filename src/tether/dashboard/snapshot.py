@@ -1,7 +1,8 @@
 """The dashboard's data: one observation of the project as one JSON document (``/api/snapshot``).
 
 It reads the same core function as ``tether status`` (:func:`tether.status.report`, whose host scans are the ones
-``tether progress`` makes: :func:`tether.runs.observe`), then adds what a page needs: runs grouped by experiment, money per day and week,
+``tether progress`` makes: :func:`tether.runs.observe`), then adds what a page needs: runs grouped by experiment,
+money per day and week,
 the budget lines, and points of cost over time: one per observation of an instance in the ledger (the latest
 :data:`HISTORY_POINTS`) and one for now, so a page left open for hours costs the same memory as a fresh one.
 """

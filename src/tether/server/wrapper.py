@@ -182,7 +182,8 @@ class _Run:
                             sys.stdout.buffer.write(rest)
                             sys.stdout.buffer.flush()
                     return
-                time.sleep(0.1)  # following a file another process writes
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=0.05)  # following a file another process writes, until the child exits
 
     def execute(self) -> int:
         self.save()

@@ -7,6 +7,12 @@ kept in ``.rsync-partial`` lets the next attempt resume. Connection-type failure
 255) are retried with backoff up to a bound; everything else fails at once. A full disk (``No space left on
 device``, ``Disk quota exceeded``) is reported as such, naming the side that is full.
 
+A pull also passes ``--safe-links``: a symbolic link in the results that points outside the folder being pulled
+(absolute, or climbing out with ``..``) is not made here, so a later pull can never write through it; links inside
+the folder are copied as links, never followed (no ``-L``/``--copy-links``). Neither direction uses
+``--keep-dirlinks``, so a link to a folder that an earlier transfer left here is replaced by the real folder rather
+than written through.
+
 Exit code 24 (some source files vanished during the transfer, e.g. a progress file replaced while being read)
 counts as success: everything else arrived, and the next pull brings the new file.
 """
@@ -32,8 +38,8 @@ Direction = Literal["push", "pull"]
 ExitClass = Literal["ok", "retry", "disk_full", "fatal"]
 
 
-def _common(rsh: str | None) -> list[str]:
-    argv = ["rsync", "-a", f"--partial-dir={PARTIAL_DIR}", "--delay-updates", "--stats"]
+def _common(rsh: str | None, *extra: str) -> list[str]:
+    argv = ["rsync", "-a", f"--partial-dir={PARTIAL_DIR}", "--delay-updates", "--stats", *extra]
     if rsh is not None:
         argv += ["-e", rsh]
     return argv
@@ -62,8 +68,11 @@ def pull_argv(
     includes: Sequence[str] = (),
     excludes: Sequence[str] = (),
 ) -> list[str]:
-    """rsync argv copying the contents of ``source`` into ``local_dir``; includes are given before excludes."""
-    argv = _common(rsh)
+    """rsync argv copying the contents of ``source`` into ``local_dir``; includes are given before excludes.
+
+    ``--safe-links``: links that point outside ``source`` are not made here (see the module's docstring).
+    """
+    argv = _common(rsh, "--safe-links")
     argv += [f"--include={pattern}" for pattern in includes]
     argv += [f"--exclude={pattern}" for pattern in excludes]
     return [*argv, _dir(source), _dir(str(local_dir))]
@@ -104,12 +113,21 @@ def classify_exit(returncode: int, stderr: str) -> ExitClass:
     return "fatal"
 
 
+_CAUSE_WORDS = ("error", "cannot", "could not", "failed", "denied")
+
+
 def _last_error_line(stderr: str) -> str:
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    """The line that says why rsync failed: its last specific complaint, not the ``rsync error: ... (code N)``
+    summary (which only says that something earlier went wrong), unless that is all there is."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    causes = [line for line in lines if not line.startswith("rsync error:")]
+    for line in reversed(causes):
+        if line.startswith("rsync:") or any(word in line.lower() for word in _CAUSE_WORDS):
+            return line
     for line in reversed(lines):
-        if line.startswith("rsync:") or "error" in line.lower():
-            return line.strip()
-    return lines[-1].strip() if lines else ""
+        if line.startswith("rsync") or "error" in line.lower():
+            return line
+    return lines[-1] if lines else ""
 
 
 def sync_error(

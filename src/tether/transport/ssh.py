@@ -4,7 +4,8 @@ Every connection to one target shares a control master (``ControlMaster=auto``, 
 keepalives, gives up connecting after ``ConnectTimeout`` and never asks a question (``BatchMode=yes``). Host keys
 are accepted on first use into a known_hosts file of that target under ``$TETHER_HOME/known_hosts/``
 (``StrictHostKeyChecking=accept-new``); a key that later changes is refused with the exact command that accepts
-it. Host-key checking is never turned off.
+it. Host-key checking is never turned off. The known_hosts folder is 0700 and each file in it 0600 (created so
+before ssh writes to it; a looser one is tightened).
 
 The control sockets live in ``$TETHER_HOME/cm/``; when that path is too long for a Unix socket (the limit is about
 104 bytes on some systems, and ssh adds a temporary suffix while creating it) they live in a short per-user
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from tether.errors import ConfigError, SSHError
-from tether.paths import tether_home
+from tether.paths import private_dir, private_file, tether_home
 from tether.transport import rsync as rsync_mod
 from tether.transport.base import (
     Backoff,
@@ -341,7 +342,11 @@ class SSHTransport:
         self.runner: Runner = runner or run_process
 
     def _prepare(self) -> None:
-        self.target.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        known = self.target.known_hosts
+        if known.parent.parent == tether_home():
+            private_dir(known.parent.parent)
+        private_dir(known.parent)
+        private_file(known)  # ssh would create it world-readable; 0600 it stays when ssh appends a key
         _ensure_private_dir(self.target.control_dir)
 
     def _ssh(self, command: str, *, input: bytes | None, timeout: float | None) -> Completed:

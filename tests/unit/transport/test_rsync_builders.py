@@ -41,11 +41,25 @@ def test_push_argv_local_without_delete() -> None:
 def test_pull_argv_exact_includes_before_excludes() -> None:
     argv = pull_argv("h:/workspace/p/results", Path("/l/results"), rsh=RSH, includes=["*.json"], excludes=["*"])
     assert argv == [
-        "rsync", "-a", "--partial-dir=.rsync-partial", "--delay-updates", "--stats",
+        "rsync", "-a", "--partial-dir=.rsync-partial", "--delay-updates", "--stats", "--safe-links",
         "-e", RSH,
         "--include=*.json", "--exclude=*",
         "h:/workspace/p/results/", "/l/results/",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("build", ["push", "pull"])
+def test_links_are_never_followed_on_either_side(build: str) -> None:
+    """No -L/--copy-links (a link's target would be copied) and no -K/--keep-dirlinks (a link here followed)."""
+    if build == "push":
+        argv = push_argv(Path("/src/proj"), "h:/w/p", rsh=RSH, excludes=["x"], delete=True)
+    else:
+        argv = pull_argv("h:/w/p/results", Path("/l/results"), rsh=RSH, includes=["a"], excludes=["b"])
+    flags = [word for word in argv if word.startswith("-") and word != RSH]
+    followers = {"-L", "--copy-links", "-K", "--keep-dirlinks", "--copy-unsafe-links", "--copy-dirlinks", "-k"}
+    assert not followers & set(flags)
+    assert not any(f.startswith("-") and not f.startswith("--") and set(f[1:]) & set("LKk") for f in flags)
+    assert ("--safe-links" in flags) == (build == "pull")
 
 
 STATS = """
@@ -95,6 +109,21 @@ def test_disk_full_names_the_full_side() -> None:
     assert "the disk of lab1 is full" in push.message
     pull = sync_error("disk_full", result, direction="pull", where="lab1", remote=True, attempts=1)
     assert "the local disk is full" in pull.message
+
+
+def test_a_fatal_error_names_the_cause_not_the_summary() -> None:
+    stderr = (
+        b"cannot delete non-empty directory: x\n"
+        b"could not make way for new regular file: x\n"
+        b"rsync error: some files/attrs were not transferred (see previous errors) (code 23) at main.c(1394)\n"
+    )
+    error = sync_error("fatal", Completed(23, b"", stderr), direction="pull", where="lab1", remote=True, attempts=1)
+    assert error.message == (
+        "Pulling from lab1 failed with rsync exit code 23: could not make way for new regular file: x"
+    )
+    only_summary = Completed(23, b"", b"rsync error: some files/attrs were not transferred (code 23)\n")
+    error = sync_error("fatal", only_summary, direction="pull", where="lab1", remote=True, attempts=1)
+    assert error.message.endswith(": rsync error: some files/attrs were not transferred (code 23)")
 
 
 class Script:
