@@ -122,7 +122,7 @@ def test_reused_pid_is_not_taken_for_the_owner(
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """The server-side CLI as a bare python3 runs it: no site-packages, tether from PYTHONPATH."""
     return subprocess.run(
-        [sys.executable, "-S", "-m", "tether.server.agents_cmd", *args],
+        [sys.executable, "-S", "-m", "tether.server.registry_cli", *args],
         capture_output=True,
         text=True,
         env=dict(env, PYTHONPATH=SRC),

@@ -1,4 +1,5 @@
-"""``python3 -m tether.server agents ...``: the agent registry from the command line (stdlib only, Python 3.8+).
+"""``python3 -m tether.server agents ...`` (this module: ``tether.server.registry_cli``): the agent registry from the
+command line (stdlib only, Python 3.8+).
 
 ::
 
