@@ -25,7 +25,9 @@ JSON contract (``--json``: exactly one document on stdout, also on failure):
 - ``repair``: ``{"path", "kept_aside": str | null, "salvaged", "discovered", "entries": [entry, ...]}``.
 - failure: ``{"error": {"type": class name, "message", "hint", "exit_code", "details": {...}}}``; for an
   admission refusal ``details`` holds ``asked_gb``, ``free_gb`` (per GPU index), ``holders``, ``outside_gb``,
-  ``queued`` and ``reason`` (``no_room``, ``queued_ahead``, ``never_fits``, ``no_gpu``).
+  ``queued`` and ``reason`` (``no_room``, ``queued_ahead``, ``never_fits``, ``no_gpu``). ``type`` names a class of
+  :mod:`tether.errors`; ``tether agents`` raises that class with this message and hint, so its own ``--json``
+  failure is the flat ``{"error", "hint", "kind", "exit_code"}`` of every tether command.
 
 An entry is ``{"id", "experiment", "gpu_gb", "status", "started", "pid", "pid_start", "boot_id", "host",
 "heartbeat", "lease_s", "gpus", "ended", "note"}`` (see :mod:`tether.server.registry`).

@@ -52,8 +52,9 @@ Layout: :mod:`~tether.server.registry.entries` (the entry format and validation)
 
 from __future__ import annotations
 
+from tether.errors import NoRoom
 from tether.server.procinfo import pid_start
-from tether.server.registry.capacity import GpuUse, NoRoom, compute_use, place
+from tether.server.registry.capacity import GpuUse, compute_use, place
 from tether.server.registry.core import AdmitRequest, Attempt, Listing, Registry
 from tether.server.registry.entries import (
     DEFAULT_HISTORY_S,

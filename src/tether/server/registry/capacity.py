@@ -7,17 +7,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether.errors import AdmissionRefused
+from tether.errors import NoRoom
 from tether.server import gpu as gpu_mod
 from tether.server.registry.entries import EPS, Entry, floor_gb, fmt_gb
-
-
-class NoRoom(AdmissionRefused):
-    """An admission refusal with its figures: ``details`` holds asked_gb, free_gb (per GPU), holders, queued."""
-
-    def __init__(self, message: str, hint: str | None = None, details: dict[str, Any] | None = None) -> None:
-        super().__init__(message, hint)
-        self.details: dict[str, Any] = details or {}
 
 
 @dataclass
