@@ -133,7 +133,7 @@ def _render_list(host: str, doc: dict[str, Any]) -> None:
             table.add_row(
                 str(e.get("id")),
                 str(e.get("experiment")),
-                f"{float(e.get('gpu_gb') or 0):g}",
+                _gb(e.get("gpu_gb")),
                 str(e.get("status")),
                 "yes" if e.get("live") else "no",
                 ",".join(str(g) for g in e.get("gpus") or []) or "-",
@@ -153,6 +153,13 @@ def _render_list(host: str, doc: dict[str, Any]) -> None:
             )
     for problem in doc.get("problems", []):
         say(f"warning: {problem}")
+
+
+def _gb(value: Any) -> str:
+    """A GB figure for the table; "?" for one the registry could not use (it counts as the whole GPU)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "?"
+    return f"{float(value):g}"
 
 
 def register(group: click.Group) -> None:

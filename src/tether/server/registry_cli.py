@@ -16,7 +16,8 @@ right away), so the entry lives by its lease: renew it with ``heartbeat`` at lea
 
 JSON contract (``--json``: exactly one document on stdout, also on failure):
 
-- ``list``: ``{"path", "host", "entries": [entry + {"live", "queue_position", "cuda_visible_devices"}],
+- ``list``: ``{"path", "host", "entries": [entry + {"live", "queue_position", "cuda_visible_devices",
+  "gpu_gb_counted"}],
   "queue": [id, ...], "gpus": [{"index", "uuid", "total_gb", "used_gb", "reserved_gb", "outside_gb",
   "free_gb"}] | null (no nvidia-smi), "gpu_error": str | null, "problems": [str, ...]}``
 - ``register``: ``{"entry": entry, "cuda_visible_devices": "0,1", "env": {name: value}}``; ``env`` is what the
@@ -136,7 +137,7 @@ def _print_listing(listing: reg.Listing) -> None:
                 e.cuda_visible_devices or "-",
                 e.started or "-",
                 str(e.pid) if e.pid else "-",
-                e.note or "",
+                "; ".join(n for n in (e.note, e.gpu_gb_counted if e.is_live else None) if n),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

@@ -41,7 +41,14 @@ Admission (one step under the lock)
 Bad input never loses data: a file that is not a JSON list is never overwritten (a copy is kept aside as
 ``<path>.bad-<UTC time>`` and every operation refuses until :meth:`Registry.repair` rebuilds it from the entries
 still readable in it and from live processes that carry ``TETHER_AGENT_ID`` in their environment); odd entries are
-kept, reported and counted conservatively.
+kept, reported and counted conservatively, and a change to an entry rewrites only the fields it changes (an odd
+value, or a key this module does not know, stays as it was written):
+
+- ``gpu_gb`` missing, or not a JSON number (``"12"``, ``"lots"``, ``null``, ``true``), negative, NaN or infinite:
+  the entry counts as the whole of every GPU it may be on (its ``gpus``, else all of them) until a person fixes it
+  or marks it done; listings show ``gpu_gb`` as null with ``gpu_gb_counted`` saying so.
+- ``gpu_gb`` above :data:`MAX_GPU_GB`: it counts as what it says (at most 10^9 GB), so nothing fits beside it.
+- an unknown ``status`` counts as ``running``; unusable ``gpus`` count on every GPU.
 
 Layout: :mod:`~tether.server.registry.entries` (the entry format and validation),
 :mod:`~tether.server.registry.capacity` (GPU use, placement and refusals: pure functions),

@@ -5,11 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from tether.errors import NoRoom
 from tether.server import gpu as gpu_mod
 from tether.server.registry.entries import EPS, Entry, floor_gb, fmt_gb
+
+
+class Holder(NamedTuple):
+    """One entry's hold on one GPU: ``whole`` when it counts as the whole GPU (its gpu_gb being unusable)."""
+
+    id: str
+    experiment: str
+    gb: float
+    whole: bool = False
 
 
 @dataclass
@@ -19,7 +28,7 @@ class GpuUse:
     gpu: gpu_mod.Gpu
     reserved_gb: float = 0.0
     outside_gb: float = 0.0
-    holders: list[tuple[str, str, float]] = field(default_factory=list)
+    holders: list[Holder] = field(default_factory=list)
 
     @property
     def committed_gb(self) -> float:
@@ -48,7 +57,8 @@ def compute_use(
 ) -> list[GpuUse]:
     """Per GPU: live reservations (max of declared share and measured use) plus unaccounted used memory.
 
-    ``measured_mib`` maps (position in ``running``, GPU index) to MiB that entry's processes hold there.
+    ``measured_mib`` maps (position in ``running``, GPU index) to MiB that entry's processes hold there. An entry
+    whose gpu_gb is unusable (None) holds the whole of each GPU it may be on.
     """
     measured = measured_mib or {}
     uses = []
@@ -58,11 +68,13 @@ def compute_use(
         unmeasured_declared = 0.0
         for pos, e in enumerate(running):
             placed = e.gpus is None or g.index in e.gpus
-            share = e.share_gb() if placed else 0.0
+            declared = e.share_gb() if placed else 0.0
+            whole = declared is None
+            share = g.total_gb if declared is None else declared
             meas = measured.get((pos, g.index), 0) / gpu_mod.MIB_PER_GB
             held = max(share, meas)
             if held > 0:
-                use.holders.append((e.id, e.experiment, held))
+                use.holders.append(Holder(e.id, e.experiment, held, whole))
             use.reserved_gb += held
             measured_total += meas
             if meas == 0:
@@ -119,15 +131,16 @@ def no_room(ident: str, gb: float, uses: Sequence[GpuUse], ahead: Sequence[Entry
     else:
         per = ", ".join(f"GPU {u.gpu.index}: {fmt_gb(floor_gb(u.free_gb))}" for u in uses)
         free_text = f"{fmt_gb(floor_gb(sum(u.free_gb for u in uses)))} GB free in all ({per})"
-    held: dict[str, tuple[str, float, list[int]]] = {}
+    held: dict[str, tuple[str, float, list[int], bool]] = {}
     for u in uses:
-        for hid, exp, gbs in u.holders:
-            prev = held.get(hid, (exp, 0.0, []))
-            held[hid] = (exp, prev[1] + gbs, [*prev[2], u.gpu.index])
+        for h in u.holders:
+            prev = held.get(h.id, (h.experiment, 0.0, [], False))
+            held[h.id] = (h.experiment, prev[1] + h.gb, [*prev[2], u.gpu.index], prev[3] or h.whole)
     parts = []
-    for hid, (exp, gbs, idx) in held.items():
+    for hid, (exp, gbs, idx, whole) in held.items():
         on = f" on GPU {','.join(str(i) for i in idx)}" if len(uses) > 1 else ""
-        parts.append(f"{hid} ({exp or 'no experiment'}, {fmt_gb(gbs)} GB{on})")
+        why = ": its gpu_gb is unusable, so it counts as the whole GPU" if whole else ""
+        parts.append(f"{hid} ({exp or 'no experiment'}, {fmt_gb(gbs)} GB{on}{why})")
     for u in uses:
         if u.outside_gb >= 0.05:
             on = f" on GPU {u.gpu.index}" if len(uses) > 1 else ""
@@ -140,8 +153,8 @@ def no_room(ident: str, gb: float, uses: Sequence[GpuUse], ahead: Sequence[Entry
         "asked_gb": gb,
         "free_gb": {str(u.gpu.index): round(u.free_gb, 3) for u in uses},
         "holders": [
-            {"id": hid, "experiment": exp, "gpu_gb": round(gbs, 3), "gpus": idx}
-            for hid, (exp, gbs, idx) in held.items()
+            {"id": hid, "experiment": exp, "gpu_gb": round(gbs, 3), "gpus": idx, "whole_gpu": whole}
+            for hid, (exp, gbs, idx, whole) in held.items()
         ],
         "outside_gb": {str(u.gpu.index): round(u.outside_gb, 3) for u in uses},
         "queued": [e.id for e in ahead],

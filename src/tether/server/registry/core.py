@@ -56,6 +56,7 @@ class Listing:
             row["live"] = e.is_live
             row["queue_position"] = queue_pos.get(e.id) if e.status == "queued" else None
             row["cuda_visible_devices"] = e.cuda_visible_devices
+            row["gpu_gb_counted"] = e.gpu_gb_counted if e.is_live else None
             rows.append(row)
         return {
             "path": self.path,
@@ -92,6 +93,7 @@ class AdmitRequest:
             and e.pid == self.owner
             and e.pid_start == self.owner_start
             and e.experiment == self.experiment
+            and e.gpu_gb is not None
             and abs(e.gpu_gb - self.gpu_gb) < EPS
         )
 

@@ -24,6 +24,8 @@ FINAL_STATUSES = ("completed", "failed")
 DONE_STATUSES = ("completed", "failed", "lost")
 
 MAX_GPU_GB = 16384.0
+MAX_COUNTED_GB = 1e9
+"""A file entry declaring more than :data:`MAX_GPU_GB` counts as what it says, up to this (so sums stay finite)."""
 MAX_ID_LEN = 200
 DEFAULT_LOCK_TIMEOUT_S = 30.0
 DEFAULT_HISTORY_S = 86400.0
@@ -91,11 +93,26 @@ def gb_json(value: float) -> float | int:
     return int(value) if float(value).is_integer() else round(value, 3)
 
 
-def fmt_gb(value: float) -> str:
-    """GB for people: one decimal, no trailing zeros."""
+def fmt_gb(value: float | None) -> str:
+    """GB for people: one decimal, no trailing zeros ("?" for an unusable figure)."""
+    if value is None:
+        return "?"
     if abs(value) < 0.05:
         return "0"
     return f"{value:.1f}".rstrip("0").rstrip(".")
+
+
+def read_gpu_gb(value: Any) -> tuple[float | None, str | None]:
+    """How much a ``gpu_gb`` read from the file (or from a process's environment) counts, and what is odd about
+    it. Never less than it may be: a missing value, or one that is not a JSON number, negative, NaN or infinite,
+    is None, which counts as the whole of every GPU the entry may be on; a number above :data:`MAX_GPU_GB` counts
+    as it says (at most :data:`MAX_COUNTED_GB`), so nothing else fits beside it."""
+    gb = number(value)
+    if gb is None or not math.isfinite(gb) or gb < 0:
+        return None, f"an unusable gpu_gb ({value!r})"
+    if gb > MAX_GPU_GB:
+        return min(gb, MAX_COUNTED_GB), f"a gpu_gb of {fmt_gb(gb)}, more than any server has"
+    return gb, None
 
 
 def floor_gb(value: float) -> float:
@@ -113,7 +130,8 @@ class Entry:
 
     id: str
     experiment: str
-    gpu_gb: float
+    gpu_gb: float | None
+    """GB asked for; None for an unusable figure read from the file, which counts as the whole of each GPU."""
     status: str
     started: str | None
     pid: int | None = None
@@ -127,6 +145,15 @@ class Entry:
     note: str | None = None
 
     @property
+    def gpu_gb_counted(self) -> str | None:
+        """How an odd ``gpu_gb`` is counted, for people (None when it counts as declared)."""
+        if self.gpu_gb is None:
+            return "the whole of each GPU it may use (its gpu_gb is unusable)"
+        if self.gpu_gb > MAX_GPU_GB:
+            return "as declared, more than any GPU holds, so nothing else fits beside it"
+        return None
+
+    @property
     def cuda_visible_devices(self) -> str:
         """The value for ``CUDA_VISIBLE_DEVICES``: the GPUs this entry holds ("" for gpu_gb 0)."""
         return ",".join(str(i) for i in (self.gpus or []))
@@ -135,8 +162,10 @@ class Entry:
     def is_live(self) -> bool:
         return self.status in LIVE_STATUSES
 
-    def share_gb(self) -> float:
-        """GPU memory held on each of its GPUs."""
+    def share_gb(self) -> float | None:
+        """GPU memory held on each of its GPUs (None: the whole of each, its gpu_gb being unusable)."""
+        if self.gpu_gb is None:
+            return None
         if self.gpus:
             return self.gpu_gb / len(self.gpus)
         return self.gpu_gb
@@ -145,7 +174,7 @@ class Entry:
         return {
             "id": self.id,
             "experiment": self.experiment,
-            "gpu_gb": gb_json(self.gpu_gb),
+            "gpu_gb": None if self.gpu_gb is None else gb_json(self.gpu_gb),
             "status": self.status,
             "started": self.started,
             "pid": self.pid,
@@ -174,17 +203,21 @@ class Entry:
         if not isinstance(experiment, str):
             problems.append(f"{where} has no experiment name")
             experiment = "" if experiment is None else str(experiment)
-        gpu_gb = number(raw.get("gpu_gb"))
-        if gpu_gb is None or not math.isfinite(gpu_gb) or gpu_gb < 0 or gpu_gb > MAX_GPU_GB:
-            problems.append(
-                f"{where} has an unusable gpu_gb ({raw.get('gpu_gb')!r}); it is counted as 0 GB "
-                "(the GPU's measured use still counts)"
-            )
-            gpu_gb = 0.0
         status = raw.get("status")
         if status not in STATUSES:
             problems.append(f"{where} has an unknown status ({status!r}); it is treated as running")
             status = "running"
+        gpu_gb, odd = read_gpu_gb(raw.get("gpu_gb") if "gpu_gb" in raw else _MISSING)
+        if odd:
+            if status not in LIVE_STATUSES:
+                problems.append(f"{where} has {odd}")
+            elif gpu_gb is None:
+                problems.append(
+                    f"{where} has {odd}; it counts as the whole of each GPU it may use until it is fixed "
+                    f"or marked done (`tether agents done {ident}`)"
+                )
+            else:
+                problems.append(f"{where} has {odd}; it counts as that, so nothing else fits beside it")
         pid = raw.get("pid")
         if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid < 0):
             problems.append(f"{where} has an unusable pid ({pid!r}); only its lease is checked")
@@ -226,6 +259,14 @@ class Entry:
         return entry, problems
 
 
+class _Missing:
+    def __repr__(self) -> str:
+        return "missing"
+
+
+_MISSING = _Missing()
+
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -237,7 +278,7 @@ def agent_env(entry: Entry, path: str | None = None) -> dict[str, str]:
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         ENV_ID: entry.id,
         ENV_EXPERIMENT: entry.experiment,
-        ENV_GPU_GB: str(gb_json(entry.gpu_gb)),
+        ENV_GPU_GB: "" if entry.gpu_gb is None else str(gb_json(entry.gpu_gb)),
     }
     if path:
         env[ENV_PATH] = path

@@ -13,10 +13,9 @@ from tether.server.registry.entries import (
     ENV_EXPERIMENT,
     ENV_GPU_GB,
     ENV_ID,
-    MAX_GPU_GB,
     Entry,
     iso,
-    number,
+    read_gpu_gb,
 )
 from tether.server.registry.store import Doc, Store
 
@@ -145,13 +144,13 @@ def tagged_processes() -> list[dict[str, Any]]:
         stat = proc_stat(pid)
         if not ident or stat is None or stat[1] in ("Z", "X"):
             continue
-        gb = number(_float_or_none(env.get(ENV_GPU_GB)))
+        gb, _ = read_gpu_gb(_float_or_none(env.get(ENV_GPU_GB)))
         devices = env.get("CUDA_VISIBLE_DEVICES", "")
         gpus = [int(d) for d in devices.split(",") if d.strip().isdigit()]
         tagged[pid] = {
             "id": ident,
             "experiment": env.get(ENV_EXPERIMENT, ""),
-            "gpu_gb": gb if gb is not None and 0 <= gb <= MAX_GPU_GB else 0.0,
+            "gpu_gb": gb,
             "pid": pid,
             "pid_start": stat[0],
             "ppid": stat[2],
@@ -169,6 +168,7 @@ def tagged_processes() -> list[dict[str, Any]]:
 
 
 def _float_or_none(text: str | None) -> float | None:
+    """A number from the environment; None (which counts as the whole GPU) when it is missing or not one."""
     if text is None:
         return None
     try:

@@ -74,9 +74,16 @@ class Doc:
         return found
 
     def put(self, index: int, entry: Entry) -> None:
+        """Write ``entry`` over item ``index``, changing only the fields that differ from what the item read as:
+        keys this module does not know, and odd values it read conservatively (a gpu_gb of "lots"), stay as they
+        are."""
         raw = self.items[index]
+        before, _ = Entry.from_raw(raw, index)
         merged = dict(raw) if isinstance(raw, dict) else {}
-        merged.update(entry.to_dict())
+        was = before.to_dict() if before is not None else {}
+        for key, value in entry.to_dict().items():
+            if key not in was or was[key] != value:
+                merged[key] = value
         self.items[index] = merged
         self.lines[index] = None
         self.changed = True
