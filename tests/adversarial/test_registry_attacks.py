@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,11 +16,14 @@ from typing import Any
 
 import pytest
 
+import tether
 from tests.registry_fixtures import gpus, reg_path, registry
 from tether.errors import NoRoom
 from tether.server.registry import Registry, iso
 
 __all__ = ["gpus", "reg_path", "registry"]
+
+SRC = str(Path(tether.__file__).resolve().parents[1])
 
 
 def read(path: Path) -> list[Any]:
@@ -106,3 +112,62 @@ def test_unusable_gpu_gb_holds_only_the_gpus_it_names(
         registry.register("c", "x", 8)
     assert "GPU 1: 0" in err.value.message and "odd (A5, 48 GB on GPU 1: its gpu_gb is unusable" in err.value.message
     assert read(reg_path)[0] == json.loads(row)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# an entry in the runbook's own shape (no pid, no heartbeat) is not expired by age
+
+
+def server_agents(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The server side's ``agents`` command as a bare python3 runs it."""
+    return subprocess.run(
+        [sys.executable, "-S", "-m", "tether.server", "agents", *args],
+        capture_output=True,
+        text=True,
+        env=dict(env, PYTHONPATH=SRC),
+        timeout=60,
+        check=False,
+    )
+
+
+def test_runbook_entry_counts_until_a_person_ends_it(registry: Registry, reg_path: Path) -> None:
+    started = iso(time.time() - 5 * 3600)
+    row = {"id": "agent-1", "experiment": "A5_option_bias", "gpu_gb": 20, "status": "running", "started": started}
+    reg_path.write_text(json.dumps([row]))
+    before = reg_path.read_bytes()
+    with pytest.raises(NoRoom) as err:
+        registry.register("b", "x", 10)
+    assert "10 GB asked, 3.9 GB free; held by agent-1 (A5_option_bias, 20 GB)" in err.value.message
+    assert reg_path.read_bytes() == before  # five hours without a heartbeat: still counted, not marked lost
+    assert [(e.id, e.status) for e in registry.entries()] == [("agent-1", "running")]
+
+    listing = registry.listing()
+    (shown,) = listing.to_dict()["entries"]
+    assert shown["live"] is True and shown["status"] == "running"
+    assert shown["held_until"] == (
+        f"marked done or removed by hand: no pid and no heartbeat, so it never expires (registered {started})"
+    )
+    (warning,) = listing.problems
+    assert "'agent-1' has no pid and no heartbeat and was registered 5.0 h ago" in warning
+    assert "tether agents done agent-1" in warning
+
+    env = dict(os.environ)
+    text = server_agents("--path", str(reg_path), env=env)
+    assert text.returncode == 0, text.stderr
+    line = next(x for x in text.stdout.splitlines() if x.startswith("agent-1"))
+    assert "held until marked done or removed by hand: no pid and no heartbeat, so it never expires" in line
+    assert "5.0 h ago" in text.stderr
+    assert reg_path.read_bytes() == before  # listing changed nothing
+
+    assert registry.release("agent-1").status == "completed"  # the person says it is done
+    assert registry.register("b", "x", 10).gpus == [0]
+    rows = read(reg_path)
+    assert rows[0] == {**row, "status": "completed", "ended": rows[0]["ended"]}
+
+
+def test_a_lease_still_expires_an_entry_that_has_one(registry: Registry, reg_path: Path) -> None:
+    row = {"id": "leased", "experiment": "A5", "gpu_gb": 20, "status": "running", "started": iso(time.time() - 120)}
+    reg_path.write_text(json.dumps([{**row, "lease_s": 60}]))
+    assert registry.register("b", "x", 10).status == "running"
+    (lost,) = [e for e in registry.entries() if e.id == "leased"]
+    assert lost.status == "lost" and "lease 60 s" in (lost.note or "")

@@ -126,7 +126,7 @@ def _render_list(host: str, doc: dict[str, Any]) -> None:
         say(f"No agents registered on {host} ({doc.get('path')}).")
     else:
         table = Table(box=None, pad_edge=False)
-        for col in ("id", "experiment", "GB", "status", "live", "GPUs", "queue", "started", "heartbeat"):
+        for col in ("id", "experiment", "GB", "status", "live", "GPUs", "queue", "started", "heartbeat", "held until"):
             table.add_column(col)
         for e in entries:
             beat = parse_iso(e.get("heartbeat"))
@@ -140,6 +140,7 @@ def _render_list(host: str, doc: dict[str, Any]) -> None:
                 str(e.get("queue_position") or "-"),
                 str(e.get("started") or "-"),
                 f"{duration(max(0.0, now - beat))} ago" if beat is not None else "-",
+                str(e.get("held_until") or "-"),
             )
         out.print(table)
     gpus = doc.get("gpus")

@@ -17,7 +17,7 @@ right away), so the entry lives by its lease: renew it with ``heartbeat`` at lea
 JSON contract (``--json``: exactly one document on stdout, also on failure):
 
 - ``list``: ``{"path", "host", "entries": [entry + {"live", "queue_position", "cuda_visible_devices",
-  "gpu_gb_counted"}],
+  "gpu_gb_counted", "held_until"}],
   "queue": [id, ...], "gpus": [{"index", "uuid", "total_gb", "used_gb", "reserved_gb", "outside_gb",
   "free_gb"}] | null (no nvidia-smi), "gpu_error": str | null, "problems": [str, ...]}``
 - ``register``: ``{"entry": entry, "cuda_visible_devices": "0,1", "env": {name: value}}``; ``env`` is what the
@@ -137,7 +137,7 @@ def _print_listing(listing: reg.Listing) -> None:
                 e.cuda_visible_devices or "-",
                 e.started or "-",
                 str(e.pid) if e.pid else "-",
-                "; ".join(n for n in (e.note, e.gpu_gb_counted if e.is_live else None) if n),
+                _note(listing, e),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
@@ -145,6 +145,16 @@ def _print_listing(listing: reg.Listing) -> None:
         out.write(("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1]).rstrip() + "\n")
     for problem in listing.problems:
         sys.stderr.write(f"warning: {problem}\n")
+
+
+def _note(listing: reg.Listing, e: reg.Entry) -> str:
+    """The NOTE column: the entry's note, how an odd gpu_gb counts, and what ends a hold only a person can end."""
+    notes = [e.note]
+    if e.is_live:
+        notes.append(e.gpu_gb_counted and f"gpu_gb counts as {e.gpu_gb_counted}")
+        if not e.pid and e.lease_s is None:
+            notes.append(f"held until {listing.held_until(e)}")
+    return "; ".join(n for n in notes if n)
 
 
 def _run(ns: argparse.Namespace) -> int:

@@ -22,10 +22,13 @@ every owner is gone anyway, and the boot id tells.)
 Liveness
     An entry owned by a process stores ``pid`` + ``pid_start`` (``/proc/<pid>/stat`` field 22) + ``boot_id``; it is
     live only while all three still match, so a reused pid is not taken for the owner (without ``/proc`` the pid's
-    existence is used). An entry with ``lease_s`` is also lost when its ``heartbeat`` is older than the lease.
-    Entries without an owner process (hand registration from the CLI) get a lease of
-    :data:`DEFAULT_PIDLESS_LEASE_S` unless they say otherwise. Lost entries are marked at the next locked operation
-    and hold nothing. Finished entries stay as history for ``history_s`` seconds.
+    existence is used). An entry with ``lease_s`` is also lost when its ``heartbeat`` (else ``started``) is older
+    than the lease; :meth:`Registry.register` gives an entry without an owner process (``tether agents register``
+    without ``--pid``) a lease of :data:`DEFAULT_PIDLESS_LEASE_S` unless told otherwise. Only a lease expires an
+    entry by age: one with neither ``pid`` nor ``lease_s`` (the runbook's own shape) is never taken for dead; it
+    counts until a person marks it done or removes it. Listings say what ends each hold (``held_until``) and warn
+    about such an entry once it is older than :data:`DEFAULT_PIDLESS_LEASE_S`. Lost entries are marked at the next
+    locked operation and hold nothing. Finished entries stay as history for ``history_s`` seconds.
 
 Admission (one step under the lock)
     ``gpu_gb == 0`` (API-only) is always admitted, with no GPU visible. Otherwise, per GPU, each live running entry

@@ -18,6 +18,7 @@ from tether.server import gpu as gpu_mod
 from tether.server.procinfo import boot_id, owner_gone, parent_pid, pid_start
 from tether.server.registry import capacity
 from tether.server.registry import repair as repair_mod
+from tether.server.registry import store as store_mod
 from tether.server.registry.capacity import GpuUse, compute_use, place
 from tether.server.registry.entries import (
     DEFAULT_HISTORY_S,
@@ -46,6 +47,10 @@ class Listing:
     gpu_error: str | None
     problems: list[str]
 
+    def held_until(self, e: Entry) -> str | None:
+        """What ends a live entry's hold (its process, its lease, or only a person), for people."""
+        return store_mod.held_until(e, self.host)
+
     def to_dict(self) -> dict[str, Any]:
         queue_pos: dict[str, int] = {}
         for n, ident in enumerate(self.queue, 1):
@@ -57,6 +62,7 @@ class Listing:
             row["queue_position"] = queue_pos.get(e.id) if e.status == "queued" else None
             row["cuda_visible_devices"] = e.cuda_visible_devices
             row["gpu_gb_counted"] = e.gpu_gb_counted if e.is_live else None
+            row["held_until"] = self.held_until(e)
             rows.append(row)
         return {
             "path": self.path,
@@ -437,7 +443,7 @@ class Registry:
             queue=[e.id for _, e in doc.live("queued")],
             gpus=uses,
             gpu_error=gpu_error,
-            problems=list(doc.problems),
+            problems=[*doc.problems, *store_mod.stale_warnings(doc, doc.now)],
         )
 
     @contextmanager

@@ -145,15 +145,16 @@ def parse_lines(text: str) -> Doc | None:
 
 
 def dead_reason(e: Entry, now: float, host: str) -> str | None:
-    """Why a live entry's owner is gone (process gone or replaced, or heartbeat older than the lease), or None."""
+    """Why a live entry's owner is gone (process gone or replaced, or heartbeat older than its lease), or None.
+
+    Only ``lease_s`` expires an entry by age: one with neither a pid nor a lease (the runbook's own shape) is never
+    taken for dead, since nothing says its owner stopped; it counts until a person marks it done or removes it."""
     local = e.host is None or e.host == host
     if e.pid and local:
         reason = owner_gone(e.pid, e.pid_start, e.boot_id)
         if reason:
             return reason
     lease = e.lease_s
-    if lease is None and not e.pid:
-        lease = DEFAULT_PIDLESS_LEASE_S
     if lease is not None:
         last = parse_iso(e.heartbeat)
         if last is None:
@@ -161,6 +162,39 @@ def dead_reason(e: Entry, now: float, host: str) -> str | None:
         if last is not None and now - last > lease:
             return f"no heartbeat for {now - last:.0f} s (lease {lease:g} s)"
     return None
+
+
+def by_hand_only(e: Entry) -> bool:
+    """Whether nothing but a person ends this live entry: it has no owner pid and no heartbeat lease."""
+    return e.is_live and not e.pid and e.lease_s is None
+
+
+def held_until(e: Entry, host: str) -> str | None:
+    """What ends a live entry's hold, for people (None for a finished entry)."""
+    if not e.is_live:
+        return None
+    lease = f"its heartbeat is {e.lease_s:g} s late" if e.lease_s is not None else None
+    if e.pid:
+        local = e.host is None or e.host == host
+        gone = f"process {e.pid} ends" if local else f"process {e.pid} on {e.host} ends (checked there only)"
+        return f"{gone} or {lease}" if lease else gone
+    if lease:
+        return lease
+    since = f" (registered {e.started})" if e.started else ""
+    return f"marked done or removed by hand: no pid and no heartbeat, so it never expires{since}"
+
+
+def stale_warnings(doc: Doc, now: float) -> list[str]:
+    """A warning for each entry that only a person can end and that has been there longer than a pidless lease."""
+    warnings = []
+    for _, e in doc.live():
+        started = parse_iso(e.started)
+        if by_hand_only(e) and started is not None and now - started > DEFAULT_PIDLESS_LEASE_S:
+            warnings.append(
+                f"entry {e.id!r} has no pid and no heartbeat and was registered {(now - started) / 3600:.1f} h ago; "
+                f"it still counts: run `tether agents done {e.id}` if it has finished"
+            )
+    return warnings
 
 
 # --------------------------------------------------------------------------------------------------------------
