@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +171,156 @@ def test_a_lease_still_expires_an_entry_that_has_one(registry: Registry, reg_pat
     assert registry.register("b", "x", 10).status == "running"
     (lost,) = [e for e in registry.entries() if e.id == "leased"]
     assert lost.status == "lost" and "lease 60 s" in (lost.note or "")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# a lock file removed or replaced while held does not let a second writer in
+
+HOLDER = (
+    "import fcntl, os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+    "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+    "os.ftruncate(fd, 0)\n"
+    "os.write(fd, f'{os.getpid()} 2026-01-01T00:00:00Z holder\\n'.encode())\n"
+    "print('locked', flush=True)\n"
+    "sys.stdin.readline()\n"
+)
+
+REGISTER = (
+    "import json, sys\n"
+    "from tether.errors import TetherError\n"
+    "from tether.server.registry import Registry\n"
+    "smi = sys.argv[4] or None\n"
+    "try:\n"
+    "    e = Registry(sys.argv[1], lock_timeout=60, nvidia_smi=smi).register(sys.argv[2], 'x', float(sys.argv[3]))\n"
+    "    print(json.dumps({'gpus': e.gpus}), flush=True)\n"
+    "except TetherError as exc:\n"
+    "    print(json.dumps({'error': exc.message}), flush=True)\n"
+)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def hold_lock(lock: Path, procs: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:
+    """A process that holds the flock on whatever file ``lock`` names now, until its stdin gets a line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    procs.append(proc)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def let_go(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    assert proc.wait(timeout=30) == 0
+
+
+def register_in_process(
+    path: Path, ident: str, gb: float, procs: list[subprocess.Popen[str]], smi: str = ""
+) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", REGISTER, str(path), ident, str(gb), smi], stdout=subprocess.PIPE, text=True
+    )
+    procs.append(proc)
+    return proc
+
+
+def open_inodes(pid: int) -> set[int]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            found.add(os.stat(fd).st_ino)
+        except OSError:
+            continue
+    return found
+
+
+def poll(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def remove_or_replace(lock: Path, how: str) -> None:
+    if how == "removed":
+        lock.unlink()
+    else:
+        other = lock.with_name("other.lock")
+        other.write_text("")
+        os.replace(other, lock)
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_a_waiter_on_a_removed_lock_file_does_not_run_beside_the_new_holder(
+    registry: Registry, reg_path: Path, procs: list[subprocess.Popen[str]], how: str
+) -> None:
+    registry.register("keep", "x", 0)
+    before = reg_path.read_bytes()
+    lock = Path(registry.lock_path)
+    first = hold_lock(lock, procs)
+    old_inode = lock.stat().st_ino
+    waiter = register_in_process(reg_path, "w", 0, procs)
+    poll(lambda: old_inode in open_inodes(waiter.pid), "the waiter to open the lock file")
+    remove_or_replace(lock, how)
+    second = hold_lock(lock, procs)  # locks the file the path names now
+    new_inode = lock.stat().st_ino
+    let_go(first)  # the waiter can now lock the old file, which the path no longer names
+    poll(
+        lambda: waiter.poll() is not None or new_inode in open_inodes(waiter.pid),
+        "the waiter to move to the new lock file",
+    )
+    assert waiter.poll() is None, "the waiter wrote while another process held the lock"
+    assert reg_path.read_bytes() == before
+    let_go(second)
+    out, _ = waiter.communicate(timeout=60)
+    assert json.loads(out) == {"gpus": []}
+    assert [r["id"] for r in read(reg_path)] == ["keep", "w"]
+
+
+SLOW_SMI = """#!/bin/sh
+# nvidia-smi that says it was asked, then answers only once the test lets it
+case "$1" in
+    --query-gpu=*)
+        : > "{dir}/entered"
+        while [ ! -e "{dir}/go" ]; do sleep 0.02; done
+        echo "0, GPU-5f1e3b9a-2c4d-4e7f-9a1b-3c4d5e6f7a8b, 24564, 1"
+        ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_a_holder_whose_lock_file_was_removed_writes_nothing(
+    registry: Registry, reg_path: Path, tmp_path: Path, procs: list[subprocess.Popen[str]], how: str
+) -> None:
+    registry.register("keep", "x", 4)
+    smi = tmp_path / "slow-nvidia-smi"
+    smi.write_text(SLOW_SMI.replace("{dir}", str(tmp_path)))
+    smi.chmod(0o755)
+    holder = register_in_process(reg_path, "a", 10, procs, smi=str(smi))
+    poll(lambda: (tmp_path / "entered").exists(), "the holder to ask nvidia-smi under the lock")
+    remove_or_replace(Path(registry.lock_path), how)
+    assert registry.register("b", "x", 0).status == "running"  # gets the new lock file at once
+    (tmp_path / "go").write_text("")
+    out, _ = holder.communicate(timeout=60)
+    message = json.loads(out)["error"]
+    assert f"The registry lock {registry.lock_path} was removed or replaced while this process held it" in message
+    assert "nothing was written" in message
+    assert [r["id"] for r in read(reg_path)] == ["keep", "b"]  # b, written meanwhile, is not lost
+    assert not list(tmp_path.glob(".AGENT_STATUS.json.tmp-*"))
+    again = register_in_process(reg_path, "a", 10, procs, smi=str(smi))
+    out, _ = again.communicate(timeout=60)
+    assert json.loads(out) == {"gpus": [0]}
+    assert [r["id"] for r in read(reg_path)] == ["keep", "b", "a"]

@@ -17,7 +17,10 @@ The file
 Every change happens under an exclusive ``flock`` on the sidecar ``<path>.lock`` (bounded wait, then a
 :class:`~tether.errors.RegistryError` naming the holder) and is written to a temporary file that is
 ``os.replace``-d over the old one, so a reader never sees half a file. (It is not fsynced: after a power loss
-every owner is gone anyway, and the boot id tells.)
+every owner is gone anyway, and the boot id tells.) The lock file must stay in place; if it is removed or replaced
+anyway, a process that locked the old file re-locks the one the path names before it goes on, and a holder whose
+lock file went away while it worked writes nothing (a RegistryError says so), so the change made meanwhile under
+the new lock file is not overwritten.
 
 Liveness
     An entry owned by a process stores ``pid`` + ``pid_start`` (``/proc/<pid>/stat`` field 22) + ``boot_id``; it is

@@ -210,21 +210,59 @@ class Store:
         self.host = host
         self.lock_timeout = lock_timeout
         self.history_s = history_s
+        self._held: int | None = None
 
     # ---- the lock ----------------------------------------------------------------------------------------
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the registry's exclusive lock (waits at most ``lock_timeout`` seconds)."""
+        """Hold the registry's exclusive lock (waits at most ``lock_timeout`` seconds).
+
+        The lock is held only on the file that ``<path>.lock`` names once it is locked: if the path was removed or
+        replaced while this process waited on the old file, the old one is let go and the new one locked, so a
+        process that waited on a removed lock file does not run beside the one holding its replacement."""
         if fcntl is None:  # pragma: no cover
             raise RegistryError("This system has no flock, so the agent registry cannot be locked.")
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            fd = self._open_lock()
+            try:
+                self._flock(fd, deadline)
+                if self._is_current(fd):
+                    break
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise RegistryError(
+                    f"The registry lock {self.lock_path} kept being removed or replaced for {self.lock_timeout:g} s.",
+                    "Find what deletes it and stop that; the lock file must stay in place.",
+                )
+        try:
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()} {iso(time.time())} {self.host}\n".encode(), 0)
+            except OSError:
+                pass  # read-only lock file: the holder note is informative only
+            self._held = fd
+            try:
+                yield
+            finally:
+                self._held = None
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def _open_lock(self) -> int:
         parent = os.path.dirname(self.path) or "."
         try:
             os.makedirs(parent, exist_ok=True)
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            return os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
         except PermissionError:
             try:
-                fd = os.open(self.lock_path, os.O_RDONLY)
+                return os.open(self.lock_path, os.O_RDONLY)
             except OSError as exc:
                 raise RegistryError(
                     f"Cannot open the registry lock {self.lock_path}: {exc.strerror}.",
@@ -235,29 +273,39 @@ class Store:
                 f"Cannot open the registry lock {self.lock_path}: {exc.strerror}.",
                 "Check that the folder exists and is writable.",
             ) from exc
+
+    def _flock(self, fd: int, deadline: float) -> None:
+        delay = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise self._lock_timeout_error(fd) from None
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.02)
+
+    def _is_current(self, fd: int) -> bool:
+        """Whether ``<path>.lock`` still names the file open as ``fd`` (same device and inode)."""
+        held = os.fstat(fd)
         try:
-            deadline = time.monotonic() + self.lock_timeout
-            delay = 0.0005
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise self._lock_timeout_error(fd) from None
-                    time.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 0.02)
-            try:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()} {iso(time.time())} {self.host}\n".encode(), 0)
-            except OSError:
-                pass  # read-only lock file: the holder note is informative only
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+            named = os.stat(self.lock_path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise RegistryError(f"Cannot check the registry lock {self.lock_path}: {exc.strerror}.") from exc
+        return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+
+    def _check_still_locked(self) -> None:
+        """Refuse to write when the lock file this process holds was removed or replaced since it was locked:
+        another process may have locked the new one and changed the file meanwhile."""
+        if self._held is not None and not self._is_current(self._held):
+            raise RegistryError(
+                f"The registry lock {self.lock_path} was removed or replaced while this process held it, so another "
+                f"process may have changed {self.path} meanwhile; nothing was written.",
+                "Run it again; and leave the .lock file in place (removing it lets a second writer in).",
+            )
 
     def _lock_timeout_error(self, fd: int) -> RegistryError:
         try:
@@ -347,8 +395,9 @@ class Store:
         doc.reparse()
         return doc
 
-    def write_bytes(self, target: str, data: bytes) -> None:
-        """Write ``target`` through a temporary file ``os.replace``-d over it."""
+    def write_bytes(self, target: str, data: bytes, check: Callable[[], None] | None = None) -> None:
+        """Write ``target`` through a temporary file ``os.replace``-d over it (``check`` runs just before the
+        replace; if it raises, nothing is replaced)."""
         folder = os.path.dirname(target) or "."
         tmp = os.path.join(folder, f".{os.path.basename(target)}.tmp-{os.getpid()}-{random.getrandbits(32):08x}")
         try:
@@ -361,7 +410,13 @@ class Store:
                 # or stale file after a crash reads as an empty or older list, which the reclaim then corrects.
             finally:
                 os.close(fd)
+            if check is not None:
+                check()
             os.replace(tmp, target)
+        except RegistryError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -370,7 +425,7 @@ class Store:
             ) from exc
 
     def save(self, doc: Doc) -> None:
-        self.write_bytes(self.path, doc.text().encode("utf-8"))
+        self.write_bytes(self.path, doc.text().encode("utf-8"), check=self._check_still_locked)
         doc.changed = False
 
     # ---- reclaiming --------------------------------------------------------------------------------------
