@@ -324,3 +324,44 @@ def test_a_holder_whose_lock_file_was_removed_writes_nothing(
     out, _ = again.communicate(timeout=60)
     assert json.loads(out) == {"gpus": [0]}
     assert [r["id"] for r in read(reg_path)] == ["keep", "b", "a"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# repair adopts only the processes of this registry
+
+
+def test_repair_adopts_only_processes_that_name_this_registry(
+    registry: Registry, reg_path: Path, tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    tags = {"TETHER_AGENT_EXPERIMENT": "A5", "TETHER_AGENT_GPU_GB": "6", "CUDA_VISIBLE_DEVICES": "0"}
+    sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+    def start(argv: list[str], cwd: Path = tmp_path, **env: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(argv, env={**os.environ, **env}, cwd=cwd, text=True)
+        procs.append(proc)
+        return proc
+
+    mine = start(sleep, TETHER_AGENT_ID="mine", TETHER_AGENT_STATUS=str(reg_path), **tags)
+    relative = start(sleep, cwd=tmp_path, TETHER_AGENT_ID="mine-rel", TETHER_AGENT_STATUS="AGENT_STATUS.json", **tags)
+    start(sleep, TETHER_AGENT_ID="stranger", **tags)  # an agent id but no registry: someone else's process
+    start(sleep, TETHER_AGENT_ID="theirs", TETHER_AGENT_STATUS=str(elsewhere / "AGENT_STATUS.json"), **tags)
+    start(sleep, cwd=elsewhere, TETHER_AGENT_ID="theirs-rel", TETHER_AGENT_STATUS="AGENT_STATUS.json", **tags)
+    start([*sleep, f"TETHER_AGENT_ID=argv-only TETHER_AGENT_STATUS={reg_path}"])  # only its arguments say so
+    damaged = (
+        b'[{"id": "kept", "experiment": "B", "gpu_gb": 2, "status": "running", "started": "2026-02-11T10:00:00Z"}, {"id'
+    )
+    reg_path.write_bytes(damaged)
+
+    env = dict(os.environ)
+    done = server_agents("repair", "--path", str(reg_path), env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"rebuilt {reg_path}: 3 entries (1 salvaged, 2 found from live processes)")
+    rows = {r["id"]: r for r in read(reg_path)}
+    assert set(rows) == {"kept", "mine", "mine-rel"}
+    assert (rows["mine"]["pid"], rows["mine-rel"]["pid"]) == (mine.pid, relative.pid)
+    assert rows["mine"]["gpu_gb"] == 6 and rows["mine"]["gpus"] == [0]
+    (aside,) = tmp_path.glob("AGENT_STATUS.json.bad-*")
+    assert aside.read_bytes() == damaged  # the damaged file is kept as it was
+    assert not list(elsewhere.iterdir())  # the other registry is untouched

@@ -46,7 +46,8 @@ Admission (one step under the lock)
 
 Bad input never loses data: a file that is not a JSON list is never overwritten (a copy is kept aside as
 ``<path>.bad-<UTC time>`` and every operation refuses until :meth:`Registry.repair` rebuilds it from the entries
-still readable in it and from live processes that carry ``TETHER_AGENT_ID`` in their environment); odd entries are
+still readable in it and from the live processes of this registry: those whose environment carries an agent's
+``TETHER_AGENT_ID`` and ``TETHER_AGENT_STATUS`` naming this very file, as every admitted job's does); odd entries are
 kept, reported and counted conservatively, and a change to an entry rewrites only the fields it changes (an odd
 value, or a key this module does not know, stays as it was written):
 

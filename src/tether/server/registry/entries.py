@@ -272,7 +272,8 @@ def _text(value: Any) -> str | None:
 
 
 def agent_env(entry: Entry, path: str | None = None) -> dict[str, str]:
-    """Environment for the job an entry admits: its GPUs, and the ids :meth:`Registry.repair` finds it by."""
+    """Environment for the job an entry admits: its GPUs, and the ids :meth:`Registry.repair` finds it by (the
+    agent's id and, given ``path``, the registry's absolute path: repair adopts only processes naming its own)."""
     env = {
         "CUDA_VISIBLE_DEVICES": entry.cuda_visible_devices,
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
@@ -281,7 +282,7 @@ def agent_env(entry: Entry, path: str | None = None) -> dict[str, str]:
         ENV_GPU_GB: "" if entry.gpu_gb is None else str(gb_json(entry.gpu_gb)),
     }
     if path:
-        env[ENV_PATH] = path
+        env[ENV_PATH] = os.path.abspath(path)
     return env
 
 

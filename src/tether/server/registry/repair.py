@@ -1,5 +1,10 @@
 """Repair: rebuild a damaged registry file from the entries still readable in it and from the live processes that
-carry an agent's identity in their environment (stdlib only, Python 3.8+)."""
+carry an agent's identity in their environment (stdlib only, Python 3.8+).
+
+A process is adopted only when its environment names an agent (``TETHER_AGENT_ID``) *and* this registry
+(``TETHER_AGENT_STATUS``, the absolute path :func:`~tether.server.registry.entries.agent_env` gives every admitted
+job; a relative one is read against the process's working folder): a process of another registry, or one that
+merely has an agent id in its environment or its arguments, is left alone."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from tether.server.registry.entries import (
     ENV_EXPERIMENT,
     ENV_GPU_GB,
     ENV_ID,
+    ENV_PATH,
     Entry,
     iso,
     read_gpu_gb,
@@ -116,14 +122,34 @@ def salvage(text: str) -> list[Any]:
     return found
 
 
-_TAG_KEYS = (ENV_ID.encode(), ENV_EXPERIMENT.encode(), ENV_GPU_GB.encode(), b"CUDA_VISIBLE_DEVICES")
+_TAG_KEYS = (
+    ENV_ID.encode(),
+    ENV_EXPERIMENT.encode(),
+    ENV_GPU_GB.encode(),
+    ENV_PATH.encode(),
+    b"CUDA_VISIBLE_DEVICES",
+)
 
 
-def tagged_processes() -> list[dict[str, Any]]:
-    """Live processes whose environment names a registry agent (``TETHER_AGENT_ID``), one per agent: the
-    top-most process of each agent's tree."""
+def same_registry(value: str | None, pid: int, mine: str) -> bool:
+    """Whether a process's ``TETHER_AGENT_STATUS`` (relative: to its working folder) names the file ``mine``
+    (a real path)."""
+    if not value:
+        return False
+    if not os.path.isabs(value):
+        try:
+            value = os.path.join(os.readlink(f"/proc/{pid}/cwd"), value)
+        except OSError:
+            return False
+    return os.path.realpath(value) == mine
+
+
+def tagged_processes(path: str) -> list[dict[str, Any]]:
+    """Live processes whose environment names a registry agent (``TETHER_AGENT_ID``) of the registry ``path``
+    (``TETHER_AGENT_STATUS``), one per agent: the top-most process of each agent's tree."""
     if not have_proc():
         return []
+    mine = os.path.realpath(os.path.abspath(path))
     tagged: dict[int, dict[str, Any]] = {}
     me = os.getpid()
     for name in os.listdir("/proc"):
@@ -141,8 +167,10 @@ def tagged_processes() -> list[dict[str, Any]]:
             if sep and key in _TAG_KEYS:
                 env[key.decode()] = value.decode("utf-8", "replace")
         ident = env.get(ENV_ID)
+        if not ident or not same_registry(env.get(ENV_PATH), pid, mine):
+            continue
         stat = proc_stat(pid)
-        if not ident or stat is None or stat[1] in ("Z", "X"):
+        if stat is None or stat[1] in ("Z", "X"):
             continue
         gb, _ = read_gpu_gb(_float_or_none(env.get(ENV_GPU_GB)))
         devices = env.get("CUDA_VISIBLE_DEVICES", "")
@@ -181,7 +209,7 @@ def repair(store: Store) -> RepairReport:
     """Rebuild the file: keep a bad file aside, salvage readable entries, add live tagged processes."""
     loader = SalvageLoad(store)
     with store.transaction(load=loader) as doc:
-        discovered = adopt(doc, tagged_processes(), store.host)
+        discovered = adopt(doc, tagged_processes(store.path), store.host)
         doc.reparse(full=True)
         doc.changed = True  # repair always writes the file it rebuilt
     return RepairReport(
