@@ -20,6 +20,7 @@ on servers with a bare ``python3``) can use it too.
     ├── PolicyRefusal                exit 3: refused by a safety rule (e.g. destroy with unsynced results)
     ├── RegistryError                AGENT_STATUS.json cannot be read, locked or admitted to
     │   └── AdmissionRefused         exit 4: not enough GPU memory free for the request
+    │       └── NoRoom               the registry's refusal, with its figures in ``details``
     └── CheckpointError              the checkpoint journal or results cannot be used as asked
 """
 
@@ -109,6 +110,15 @@ class AdmissionRefused(RegistryError):
     """The GPU has not enough free memory for the request."""
 
     exit_code = EXIT_NO_ROOM
+
+
+class NoRoom(AdmissionRefused):
+    """The agent registry's refusal; the message says what is free, what was asked and who holds the rest, and
+    ``details`` holds the same figures (asked_gb, free_gb per GPU, holders, outside_gb, queued, reason)."""
+
+    def __init__(self, message: str, hint: str | None = None, details: dict[str, object] | None = None) -> None:
+        super().__init__(message, hint)
+        self.details: dict[str, object] = details or {}
 
 
 class CheckpointError(TetherError):

@@ -1,28 +1,57 @@
 """``tether agents``: the AGENT_STATUS.json registry of a server (or of this machine), for agents that launch work
-by hand. tether's own runs register and leave through the run wrapper."""
+by hand. tether's own runs register and leave through the run wrapper.
+
+The server side (``python3 -m tether.server agents``) answers one JSON document; a failure there becomes the
+matching :class:`~tether.errors.TetherError` here, so the CLI's one edge renders it like every other command's
+(``--json``: ``{"error", "hint", "kind", "exit_code"}``)."""
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from typing import Any
 
 import click
 from rich.table import Table
 
+from tether.agents import SUBCOMMANDS, registry_argv
 from tether.cli.common import duration, emit_json, load_project, out, say, state
-from tether.errors import TetherError
-from tether.hosts import LOCAL, Target, resolve
+from tether.errors import NoRoom, RegistryError, RemoteError, TetherError
+from tether.hosts import LOCAL, resolve
+from tether.server.registry import parse_iso
 
-SUBCOMMANDS = ("list", "register", "done", "heartbeat", "repair")
+__all__ = ["SUBCOMMANDS", "agents", "register", "registry_argv", "server_error"]
 
 
-def registry_argv(target: Target, args: list[str]) -> list[str]:
-    """The server-side argv for ``agents`` on ``target`` (pure)."""
-    where = ["--path", target.registry] if target.registry else ["--root", target.root]
-    sub, rest = (args[0], args[1:]) if args and args[0] in SUBCOMMANDS else ("list", args)
-    return [*target.server_argv, "agents", sub, *where, *rest, "--json"]
+def _error_classes() -> dict[str, type[TetherError]]:
+    found: dict[str, type[TetherError]] = {}
+    todo: list[type[TetherError]] = [TetherError]
+    while todo:
+        cls = todo.pop()
+        found[cls.__name__] = cls
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def server_error(error: Any, where: str) -> TetherError:
+    """The TetherError for the server side's ``{"error": {"type", "message", "hint", "exit_code", "details"}}``
+    (pure): the class it names (RegistryError if it names none), its message and hint, its exit code."""
+    if not isinstance(error, dict):
+        return RegistryError(f"The agent registry on {where} failed: {json.dumps(error)[:200]}")
+    cls = _error_classes().get(str(error.get("type")), RegistryError)
+    message = error.get("message")
+    hint = error.get("hint")
+    exc = cls(
+        message if isinstance(message, str) and message else f"The agent registry on {where} failed.",
+        hint if isinstance(hint, str) and hint else None,
+    )
+    code = error.get("exit_code")
+    if isinstance(code, int) and not isinstance(code, bool) and code != exc.exit_code:
+        exc.exit_code = code
+    details = error.get("details")
+    if isinstance(exc, NoRoom) and isinstance(details, dict):
+        exc.details = details
+    return exc
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -57,19 +86,12 @@ def agents(ctx: click.Context, words: tuple[str, ...], local: bool, as_json: boo
     try:
         doc: dict[str, Any] = json.loads(result.text())
     except ValueError:
-        raise TetherError(
+        raise RemoteError(
             f"The agent registry on {target.name} did not answer.",
             (result.output_tail() or "No output.") + f" Run `tether up {target.name}` if tether is not set up there.",
         ) from None
     if "error" in doc:
-        error = doc["error"]
-        if as_json:
-            emit_json(doc)
-        else:
-            click.echo(f"error: {error.get('message')}", err=True)
-            if error.get("hint"):
-                click.echo(error["hint"], err=True)
-        sys.exit(int(error.get("exit_code") or 1))
+        raise server_error(doc["error"], target.name)
     if as_json:
         emit_json(doc)
         return
@@ -104,20 +126,21 @@ def _render_list(host: str, doc: dict[str, Any]) -> None:
         say(f"No agents registered on {host} ({doc.get('path')}).")
     else:
         table = Table(box=None, pad_edge=False)
-        for col in ("id", "experiment", "GB", "status", "live", "GPUs", "queue", "started", "heartbeat"):
+        for col in ("id", "experiment", "GB", "status", "live", "GPUs", "queue", "started", "heartbeat", "held until"):
             table.add_column(col)
         for e in entries:
-            beat = e.get("heartbeat")
+            beat = parse_iso(e.get("heartbeat"))
             table.add_row(
                 str(e.get("id")),
                 str(e.get("experiment")),
-                f"{float(e.get('gpu_gb') or 0):g}",
+                _gb(e.get("gpu_gb")),
                 str(e.get("status")),
                 "yes" if e.get("live") else "no",
                 ",".join(str(g) for g in e.get("gpus") or []) or "-",
                 str(e.get("queue_position") or "-"),
                 str(e.get("started") or "-"),
-                f"{duration(now - beat)} ago" if isinstance(beat, (int, float)) else "-",
+                f"{duration(max(0.0, now - beat))} ago" if beat is not None else "-",
+                str(e.get("held_until") or "-"),
             )
         out.print(table)
     gpus = doc.get("gpus")
@@ -131,6 +154,13 @@ def _render_list(host: str, doc: dict[str, Any]) -> None:
             )
     for problem in doc.get("problems", []):
         say(f"warning: {problem}")
+
+
+def _gb(value: Any) -> str:
+    """A GB figure for the table; "?" for one the registry could not use (it counts as the whole GPU)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "?"
+    return f"{float(value):g}"
 
 
 def register(group: click.Group) -> None:

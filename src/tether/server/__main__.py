@@ -30,9 +30,9 @@ def main(argv: list[str]) -> int:
 
         return manifest.main(rest)
     if command == "agents":
-        from tether.server import agents_cmd
+        from tether.server import registry_cli
 
-        return agents_cmd.main(rest)
+        return registry_cli.main(rest)
     if command == "version":
         import tether
 

@@ -83,3 +83,30 @@ def test_a_second_gpu_run_that_does_not_fit_is_refused_not_started(tmp_path: Pat
     second = tether("run", "exp", "--local", cwd=project, env=env)
     assert second.returncode == 1 and "refused" in second.stderr and first in second.stderr
     tether("cancel", first, cwd=project, env=env)
+
+
+def test_json_errors_are_the_one_flat_document(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "p")
+    env = gpu_env("1x24")
+    tether_json("agents", "register", "--id", "a1", "--experiment", "ollama", "--gpu-gb", "20", cwd=project, env=env)
+    refused = tether(
+        "agents", "register", "--id", "a2", "--experiment", "llama", "--gpu-gb", "10", "--json", cwd=project, env=env
+    )
+    assert refused.returncode == 4
+    doc = json.loads(refused.stdout)
+    assert set(doc) == {"error", "hint", "kind", "exit_code"}
+    assert doc["kind"] == "NoRoom" and doc["exit_code"] == 4
+    assert "10 GB asked" in doc["error"] and "GB free" in doc["error"] and "a1 (ollama, 20 GB)" in doc["error"]
+    assert "--wait" in doc["hint"]
+    unknown = tether("agents", "done", "nobody", "--json", cwd=project, env=env)
+    assert unknown.returncode == 1
+    doc = json.loads(unknown.stdout)
+    assert doc["kind"] == "RegistryError" and doc["exit_code"] == 1 and "No agent 'nobody'" in doc["error"]
+    bad = tether(
+        "agents", "register", "--id", "x", "--experiment", "y", "--gpu-gb", "-3", "--json", cwd=project, env=env
+    )
+    doc = json.loads(bad.stdout)
+    assert (
+        bad.returncode == 2 and doc["kind"] == "ConfigError" and doc["exit_code"] == 2 and "0 or more" in doc["error"]
+    )
+    assert [e["id"] for e in json.loads(registry_file().read_text())] == ["a1"]  # no refusal changed the file

@@ -122,7 +122,7 @@ def test_reused_pid_is_not_taken_for_the_owner(
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """The server-side CLI as a bare python3 runs it: no site-packages, tether from PYTHONPATH."""
     return subprocess.run(
-        [sys.executable, "-S", "-m", "tether.server.agents_cmd", *args],
+        [sys.executable, "-S", "-m", "tether.server.registry_cli", *args],
         capture_output=True,
         text=True,
         env=dict(env, PYTHONPATH=SRC),
@@ -165,7 +165,12 @@ def test_repair_rebuilds_from_live_processes(tmp_path: Path, spawned: list[subpr
     env = env_with("1x24")
     path = tmp_path / "AGENT_STATUS.json"
     job_env = dict(
-        env, TETHER_AGENT_ID="job-7", TETHER_AGENT_EXPERIMENT="A5", TETHER_AGENT_GPU_GB="12", CUDA_VISIBLE_DEVICES="0"
+        env,
+        TETHER_AGENT_ID="job-7",
+        TETHER_AGENT_EXPERIMENT="A5",
+        TETHER_AGENT_GPU_GB="12",
+        CUDA_VISIBLE_DEVICES="0",
+        TETHER_AGENT_STATUS=str(path),  # repair adopts only the processes of its own registry
     )
     job = subprocess.Popen(["sleep", "120"], env=job_env, text=True)
     spawned.append(job)  # type: ignore[arg-type]

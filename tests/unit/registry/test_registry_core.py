@@ -230,9 +230,14 @@ def test_odd_entries_are_kept_and_reported(registry: Registry, reg_path: Path) -
     with pytest.raises(NoRoom) as err:
         registry.register("c", "x", 20)  # the seed-style entry's 6 GB still counts
     assert "seed-style (A5, 6 GB)" in err.value.message
+    with pytest.raises(NoRoom, match=r"weird \(B, 24 GB: its gpu_gb is unusable, so it counts as the whole GPU\)"):
+        registry.register("d", "x", 10)  # an unusable gpu_gb counts as the whole GPU, never as 0
+    assert read(reg_path) == odd
+    registry.release("weird")  # a person marks it done
     registry.register("d", "x", 10)
     rows = read(reg_path)
-    assert rows[:4] == odd  # nothing dropped or rewritten
+    assert [rows[0], *rows[2:4]] == [odd[0], *odd[2:4]]  # nothing dropped or rewritten
+    assert rows[1] == {**odd[1], "status": "completed", "ended": rows[1]["ended"]}  # only what `done` changes
     assert rows[4]["id"] == "d"
 
 

@@ -1,4 +1,5 @@
-"""``python3 -m tether.server agents ...``: the agent registry from the command line (stdlib only, Python 3.8+).
+"""``python3 -m tether.server agents ...`` (this module: ``tether.server.registry_cli``): the agent registry from the
+command line (stdlib only, Python 3.8+).
 
 ::
 
@@ -15,7 +16,8 @@ right away), so the entry lives by its lease: renew it with ``heartbeat`` at lea
 
 JSON contract (``--json``: exactly one document on stdout, also on failure):
 
-- ``list``: ``{"path", "host", "entries": [entry + {"live", "queue_position", "cuda_visible_devices"}],
+- ``list``: ``{"path", "host", "entries": [entry + {"live", "queue_position", "cuda_visible_devices",
+  "gpu_gb_counted", "held_until"}],
   "queue": [id, ...], "gpus": [{"index", "uuid", "total_gb", "used_gb", "reserved_gb", "outside_gb",
   "free_gb"}] | null (no nvidia-smi), "gpu_error": str | null, "problems": [str, ...]}``
 - ``register``: ``{"entry": entry, "cuda_visible_devices": "0,1", "env": {name: value}}``; ``env`` is what the
@@ -24,7 +26,9 @@ JSON contract (``--json``: exactly one document on stdout, also on failure):
 - ``repair``: ``{"path", "kept_aside": str | null, "salvaged", "discovered", "entries": [entry, ...]}``.
 - failure: ``{"error": {"type": class name, "message", "hint", "exit_code", "details": {...}}}``; for an
   admission refusal ``details`` holds ``asked_gb``, ``free_gb`` (per GPU index), ``holders``, ``outside_gb``,
-  ``queued`` and ``reason`` (``no_room``, ``queued_ahead``, ``never_fits``, ``no_gpu``).
+  ``queued`` and ``reason`` (``no_room``, ``queued_ahead``, ``never_fits``, ``no_gpu``). ``type`` names a class of
+  :mod:`tether.errors`; ``tether agents`` raises that class with this message and hint, so its own ``--json``
+  failure is the flat ``{"error", "hint", "kind", "exit_code"}`` of every tether command.
 
 An entry is ``{"id", "experiment", "gpu_gb", "status", "started", "pid", "pid_start", "boot_id", "host",
 "heartbeat", "lease_s", "gpus", "ended", "note"}`` (see :mod:`tether.server.registry`).
@@ -133,7 +137,7 @@ def _print_listing(listing: reg.Listing) -> None:
                 e.cuda_visible_devices or "-",
                 e.started or "-",
                 str(e.pid) if e.pid else "-",
-                e.note or "",
+                _note(listing, e),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
@@ -141,6 +145,16 @@ def _print_listing(listing: reg.Listing) -> None:
         out.write(("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1]).rstrip() + "\n")
     for problem in listing.problems:
         sys.stderr.write(f"warning: {problem}\n")
+
+
+def _note(listing: reg.Listing, e: reg.Entry) -> str:
+    """The NOTE column: the entry's note, how an odd gpu_gb counts, and what ends a hold only a person can end."""
+    notes = [e.note]
+    if e.is_live:
+        notes.append(e.gpu_gb_counted and f"gpu_gb counts as {e.gpu_gb_counted}")
+        if not e.pid and e.lease_s is None:
+            notes.append(f"held until {listing.held_until(e)}")
+    return "; ".join(n for n in notes if n)
 
 
 def _run(ns: argparse.Namespace) -> int:
