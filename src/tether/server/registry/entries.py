@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from tether import vocab
 from tether.errors import ConfigError
 
-FILENAME = "AGENT_STATUS.json"
+FILENAME = vocab.AGENT_STATUS
 DEFAULT_PATH = "/workspace/" + FILENAME
 PATH_ENV = "TETHER_AGENT_STATUS"
 
