@@ -249,8 +249,13 @@ def tick(ctx: Ctx, *, dry_run: bool = False, now: float | None = None) -> list[d
     provider = provider_for(project)
     results: list[dict[str, Any]] = []
     try:
+        try:
+            for sentence in rentals.reconcile(project, st, provider):
+                ctx.say(sentence)
+        except TetherError as exc:
+            ctx.say(f"could not list this project's instances: {exc}")
         for rec in st.instances():
-            if rec.provider != rentals.PROVIDER or rec.state == "gone":
+            if rec.provider != rentals.PROVIDER or rec.state in ("gone", "creating") or not rec.instance_id:
                 continue
             try:
                 rentals.observe(project, st, rec.name, provider=provider)

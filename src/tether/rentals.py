@@ -9,6 +9,7 @@ destroy a server whose results are not home, never leave a failed rental billing
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from tether import cost
 from tether.config import Project
 from tether.errors import ConfigError, ProviderError, TetherError
+from tether.paths import tether_home
 from tether.profiles import Profile, project_profile
 from tether.providers import OFFER_TYPES, Instance, Offer, OfferType, Provider, provider_for, ssh_address
 from tether.renting import destroy_verified, find_offers, rent, wait_running
@@ -108,10 +110,82 @@ def project_root_for(instance_id: str, template: str) -> str:
 
 def rented(st: State, name: str) -> InstanceRecord:
     rec = st.instance(name)
+    if rec is not None and rec.provider == PROVIDER and rec.state == "creating" and not rec.instance_id:
+        raise ProviderError(
+            f"{name} is being rented (or its rental was interrupted before the provider answered).",
+            f"Wait for `tether up {name}` to finish; `tether ls` adopts what an interrupted rental made.",
+        )
     if rec is None or rec.provider != PROVIDER or not rec.instance_id:
         known = ", ".join(r.name for r in st.instances() if r.provider == PROVIDER and r.state != "gone") or "none"
         raise ConfigError(f"No rented server is called {name!r}.", f"Rented servers: {known}. `tether ls` lists them.")
     return rec
+
+
+def label_prefix(project: Project) -> str:
+    """The label of every instance this project rents is ``tether:<project>:<name>``."""
+    return f"tether:{project.name}:"
+
+
+def label_of(project: Project, name: str) -> str:
+    return label_prefix(project) + name
+
+
+@contextlib.contextmanager
+def name_lock(name: str, *, blocking: bool = True) -> Iterator[bool]:
+    """Hold ``$TETHER_HOME/rentals/<name>.lock`` (flock): one rental of a name at a time on this machine.
+
+    Yields whether it is held (always True when ``blocking``); a second ``tether up NAME`` waits for the first.
+    """
+    folder = tether_home() / "rentals"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.lock", "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def reconcile(project: Project, st: State, provider: Provider) -> list[str]:
+    """Bring every instance that carries this project's label into local state; the sentences of what changed.
+
+    An instance the provider has under ``tether:<project>:<name>`` that state does not know (a ``tether up``
+    killed between the create and its record, or another controller of the same project) is adopted under
+    ``name``; a ``creating`` record whose create made nothing, and whose ``up`` is no longer running, is dropped.
+    """
+    said: list[str] = []
+    prefix = label_prefix(project)
+    labelled = {i.label[len(prefix) :]: i for i in provider.list_instances(prefix) if i.label and i.state != "gone"}
+    for name, inst in sorted(labelled.items()):
+        rec = st.instance(name)
+        if rec is not None and rec.instance_id == inst.id:
+            continue
+        if rec is not None and rec.instance_id and rec.state != "gone":
+            said.append(
+                f"instance {inst.id} carries the label of {name}, which is instance {rec.instance_id} here; left "
+                f"alone (destroy it with the provider's console if it is not needed)."
+            )
+            continue
+        record(
+            st, name, inst, source="reconcile", meta=_adopted_meta(project), remote_root=project.config.vast.remote_root
+        )
+        said.append(f"adopted instance {inst.id} as {name} (rented under this project's label, unknown here).")
+    for rec in st.instances():
+        reserved = rec.provider == PROVIDER and rec.state == "creating" and rec.instance_id is None
+        if reserved and rec.name not in labelled:
+            with name_lock(rec.name, blocking=False) as free:
+                if free:
+                    st.drop_reservation(rec.name)
+    return said
+
+
+def _adopted_meta(project: Project) -> dict[str, Any]:
+    """What an adopted (or reserved) rental needs to be reached: the key its instances accept."""
+    return {"identity_file": project.config.vast.identity_file}
 
 
 def _wait_s(project: Project) -> float:
@@ -141,8 +215,15 @@ def ensure_rented(
     say: Say = _quiet,
     provider: Provider | None = None,
 ) -> dict[str, Any]:
-    """Rent a server called ``name`` (or reuse the one already rented under that name) and wait until it runs."""
-    with _provider(project, provider) as prov:
+    """Rent a server called ``name`` (or reuse the one already rented under that name) and wait until it runs.
+
+    One ``up`` of a name at a time (:func:`name_lock`); the rental is recorded (``creating``) before the create
+    call, and instances under this project's label are reconciled first, so a killed ``up`` leaves nothing unknown
+    and running ``up`` again adopts what it made instead of renting a second.
+    """
+    with name_lock(name), _provider(project, provider) as prov:
+        for sentence in reconcile(project, st, prov):
+            say(sentence)
         existing = st.instance(name)
         if existing is not None and existing.provider == PROVIDER and existing.state != "gone" and existing.instance_id:
             inst = observe_instance(prov, existing.instance_id)
@@ -171,20 +252,18 @@ def ensure_rented(
         else:
             offers = search(prov, prof)
         _check_budget(project, st, min(o.dph_total for o in offers))
-        label = f"tether:{project.name}:{name}"
+        label = label_of(project, name)
         say(f"Renting {name} ({prof.name}): {len(offers)} offers, cheapest ${offers[0].dph_total:.4f}/hr.")
-        assert prof.image is not None  # project_profile always sets it
-        inst = rent(
-            prov,
-            offers,
-            image=prof.image,
-            disk_gb=prof.min_disk_gb,
-            label=label,
-            max_price=max_price,
-            wait_deadline_s=_wait_s(project),
-            poll_s=project.config.vast.poll_seconds,
-            on_event=say,
+        st.reserve_instance(
+            name, PROVIDER, project.config.vast.remote_root, {**_adopted_meta(project), "profile": prof.name}
         )
+        try:
+            inst = _rent(prov, offers, prof, label, max_price, project, say)
+        except BaseException:
+            # Nothing may be left half-known: adopt what the create made, or drop the reservation.
+            with contextlib.suppress(TetherError):
+                reconcile_after_failure(project, st, prov, name)
+            raise
     meta = {
         "profile": prof.name,
         "image": prof.image,
@@ -196,6 +275,40 @@ def ensure_rented(
     }
     rec = record(st, name, inst, source="rent", meta=meta, remote_root=project.config.vast.remote_root)
     return {"instance_id": inst.id, "reused": False, "address": rec.address, "dph_total": inst.dph_total}
+
+
+def _rent(
+    prov: Provider, offers: list[Offer], prof: Profile, label: str, max_price: float | None, project: Project, say: Say
+) -> Instance:
+    assert prof.image is not None  # project_profile always sets it
+    return rent(
+        prov,
+        offers,
+        image=prof.image,
+        disk_gb=prof.min_disk_gb,
+        label=label,
+        max_price=max_price,
+        wait_deadline_s=_wait_s(project),
+        poll_s=project.config.vast.poll_seconds,
+        on_event=say,
+    )
+
+
+def reconcile_after_failure(project: Project, st: State, prov: Provider, name: str) -> None:
+    """After a rental failed or was interrupted: adopt what it left under its label, else forget the reservation."""
+    label = label_of(project, name)
+    left = [i for i in prov.list_instances(label) if i.label == label and i.state != "gone"]
+    if left:
+        record(
+            st,
+            name,
+            left[0],
+            source="reconcile",
+            meta=_adopted_meta(project),
+            remote_root=project.config.vast.remote_root,
+        )
+    else:
+        st.drop_reservation(name)
 
 
 def _check_budget(project: Project, st: State, new_dph: float) -> None:

@@ -254,8 +254,8 @@ class State:
             ) from None
         self.db.row_factory = sqlite3.Row
         try:
-            self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA busy_timeout=30000")
+            self._wal()
             self._migrate()
             for suffix in ("-wal", "-shm"):
                 private_file(path.with_name(path.name + suffix), create=False)
@@ -264,6 +264,19 @@ class State:
             if isinstance(exc, (sqlite3.Error, OSError)):
                 raise self._error(exc) from exc
             raise
+
+    def _wal(self) -> None:
+        """Switch to WAL. SQLite answers "locked" at once, without its busy handler, while another process
+        creates the file, so a fresh state opened by two commands together retries here for a bounded time."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def __enter__(self) -> State:
         return self
@@ -323,6 +336,9 @@ class State:
             )
         for number in range(version, len(MIGRATIONS)):
             with self.tx() as db:
+                # Another process may have migrated between our read and this write lock: read it again under the lock.
+                if int(db.execute("PRAGMA user_version").fetchone()[0]) > number:
+                    continue
                 for statement in _statements(MIGRATIONS[number]):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number + 1}")
@@ -413,6 +429,28 @@ class State:
                 " VALUES (?,?,?,?,?,?,?)",
                 (rec.name, rec.instance_id, rec.updated, rec.state, rec.dph_total, rec.storage_dph, source),
             )
+
+    def reserve_instance(self, name: str, provider: str, remote_root: str, meta: dict[str, Any]) -> None:
+        """Record a rental about to be created (state ``creating``, no instance id yet), before any money is spent.
+
+        Written without a ledger event (nothing bills yet); :func:`tether.rentals.reconcile` replaces it with the
+        instance the provider made, found by its label, or drops it when nothing was made.
+        """
+        now = time.time()
+        with self.tx() as db:
+            db.execute(
+                """INSERT INTO instances(name, provider, instance_id, address, remote_root, state, dph_total,
+                   storage_dph, created, updated, meta) VALUES (?,?,NULL,NULL,?,'creating',NULL,NULL,?,?,?)
+                   ON CONFLICT(name) DO UPDATE SET provider=excluded.provider, instance_id=NULL, address=NULL,
+                   remote_root=excluded.remote_root, state='creating', dph_total=NULL, storage_dph=NULL,
+                   created=excluded.created, updated=excluded.updated, meta=excluded.meta""",
+                (name, provider, remote_root, now, now, json.dumps(meta)),
+            )
+
+    def drop_reservation(self, name: str) -> None:
+        """Forget a ``creating`` record whose create made nothing (a record with an instance is never dropped)."""
+        with self.tx() as db:
+            db.execute("DELETE FROM instances WHERE name=? AND state='creating' AND instance_id IS NULL", (name,))
 
     def instance(self, name: str) -> InstanceRecord | None:
         row = self._row("SELECT * FROM instances WHERE name=?", (name,))

@@ -22,8 +22,13 @@ from tether.runs import HostProgress
 
 
 def observe_rented(ctx: Ctx) -> list[str]:
-    """Record the current state and price of every rented server in the ledger; the problems met (best effort)."""
-    live = [r for r in ctx.state.instances() if r.provider == rentals.PROVIDER and r.state != "gone"]
+    """Record the current state and price of every rented server in the ledger; the problems met (best effort).
+
+    Instances under this project's label that state does not know are adopted first (:func:`rentals.reconcile`),
+    once this machine has rented anything (a reservation is written before every create).
+    """
+    known = [r for r in ctx.state.instances() if r.provider == rentals.PROVIDER]
+    live = [r for r in known if r.state != "gone"]
     if not live:
         return []
     problems: list[str] = []
@@ -32,6 +37,16 @@ def observe_rented(ctx: Ctx) -> list[str]:
     except TetherError as exc:
         return [f"could not ask the provider for current states: {exc.message}"]
     try:
+        try:
+            for sentence in rentals.reconcile(ctx.project, ctx.state, provider):
+                ctx.say(sentence)
+        except TetherError as exc:
+            problems.append(f"could not list this project's instances: {exc.message}")
+        live = [
+            r
+            for r in ctx.state.instances()
+            if r.provider == rentals.PROVIDER and r.state not in ("gone", "creating") and r.instance_id
+        ]
         for rec in live:
             try:
                 rentals.observe(ctx.project, ctx.state, rec.name, provider=provider)
@@ -133,6 +148,9 @@ def report(ctx: Ctx) -> Report:
         out.runs += [HostRun(name, r) for r in found.runs]
     for rec in st.instances():
         if rec.provider != rentals.PROVIDER or rec.state == "gone":
+            continue
+        if rec.state == "creating" or not rec.instance_id:
+            out.warnings.append(f"{rec.name} is being rented (or its rental was interrupted): `tether ls` adopts it.")
             continue
         facts = autopilot.gather(ctx, rec.name, now)
         view = facts.view

@@ -52,3 +52,28 @@ def test_host_facts_change_only_what_is_given(tmp_path: Path) -> None:
             True,
         )
         assert st.set_host_facts("lab1", no_env=False).no_env is False
+
+
+def test_processes_opening_a_new_state_at_once_all_succeed(tmp_path: Path) -> None:
+    """Two `tether up` started together both create the schema: the second must see the first's, not fail."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time; from pathlib import Path; from tether.state import open_state\n"
+        "time.sleep(float(sys.argv[2]) - time.time())\n"
+        "st = open_state(Path(sys.argv[1])); st.close()\n"
+    )
+    for trial in range(5):
+        path = tmp_path / f"state{trial}.db"
+        import time
+
+        at = str(time.time() + 0.6)
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, str(path), at], stderr=subprocess.PIPE, text=True)
+            for _ in range(4)
+        ]
+        errors = [p.communicate()[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+        with open_state(path) as st:
+            assert st.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
