@@ -79,11 +79,7 @@ def _unlisted_results(ctx: Ctx, target: Target, found: vocab.Scan) -> list[str]:
     removed or renamed, another project on the same server): never home, since ``tether pull`` cannot see them."""
     listed = {posixpath.normpath(posixpath.join(target.code_dir, p)) for p in pull.results_paths(ctx.project)}
     extra = sorted(
-        {
-            posixpath.normpath(r.results_dir)
-            for r in found.runs
-            if r.results_dir and posixpath.isabs(r.results_dir)
-        }
+        {posixpath.normpath(r.results_dir) for r in found.runs if r.results_dir and posixpath.isabs(r.results_dir)}
         - listed
     )
     files: list[str] = []

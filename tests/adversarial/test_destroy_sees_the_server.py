@@ -25,8 +25,21 @@ def test_an_agent_registered_by_hand_blocks_destroy_down_stop_and_the_autopilot(
     instance_id = tether_json("up", "box", "--profile", "api", cwd=project, env=env)["rented"]["instance_id"]
     _completed_and_pulled(project, env)
     # A colleague's agent registers by hand, owned by a process that is alive (this test's own).
-    reg = tether("agents", "box", "register", "--id", "human-1", "--experiment", "notebook", "--gpu-gb", "0",
-                 "--pid", str(os.getpid()), cwd=project, env=env)
+    reg = tether(
+        "agents",
+        "box",
+        "register",
+        "--id",
+        "human-1",
+        "--experiment",
+        "notebook",
+        "--gpu-gb",
+        "0",
+        "--pid",
+        str(os.getpid()),
+        cwd=project,
+        env=env,
+    )
     assert reg.returncode == 0, reg.stderr
     for command in (["destroy", "box"], ["down", "box", "--no-more-work"], ["stop", "box"]):
         refused = tether(*command, cwd=project, env=env)

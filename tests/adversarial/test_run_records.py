@@ -46,6 +46,7 @@ def test_a_killed_wrapper_leaves_a_computing_run_running_and_cancel_reaches_it(t
 
     cancelled = tether_json("cancel", run_id, cwd=project)
     assert cancelled["cancelled"] is True and cancelled["status"] == "cancelled", cancelled
+
     def experiment_gone() -> bool:
         stat = procinfo.proc_stat(child)
         return stat is None or stat[1] == "Z"
