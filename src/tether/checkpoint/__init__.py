@@ -96,7 +96,7 @@ from tether.checkpoint.journal import (
     id_key,
     read_progress,
 )
-from tether.checkpoint.runner import BatchSummary, RetryAfter, arun_batch, backoff_delay, run_batch
+from tether.checkpoint.batch import BatchSummary, RetryAfter, arun_batch, backoff_delay, run_batch
 from tether.errors import CheckpointError
 
 __all__ = [
