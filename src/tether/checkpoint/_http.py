@@ -276,5 +276,5 @@ def failure_kind(status: Any, error_type: Any, message: str) -> str:
         return str(status)
     if isinstance(error_type, str) and error_type:
         return error_type
-    head = message.split(":", 1)[0]
-    return head if head.isidentifier() else "error"
+    head, colon, _ = message.partition(":")
+    return head if colon and head.isidentifier() else "error"
