@@ -194,7 +194,8 @@ def asked_delay(exc: BaseException, now: float | None = None) -> tuple[float | N
     others: list[tuple[float, str]] = []
     for name in _header_names(headers):
         low = name.lower()
-        if not (low.startswith("x-ratelimit-reset") or (low.startswith("anthropic-ratelimit-") and low.endswith("-reset"))):
+        anthropic = low.startswith("anthropic-ratelimit-") and low.endswith("-reset")
+        if not (low.startswith("x-ratelimit-reset") or anthropic):
             continue
         text = header(headers, low)
         parsed = parse_seconds(text, t, durations=True) if text is not None else None

@@ -562,8 +562,7 @@ class Checkpoint:
                     f"Runbook partial file {path} holds NaN or Infinity in result {i} (item "
                     f"{json.dumps(ids[i], ensure_ascii=False)}), which results.json cannot hold; it was left "
                     "untouched.",
-                    hint="Replace the non-finite numbers (e.g. by null) in the file, or move it aside, then run "
-                    "again.",
+                    hint="Replace the non-finite numbers (e.g. by null) in the file, or move it aside, then run again.",
                 ) from exc
         for i in range(n):
             if ids[i] in self._done:
@@ -645,8 +644,7 @@ class Checkpoint:
                     hint="Return plain values (str, int, float, bool, None, lists, dicts) from the function.",
                 ) from exc
             raise CheckpointError(
-                f"The result for item {key} holds NaN or Infinity, which JSON cannot represent; it was not "
-                "recorded.",
+                f"The result for item {key} holds NaN or Infinity, which JSON cannot represent; it was not recorded.",
                 hint="Replace non-finite numbers (e.g. by None or a string; math.isfinite tells them apart) "
                 "before recording.",
             ) from exc
