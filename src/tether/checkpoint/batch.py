@@ -61,8 +61,11 @@ class BatchSummary:
     min_concurrency: int = 0  #: the lowest concurrency the adaptive limit went down to
 
 
-#: How much the adaptive concurrency keeps of itself when the provider pushes back (multiplicative decrease).
+#: How much the adaptive concurrency keeps of itself when the provider pushes back (multiplicative decrease);
+#: the first pushback of a batch halves it (the starting concurrency is a guess, often far above capacity).
 DECREASE = 0.9
+FIRST_DECREASE = 0.5
+_RATE_WINDOW_S = 5.0  # successes of the last seconds that measure what the provider carries
 #: Retry-After values above this many seconds are capped (and said so once); see ``max_retry_after``.
 MAX_RETRY_AFTER = 120.0
 
@@ -207,9 +210,12 @@ class _TokenBucket:
 class _Window:
     """How many calls may be in flight: AIMD between 1 and ``high`` when adaptive, else always ``high``.
 
-    Each success adds ``1 / limit`` (about one more call per round of calls: additive increase); a pushback
-    multiplies the limit by :data:`DECREASE`, once per round: a pushback of a call that started before the last
-    decrease does not decrease again (the calls in flight then were already too many). A pushback that says
+    Each success adds ``1 / limit`` (about one more call per round of calls: additive increase). A pushback
+    lowers the limit once per round (a pushback of a call that started before the last decrease does not
+    decrease again: the calls in flight then were already too many): to what the provider was seen to carry
+    (Little's law: successes per second over the last seconds times their mean latency, plus a tenth), but
+    to no less than half and no more than :data:`DECREASE` of it; before any such measure, by
+    :data:`FIRST_DECREASE` the first time and :data:`DECREASE` after. A pushback that says
     when to come back (Retry-After) also holds every new call until then (the rate limit is the account's,
     not the item's).
     """
@@ -223,6 +229,7 @@ class _Window:
         self.epoch = 0
         self.gate_until = 0.0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._ok: deque[tuple[float, float]] = deque()  # (end, latency) of the successes of the last seconds
 
     @property
     def cap(self) -> int:
@@ -263,16 +270,37 @@ class _Window:
                 return
             await asyncio.sleep(left)
 
-    def success(self) -> None:
-        if self.adaptive and self.limit < self.high:
+    def success(self, latency: float) -> None:
+        if not self.adaptive:
+            return
+        now = time.monotonic()
+        self._ok.append((now, latency))
+        while self._ok and self._ok[0][0] < now - _RATE_WINDOW_S:
+            self._ok.popleft()
+        if self.limit < self.high:
             self.limit = min(float(self.high), self.limit + 1.0 / self.limit)
             self._wake()
+
+    def carried(self) -> float | None:
+        """Calls in flight the provider was seen to carry (Little's law), or None before enough successes."""
+        if len(self._ok) < 8:
+            return None
+        latency = sum(lat for _, lat in self._ok) / len(self._ok)
+        span = time.monotonic() - self._ok[0][0]
+        if span < max(2 * latency, 0.05):
+            return None
+        return len(self._ok) / span * latency
 
     def pushback(self, epoch: int, delay: float | None) -> None:
         if delay is not None:
             self.gate_until = max(self.gate_until, time.monotonic() + delay)
         if self.adaptive and epoch == self.epoch:
-            self.limit = max(1.0, self.limit * DECREASE)
+            seen = self.carried()
+            if seen is None:
+                target = self.limit * (FIRST_DECREASE if self.epoch == 0 else DECREASE)
+            else:
+                target = min(max(seen * 1.1, self.limit * 0.5), self.limit * DECREASE)
+            self.limit = max(1.0, target)
             self.epoch += 1
             self.low = min(self.low, self.cap)
 
@@ -526,19 +554,30 @@ async def arun_batch(
 
             async def attempt_once(item: T, item_tokens: float) -> tuple[bool, Any, int]:
                 """One call under the window, the gate and the rate limits: (ok, result or error, epoch)."""
-                await window.acquire()
+                while True:
+                    await window.acquire()
+                    try:
+                        await window.wait_gate()
+                    except BaseException:
+                        window.release()
+                        raise
+                    if window.in_flight <= window.cap:
+                        break
+                    window.release()  # the window shrank while this call waited: queue again behind the others
                 try:
-                    await window.wait_gate()
                     await limiter.wait()
                     if bucket is not None:
                         await bucket.take(item_tokens)
                     await window.wait_gate()
                     epoch = window.epoch
                     counts["calls"] += 1
+                    began = time.monotonic()
                     try:
-                        return True, await call(item), epoch
+                        result = await call(item)
                     except Exception as exc:  # judged by the caller: retried, or recorded as failed
                         return False, exc, epoch
+                    window.success(time.monotonic() - began)
+                    return True, result, epoch
                 finally:
                     window.release()
 
@@ -555,23 +594,27 @@ async def arun_batch(
                     item = todo.popleft()
                     item_id: ItemId = key(item) if key is not None else item  # type: ignore[assignment]
                     item_tokens = tokens(item) if bucket is not None else 0.0
-                    attempt = 0
+                    attempt = made = free = 0
                     while True:
                         ok, value, epoch = await attempt_once(item, item_tokens)
+                        made += 1
                         if ok:
-                            window.success()
                             try:
                                 ck.record(item_id, value)
                             except CheckpointError as exc:  # not JSON-serializable, NaN: the item failed
-                                fail(item_id, exc.message, attempt + 1)
+                                fail(item_id, exc.message, made)
                                 ok = False
                             break
                         error: Exception = value
                         delay, why = _bounded_retry_after(error, max_retry_after)
                         if why is not None:
                             once.say("retry-after", why)
+                        stale = False
                         if isinstance(error, RetryAfter) or is_pushback(error):
                             counts["pushbacks"] += 1
+                            # A pushback of a call started before the window last shrank is the batch's own
+                            # overshoot, not the item's bad luck: it does not use up a retry (a few at most).
+                            stale = adaptive and epoch != window.epoch and free < retries
                             window.pushback(epoch, delay)
                             if bucket is not None:
                                 bucket.refund(item_tokens)
@@ -583,15 +626,18 @@ async def arun_batch(
                                 f"The API client retried this call {taken} times by itself before raising "
                                 f"{type(error).__name__}. {stacked}",
                             )
-                        if attempt < retries and retryable(error):
+                        if (stale or attempt < retries) and retryable(error):
                             if delay is not None:
                                 wait = delay * (1.0 + 0.1 * random.random())
                             else:
                                 wait = backoff_delay(error, attempt, backoff, max_backoff, max_retry_after)
                             await asyncio.sleep(wait)
-                            attempt += 1
+                            if stale:
+                                free += 1
+                            else:
+                                attempt += 1
                             continue
-                        fail(item_id, error, attempt + 1)
+                        fail(item_id, error, made)
                         break
                     counts["completed" if ok else "failed"] += 1
                     bar.update(ok)
