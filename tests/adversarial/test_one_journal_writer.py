@@ -65,7 +65,7 @@ def test_two_processes_opening_one_fresh_checkpoint_never_lose_a_record(tmp_path
             folder = tmp_path / f"trial{trial:02d}"
             start = time.time() + 0.05
             offsets = (0.0, (trial % 30) * 0.0002) if trial % 2 else ((trial % 30) * 0.0002, 0.0)
-            for proc, offset in zip(procs.values(), offsets):
+            for proc, offset in zip(procs.values(), offsets, strict=True):
                 assert proc.stdin is not None
                 proc.stdin.write(f"{folder} {start + offset!r}\n")
                 proc.stdin.flush()
