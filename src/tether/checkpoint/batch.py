@@ -602,7 +602,7 @@ async def arun_batch(
                             try:
                                 ck.record(item_id, value)
                             except CheckpointError as exc:  # not JSON-serializable, NaN: the item failed
-                                fail(item_id, exc.message, made)
+                                fail(item_id, exc, made)
                                 ok = False
                             break
                         error: Exception = value
