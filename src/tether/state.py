@@ -22,7 +22,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,20 +130,7 @@ class RunRecord:
     status: str
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "experiment": self.experiment,
-            "host": self.host,
-            "argv": self.argv,
-            "cwd": self.cwd,
-            "results_dir": self.results_dir,
-            "log_path": self.log_path,
-            "session": self.session,
-            "started": self.started,
-            "ended": self.ended,
-            "exit_code": self.exit_code,
-            "status": self.status,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -175,16 +162,7 @@ class EventRecord:
     source: str
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "name": self.name,
-            "instance_id": self.instance_id,
-            "ts": self.ts,
-            "state": self.state,
-            "dph_total": self.dph_total,
-            "storage_dph": self.storage_dph,
-            "source": self.source,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -210,14 +188,7 @@ class DecisionRecord:
     done: bool
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "ts": self.ts,
-            "name": self.name,
-            "action": self.action,
-            "reason": self.reason,
-            "done": self.done,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
