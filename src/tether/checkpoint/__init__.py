@@ -27,12 +27,12 @@ Example::
 allow_config_change=False, partial_name="results_partial.json", progress_interval=1.0)``;
 ``Checkpoint.from_env(results_dir=None, **kw)`` uses ``$TETHER_RESULTS_DIR`` when it is set. Methods:
 ``open()``/``close()`` (or ``with``), ``pending(items, key=None)``, ``record(id, result)``,
-``record_failure(id, exc_or_message)``, ``finalize(order=None, *, allow_failures=False,
+``record_failure(id, exc_or_message, *, attempts=None)``, ``finalize(order=None, *, allow_failures=False,
 allow_missing=False)``, ``is_done(id)``, ``result(id)``; attributes ``completed``, ``failed`` (id → error),
 ``warnings`` (what opening repaired or adopted; each is also issued as a :class:`CheckpointWarning`),
 ``dropped_tail`` (the bytes of a torn last line that were dropped, or None), ``already_finalized``,
-``stats`` (bytes written, fsyncs). ``read_progress(results_dir, name="results")`` reads the progress from
-outside (or the final file's counts).
+``failed_by`` (failed items by HTTP status or error type), ``stats`` (bytes written, fsyncs).
+``read_progress(results_dir, name="results")`` reads the progress from outside (or the final file's counts).
 
 Guarantees
 ----------
@@ -53,7 +53,11 @@ Guarantees
   on the first ``pending(items)``: its results belong to the first items given (all of ``results`` is used:
   the runbook's own resume resets ``completed``), then it is renamed ``results_partial.json.adopted``, never
   deleted. One that is not valid JSON is refused and left untouched.
-- Duplicate item ids are refused before any item runs. One process at a time writes a journal (``flock``).
+- Duplicate item ids are refused before any item runs. One process at a time writes a journal (``flock``):
+  a second process opening the same checkpoint is refused, even when both create it at the same moment
+  (the journal is created by a no-replace link of an already locked file, and a descriptor is kept only if
+  the path still names it once locked).
+- A result holding NaN or Infinity is refused at ``record`` (the final file must stay valid JSON).
 - A finished checkpoint (final file present, no journal) runs nothing again: ``pending`` yields nothing and
   ``finalize`` returns the existing path. Move the final file away to run again.
 
@@ -63,10 +67,12 @@ In the results folder, for a checkpoint ``name`` (default ``"results"``):
 
 - ``<name>.journal.jsonl``: the first line is a header ``{"tether_journal": 1, "name", "config",
   "config_hash", "total", "created"}``, then one JSON object per line: ``{"id": <item id>, "ok": true,
-  "result": ..., "t": <unix time>}`` or ``{"id": ..., "ok": false, "error": "...", "t": ...}``. Later lines
+  "result": ..., "t": <unix time>}`` or ``{"id": ..., "ok": false, "error": "...", "t": ...}``, a failure with
+  ``"error_type"`` and, when known, ``"status"`` (HTTP), ``"request_id"`` and ``"attempts"``. Later lines
   for the same id win. (Adopted results carry ``"adopted": true``; readers ignore keys they do not know.)
-- ``<name>.progress.json``: ``{"name", "completed", "failed", "total", "started", "updated", "rate_per_s",
-  "eta_s", "pid", "finished"}``: times are ISO-8601 UTC strings; ``rate_per_s`` is items completed per
+- ``<name>.progress.json``: ``{"name", "completed", "failed", "failed_by", "total", "started", "updated",
+  "rate_per_s", "eta_s", "pid", "finished"}``: ``failed_by`` counts failed items by HTTP status or error type
+  (``{"429": 35, "KeyError": 2}``); times are ISO-8601 UTC strings; ``rate_per_s`` is items completed per
   second since this process opened the checkpoint; ``eta_s`` is null when unknown; ``pid`` is the writing
   process; ``finished`` is true once ``finalize`` wrote the final file. Replaced atomically (temp file +
   ``os.replace``) at open, at most every ``progress_interval`` seconds while recording, and at finalize and
@@ -77,15 +83,42 @@ In the results folder, for a checkpoint ``name`` (default ``"results"``):
   file, fsync, ``os.replace`` and an fsync of the folder. ``completed`` is the number of results.
 
 The batch runner (:func:`run_batch`, or :func:`arun_batch` inside an event loop) maps a sync or async
-function over the pending items with bounded ``concurrency`` (default 1), an ``rpm`` rate limit, bounded
-``retries`` (3) with exponential backoff and jitter, honouring a Retry-After carried by the error
-(:class:`RetryAfter`, or any exception with a ``retry_after`` attribute in seconds), and a progress bar on
-stderr. On Ctrl-C or SIGTERM it stops starting items, abandons the ones in flight (they are not recorded),
-closes the journal and exits.
+function over the pending items:
+
+- **Concurrency** at most ``concurrency`` (default 1), adaptive (``adaptive=True``): when the provider pushes
+  back (HTTP 429, 503, 529, a ``RateLimitError``/``OverloadedError``, :class:`RetryAfter`) the limit is
+  multiplied by 0.9, once per round of calls; each success adds ``1/limit`` (about one call per round), up to
+  ``concurrency``. A pushback that says when to come back holds every new call until then.
+- **Rate limits**: ``rpm`` (call starts per minute, retries included) and ``tpm`` (tokens per minute, each
+  call costing ``cost(item)``, by default the item's text length / 4; a refused call is not charged).
+- **Retries** (``retries=3``) of what can succeed: 408/409/425/429/5xx/529 answers, timeouts and connection
+  errors, read duck-typed from the OpenAI, Anthropic and Google SDKs, httpx, requests, aiohttp and urllib (no
+  SDK is imported); 400/401/403/404 and programming errors (``KeyError``...) fail at once. ``retry_on``
+  (exception types) replaces that judgment. The wait is the error's Retry-After (``retry_after`` attribute,
+  ``exc.response.headers`` or ``exc.headers``: ``retry-after-ms``, ``retry-after`` in seconds or as an HTTP
+  date, a rate limit's ``x-ratelimit-reset-*``) capped at ``max_retry_after`` (120 s, said once), else
+  exponential backoff with jitter (also for a Retry-After of 0, negative or garbage).
+- **No stacked retries**: SDK clients retry by themselves (``max_retries=2``), which multiplies the calls of a
+  rate-limited item and hides them from the pacing. Build them with ``max_retries=0`` or wrap them with
+  :func:`without_sdk_retries`; ``run_batch`` warns once when it sees a client that retries (in the item
+  function's closure or globals, or in the ``x-stainless-retry-count`` header of an error's request).
+- **Failures** are journaled with ``error_type``, ``status`` and ``request_id`` (when the error has them) and
+  ``attempts``; the progress file counts them by kind (``failed_by``: ``{"429": 35, "400": 2}``).
+- A progress bar on stderr. On Ctrl-C or SIGTERM it stops starting items, abandons the ones in flight (they
+  are not recorded), closes the journal and exits.
 """
 
 from __future__ import annotations
 
+from tether.checkpoint.batch import (
+    BatchSummary,
+    RetryAfter,
+    arun_batch,
+    backoff_delay,
+    retry_after_of,
+    run_batch,
+    without_sdk_retries,
+)
 from tether.checkpoint.journal import (
     ENV_RESULTS_DIR,
     RUNBOOK_PARTIAL,
@@ -96,7 +129,6 @@ from tether.checkpoint.journal import (
     id_key,
     read_progress,
 )
-from tether.checkpoint.runner import BatchSummary, RetryAfter, arun_batch, backoff_delay, run_batch
 from tether.errors import CheckpointError
 
 __all__ = [
@@ -113,5 +145,7 @@ __all__ = [
     "config_hash",
     "id_key",
     "read_progress",
+    "retry_after_of",
     "run_batch",
+    "without_sdk_retries",
 ]

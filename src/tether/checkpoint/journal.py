@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
-from tether.checkpoint._fs import atomic_write, fsync_dir, utc_iso, write_all
+from tether.checkpoint._fs import atomic_write, fsync_dir, publish_locked, utc_iso, write_all
+from tether.checkpoint._http import failure_fields, failure_kind
 from tether.errors import CheckpointError
 
 try:
@@ -67,6 +68,15 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def _dumps_strict(value: Any) -> str:
+    """``_dumps`` that refuses NaN and Infinity (raises ValueError): the final file must stay valid JSON."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _is_non_finite(exc: ValueError) -> bool:
+    return "Out of range float" in str(exc)
+
+
 def _encode_line(text: str) -> bytes:
     try:
         return text.encode("utf-8")
@@ -77,7 +87,7 @@ def _encode_line(text: str) -> bytes:
 
 def config_hash(config: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of ``config`` (sorted keys, compact)."""
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
@@ -176,6 +186,7 @@ class Checkpoint:
         self._seen: dict[ItemId, None] = {}  # every id, in first-seen order
         self._done: dict[ItemId, Any] = {}  # id → result (a value, or _Encoded JSON text)
         self._failed: dict[ItemId, str] = {}
+        self._failed_kind: dict[ItemId, str] = {}  # id → "429", "KeyError", ... (see failure_kind)
         self._order: list[ItemId] | None = None
         self._partial: dict[str, Any] | None = None
         self._since_sync = 0
@@ -230,21 +241,16 @@ class Checkpoint:
                     hint="Pass the path of a folder (it is created if missing).",
                 )
             if not self.journal_path.exists() and self.final_path.exists():
-                self.already_finalized = True
-                self._note(
-                    f"{self.final_path} already exists and there is no journal: this run finished earlier; "
-                    "nothing will run again (delete or move the file to run again)."
-                )
-                return self
+                return self._finished_earlier()
             self._read_partial()
             try:
-                if not self.journal_path.exists():
-                    self._create_journal()
-                fd = os.open(str(self.journal_path), os.O_RDWR | os.O_APPEND)
+                opened = self._open_locked()
             except OSError as exc:
                 raise self._os_error("create the journal", exc) from exc
+            if opened is None:
+                return self._finished_earlier()
+            fd = opened
             try:
-                self._lock_fd(fd)
                 self._fd = fd
                 self._replay()
             except BaseException:
@@ -254,6 +260,49 @@ class Checkpoint:
             self._last_sync = time.monotonic()
             self._write_progress()
             return self
+
+    def _finished_earlier(self) -> Checkpoint:
+        self.already_finalized = True
+        self._partial = None
+        self._note(
+            f"{self.final_path} already exists and there is no journal: this run finished earlier; "
+            "nothing will run again (delete or move the file to run again)."
+        )
+        return self
+
+    def _open_locked(self) -> int | None:
+        """Open and lock the journal, creating it when missing: a descriptor on the file the path names, locked.
+
+        Two processes opening a fresh checkpoint at once must end up on one file: the journal is created with
+        a no-replace link of a complete, already locked temp file (so the loser of the race opens the winner's
+        file and is refused by its lock), and a descriptor is kept only if, once locked, it is still the file
+        the path names (not one replaced by a header rewrite or removed by finalize meanwhile). Returns None
+        when the journal is gone and the final file exists (another process finalized meanwhile).
+        """
+        for _ in range(100):
+            if not self.journal_path.exists():
+                if self.final_path.exists():
+                    return None
+                created = self._create_journal(replace=False)
+                if created is not None:
+                    return created
+                continue  # another process created it first: open theirs (and meet its lock)
+            try:
+                fd = os.open(str(self.journal_path), os.O_RDWR | os.O_APPEND)
+            except FileNotFoundError:
+                continue  # removed between the check and the open: look again
+            try:
+                self._lock_fd(fd)
+                if _names_file(self.journal_path, fd):
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # replaced or removed after it was opened: open what the path names now
+        raise CheckpointError(
+            f"The journal {self.journal_path} keeps being replaced while it is opened.",
+            hint="Another program is rewriting it: stop it, then run again.",
+        )
 
     def _lock_fd(self, fd: int) -> None:
         if not _HAVE_FCNTL:
@@ -279,10 +328,15 @@ class Checkpoint:
             head["previous_config_hashes"] = previous
         return head
 
-    def _create_journal(self) -> None:
+    def _create_journal(self, *, replace: bool) -> int | None:
+        """Write a journal holding only the header; return a locked append descriptor on it. With
+        ``replace=False`` an existing journal is kept and None returned; with ``replace=True`` it is replaced
+        (the caller holds the lock on the old one), never leaving a moment where the new file is unlocked."""
         data = _encode_line(_dumps(self._header()) + "\n")
-        atomic_write(self.journal_path, data)
-        self._bytes["journal"] += len(data)
+        fd = publish_locked(self.journal_path, data, replace=replace, lock=self._lock_fd)
+        if fd is not None:
+            self._bytes["journal"] += len(data)
+        return fd
 
     def _note(self, text: str) -> None:
         self.warnings.append(text)
@@ -318,11 +372,9 @@ class Checkpoint:
             if tail:
                 self.dropped_tail = tail
             self._note(f"Journal {self.journal_path} had no complete header line; it was started afresh.")
+            fd = self._create_journal(replace=True)
+            assert fd is not None
             os.close(self._fd)
-            self._fd = None
-            self._create_journal()
-            fd = os.open(str(self.journal_path), os.O_RDWR | os.O_APPEND)
-            self._lock_fd(fd)
             self._fd = fd
             return
         try:
@@ -347,7 +399,7 @@ class Checkpoint:
             records.append(tail_record)
         # Validate and apply in one pass (this loop runs once per journaled item, so it is kept tight).
         # Re-assigning a key keeps its first position, so _seen stays in first-seen order.
-        seen, done, failed = self._seen, self._done, self._failed
+        seen, done, failed, kinds = self._seen, self._done, self._failed, self._failed_kind
         for rec in records:
             if type(rec) is not dict or type(rec.get("id")) not in _ID_TYPES:
                 self._parse_records_slowly(body)  # raises, naming the bad line
@@ -357,8 +409,11 @@ class Checkpoint:
                 done[item_id] = rec["result"]
                 if failed:
                     failed.pop(item_id, None)
+                    kinds.pop(item_id, None)
             elif ok is False and "error" in rec:
-                failed[item_id] = str(rec["error"])
+                message = str(rec["error"])
+                failed[item_id] = message
+                kinds[item_id] = failure_kind(rec.get("status"), rec.get("error_type"), message)
                 done.pop(item_id, None)
             else:
                 self._parse_records_slowly(body)
@@ -443,12 +498,11 @@ class Checkpoint:
             data = fh.read()
         rest = data[data.index(b"\n") + 1 :]
         new = _encode_line(_dumps(self._header(previous)) + "\n") + rest
-        atomic_write(self.journal_path, new)
+        fd = publish_locked(self.journal_path, new, replace=True, lock=self._lock_fd)
+        assert fd is not None
         self._bytes["journal"] += len(new)
-        old_fd = self._fd
-        self._fd = os.open(str(self.journal_path), os.O_RDWR | os.O_APPEND)
-        os.close(old_fd)
-        self._lock_fd(self._fd)
+        old_fd, self._fd = self._fd, fd
+        os.close(old_fd)  # the new file was locked before it replaced the old one: no unlocked moment
 
     # ------------------------------------------------------------------------------------ runbook adoption
     def _read_partial(self) -> None:
@@ -499,10 +553,21 @@ class Checkpoint:
             )
         adopted = 0
         now = round(time.time(), 3)
+        texts: list[str] = []
+        for i in range(n):
+            try:
+                texts.append(_dumps_strict(results[i]))
+            except ValueError as exc:
+                raise CheckpointError(
+                    f"Runbook partial file {path} holds NaN or Infinity in result {i} (item "
+                    f"{json.dumps(ids[i], ensure_ascii=False)}), which results.json cannot hold; it was left "
+                    "untouched.",
+                    hint="Replace the non-finite numbers (e.g. by null) in the file, or move it aside, then run again.",
+                ) from exc
         for i in range(n):
             if ids[i] in self._done:
                 continue  # the journal already has a newer result for this item
-            self._append_line(ids[i], _dumps(results[i]), now, extra=',"adopted":true')
+            self._append_line(ids[i], texts[i], now, extra=',"adopted":true')
             adopted += 1
         self._sync()
         target = Path(str(path) + ".adopted")
@@ -542,7 +607,9 @@ class Checkpoint:
         if item_id not in self._seen:
             self._seen[item_id] = None
         self._done[item_id] = _Encoded(result_text)
-        self._failed.pop(item_id, None)
+        if self._failed:
+            self._failed.pop(item_id, None)
+            self._failed_kind.pop(item_id, None)
 
     def _sync(self) -> None:
         if self._fd is None:
@@ -569,8 +636,19 @@ class Checkpoint:
         """Append a successful result for ``item_id`` (flushed to the OS now; fsynced every ``interval``)."""
         key = id_key(item_id)
         try:
-            text = _dumps(result)
-        except (TypeError, ValueError) as exc:
+            text = _dumps_strict(result)
+        except ValueError as exc:
+            if not _is_non_finite(exc):
+                raise CheckpointError(
+                    f"The result for item {key} is not JSON-serializable: {exc}.",
+                    hint="Return plain values (str, int, float, bool, None, lists, dicts) from the function.",
+                ) from exc
+            raise CheckpointError(
+                f"The result for item {key} holds NaN or Infinity, which JSON cannot represent; it was not recorded.",
+                hint="Replace non-finite numbers (e.g. by None or a string; math.isfinite tells them apart) "
+                "before recording.",
+            ) from exc
+        except TypeError as exc:
             raise CheckpointError(
                 f"The result for item {key} is not JSON-serializable: {exc}.",
                 hint="Return plain values (str, int, float, bool, None, lists, dicts) from the function.",
@@ -581,17 +659,34 @@ class Checkpoint:
             self._new_completed += 1
             self._after_write()
 
-    def record_failure(self, item_id: ItemId, error: BaseException | str) -> None:
-        """Append a failure for ``item_id``; it does not count as completed and is retried on resume."""
+    def record_failure(self, item_id: ItemId, error: BaseException | str, *, attempts: int | None = None) -> None:
+        """Append a failure for ``item_id``; it does not count as completed and is retried on resume.
+
+        For an exception the line also keeps its type, and the HTTP status and the provider's request id when
+        it carries them (read as :mod:`tether.checkpoint` reads SDK errors), so that progress can group failures
+        ("35 x 429, 2 x 400"); ``attempts`` (calls made) is kept when given.
+        """
         key = id_key(item_id)
-        message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        line = '{"id":' + _dumps(key) + ',"ok":false,"error":' + _dumps(message) + ',"t":' + repr(round(time.time(), 3))
+        fields: dict[str, Any] = {}
+        if isinstance(error, str):
+            message = error
+        else:
+            message = f"{type(error).__name__}: {error}"
+            fields = failure_fields(error)
+        if attempts is not None:
+            fields["attempts"] = int(attempts)
+        line = '{"id":' + _dumps(key) + ',"ok":false,"error":' + _dumps(message)
+        for name, value in fields.items():
+            line += "," + _dumps(name) + ":" + _dumps(value)
+        line += ',"t":' + repr(round(time.time(), 3))
+        kind = failure_kind(fields.get("status"), fields.get("error_type"), message)
         with self._lock:
             self._require_open()
             self._append(_encode_line(line + "}\n"))
             if key not in self._seen:
                 self._seen[key] = None
             self._failed[key] = message
+            self._failed_kind[key] = kind
             self._done.pop(key, None)
             self._after_write()
 
@@ -650,6 +745,14 @@ class Checkpoint:
         return dict(self._failed)
 
     @property
+    def failed_by(self) -> dict[str, int]:
+        """Failed items by kind: HTTP status (``"429"``) or error type (``"KeyError"``) → count."""
+        out: dict[str, int] = {}
+        for kind in self._failed_kind.values():
+            out[kind] = out.get(kind, 0) + 1
+        return out
+
+    @property
     def stats(self) -> dict[str, int]:
         """Bytes this object wrote, by file (journal, progress, final), and the number of journal fsyncs."""
         out = {f"{k}_bytes": v for k, v in self._bytes.items()}
@@ -672,6 +775,7 @@ class Checkpoint:
             "name": self.name,
             "completed": completed,
             "failed": len(self._failed),
+            "failed_by": self.failed_by,
             "total": self.total,
             "started": utc_iso(self._started or now),
             "updated": utc_iso(now),
@@ -744,7 +848,7 @@ class Checkpoint:
             for k in keys:
                 if k in self._done:
                     value = self._done[k]
-                    texts.append(value.text if isinstance(value, _Encoded) else _dumps(value))
+                    texts.append(value.text if isinstance(value, _Encoded) else self._final_text(k, value))
             total = self.total if self.total is not None else len(keys)
             head = '{"completed": ' + str(len(texts)) + ', "total": ' + str(total) + ", "
             if failed:
@@ -760,12 +864,24 @@ class Checkpoint:
             self._bytes["final"] += len(data)
             self.finished = True
             self._write_progress(finished=True)
-            self._release()
+            # Remove the journal while still holding its lock: a process waiting to open it then finds it
+            # gone (and the final file there), never an unlinked journal it could append to unseen.
             for path in (self.journal_path, self.progress_path):
                 with contextlib.suppress(FileNotFoundError):  # already gone: nothing to remove
                     path.unlink()
+            self._release()
             fsync_dir(self.results_dir)
             return self.final_path
+
+    def _final_text(self, item_id: ItemId, value: Any) -> str:
+        try:
+            return _dumps_strict(value)
+        except ValueError as exc:  # NaN journaled by an older tether: results.json must stay valid JSON
+            raise CheckpointError(
+                f"The journaled result for item {json.dumps(item_id, ensure_ascii=False)} holds NaN or Infinity, "
+                f"which JSON cannot represent; {self.final_path.name} was not written.",
+                hint=f"Edit that line of {self.journal_path.name} (e.g. NaN → null), or record the item again.",
+            ) from exc
 
     def _release(self) -> None:
         fd, self._fd = self._fd, None
@@ -780,6 +896,16 @@ class Checkpoint:
             self._sync()
             self._write_progress()
             self._release()
+
+
+def _names_file(path: Path, fd: int) -> bool:
+    """True when ``path`` still names the file open as ``fd`` (not replaced or removed since it was opened)."""
+    try:
+        st = os.stat(str(path))
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_ino, st.st_dev) == (mine.st_ino, mine.st_dev)
 
 
 def read_progress(results_dir: str | os.PathLike[str], name: str = "results") -> dict[str, Any] | None:

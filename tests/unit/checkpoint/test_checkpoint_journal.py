@@ -59,7 +59,7 @@ def test_journal_contract_header_and_one_flushed_line_per_item(tmp_path: Path) -
         assert header["created"].endswith("Z")
         ok, bad = json.loads(lines[1]), json.loads(lines[2])
         assert ok["id"] == "a" and ok["ok"] is True and ok["result"] == [1, "é"] and ok["t"] > 0
-        assert bad == {"id": 7, "ok": False, "error": "ValueError: bad input", "t": bad["t"]}
+        assert bad == {"id": 7, "ok": False, "error": "ValueError: bad input", "error_type": "ValueError", "t": bad["t"]}
         assert lines[3] == b""
     finally:
         ck.close()
@@ -265,9 +265,11 @@ def test_progress_file_is_readable_from_outside_and_final_replaces_it(tmp_path: 
     ck.record_failure("b", "boom")
     doc = json.loads((tmp_path / "run1.progress.json").read_text())
     assert set(doc) == {
-        "name", "completed", "failed", "total", "started", "updated", "rate_per_s", "eta_s", "pid", "finished",
+        "name", "completed", "failed", "failed_by", "total", "started", "updated", "rate_per_s", "eta_s", "pid",
+        "finished",
     }  # fmt: skip
     assert doc["name"] == "run1" and doc["completed"] == 1 and doc["failed"] == 1 and doc["total"] == 4
+    assert doc["failed_by"] == {"error": 1}  # a plain message: no status, no error type
     assert doc["pid"] == os.getpid() and doc["finished"] is False and doc["rate_per_s"] > 0
     assert doc["eta_s"] is not None and doc["started"].endswith("Z")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -1,0 +1,281 @@
+"""What an exception from an API client says: its HTTP status, Retry-After, request id, and whether a retry can help.
+
+Duck-typed, so that no SDK is imported: the OpenAI and Anthropic SDKs (``exc.status_code``, ``exc.response.headers``,
+``exc.request_id``), Google's (``exc.code``), httpx and requests (``exc.response.status_code``), aiohttp
+(``exc.status``, ``exc.headers``) and urllib (``HTTPError.code``, ``.headers``) all answer the same questions.
+Standard library only, Python 3.8+.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import email.utils
+import math
+import re
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+
+#: HTTP statuses worth retrying: request timeout, conflict (a lock), too early, rate limit, server errors.
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+#: Statuses by which a provider pushes back (too many requests, overloaded): the batch lowers its concurrency.
+PUSHBACK_STATUSES = frozenset({429, 503, 529})
+
+# Class names (anywhere in the exception's MRO) of errors that carry no status but are worth retrying.
+_TRANSIENT_NAMES = (
+    "Timeout",  # APITimeoutError, httpx.TimeoutException/ReadTimeout, requests.Timeout, asyncio/builtin TimeoutError
+    "ConnectionError",  # APIConnectionError, requests.ConnectionError, builtin ConnectionError and its children
+    "ConnectError",  # httpx.ConnectError
+    "NetworkError",  # httpx.NetworkError
+    "RemoteProtocolError",  # httpx: the server closed the connection mid-answer
+    "ProtocolError",  # urllib3
+    "ServerDisconnected",  # aiohttp
+    "ClientConnectorError",  # aiohttp
+    "IncompleteRead",  # http.client
+    "ChunkedEncodingError",  # requests
+    "DeadlineExceeded",  # google.api_core
+)
+_PUSHBACK_NAMES = ("RateLimit", "TooManyRequests", "ResourceExhausted", "Overloaded", "ServiceUnavailable")
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$")
+_REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "x-goog-request-id")
+
+
+def _int_status(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+        return value
+    return None
+
+
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status an exception carries, or None (a connection error, a programming error)."""
+    for name in ("status_code", "status", "code", "http_status"):
+        found = _int_status(getattr(exc, name, None))
+        if found is not None:
+            return found
+    response = getattr(exc, "response", None)
+    if response is not None:
+        for name in ("status_code", "status"):
+            found = _int_status(getattr(response, name, None))
+            if found is not None:
+                return found
+    return None
+
+
+def headers_of(exc: BaseException) -> Any | None:
+    """The response headers an exception carries (``exc.response.headers``, else ``exc.headers``), or None."""
+    response = getattr(exc, "response", None)
+    for holder in (response, exc):
+        if holder is None:
+            continue
+        headers = getattr(holder, "headers", None)
+        if headers is not None and callable(getattr(headers, "get", None)):
+            return headers
+    return None
+
+
+def header(headers: Any, name: str) -> str | None:
+    """Header ``name`` (lower case) from a case-insensitive mapping (httpx, requests, email) or a plain dict."""
+    if headers is None:
+        return None
+    try:
+        value = headers.get(name)
+        if value is None and isinstance(headers, Mapping):
+            for key, val in headers.items():
+                if isinstance(key, str) and key.lower() == name:
+                    value = val
+                    break
+    except Exception:  # a header object of an unknown kind that misbehaves: as if absent
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return value if isinstance(value, str) else None
+
+
+def _header_names(headers: Any) -> list[str]:
+    try:
+        keys = headers.keys()
+        return [k.decode("latin-1") if isinstance(k, bytes) else str(k) for k in keys]
+    except Exception:  # no keys() to list: only the fixed names are looked up
+        return []
+
+
+def request_id_of(exc: BaseException) -> str | None:
+    """The provider's request id (``exc.request_id`` or an ``x-request-id``/``request-id`` header), or None."""
+    value = getattr(exc, "request_id", None)
+    if isinstance(value, str) and value:
+        return value
+    headers = headers_of(exc)
+    for name in _REQUEST_ID_HEADERS:
+        found = header(headers, name)
+        if found:
+            return found
+    return None
+
+
+def _date_seconds(text: str, now: float) -> float | None:
+    """Seconds from ``now`` to an HTTP date or an ISO-8601/RFC 3339 time; None if it is neither."""
+    try:
+        parsed = email.utils.parsedate_tz(text)
+        if parsed is not None:
+            return float(email.utils.mktime_tz(parsed)) - now
+    except (TypeError, ValueError, OverflowError):
+        pass  # not an HTTP date: try ISO 8601 below
+    iso = text.strip().replace("Z", "+00:00").replace("z", "+00:00")
+    iso = re.sub(r"(\.\d{6})\d+", r"\1", iso)  # Python 3.8 reads at most microseconds
+    try:
+        when = datetime.datetime.fromisoformat(iso)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp() - now
+
+
+def parse_seconds(text: str, now: float, *, durations: bool = False) -> float | None:
+    """A delay header's value in seconds from ``now``: a number of seconds, an HTTP date, an ISO time, or (with
+    ``durations``) an OpenAI-style duration such as ``6m0s`` or ``20ms``. None for garbage (NaN included)."""
+    raw = text.strip()
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = None
+    if seconds is not None:
+        if math.isnan(seconds):
+            return None
+        if durations and seconds > 1e9:  # a reset header holding a unix time
+            return seconds - now
+        return seconds
+    if durations:
+        m = _DURATION.match(raw)
+        if m and any(m.groups()):
+            h, mi, s, ms = (float(g) if g else 0.0 for g in m.groups())
+            return h * 3600 + mi * 60 + s + ms / 1000
+    return _date_seconds(raw, now)
+
+
+def asked_delay(exc: BaseException, now: float | None = None) -> tuple[float | None, str]:
+    """The delay (seconds, possibly negative or huge: the caller bounds it) an error asks for, and where it was
+    read (for messages). Looks at a ``retry_after`` attribute, then ``retry-after-ms``, ``retry-after`` (seconds
+    or an HTTP date), then for a rate limit the ``x-ratelimit-reset-*`` (and Anthropic's ``*-reset``) headers.
+    ``(None, "")`` when there is none or it is garbage."""
+    t = time.time() if now is None else now
+    value = getattr(exc, "retry_after", None)
+    if value is not None and not isinstance(value, bool):
+        if isinstance(value, (int, float)):
+            return (None, "") if math.isnan(value) else (float(value), f"retry_after={value!r}")
+        if isinstance(value, str):
+            parsed = parse_seconds(value, t)
+            if parsed is not None:
+                return parsed, f"retry_after={value!r}"
+    headers = headers_of(exc)
+    if headers is None:
+        return None, ""
+    ms = header(headers, "retry-after-ms")
+    if ms is not None:
+        try:
+            millis = float(ms.strip())
+        except ValueError:
+            millis = math.nan
+        if not math.isnan(millis):
+            return millis / 1000.0, f"retry-after-ms: {ms}"
+    ra = header(headers, "retry-after")
+    if ra is not None:
+        parsed = parse_seconds(ra, t)
+        if parsed is not None:
+            return parsed, f"retry-after: {ra}"
+    if status_of(exc) != 429 and not is_pushback(exc):
+        return None, ""
+    exhausted: list[tuple[float, str]] = []
+    others: list[tuple[float, str]] = []
+    for name in _header_names(headers):
+        low = name.lower()
+        anthropic = low.startswith("anthropic-ratelimit-") and low.endswith("-reset")
+        if not (low.startswith("x-ratelimit-reset") or anthropic):
+            continue
+        text = header(headers, low)
+        parsed = parse_seconds(text, t, durations=True) if text is not None else None
+        if parsed is None:
+            continue
+        remaining = header(headers, low.replace("reset", "remaining"))
+        (exhausted if remaining is not None and remaining.strip() == "0" else others).append((parsed, f"{low}: {text}"))
+    if exhausted:
+        return max(exhausted)
+    if others:
+        return min(others)
+    return None, ""
+
+
+def _names(exc: BaseException) -> list[str]:
+    return [cls.__name__ for cls in type(exc).__mro__]
+
+
+def is_pushback(exc: BaseException) -> bool:
+    """The provider pushes back: a rate limit or overload (429, 503, 529, or an error class named so)."""
+    status = status_of(exc)
+    if status is not None:
+        return status in PUSHBACK_STATUSES
+    return any(tag in name for name in _names(exc) for tag in _PUSHBACK_NAMES)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A retry can succeed: a retryable status (429, 5xx, ...), a rate limit, a timeout or a connection error.
+
+    A 4xx other than 408/409/425/429 (bad request, auth, not found) and programming errors (KeyError, TypeError,
+    ...) are not transient. An ``x-should-retry`` header (sent by the OpenAI and Anthropic APIs) has the last word.
+    """
+    should = header(headers_of(exc), "x-should-retry")
+    if should in ("true", "false"):
+        return should == "true"
+    status = status_of(exc)
+    if status is not None:
+        return status in RETRYABLE_STATUSES
+    if isinstance(exc, (TimeoutError, ConnectionError, asyncio.TimeoutError, socket.timeout)):
+        return True
+    names = _names(exc)
+    if any(tag in name for name in names for tag in _TRANSIENT_NAMES + _PUSHBACK_NAMES):
+        return True
+    if "URLError" in names:  # urllib without a status: the reason says whether the network failed
+        reason = getattr(exc, "reason", None)
+        return isinstance(reason, (OSError, socket.timeout))
+    return False
+
+
+def sdk_retries_taken(exc: BaseException) -> int | None:
+    """How many times the SDK itself retried the call that raised ``exc`` (the OpenAI and Anthropic SDKs tell it
+    in the request's ``x-stainless-retry-count`` header), or None when unknown."""
+    request = getattr(exc, "request", None)
+    if request is None:
+        response = getattr(exc, "response", None)
+        request = getattr(response, "request", None) if response is not None else None
+    value = header(getattr(request, "headers", None), "x-stainless-retry-count")
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value.strip())
+
+
+def failure_fields(exc: BaseException) -> dict[str, Any]:
+    """What a failure's journal line keeps: ``error_type``, and ``status`` and ``request_id`` when known."""
+    out: dict[str, Any] = {"error_type": type(exc).__name__}
+    status = status_of(exc)
+    if status is not None:
+        out["status"] = status
+    rid = request_id_of(exc)
+    if rid is not None:
+        out["request_id"] = rid[:200]
+    return out
+
+
+def failure_kind(status: Any, error_type: Any, message: str) -> str:
+    """How ``tether progress`` groups a failure: its HTTP status (``"429"``), else its error type (``"KeyError"``),
+    else the word before the colon of an older journal's message, else ``"error"``."""
+    if isinstance(status, int) and not isinstance(status, bool):
+        return str(status)
+    if isinstance(error_type, str) and error_type:
+        return error_type
+    head, colon, _ = message.partition(":")
+    return head if colon and head.isidentifier() else "error"

@@ -1,0 +1,679 @@
+"""The batch runner: map a function over items with adaptive concurrency, rate limits, retries, progress."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import importlib
+import inspect
+import json
+import math
+import os
+import queue
+import random
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tether.checkpoint._http import asked_delay, failure_kind, is_pushback, is_transient, sdk_retries_taken, status_of
+from tether.checkpoint.journal import Checkpoint, CheckpointWarning, ItemId
+from tether.errors import CheckpointError
+
+T = TypeVar("T")
+
+
+class RetryAfter(Exception):
+    """Raise from an item function to ask for a retry after ``seconds`` (e.g. from an HTTP 429 Retry-After).
+
+    Any exception with a numeric ``retry_after`` attribute (seconds) is honoured the same way, and so are the
+    ``Retry-After``/``retry-after-ms``/``x-ratelimit-reset-*`` headers of an SDK error (``exc.response.headers``)
+    or of ``urllib.error.HTTPError`` (``exc.headers``). Raising it counts as the provider pushing back.
+    """
+
+    def __init__(self, seconds: float, message: str = "") -> None:
+        super().__init__(message or f"retry after {seconds:g} s")
+        self.retry_after = float(seconds)
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """What :func:`run_batch` did."""
+
+    completed: int  #: items that succeeded in this call
+    failed: int  #: items that failed in this call after their retries
+    skipped: int  #: items already completed before this call (journal, adopted partial file, final file)
+    elapsed: float  #: seconds
+    total: int  #: items given
+    final_path: Path | None  #: the final results file when it was written (or already existed)
+    interrupted: int | None = None  #: the signal number (SIGINT, SIGTERM) that stopped the batch, if any
+    calls: int = 0  #: calls of the item function, retries included
+    pushbacks: int = 0  #: calls the provider pushed back (429, 503, 529, a rate-limit error, RetryAfter)
+    failed_by: dict[str, int] = field(default_factory=dict)  #: this call's failed items by status or error type
+    concurrency: int = 0  #: the concurrency the adaptive limit ended at (``concurrency`` when not adaptive)
+    min_concurrency: int = 0  #: the lowest concurrency the adaptive limit went down to
+
+
+#: How much the adaptive concurrency keeps of itself when the provider pushes back (multiplicative decrease).
+DECREASE = 0.9
+#: Retry-After values above this many seconds are capped (and said so once); see ``max_retry_after``.
+MAX_RETRY_AFTER = 120.0
+
+
+def retry_after_of(exc: BaseException) -> float | None:
+    """The delay (seconds, >= 0) an exception asks for (a ``retry_after`` attribute, ``retry-after-ms``,
+    ``Retry-After`` in seconds or as an HTTP date, a rate limit's ``x-ratelimit-reset-*``), or None."""
+    asked, _ = asked_delay(exc)
+    return None if asked is None else max(asked, 0.0)
+
+
+def _bounded_retry_after(exc: BaseException, cap: float) -> tuple[float | None, str | None]:
+    """The Retry-After to honour (None: back off exponentially) and, when it was not usable as given, why."""
+    asked, where = asked_delay(exc)
+    if asked is None:
+        return None, None
+    if asked < 0:
+        return None, (
+            f"{type(exc).__name__} asked for a delay of {asked:g} s ({where}), which is in the past: "
+            "backing off exponentially instead."
+        )
+    if asked == 0:
+        return None, None  # "retry now": an exponential backoff instead, so a server that insists is not hammered
+    if asked > cap:
+        return cap, (
+            f"{type(exc).__name__} asked to wait {asked:g} s ({where}); waiting {cap:g} s instead (max_retry_after)."
+        )
+    return asked, None
+
+
+def backoff_delay(
+    exc: BaseException, attempt: int, base: float, cap: float, max_retry_after: float = MAX_RETRY_AFTER
+) -> float:
+    """Seconds to wait before retry ``attempt + 1``: the error's Retry-After if it asks for a positive delay (at
+    most ``max_retry_after``, plus up to 10 % jitter), else exponential backoff ``min(cap, base * 2**attempt)``
+    with equal jitter (between half and all of it). A Retry-After of 0 or in the past backs off exponentially."""
+    asked, _ = _bounded_retry_after(exc, max_retry_after)
+    if asked is not None:
+        return asked * (1.0 + 0.1 * random.random())
+    step = min(cap, base * (2.0**attempt))
+    return step / 2 + random.uniform(0, step / 2)
+
+
+def without_sdk_retries(client: Any) -> Any:
+    """The same SDK client with its own retries off, so that tether alone paces and counts retries.
+
+    Works for the OpenAI and Anthropic clients (sync and async: ``client.with_options(max_retries=0)``); build
+    other clients with their own option (e.g. google-genai's ``HttpOptions(retry_options=HttpRetryOptions(
+    attempts=1))``).
+    """
+    with_options = getattr(client, "with_options", None)
+    if not callable(with_options):
+        raise CheckpointError(
+            f"Cannot turn off the retries of a {type(client).__name__}: it has no with_options().",
+            hint="Build the client with its own retries off (e.g. max_retries=0) and let run_batch retry.",
+        )
+    return with_options(max_retries=0)
+
+
+def _retrying_clients(fn: Callable[..., Any]) -> list[tuple[str, int]]:
+    """SDK clients the item function uses (closure, globals, partial arguments, bound ``self``) that retry by
+    themselves: ``(name, max_retries)`` for each object with ``max_retries > 0`` and a ``with_options``."""
+    candidates: list[tuple[str, Any]] = []
+    target: Any = fn
+    while isinstance(target, functools.partial):
+        candidates += [("argument", a) for a in target.args] + list(target.keywords.items())
+        target = target.func
+    owner = getattr(target, "__self__", None)
+    if owner is not None:
+        candidates.append(("self", owner))
+        with contextlib.suppress(TypeError):
+            candidates += [(f"self.{k}", v) for k, v in vars(owner).items()]
+    with contextlib.suppress(TypeError, ValueError):
+        found = inspect.getclosurevars(target)
+        candidates += list(found.nonlocals.items()) + list(found.globals.items())
+    out: list[tuple[str, int]] = []
+    for name, obj in candidates:
+        try:
+            retries = getattr(obj, "max_retries", None)
+            has_options = callable(getattr(obj, "with_options", None))
+        except Exception:  # an object whose attribute access misbehaves is not an SDK client
+            continue
+        if isinstance(retries, int) and not isinstance(retries, bool) and retries > 0 and has_options:
+            out.append((name, retries))
+    return out
+
+
+def _default_cost(item: Any) -> float:
+    """Tokens an item costs when ``tpm`` is given without ``cost``: its text length / 4 (about 4 characters
+    per token in English)."""
+    text = item if isinstance(item, str) else json.dumps(item, default=str, ensure_ascii=False)
+    return max(1.0, len(text) / 4.0)
+
+
+class _RateLimiter:
+    """Spaces the starts of calls at least ``60 / rpm`` seconds apart (retries count as calls)."""
+
+    def __init__(self, rpm: float | None) -> None:
+        self._gap = 60.0 / rpm if rpm else 0.0
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        if not self._gap:
+            return
+        now = time.monotonic()
+        start = max(now, self._next)
+        self._next = start + self._gap
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+class _TokenBucket:
+    """A tokens-per-minute budget: refills at ``tpm / 60`` a second and holds at most one second's worth, so
+    calls are paced evenly; a call costing more than that waits for a full bucket and leaves it in debt."""
+
+    def __init__(self, tpm: float) -> None:
+        self.rate = tpm / 60.0
+        self.capacity = max(self.rate, 1.0)
+        self.level = self.capacity
+        self._stamp = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    async def take(self, tokens: float) -> None:
+        while True:
+            self._refill()
+            need = min(tokens, self.capacity)
+            if self.level >= need:
+                self.level -= tokens
+                return
+            await asyncio.sleep((need - self.level) / self.rate)
+
+    def refund(self, tokens: float) -> None:
+        """Give back the tokens of a call the provider refused (a refused call is not charged)."""
+        self._refill()
+        self.level = min(self.capacity, self.level + tokens)
+
+
+class _Window:
+    """How many calls may be in flight: AIMD between 1 and ``high`` when adaptive, else always ``high``.
+
+    Each success adds ``1 / limit`` (about one more call per round of calls: additive increase); a pushback
+    multiplies the limit by :data:`DECREASE`, once per round: a pushback of a call that started before the last
+    decrease does not decrease again (the calls in flight then were already too many). A pushback that says
+    when to come back (Retry-After) also holds every new call until then (the rate limit is the account's,
+    not the item's).
+    """
+
+    def __init__(self, high: int, adaptive: bool) -> None:
+        self.high = high
+        self.adaptive = adaptive
+        self.limit = float(high)
+        self.low = high
+        self.in_flight = 0
+        self.epoch = 0
+        self.gate_until = 0.0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def cap(self) -> int:
+        return max(1, int(self.limit))
+
+    async def acquire(self) -> None:
+        if self.in_flight < self.cap and not self._waiters:
+            self.in_flight += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # the slot was handed over just as this waiter was cancelled
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self.cap:
+            fut = self._waiters.popleft()
+            if fut.done():
+                continue
+            self.in_flight += 1
+            fut.set_result(None)
+
+    async def wait_gate(self) -> None:
+        while True:
+            left = self.gate_until - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(left)
+
+    def success(self) -> None:
+        if self.adaptive and self.limit < self.high:
+            self.limit = min(float(self.high), self.limit + 1.0 / self.limit)
+            self._wake()
+
+    def pushback(self, epoch: int, delay: float | None) -> None:
+        if delay is not None:
+            self.gate_until = max(self.gate_until, time.monotonic() + delay)
+        if self.adaptive and epoch == self.epoch:
+            self.limit = max(1.0, self.limit * DECREASE)
+            self.epoch += 1
+            self.low = min(self.low, self.cap)
+
+
+class _Once:
+    """Warnings said once per batch (as :class:`CheckpointWarning`, shown on stderr by default)."""
+
+    def __init__(self) -> None:
+        self._said: set[str] = set()
+
+    def say(self, key: str, text: str) -> None:
+        if key in self._said:
+            return
+        self._said.add(key)
+        warnings.warn(text, CheckpointWarning, stacklevel=2)
+
+
+_STACKED = (
+    "With tether's retries ({retries}) on top, a rate-limited item gets up to {calls} calls that tether's "
+    "pacing cannot see. Build the client with max_retries=0 (or client = without_sdk_retries(client)) and let "
+    "run_batch retry; or pass retries=0 to leave retrying to the SDK."
+)
+
+
+class _Threads:
+    """Daemon worker threads for a sync item function: an interrupted batch never waits for them to finish."""
+
+    def __init__(self, n: int) -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._n = n
+        for _ in range(n):
+            threading.Thread(target=self._work, daemon=True, name="tether-batch").start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            loop, fut, fn, item = job
+            try:
+                outcome: tuple[bool, Any] = (True, fn(item))
+            except BaseException as exc:  # handed to the awaiting coroutine, which re-raises it
+                outcome = (False, exc)
+            try:
+                loop.call_soon_threadsafe(_settle, fut, outcome)
+            except RuntimeError:
+                return  # the event loop is closed: the batch was interrupted and this result is not wanted
+
+    def run(self, loop: asyncio.AbstractEventLoop, fn: Callable[[Any], Any], item: Any) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._jobs.put((loop, fut, fn, item))
+        return fut
+
+    def shutdown(self) -> None:
+        for _ in range(self._n):
+            self._jobs.put(None)
+
+
+def _settle(fut: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    if fut.cancelled():
+        return
+    ok, value = outcome
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
+class _Bar:
+    """A progress bar on stderr: tqdm when it is importable, else a plain line at most every 2 s."""
+
+    def __init__(self, enabled: bool, name: str, total: int, initial: int) -> None:
+        self._enabled = enabled
+        self._name = name
+        self._total = total
+        self._done = initial
+        self._initial = initial
+        self._failed = 0
+        self._start = time.monotonic()
+        self._last = 0.0
+        self._tqdm: Any = None
+        if not enabled:
+            return
+        try:
+            tqdm_mod: Any = importlib.import_module("tqdm")
+        except ImportError:
+            tqdm_mod = None  # plain stderr lines instead
+        if tqdm_mod is not None:
+            self._tqdm = tqdm_mod.tqdm(
+                total=total, initial=initial, unit="item", desc=name, file=sys.stderr, dynamic_ncols=True
+            )
+
+    def update(self, ok: bool) -> None:
+        if ok:
+            self._done += 1
+        else:
+            self._failed += 1
+        if not self._enabled:
+            return
+        if self._tqdm is not None:
+            if ok:
+                self._tqdm.update(1)
+            else:
+                self._tqdm.set_postfix(failed=self._failed)
+            return
+        now = time.monotonic()
+        if now - self._last >= 2.0:
+            self._line(now)
+
+    def _line(self, now: float) -> None:
+        self._last = now
+        rate = (self._done - self._initial) / max(now - self._start, 1e-9)
+        left = self._total - self._done - self._failed
+        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+        sys.stderr.write(
+            f"{self._name}: {self._done}/{self._total} done, {self._failed} failed, {rate:.1f}/s, eta {eta}\n"
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if not self._enabled:
+            return
+        if self._tqdm is not None:
+            self._tqdm.close()
+        else:
+            self._line(time.monotonic())
+
+
+async def arun_batch(
+    fn: Callable[[T], Any],
+    items: Iterable[T],
+    results_dir: str | os.PathLike[str] | None = None,
+    *,
+    key: Callable[[T], ItemId] | None = None,
+    name: str = "results",
+    config: dict[str, Any] | None = None,
+    concurrency: int = 1,
+    adaptive: bool = True,
+    rpm: float | None = None,
+    tpm: float | None = None,
+    cost: Callable[[T], float] | None = None,
+    retries: int = 3,
+    backoff: float = 1.0,
+    max_backoff: float = 60.0,
+    max_retry_after: float = MAX_RETRY_AFTER,
+    retry_on: tuple[type[BaseException], ...] | None = None,
+    progress: bool = True,
+    interval: int = 25,
+    interval_seconds: float | None = 2.0,
+    allow_config_change: bool = False,
+    allow_failures: bool = False,
+    finalize: bool = True,
+    checkpoint: Checkpoint | None = None,
+) -> BatchSummary:
+    """The coroutine behind :func:`run_batch` (same arguments), for callers already inside an event loop.
+
+    On SIGINT/SIGTERM (when it can install handlers, i.e. in the main thread) it stops, closes the journal
+    and returns a summary whose ``interrupted`` is the signal number; it does not raise.
+    """
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise CheckpointError(f"concurrency must be a whole number, at least 1 (got {concurrency!r}).")
+    if retries < 0:
+        raise CheckpointError(f"retries must be 0 or more (got {retries}).")
+    for label, value in (("rpm", rpm), ("tpm", tpm)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise CheckpointError(f"{label} must be a positive number of calls/tokens per minute (got {value!r}).")
+    if cost is not None and tpm is None:
+        raise CheckpointError(
+            "cost= is given but tpm= is not: the cost of an item counts against a tokens-per-minute budget.",
+            hint="Pass tpm= (the provider's tokens per minute), or drop cost=.",
+        )
+    if not max_retry_after > 0:
+        raise CheckpointError(f"max_retry_after must be positive (got {max_retry_after!r}).")
+    listed = list(items)
+    t0 = time.monotonic()
+    if checkpoint is not None:
+        ck = checkpoint
+    else:
+        options: dict[str, Any] = {
+            "name": name,
+            "total": len(listed),
+            "config": config,
+            "interval": interval,
+            "interval_seconds": interval_seconds,
+            "allow_config_change": allow_config_change,
+        }
+        ck = Checkpoint(results_dir, **options) if results_dir is not None else Checkpoint.from_env(**options)
+    once = _Once()
+    if retries > 0:
+        for client_name, sdk_retries in _retrying_clients(fn):
+            once.say(
+                "stacked",
+                f"The API client {client_name!r} retries by itself (max_retries={sdk_retries}). "
+                + _STACKED.format(retries=retries, calls=(sdk_retries + 1) * (retries + 1)),
+            )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    caught: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        caught.append(signum)
+        stop.set()
+
+    installed: list[tuple[int, Any]] = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
+            if sig is None:
+                continue
+            previous = signal.getsignal(sig)
+            try:
+                loop.add_signal_handler(sig, on_signal, int(sig))
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue  # no signal support on this loop (e.g. Windows): Ctrl-C then interrupts as usual
+            installed.append((int(sig), previous))
+
+    is_async = inspect.iscoroutinefunction(fn)
+    threads = None if is_async else _Threads(min(concurrency, max(len(listed), 1)))
+    counts = {"completed": 0, "failed": 0, "calls": 0, "pushbacks": 0}
+    failed_by: dict[str, int] = {}
+    limiter = _RateLimiter(rpm)
+    bucket = _TokenBucket(float(tpm)) if tpm is not None else None
+    cost_of: Callable[[Any], float] = cost if cost is not None else _default_cost
+    window = _Window(concurrency, adaptive)
+    final_path: Path | None = None
+    skipped = 0
+
+    def retryable(exc: BaseException) -> bool:
+        if retry_on is not None:
+            return isinstance(exc, retry_on)
+        return isinstance(exc, RetryAfter) or is_transient(exc)
+
+    def tokens(item: Any) -> float:
+        value = cost_of(item)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or math.isinf(value):
+            raise CheckpointError(
+                f"cost() returned {value!r} for an item; it must be a number of tokens, 0 or more.",
+                hint="Return an estimate of the item's tokens, e.g. len(prompt) / 4 + max_tokens.",
+            )
+        return float(value)
+
+    try:
+        with ck:
+            todo = deque(ck.pending(listed, key=key))
+            skipped = len(listed) - len(todo)
+            bar = _Bar(progress, name, len(listed), skipped)
+
+            async def call(item: T) -> Any:
+                if threads is None:
+                    return await fn(item)
+                return await threads.run(loop, fn, item)
+
+            async def attempt_once(item: T, item_tokens: float) -> tuple[bool, Any, int]:
+                """One call under the window, the gate and the rate limits: (ok, result or error, epoch)."""
+                await window.acquire()
+                try:
+                    await window.wait_gate()
+                    await limiter.wait()
+                    if bucket is not None:
+                        await bucket.take(item_tokens)
+                    await window.wait_gate()
+                    epoch = window.epoch
+                    counts["calls"] += 1
+                    try:
+                        return True, await call(item), epoch
+                    except Exception as exc:  # judged by the caller: retried, or recorded as failed
+                        return False, exc, epoch
+                finally:
+                    window.release()
+
+            def fail(item_id: ItemId, error: BaseException | str, attempts: int) -> None:
+                ck.record_failure(item_id, error, attempts=attempts)
+                if isinstance(error, BaseException):
+                    kind = failure_kind(status_of(error), type(error).__name__, "")
+                else:
+                    kind = failure_kind(None, "CheckpointError", "")
+                failed_by[kind] = failed_by.get(kind, 0) + 1
+
+            async def worker() -> None:
+                while todo and not stop.is_set():
+                    item = todo.popleft()
+                    item_id: ItemId = key(item) if key is not None else item  # type: ignore[assignment]
+                    item_tokens = tokens(item) if bucket is not None else 0.0
+                    attempt = 0
+                    while True:
+                        ok, value, epoch = await attempt_once(item, item_tokens)
+                        if ok:
+                            window.success()
+                            try:
+                                ck.record(item_id, value)
+                            except CheckpointError as exc:  # not JSON-serializable, NaN: the item failed
+                                fail(item_id, exc.message, attempt + 1)
+                                ok = False
+                            break
+                        error: Exception = value
+                        delay, why = _bounded_retry_after(error, max_retry_after)
+                        if why is not None:
+                            once.say("retry-after", why)
+                        if isinstance(error, RetryAfter) or is_pushback(error):
+                            counts["pushbacks"] += 1
+                            window.pushback(epoch, delay)
+                            if bucket is not None:
+                                bucket.refund(item_tokens)
+                        taken = sdk_retries_taken(error) if retries > 0 else None
+                        if taken:
+                            stacked = _STACKED.format(retries=retries, calls=(taken + 1) * (retries + 1))
+                            once.say(
+                                "stacked",
+                                f"The API client retried this call {taken} times by itself before raising "
+                                f"{type(error).__name__}. {stacked}",
+                            )
+                        if attempt < retries and retryable(error):
+                            if delay is not None:
+                                wait = delay * (1.0 + 0.1 * random.random())
+                            else:
+                                wait = backoff_delay(error, attempt, backoff, max_backoff, max_retry_after)
+                            await asyncio.sleep(wait)
+                            attempt += 1
+                            continue
+                        fail(item_id, error, attempt + 1)
+                        break
+                    counts["completed" if ok else "failed"] += 1
+                    bar.update(ok)
+
+            tasks = {asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(todo)))}
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                running = set(tasks)
+                while running and not stop.is_set():
+                    done, _ = await asyncio.wait(running | {stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        if task is stopper:
+                            continue
+                        running.discard(task)
+                        task.result()  # re-raises a worker's error (e.g. the disk is full)
+            finally:
+                stopper.cancel()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(stopper, *tasks, return_exceptions=True)
+                bar.close()
+            if not caught and finalize:
+                if ck.already_finalized:
+                    final_path = ck.final_path
+                elif (counts["failed"] == 0 and not ck.failed) or allow_failures:
+                    final_path = ck.finalize(allow_failures=allow_failures)
+    finally:
+        if threads is not None:
+            threads.shutdown()
+        for sig, previous in installed:
+            loop.remove_signal_handler(sig)
+            with contextlib.suppress(TypeError, ValueError):
+                signal.signal(sig, previous)
+    return BatchSummary(
+        completed=counts["completed"],
+        failed=counts["failed"],
+        skipped=skipped,
+        elapsed=time.monotonic() - t0,
+        total=len(listed),
+        final_path=final_path,
+        interrupted=caught[0] if caught else None,
+        calls=counts["calls"],
+        pushbacks=counts["pushbacks"],
+        failed_by=failed_by,
+        concurrency=window.cap,
+        min_concurrency=window.low,
+    )
+
+
+def run_batch(
+    fn: Callable[[T], Any],
+    items: Iterable[T],
+    results_dir: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> BatchSummary:
+    """Run ``fn`` (sync or async) over the items not yet completed in the checkpoint, then finalize.
+
+    Options (all keyword): ``key`` (item → id; default: the item is its id), ``name`` ("results"),
+    ``config`` (JSON-able dict stored and checked on resume), ``concurrency`` (1: the most calls at once; sync
+    functions run in daemon threads), ``adaptive`` (True: when the provider pushes back, 429/503/529, the
+    concurrency drops by a tenth, then grows back by about one per round of successes, between 1 and
+    ``concurrency``), ``rpm`` (None: call starts per minute, retries included), ``tpm`` (None: tokens per
+    minute, each call costing ``cost(item)`` tokens, by default the item's text length / 4), ``retries`` (3)
+    of what can succeed (rate limits, overload, 5xx, timeouts, connection errors; not 400/401/403/404 nor a
+    programming error such as KeyError), waiting the error's Retry-After (at most ``max_retry_after``, 120 s)
+    or an exponential ``backoff`` (1.0 s, doubled per retry, capped at ``max_backoff`` 60 s, with jitter);
+    ``retry_on`` (exception types to retry instead of that judgment; others fail at once), ``progress`` (True:
+    a bar on stderr), ``interval``/``interval_seconds`` (fsync knobs), ``allow_config_change``,
+    ``allow_failures`` (finalize even if items failed), ``finalize`` (True), ``checkpoint`` (use this
+    Checkpoint instead). ``results_dir`` defaults to ``$TETHER_RESULTS_DIR``.
+
+    Build API clients with their own retries off (``max_retries=0``, or :func:`without_sdk_retries`): SDK
+    retries under tether's multiply the calls and hide them from the pacing (a warning says so once).
+
+    Finalizes (writes ``<name>.json``) when every item succeeded. Failed items are journaled (error type, HTTP
+    status, request id) and retried by the next call. On Ctrl-C or SIGTERM it stops starting items, abandons
+    those in flight (not recorded), closes the journal and raises ``KeyboardInterrupt`` (SIGINT) or
+    ``SystemExit(128 + signal)`` (SIGTERM).
+    """
+    summary = asyncio.run(arun_batch(fn, items, results_dir, **options))
+    if summary.interrupted is not None:
+        if summary.interrupted == int(signal.SIGINT):
+            raise KeyboardInterrupt
+        raise SystemExit(128 + summary.interrupted)
+    return summary
