@@ -59,7 +59,13 @@ def test_journal_contract_header_and_one_flushed_line_per_item(tmp_path: Path) -
         assert header["created"].endswith("Z")
         ok, bad = json.loads(lines[1]), json.loads(lines[2])
         assert ok["id"] == "a" and ok["ok"] is True and ok["result"] == [1, "é"] and ok["t"] > 0
-        assert bad == {"id": 7, "ok": False, "error": "ValueError: bad input", "error_type": "ValueError", "t": bad["t"]}
+        assert bad == {
+            "id": 7,
+            "ok": False,
+            "error": "ValueError: bad input",
+            "error_type": "ValueError",
+            "t": bad["t"],
+        }
         assert lines[3] == b""
     finally:
         ck.close()
