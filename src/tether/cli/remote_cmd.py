@@ -9,7 +9,7 @@ import click
 from tether import provision
 from tether import pull as pulling
 from tether.cli.common import context, emit_json, json_option, parse_every, say
-from tether.errors import TetherError
+from tether.errors import SyncError
 from tether.hosts import resolve
 
 
@@ -104,7 +104,7 @@ def pull(ctx: click.Context, host: str | None, experiments: tuple[str, ...], as_
             names = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
             say(f"{r['host']}: {len(skipped)} links that point outside the results folders were not copied: {names}.")
     if any(not r["verified"] for r in reports):
-        raise TetherError("Some results did not arrive whole.", "Run `tether pull` again once the runs settle.")
+        raise SyncError("Some results did not arrive whole.", "Run `tether pull` again once the runs settle.")
 
 
 @click.command()
@@ -131,7 +131,7 @@ def sync(ctx: click.Context, host: str | None, every: str, once: bool, as_json: 
                     say(f"{stamp} {r['host']}: {len(r['changed'])} changed {changed}".rstrip())
         if once:
             if any("error" in r for r in tick):
-                raise TetherError("At least one pull failed.", "See the lines above.")
+                raise SyncError("At least one pull failed.", "See the lines above.")
             return
         time.sleep(period)  # the tick period itself is what the user asked for
 
