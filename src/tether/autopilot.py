@@ -118,7 +118,7 @@ def gather(ctx: Ctx, name: str, now: float, *, more_work: bool | None = None) ->
         notes += _stale(st, name, now, f"the server is {rec.state}")
         live_runs = 0
         if (
-            rec.state in ("stopped", "exited")
+            rec.state in ("stopped", "preempted", "exited")
             and last_verified is not None
             and (last_activity is None or last_verified >= last_activity)
         ):

@@ -91,7 +91,7 @@ IDLE = "(idle)"
 #: States billed at the full ``dph_total``.
 FULL_RATE_STATES = frozenset({"running"})
 #: States billed at the storage part only.
-STORAGE_STATES = frozenset({"creating", "loading", "stopped", "exited", "unknown"})
+STORAGE_STATES = frozenset({"creating", "loading", "stopped", "preempted", "exited", "unknown"})
 #: States that cost nothing.
 FREE_STATES = frozenset({"gone", "destroyed"})
 
@@ -720,7 +720,7 @@ def decide(view: InstanceView, now: float, policy: PolicyConfig) -> Decision:
                 f"{name} has been idle {_dur(idle)}, under idle_stop_minutes ({policy.idle_stop_minutes:g} min).",
             )
         return _runbook_tree(view, policy, f"{name} has been idle {_dur(idle)}")
-    if view.state in ("stopped", "exited"):
+    if view.state in ("stopped", "preempted", "exited"):
         held = now - view.since
         if held < destroy_after:
             gap = now - (view.last_activity if view.last_activity is not None else view.since)
@@ -788,7 +788,7 @@ def decide_now(view: InstanceView, policy: PolicyConfig) -> Decision:
         )
     if view.state == "running":
         return _runbook_tree(view, policy, f"{name} was taken down by hand")
-    if view.state in ("stopped", "exited"):
+    if view.state in ("stopped", "preempted", "exited"):
         if view.more_work_within_h:
             return Decision("none", f"{name} is {view.state} already.", False, name)
         return Decision(

@@ -21,7 +21,9 @@ on servers with a bare ``python3``) can use it too.
     ├── RegistryError                AGENT_STATUS.json cannot be read, locked or admitted to
     │   └── AdmissionRefused         exit 4: not enough GPU memory free for the request
     │       └── NoRoom               the registry's refusal, with its figures in ``details``
-    └── CheckpointError              the checkpoint journal or results cannot be used as asked
+    ├── CheckpointError              the checkpoint journal or results cannot be used as asked
+    ├── StateError                   the local state database cannot be opened, read or written
+    └── RunFailed                    a run waited for (`run --wait`) ended other than completed
 """
 
 from __future__ import annotations
@@ -123,3 +125,12 @@ class NoRoom(AdmissionRefused):
 
 class CheckpointError(TetherError):
     """The checkpoint journal or results cannot be used as asked."""
+
+
+class StateError(TetherError):
+    """The local state database ($TETHER_HOME/state.db) cannot be opened, read or written: damaged, full, busy,
+    or written by a newer tether."""
+
+
+class RunFailed(TetherError):
+    """A run that the command waited for ended failed, cancelled or dead."""

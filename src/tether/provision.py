@@ -286,3 +286,42 @@ def ensure_pushed(ctx: Ctx, target: Target) -> bool:
     push_code(ctx, target)
     push_env(ctx, target)
     return True
+
+
+def bring_up(
+    ctx: Ctx,
+    name: str,
+    *,
+    env: bool = True,
+    profile: str | None = None,
+    offer_id: str | None = None,
+    image: str | None = None,
+    disk_gb: float | None = None,
+    max_price: float | None = None,
+) -> dict[str, Any]:
+    """``tether up NAME``: rent NAME first when it is not a configured host (cheapest fitting offer, or the
+    instance tether already has under that name), then :func:`up`. Returns ``up``'s document, with ``rented``."""
+    from tether import rentals
+    from tether.hosts import LOCAL, resolve
+
+    project, state = ctx.project, ctx.state
+    if name == LOCAL:
+        raise ConfigError("`local` is this machine: it needs no `tether up`.", "Run `tether run EXP --local`.")
+    doc: dict[str, Any] = {}
+    if name not in project.config.hosts:
+        doc["rented"] = rentals.ensure_rented(
+            project,
+            state,
+            name,
+            profile=profile,
+            offer_id=offer_id,
+            image=image,
+            disk_gb=disk_gb,
+            max_price=max_price,
+            say=ctx.say,
+        )
+    elif profile or offer_id:
+        raise ConfigError(f"{name} is a configured host ([hosts.{name}]); --profile and --offer are for rentals.")
+    ctx.say(f"Setting up {name}...")
+    doc.update(up(ctx, resolve(project, name, state), env=env))
+    return doc

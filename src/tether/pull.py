@@ -20,7 +20,7 @@ from typing import Any
 
 from tether.config import Project
 from tether.context import Ctx
-from tether.errors import RemoteError, SyncError, TetherError
+from tether.errors import ConfigError, RemoteError, SyncError, TetherError
 from tether.hosts import LOCAL, Target, resolve
 from tether.server.manifest import digest_of, sha256_file
 from tether.server.manifest import link_on_the_way as _server_link
@@ -253,9 +253,14 @@ def unsynced(ctx: Ctx, target: Target, experiments: Sequence[str] = ()) -> list[
 
 def hosts_to_pull(state: State, host: str | None = None) -> list[str]:
     """``host``, or every server with runs except this machine and rented servers already destroyed."""
+    gone = {r.name for r in state.instances() if r.state == "gone"}
+    if host in gone:
+        raise ConfigError(
+            f"{host} was destroyed: nothing is left on it to pull.",
+            "What was pulled before it was destroyed is in the results folders; `tether ls` lists servers that exist.",
+        )
     if host:
         return [host]
-    gone = {r.name for r in state.instances() if r.state == "gone"}
     return sorted({r.host for r in state.runs()} - {LOCAL} - gone)
 
 

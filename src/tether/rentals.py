@@ -19,7 +19,16 @@ from tether.config import Project
 from tether.errors import ConfigError, ProviderError, TetherError
 from tether.paths import tether_home
 from tether.profiles import Profile, project_profile
-from tether.providers import OFFER_TYPES, Instance, Offer, OfferType, Provider, provider_for, ssh_address
+from tether.providers import (
+    OFFER_TYPES,
+    STOPPED_STATES,
+    Instance,
+    Offer,
+    OfferType,
+    Provider,
+    provider_for,
+    ssh_address,
+)
 from tether.renting import destroy_verified, find_offers, rent, wait_running
 from tether.renting import observe as observe_instance
 from tether.state import InstanceRecord, State
@@ -230,8 +239,8 @@ def ensure_rented(
             if inst.state == "running":
                 rec = record(st, name, inst, source="up")
                 return {"instance_id": inst.id, "reused": True, "address": rec.address, "dph_total": inst.dph_total}
-            if inst.state == "stopped":
-                say(f"{name} is stopped; starting it.")
+            if inst.state in STOPPED_STATES:
+                say(f"{name} is {inst.state}; starting it.")
                 return start(project, st, name, say=say, provider=prov)
             if inst.state != "gone":
                 raise ProviderError(

@@ -26,7 +26,7 @@ from pathlib import Path
 from tether.errors import AuthError, NoCapacity, ProviderError
 from tether.paths import tether_home
 from tether.profiles import rank_offers
-from tether.providers.base import DEAD_STATES, Instance, Offer, OfferQuery, Provider, gone
+from tether.providers.base import DEAD_STATES, STOPPED_STATES, Instance, Offer, OfferQuery, Provider, gone
 
 TAKEN_TTL_S = 300.0
 DESTROY_VERIFY_S = 60.0
@@ -92,7 +92,7 @@ def wait_running(
     raise NoCapacity(
         f"Instance {instance_id} was still {last.state} ({last.status}) after {deadline_s:g} s.",
         "A big image can load slowly: raise the wait deadline, or pick another offer."
-        if last.state != "stopped"
+        if last.state not in STOPPED_STATES
         else "The GPU may have been rented by someone else meanwhile: move the data to a new instance.",
     )
 

@@ -10,7 +10,7 @@ moved the old ``kv`` facts ``up:NAME``, ``push:NAME``, ``python:NAME`` into ``ho
 Every record comes back as a frozen dataclass; every INSERT names its columns.
 
 The file is private: ``state.db`` and its ``-wal``/``-shm`` files are 0600 (looser ones are tightened on open) in a
-``$TETHER_HOME`` that is 0700. A damaged file (not a database) or a full disk is one :class:`TetherError` sentence,
+``$TETHER_HOME`` that is 0700. A damaged file (not a database) or a full disk is one :class:`StateError` sentence,
 raised at open, on a write or on a read, never a traceback.
 """
 
@@ -22,11 +22,11 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tether.errors import TetherError
+from tether.errors import ConfigError, StateError
 from tether.paths import private_dir, private_file, tether_home
 
 MIGRATIONS: list[str] = [
@@ -130,20 +130,7 @@ class RunRecord:
     status: str
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "experiment": self.experiment,
-            "host": self.host,
-            "argv": self.argv,
-            "cwd": self.cwd,
-            "results_dir": self.results_dir,
-            "log_path": self.log_path,
-            "session": self.session,
-            "started": self.started,
-            "ended": self.ended,
-            "exit_code": self.exit_code,
-            "status": self.status,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -175,16 +162,7 @@ class EventRecord:
     source: str
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "name": self.name,
-            "instance_id": self.instance_id,
-            "ts": self.ts,
-            "state": self.state,
-            "dph_total": self.dph_total,
-            "storage_dph": self.storage_dph,
-            "source": self.source,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -210,14 +188,7 @@ class DecisionRecord:
     done: bool
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "ts": self.ts,
-            "name": self.name,
-            "action": self.action,
-            "reason": self.reason,
-            "done": self.done,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -248,7 +219,7 @@ class State:
             private_file(path)  # SQLite gives the -wal and -shm files the mode of the database file
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
-            raise TetherError(
+            raise StateError(
                 f"Cannot open the state database {path}: {exc}.",
                 "Check that TETHER_HOME points to a writable folder.",
             ) from None
@@ -290,12 +261,12 @@ class State:
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
 
-    def _error(self, exc: sqlite3.Error | OSError) -> TetherError:
+    def _error(self, exc: sqlite3.Error | OSError) -> StateError:
         """One sentence for a database that cannot be used: damaged, on a full disk, busy, or otherwise."""
         return database_error(self.path, exc)
 
     def _rows(self, query: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """The rows of a read; a damaged or unreadable file is a :class:`TetherError`."""
+        """The rows of a read; a damaged or unreadable file is a :class:`StateError`."""
         try:
             return self.db.execute(query, args).fetchall()
         except sqlite3.Error as exc:
@@ -307,7 +278,7 @@ class State:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; a full disk, a damaged file or a lock held too long is a :class:`TetherError`."""
+        """One write transaction; a full disk, a damaged file or a lock held too long is a :class:`StateError`."""
         try:
             self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -330,7 +301,7 @@ class State:
     def _migrate(self) -> None:
         version = int(self.db.execute("PRAGMA user_version").fetchone()[0])  # errors: see __init__
         if version > len(MIGRATIONS):
-            raise TetherError(
+            raise StateError(
                 f"The state database {self.path} was written by a newer tether (schema {version}).",
                 "Upgrade tether, or point TETHER_HOME elsewhere.",
             )
@@ -395,8 +366,8 @@ class State:
         if latest:
             return latest[-1]
         if not rows:
-            raise TetherError(f"No run {ref!r} is known here.", "`tether progress` lists the runs.")
-        raise TetherError(
+            raise ConfigError(f"No run {ref!r} is known here.", "`tether progress` lists the runs.")
+        raise ConfigError(
             f"{ref!r} matches {len(rows)} runs.", "Give more of the run id: " + ", ".join(r.id for r in rows[:5])
         )
 
@@ -596,12 +567,12 @@ def _instance(row: sqlite3.Row) -> InstanceRecord:
     )
 
 
-def database_error(path: Path, exc: sqlite3.Error | OSError) -> TetherError:
+def database_error(path: Path, exc: sqlite3.Error | OSError) -> StateError:
     """The sentence (and what to do) for a state database that cannot be used."""
     text = str(exc).rstrip(".") or type(exc).__name__
     name = str(getattr(exc, "sqlite_errorname", ""))
     if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT") or "not a database" in text or "malformed" in text:
-        return TetherError(
+        return StateError(
             f"The state database {path} is damaged ({text}).",
             f"Move it aside (mv {path} {path}.damaged) and run the command again to start a new one; servers "
             "rented before are then unknown here, so check your Vast.ai console for any that still bill.",
@@ -610,16 +581,16 @@ def database_error(path: Path, exc: sqlite3.Error | OSError) -> TetherError:
     if not full and (name.startswith("SQLITE_IOERR") or "disk I/O error" in text):
         full = _nearly_full(path.parent)
     if full:
-        return TetherError(
+        return StateError(
             f"The state database {path} cannot be written: the disk holding it is full ({text}).",
             "Free space on that disk, then run the command again; what was recorded before is kept.",
         )
     if name == "SQLITE_BUSY" or "locked" in text:
-        return TetherError(
+        return StateError(
             f"The state database {path} is busy: another tether process held it for more than 30 seconds.",
             "Wait for the other command (a `sync` or `autopilot` tick) to finish, then run this one again.",
         )
-    return TetherError(
+    return StateError(
         f"The state database {path} cannot be used ({text}).",
         "Check the disk and the permissions of TETHER_HOME, then run the command again.",
     )

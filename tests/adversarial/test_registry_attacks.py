@@ -69,7 +69,9 @@ def test_unusable_gpu_gb_counts_as_the_whole_gpu(registry: Registry, reg_path: P
         registry.register("b", "x", 1)
     assert "1 GB asked, 0 GB free" in err.value.message
     assert "odd (A5, 24 GB: its gpu_gb is unusable, so it counts as the whole GPU)" in err.value.message
-    (holder,) = err.value.details["holders"]  # type: ignore[attr-defined]
+    holders = err.value.details["holders"]
+    assert isinstance(holders, list)
+    (holder,) = holders
     assert holder["id"] == "odd" and holder["gpus"] == [0] and holder["whole_gpu"] is True
     assert reg_path.read_bytes() == before  # the refusal changed nothing
 
@@ -338,17 +340,17 @@ def test_repair_adopts_only_processes_that_name_this_registry(
     tags = {"TETHER_AGENT_EXPERIMENT": "A5", "TETHER_AGENT_GPU_GB": "6", "CUDA_VISIBLE_DEVICES": "0"}
     sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
 
-    def start(argv: list[str], cwd: Path = tmp_path, **env: str) -> subprocess.Popen[str]:
+    def start(argv: list[str], env: dict[str, str], cwd: Path = tmp_path) -> subprocess.Popen[str]:
         proc = subprocess.Popen(argv, env={**os.environ, **env}, cwd=cwd, text=True)
         procs.append(proc)
         return proc
 
-    mine = start(sleep, TETHER_AGENT_ID="mine", TETHER_AGENT_STATUS=str(reg_path), **tags)
-    relative = start(sleep, cwd=tmp_path, TETHER_AGENT_ID="mine-rel", TETHER_AGENT_STATUS="AGENT_STATUS.json", **tags)
-    start(sleep, TETHER_AGENT_ID="stranger", **tags)  # an agent id but no registry: someone else's process
-    start(sleep, TETHER_AGENT_ID="theirs", TETHER_AGENT_STATUS=str(elsewhere / "AGENT_STATUS.json"), **tags)
-    start(sleep, cwd=elsewhere, TETHER_AGENT_ID="theirs-rel", TETHER_AGENT_STATUS="AGENT_STATUS.json", **tags)
-    start([*sleep, f"TETHER_AGENT_ID=argv-only TETHER_AGENT_STATUS={reg_path}"])  # only its arguments say so
+    mine = start(sleep, {"TETHER_AGENT_ID": "mine", "TETHER_AGENT_STATUS": str(reg_path), **tags})
+    relative = start(sleep, {"TETHER_AGENT_ID": "mine-rel", "TETHER_AGENT_STATUS": "AGENT_STATUS.json", **tags})
+    start(sleep, {"TETHER_AGENT_ID": "stranger", **tags})  # an agent id but no registry: someone else's process
+    start(sleep, {"TETHER_AGENT_ID": "theirs", "TETHER_AGENT_STATUS": str(elsewhere / "AGENT_STATUS.json"), **tags})
+    start(sleep, {"TETHER_AGENT_ID": "theirs-rel", "TETHER_AGENT_STATUS": "AGENT_STATUS.json", **tags}, elsewhere)
+    start([*sleep, f"TETHER_AGENT_ID=argv-only TETHER_AGENT_STATUS={reg_path}"], {})  # only its arguments say so
     damaged = (
         b'[{"id": "kept", "experiment": "B", "gpu_gb": 2, "status": "running", "started": "2026-02-11T10:00:00Z"}, {"id'
     )

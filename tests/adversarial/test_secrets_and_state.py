@@ -201,3 +201,21 @@ def test_a_full_disk_under_the_state_database_is_one_sentence(
     filler.unlink()
     run_id = tether_json("run", "exp", "--on", "lab1", cwd=project)["run_id"]
     assert wait_status(project, run_id, {"completed"}, host="lab1")
+
+
+def test_run_logs_and_records_are_private_here_and_on_the_server(
+    tmp_path: Path, sshd_host: SshdHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An experiment may print a key: its log (and run record) are readable by their owner only, on both ends."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("TETHER_HOME", str(home))
+    project = write_project(tmp_path / "proj", extra=host_block("lab1", sshd_host), items=2)
+    local = tether_json("run", "exp", "--local", cwd=project)["run_id"]
+    wait_status(project, local, {"completed"})
+    assert tether("up", "lab1", cwd=project).returncode == 0
+    remote = tether_json("run", "exp", "--on", "lab1", cwd=project)["run_id"]
+    wait_status(project, remote, {"completed"}, host="lab1")
+    for root, run_id in ((home / "local", local), (sshd_host.root_dir, remote)):
+        folder = root / ".tether" / "runs" / run_id
+        assert mode(folder) == 0o700, folder
+        assert {p.name: mode(p) for p in folder.iterdir() if p.is_file()} == {"log": 0o600, "run.json": 0o600}

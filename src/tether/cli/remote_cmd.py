@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import click
 
-from tether import provision, rentals
+from tether import provision
 from tether import pull as pulling
 from tether.cli.common import context, emit_json, json_option, parse_every, say
-from tether.errors import ConfigError, TetherError
-from tether.hosts import LOCAL, resolve
+from tether.errors import SyncError
+from tether.hosts import resolve
 
 
 @click.command()
@@ -42,28 +41,17 @@ def up(
     NAME is a [hosts.NAME] entry, or a server to rent from Vast.ai with --profile/--offer (then tether rents the
     cheapest fitting offer first). Running it twice changes nothing and is fast.
     """
-    doc: dict[str, Any] = {}
     with context(ctx) as c:
-        project, st = c.project, c.state
-        if name == LOCAL:
-            raise ConfigError("`local` is this machine: it needs no `tether up`.", "Run `tether run EXP --local`.")
-        if name not in project.config.hosts:
-            doc["rented"] = rentals.ensure_rented(
-                project,
-                st,
-                name,
-                profile=profile,
-                offer_id=offer_id,
-                image=image,
-                disk_gb=disk_gb,
-                max_price=max_price,
-                say=say,
-            )
-        elif profile or offer_id:
-            raise ConfigError(f"{name} is a configured host ([hosts.{name}]); --profile and --offer are for rentals.")
-        target = resolve(project, name, st)
-        say(f"Setting up {name}...")
-        doc.update(provision.up(c, target, env=not no_env))
+        doc = provision.bring_up(
+            c,
+            name,
+            env=not no_env,
+            profile=profile,
+            offer_id=offer_id,
+            image=image,
+            disk_gb=disk_gb,
+            max_price=max_price,
+        )
     if as_json:
         emit_json(doc)
         return
@@ -116,7 +104,7 @@ def pull(ctx: click.Context, host: str | None, experiments: tuple[str, ...], as_
             names = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
             say(f"{r['host']}: {len(skipped)} links that point outside the results folders were not copied: {names}.")
     if any(not r["verified"] for r in reports):
-        raise TetherError("Some results did not arrive whole.", "Run `tether pull` again once the runs settle.")
+        raise SyncError("Some results did not arrive whole.", "Run `tether pull` again once the runs settle.")
 
 
 @click.command()
@@ -143,7 +131,7 @@ def sync(ctx: click.Context, host: str | None, every: str, once: bool, as_json: 
                     say(f"{stamp} {r['host']}: {len(r['changed'])} changed {changed}".rstrip())
         if once:
             if any("error" in r for r in tick):
-                raise TetherError("At least one pull failed.", "See the lines above.")
+                raise SyncError("At least one pull failed.", "See the lines above.")
             return
         time.sleep(period)  # the tick period itself is what the user asked for
 

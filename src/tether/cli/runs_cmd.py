@@ -22,7 +22,7 @@ from tether.cli.common import (
     status_text,
     styled,
 )
-from tether.errors import ConfigError, TetherError
+from tether.errors import ConfigError, RemoteError, RunFailed
 from tether.hosts import LOCAL, Target, resolve
 from tether.state import RunRecord, State
 from tether.transport import tmux
@@ -115,7 +115,7 @@ def run(
         done = f"{final.completed}/{final.total if final.total is not None else '?'}"
         say(f"Run {rec.id} {final.status} ({done} items, exit code {final.exit_code}).")
         if final.status != vocab.COMPLETED:
-            raise TetherError(f"Run {rec.id} {final.status}.", f"See `tether logs {rec.id}`.")
+            raise RunFailed(f"Run {rec.id} {final.status}.", f"See `tether logs {rec.id}`.")
         return
     say(
         f"Started {experiment} on {rec.host} as {rec.id} ({started.status}). "
@@ -205,7 +205,7 @@ def logs(ctx: click.Context, run_ref: str, follow: bool, lines: int) -> None:
     if not follow:
         result = target.transport.run(argv, check=False)
         if result.returncode != 0:
-            raise TetherError(
+            raise RemoteError(
                 f"No log for run {rec.id} on {rec.host} yet ({rec.log_path}).",
                 "The run may not have started; see `tether progress`.",
             )
@@ -228,13 +228,13 @@ def attach(ctx: click.Context, run_ref: str) -> None:
     argv = tmux.attach_argv(target.tmux_socket, rec.session)
     probe = target.transport.run(tmux.has_session_argv(target.tmux_socket, rec.session), check=False)
     if probe.returncode != 0:
-        raise TetherError(
+        raise RemoteError(
             f"Run {rec.id} has no tmux window on {rec.host}: it has ended.",
             f"Its output is kept: `tether logs {rec.id}`.",
         )
     final = argv if target.local else target.transport.interactive_argv(argv)
     if not os.isatty(0):
-        raise TetherError("`tether attach` needs a terminal.", f"Use `tether logs {rec.id} -f` instead.")
+        raise RemoteError("`tether attach` needs a terminal.", f"Use `tether logs {rec.id} -f` instead.")
     # Inside tmux already: the run's tmux server is another one, so attaching nests (TMUX would make tmux refuse).
     env = {k: v for k, v in os.environ.items() if k != "TMUX"}
     raise SystemExit(subprocess.call(final, env=env))

@@ -49,6 +49,10 @@ Faults (Python: ``emu.faults.<name>(...)``; HTTP: ``POST /_emulator/faults {"kin
 - ``take_offer(offer_id)``: someone else rents that offer now (a create for it then fails);
 - ``clear()``: no more faults.
 
+Test hooks (Python: ``emu.preempt(id)``, ``emu.vanish(id)``; HTTP: ``POST /_emulator/preempt {"id": N}``,
+``POST /_emulator/vanish {"id": N}``): outbid an instance (stopped by the service, ``intended_status`` still
+``running``, ``cur_state == next_state == "stopped"``), or make its host disappear with it.
+
 Other admin endpoints (no auth, never faulted): ``POST /_emulator/clock {"advance": s}``,
 ``GET /_emulator/state`` → ``{"now", "total_cost", "instances": [...]}``.
 """
@@ -304,6 +308,7 @@ class EmuInstance:
     last_t: float = 0.0
     running_since: float | None = None
     history: list[str] = field(default_factory=list)
+    preempted: bool = False
 
     @property
     def dph_total(self) -> float:
@@ -348,8 +353,10 @@ class EmuInstance:
             "label": self.label,
             "actual_status": actual,
             "intended_status": self.intended,
-            "cur_state": "running" if self.intended == "running" else "stopped",
-            "next_state": self.intended,
+            # An outbid (preempted) instance: the service stopped it, the renter still intends it running, and
+            # nothing will start it: cur_state == next_state == "stopped" while intended_status is "running".
+            "cur_state": "stopped" if self.preempted or self.intended != "running" else "running",
+            "next_state": "stopped" if self.preempted else self.intended,
             "status_msg": self.status_msg,
             "image_uuid": self.image,
             "image_runtype": self.runtype,
@@ -684,7 +691,10 @@ class VastEmulator:
             if "label" in body:
                 inst.label = str(body["label"]) if body["label"] is not None else None
             want = body.get("state")
-            if want == "stopped" and inst.state != "stopped":
+            if want == "stopped" and inst.preempted:
+                inst.intended = "stopped"
+                inst.preempted = False
+            elif want == "stopped" and inst.state != "stopped":
                 inst.intended = "stopped"
                 inst.ready_at = None
                 inst._set("stopped")
@@ -693,6 +703,7 @@ class VastEmulator:
                 stop_host = inst.host
             elif want == "running" and inst.state in ("stopped", "exited"):
                 inst.intended = "running"
+                inst.preempted = False
                 if self.faults._take("stuck_restart_left"):
                     inst.status_msg = "scheduling: waiting for the GPU (rented by another client)"
                 else:
@@ -722,6 +733,39 @@ class VastEmulator:
         if host is not None:
             host.stop()
         return 200, {"success": True}
+
+    # ------------------------------------------------------------------------------------------ test hooks
+
+    def preempt(self, instance_id: int) -> None:
+        """Outbid the instance now: the service stops it (its sshd goes down, its files stay, the disk still bills)
+        while the renter's ``intended_status`` stays ``running``. Starting it again clears the mark."""
+        self.settle()
+        with self._lock:
+            inst = self.instances.get(int(instance_id))
+            if inst is None or inst.state == "destroyed":
+                raise ValueError(f"no instance {instance_id}")
+            inst._set("stopped")
+            inst.preempted = True
+            inst.ready_at = None
+            inst.running_since = None
+            inst.status_msg = "stopped: outbid by a higher bid"
+            host = inst.host
+        if host is not None:
+            host.stop()
+
+    def vanish(self, instance_id: int) -> None:
+        """The host goes away with the instance (a machine removed from the market): it answers nothing, the
+        service no longer lists it and bills nothing more."""
+        self.settle()
+        with self._lock:
+            inst = self.instances.get(int(instance_id))
+            if inst is None or inst.state == "destroyed":
+                raise ValueError(f"no instance {instance_id}")
+            inst._set("destroyed")
+            inst.ready_at = None
+            host = inst.host
+        if host is not None:
+            host.stop()
 
     def handle(
         self, method: str, raw_path: str, headers: Mapping[str, str], body: Any
@@ -777,6 +821,12 @@ class VastEmulator:
             if method == "POST" and path == "/_emulator/clock/":
                 now = self.clock.advance(_num((body or {}).get("advance")))
                 return 200, {}, {"now": now}
+            if method == "POST" and path == "/_emulator/preempt/":
+                self.preempt(int(_num((body or {}).get("id"), -1)))
+                return 200, {}, {"success": True}
+            if method == "POST" and path == "/_emulator/vanish/":
+                self.vanish(int(_num((body or {}).get("id"), -1)))
+                return 200, {}, {"success": True}
             if method == "GET" and path == "/_emulator/state/":
                 return 200, {}, self.state()
         except (TypeError, ValueError) as exc:

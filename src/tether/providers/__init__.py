@@ -14,6 +14,7 @@ from tether.config import Project
 from tether.errors import ConfigError
 from tether.providers.base import (
     OFFER_TYPES,
+    STOPPED_STATES,
     Instance,
     InstanceState,
     Offer,
@@ -26,6 +27,7 @@ from tether.providers.base import (
 __all__ = [
     "OFFER_TYPES",
     "PROVIDERS",
+    "STOPPED_STATES",
     "Instance",
     "InstanceState",
     "Offer",

@@ -22,9 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tether.errors import ProviderError
 
-InstanceState = Literal["creating", "loading", "running", "stopped", "exited", "unknown", "gone"]
+InstanceState = Literal["creating", "loading", "running", "stopped", "preempted", "exited", "unknown", "gone"]
 OfferType = Literal["on-demand", "bid", "reserved"]
 OFFER_TYPES: tuple[OfferType, ...] = ("on-demand", "bid", "reserved")
+
+#: Not running, disk kept, can be started again: stopped by the renter, or by the service (outbid).
+STOPPED_STATES: frozenset[str] = frozenset({"stopped", "preempted"})
 
 #: States an instance never leaves by itself on the way to ``running``.
 DEAD_STATES: frozenset[str] = frozenset({"exited", "unknown", "gone"})
@@ -113,7 +116,7 @@ class Instance(BaseModel):
         # Vast.ai bills the GPU from `running` on, and the disk from creation until destroyed.
         if self.state == "running":
             return self.dph_total
-        if self.state in ("creating", "loading", "stopped", "exited", "unknown"):
+        if self.state in ("creating", "loading", "stopped", "preempted", "exited", "unknown"):
             return self.storage_total_cost
         return 0.0
 

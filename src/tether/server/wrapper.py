@@ -45,7 +45,7 @@ def run_dir(root: str, run_id: str) -> Path:
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=2)
         fh.write("\n")
         fh.flush()
@@ -98,8 +98,10 @@ class _Run:
         self.args = args
         self.argv = argv
         self.dir = run_dir(args.root, args.run_id)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # A run's folder and log are its owner's alone: experiments print what they like (keys included).
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.log_path = self.dir / vocab.RUN_LOG
+        os.close(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         self.record: dict[str, Any] = {
             "id": args.run_id,
             "experiment": args.experiment,

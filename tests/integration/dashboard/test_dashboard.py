@@ -189,3 +189,36 @@ remote_root = "/workspace"
     assert hosts["gone"]["error"] and hosts["lab1"]["error"] is None
     assert doc["money"]["total_usd"] == 0 and doc["managed"] == []
     json.dumps(doc)  # one JSON document
+
+
+def test_a_page_left_open_for_hours_keeps_the_server_bounded(tmp_path: Path) -> None:
+    """Hours of polling compressed into hundreds of polls, with pages that come and go: the server's memory and
+    thread count stop growing (each stream ends when its page goes; the poller keeps one snapshot, not a history)."""
+    import threading
+    import tracemalloc
+
+    project_dir = write_project(tmp_path / "proj", items=3)
+    project = config.load(project_dir / "tether.toml")
+    baseline = threading.active_count()
+    dash = Dashboard(project, port=0, poll_s=0.01).start()
+    events = dash.url.replace("/?token=", "/api/events?token=")
+    try:
+        streams = [urllib.request.urlopen(events, timeout=10) for _ in range(20)]
+        for s in streams:
+            assert s.readline().startswith(b"event: snapshot")
+        for s in streams:
+            s.close()
+        wait_for(lambda: threading.active_count() <= baseline + 3 or None, timeout=30)  # server, poller, one in flight
+        tracemalloc.start()
+        start = dash.poller.version
+        wait_for(lambda: dash.poller.version >= start + 50 or None, timeout=120)
+        early = tracemalloc.take_snapshot()
+        wait_for(lambda: dash.poller.version >= start + 400 or None, timeout=600)
+        late = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        grown = sum(stat.size_diff for stat in late.compare_to(early, "filename"))
+        assert grown < 512 * 1024, f"{grown} bytes more after 350 more polls"
+        with urllib.request.urlopen(events, timeout=10) as s:  # and a page opened now still gets the latest
+            assert s.readline().startswith(b"event: snapshot")
+    finally:
+        dash.stop()

@@ -173,7 +173,7 @@ def test_repair_rebuilds_from_live_processes(tmp_path: Path, spawned: list[subpr
         TETHER_AGENT_STATUS=str(path),  # repair adopts only the processes of its own registry
     )
     job = subprocess.Popen(["sleep", "120"], env=job_env, text=True)
-    spawned.append(job)  # type: ignore[arg-type]
+    spawned.append(job)
     path.write_text("this is not json")
     r = run_cli(["--path", str(path)], env)
     assert r.returncode == 1 and "not valid JSON" in r.stderr and "repair" in r.stderr

@@ -45,7 +45,7 @@ def sleeps() -> Sleeps:
 
 
 @pytest.fixture
-def make_provider() -> Callable[..., VastProvider]:
+def make_provider() -> Iterator[Callable[..., VastProvider]]:
     made: list[VastProvider] = []
 
     def make(emu: VastEmulator, sleeps: Sleeps | None = None, **options: Any) -> VastProvider:
@@ -54,6 +54,6 @@ def make_provider() -> Callable[..., VastProvider]:
         made.append(provider)
         return provider
 
-    yield make  # type: ignore[misc]
+    yield make
     for p in made:
         p.close()

@@ -47,6 +47,15 @@ def ssh_banner(host: str, port: int) -> bytes:
         return sock.recv(64)
 
 
+def _advancing(emu: VastEmulator) -> Callable[[float], None]:
+    """A sleep that moves the emulator's clock instead of waiting."""
+
+    def sleep(seconds: float) -> None:
+        emu.clock.advance(seconds)
+
+    return sleep
+
+
 def test_rent_gives_a_real_ssh_host_and_the_lifecycle_costs_what_it_should(
     vast_emulator: VastEmulator, make_provider: MP
 ) -> None:
@@ -74,7 +83,7 @@ def test_rent_gives_a_real_ssh_host_and_the_lifecycle_costs_what_it_should(
 
     emu.faults.new_port_on_restart()
     p.start(inst.id)  # type: ignore[attr-defined]
-    again = wait_running(p, inst.id, 120, poll_s=10, clock=emu.clock.now, sleep=emu.clock.advance)  # type: ignore[attr-defined]
+    again = wait_running(p, inst.id, 120, poll_s=10, clock=emu.clock.now, sleep=_advancing(emu))  # type: ignore[attr-defined]
     new_host, new_port, _ = ssh_address(again)
     assert new_port != port, "the address is re-read after a start"
     assert ssh_banner(new_host, new_port).startswith(b"SSH-")
@@ -161,7 +170,7 @@ def test_restart_stuck_in_scheduling_fails_with_a_clear_hint(
     emu.faults.stuck_restart()
     p.start(inst.id)  # type: ignore[attr-defined]
     with pytest.raises(NoCapacity) as err:
-        wait_running(p, inst.id, 300, poll_s=30, clock=emu.clock.now, sleep=emu.clock.advance)  # type: ignore[attr-defined]
+        wait_running(p, inst.id, 300, poll_s=30, clock=emu.clock.now, sleep=_advancing(emu))  # type: ignore[attr-defined]
     assert "still stopped" in err.value.message and "scheduling" in err.value.message
     assert "move the data to a new instance" in (err.value.hint or "")
 

@@ -67,7 +67,8 @@ def test_refusal_names_free_asked_and_holders(registry: Registry, reg_path: Path
     msg = err.value.message
     assert "20 GB asked" in msg and "13.9 GB free" in msg and "agent-1 (A5, 10 GB)" in msg
     assert err.value.exit_code == 4 and isinstance(err.value, AdmissionRefused)
-    assert err.value.details["holders"][0]["id"] == "agent-1"
+    holders = err.value.details["holders"]
+    assert isinstance(holders, list) and holders[0]["id"] == "agent-1"
     assert reg_path.read_bytes() == before  # a refusal changes nothing
 
 
@@ -155,7 +156,7 @@ def test_reused_pid_is_not_the_owner(registry: Registry, reg_path: Path) -> None
     registry.register("a", "x", 20)
     rows = read(reg_path)
     assert rows[0]["pid_start"] == pid_start(os.getpid())
-    rows[0]["pid_start"] = int(rows[0]["pid_start"]) - 1  # type: ignore[call-overload]
+    rows[0]["pid_start"] = int(str(rows[0]["pid_start"])) - 1
     reg_path.write_text(json.dumps(rows))
     (entry,) = registry.entries()
     assert entry.status == "lost" and "newer process" in (entry.note or "")
@@ -237,6 +238,7 @@ def test_odd_entries_are_kept_and_reported(registry: Registry, reg_path: Path) -
     registry.register("d", "x", 10)
     rows = read(reg_path)
     assert [rows[0], *rows[2:4]] == [odd[0], *odd[2:4]]  # nothing dropped or rewritten
+    assert isinstance(odd[1], dict)
     assert rows[1] == {**odd[1], "status": "completed", "ended": rows[1]["ended"]}  # only what `done` changes
     assert rows[4]["id"] == "d"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -311,7 +312,10 @@ def test_default_profiles_match_the_runbook() -> None:
 
 
 def test_profile_override_and_new_profile() -> None:
-    over = {"inference": {"query": "gpu_ram>=48 num_gpus=1", "min_disk_gb": 120}, "big": {"query": "num_gpus>=8"}}
+    over: dict[str, Mapping[str, Any]] = {
+        "inference": {"query": "gpu_ram>=48 num_gpus=1", "min_disk_gb": 120},
+        "big": {"query": "num_gpus>=8"},
+    }
     p = resolve_profile("inference", over)
     assert (p.query, p.order, p.min_disk_gb) == ("gpu_ram>=48 num_gpus=1", "dph+", 120.0)
     assert resolve_profile("big", over).query == "num_gpus>=8"

@@ -58,6 +58,12 @@ def normalize_state(raw: Mapping[str, Any]) -> InstanceState:
     intended = str(raw.get("intended_status") or "").lower()
     if actual == "running":
         return "running"
+    cur = str(raw.get("cur_state") or "").lower()
+    nxt = str(raw.get("next_state") or "").lower()
+    if actual in ("stopped", "exited") and intended == "running" and cur == "stopped" and nxt == "stopped":
+        # The service stopped it against the renter's intent and will not start it: outbid (dstack reads the
+        # same three fields this way).
+        return "preempted"
     if intended == "stopped" and actual in ("", "stopped", "exited", "frozen", "created", "loading"):
         return "stopped"
     if actual in ("", "created", "scheduling"):
