@@ -13,15 +13,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether import vocab
-from tether.config import ExperimentConfig
 from tether.context import Ctx
 from tether.errors import CommandFailed, RemoteError, TetherError
 from tether.hosts import LOCAL, Target, resolve
 from tether.state import RunRecord, State
 from tether.transport import tmux
+
+if TYPE_CHECKING:
+    from tether.config import ExperimentConfig
 
 START_CHECK_S = 3.0
 START_GRACE_S = 0.5
@@ -171,7 +173,11 @@ def _await_start(state: State, target: Target, run: RunRecord) -> str:
 
 
 def scan(target: Target) -> vocab.Scan:
-    """Every run on ``target`` with its progress, in one round trip."""
+    """Every run on ``target`` with its progress, in one round trip (on this machine: in this process)."""
+    if target.in_process:
+        from tether.server import progress as server_progress
+
+        return vocab.Scan.from_json(json.loads(json.dumps(server_progress.scan(target.root))))
     result = target.transport.run([*target.server_argv, "progress", "--root", target.root])
     try:
         return vocab.Scan.from_json(json.loads(result.text()))
