@@ -8,7 +8,7 @@ record survives this machine going away. Local state keeps a copy that :func:`pr
 from __future__ import annotations
 
 import json
-import secrets
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,7 +32,7 @@ CANCEL_WAIT_S = 10.0
 
 def new_run_id(experiment: str, now: float | None = None) -> str:
     stamp = datetime.fromtimestamp(now if now is not None else time.time(), UTC).strftime("%Y%m%d-%H%M%S")
-    return f"{experiment}-{stamp}-{secrets.token_hex(2)}"
+    return f"{experiment}-{stamp}-{os.urandom(2).hex()}"  # secrets.token_hex(2), without importing secrets
 
 
 def session_name(run_id: str) -> str:
