@@ -73,7 +73,8 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
     """Run research experiments on this machine, your own servers, or rented Vast.ai GPUs, without losing a
     result or a dollar.
 
-    Start with `tether init`, then `tether run EXPERIMENT --local`.
+    Start with `tether init`, then `tether run EXPERIMENT --local`. Outside a project, offers, agents, ls, cost,
+    status and progress work with the defaults. Every --json document has a schema in tether/schemas/.
     """
     ctx.ensure_object(dict)
     ctx.obj["config"] = config_path  # a str: tether.cli.common.load_project makes it a Path (pathlib costs ms)
