@@ -119,3 +119,15 @@ results = "results"
 """
     )
     return root
+
+
+def tether_checked(*args: str, schema: str, cwd: Path, env: Mapping[str, str] | None = None, code: int = 0) -> Any:
+    """Run ``tether ARGS --json``, check its exit code (``code``), and validate its one JSON document against the
+    shipped schema ``schema`` (against ``error`` when ``code`` is not 0: every failure has that shape)."""
+    from tether import schemas
+
+    result = tether(*args, "--json", cwd=cwd, env=env)
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    doc = json.loads(result.stdout)
+    schemas.validate("error" if code else schema, doc)
+    return doc

@@ -2,184 +2,149 @@
 
 Secrets never live here: API keys stay in the project's ``.env`` (``[project] env_file``), which tether uploads with
 mode 0600 and never prints. Every error names the file, the line and the key.
+
+This module is light on purpose (no pydantic): finding the project costs a few ``stat`` calls. Every command in a
+project checks its file first (:meth:`Project.check`), so a bad value is reported before anything is done; a file
+that already passed, byte for byte, under this tether, is not validated again (its digest is kept in
+``$TETHER_HOME``), and its values are read (:mod:`tether.config_models`, pydantic) the first time a command asks
+for :attr:`Project.config`. Outside any project (no ``tether.toml`` at or above the current folder)
+:func:`discover` gives the defaults, and a command that needs a real project says which part of it with
+:meth:`Project.require`.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import shlex
-import tomllib
-from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal, TypeVar
-
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tether.errors import ConfigError
 
-CONFIG_NAME = "tether.toml"
-Kind = Literal["api", "inference", "finetune", "local"]
+if TYPE_CHECKING:
+    # Re-exported (explicitly, for mypy): at run time they come from __getattr__ below.
+    from tether.config_models import ExperimentConfig as ExperimentConfig
+    from tether.config_models import HostConfig as HostConfig
+    from tether.config_models import Kind as Kind
+    from tether.config_models import Name as Name
+    from tether.config_models import PolicyConfig as PolicyConfig
+    from tether.config_models import ProfileConfig as ProfileConfig
+    from tether.config_models import ProjectConfig as ProjectConfig
+    from tether.config_models import TetherConfig as TetherConfig
+    from tether.config_models import VastConfig as VastConfig
 
+__all__ = [
+    "CONFIG_NAME",
+    "NAME_RULE",
+    "ExperimentConfig",
+    "HostConfig",
+    "Kind",
+    "Name",
+    "PolicyConfig",
+    "ProfileConfig",
+    "Project",
+    "ProjectConfig",
+    "TetherConfig",
+    "VastConfig",
+    "discover",
+    "find_config",
+    "folder_name",
+    "load",
+    "starter",
+]
+
+CONFIG_NAME = "tether.toml"
 
 #: What an experiment or host name may be: it becomes part of run ids, folders and file names.
 NAME_RULE = "letters, digits, '.', '_' and '-', not starting with '-'"
-_NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]*")
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+#: The models live in :mod:`tether.config_models` and are imported from there on first use.
+_MODELS = (
+    "ExperimentConfig",
+    "HostConfig",
+    "Kind",
+    "Name",
+    "PolicyConfig",
+    "ProfileConfig",
+    "ProjectConfig",
+    "TetherConfig",
+    "VastConfig",
+)
 
 
-def _valid_name(value: str) -> str:
-    if not _NAME.fullmatch(value):
-        raise ValueError(f"{value!r} is not a valid name (use {NAME_RULE})")
-    if set(value) == {"."}:
-        raise ValueError(f"{value!r} is not a valid name (a name of dots only names a folder)")
-    return value
+def __getattr__(name: str) -> Any:
+    if name in _MODELS:
+        from tether import config_models
 
-
-#: An experiment or host name: a run folder named after it cannot leave the state folder or the server's root.
-Name = Annotated[str, AfterValidator(_valid_name)]
-
-
-def _suggest(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip("-").strip(".") or "renamed"
-
-
-def _toml_key(name: str) -> str:
-    return name if _BARE_KEY.fullmatch(name) else json.dumps(name)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ProjectConfig(_Strict):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
-    remote_dir: str | None = None
-    env_file: str = ".env"
-    sync_excludes: list[str] = []
-    setup_packages: list[str] = [
-        "openai",
-        "anthropic",
-        "google-genai",
-        "requests",
-        "python-dotenv",
-        "tqdm",
-        "pydantic",
-    ]
-    apt_packages: list[str] = ["tmux", "rsync"]
-
-
-class ExperimentConfig(_Strict):
-    command: list[str]
-    kind: Kind = "api"
-    items: Annotated[int, Field(ge=0)] | None = None
-    item_seconds: Annotated[float, Field(ge=0)] | None = None
-    concurrency: Annotated[int, Field(ge=1)] = 1
-    gpu_gb: Annotated[float, Field(ge=0, le=2048)] = 0
-    results: str = "results"
-    figures: bool = False
-
-    @field_validator("command", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            parts = shlex.split(value)
-            if not parts:
-                raise ValueError("command is empty")
-            return parts
-        return value
-
-    @field_validator("command")
-    @classmethod
-    def _not_empty(cls, value: list[str]) -> list[str]:
-        if not value or not value[0].strip():
-            raise ValueError("command is empty: give the program to run and its arguments")
-        return value
-
-    @field_validator("results")
-    @classmethod
-    def _relative(cls, value: str) -> str:
-        parts = PurePosixPath(value).parts
-        if value.startswith("/") or ".." in parts:
-            raise ValueError("results must be a folder inside the project (a relative path without '..')")
-        if value.startswith("-"):
-            raise ValueError("results must not start with '-' (it would read as an option); write ./" + value)
-        if not parts or all(part == "." for part in parts):
-            raise ValueError("results must be a folder inside the project, not the project folder itself")
-        return value
-
-
-class ProfileConfig(_Strict):
-    """Overrides of a GPU profile (api, inference, finetune) or a new one; unset keys keep the defaults."""
-
-    query: str | None = None
-    order: str | None = None
-    disk_gb: Annotated[float, Field(gt=0)] | None = None
-    image: str | None = None
-    type: Literal["on-demand", "bid", "reserved"] = "on-demand"
-
-
-class VastConfig(_Strict):
-    """``[vast]``: where the API is and how rented servers are reached. The API key is never in this file."""
-
-    url: str | None = None
-    identity_file: str | None = None
-    image: str = "pytorch/pytorch:latest"
-    remote_root: str = "/workspace"
-    wait_minutes: Annotated[float, Field(gt=0)] = 15
-    poll_seconds: Annotated[float, Field(gt=0)] = 5
-    retries: Annotated[int, Field(ge=0, le=20)] = 5
-    backoff_seconds: Annotated[float, Field(gt=0)] = 1.0
-
-
-class HostConfig(_Strict):
-    address: str
-    remote_root: str = "/workspace"
-    identity_file: str | None = None
-    python: str = "python3"
-
-
-class PolicyConfig(_Strict):
-    idle_stop_minutes: Annotated[float, Field(gt=0)] = 30
-    destroy_after_idle_hours: Annotated[float, Field(gt=0)] = 24
-    more_work_within_hours: Annotated[float, Field(ge=0)] = 24
-    # The learned idle timers (README "Money"): what a stop and a later start, or a destroy and a later re-rental,
-    # is worth in minutes of the server's full rate, and how many of a server's recent gaps between runs to learn
-    # from (0: learn nothing, the fixed timers above only).
-    restart_cost_minutes: Annotated[float, Field(ge=0)] = 5
-    recreate_cost_minutes: Annotated[float, Field(ge=0)] = 30
-    gap_history: Annotated[int, Field(ge=0)] = 20
-    max_total_usd: Annotated[float, Field(ge=0)] | None = None
-    max_hourly_usd: Annotated[float, Field(ge=0)] | None = None
-    budget_warn_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
-    local_busy: bool = False
-    allow_spending: bool = False
-    local_max_minutes: Annotated[float, Field(gt=0)] = 30
-    local_gpu_gb: Annotated[float, Field(ge=0)] = 0
-
-
-class TetherConfig(_Strict):
-    project: ProjectConfig
-    experiments: dict[Name, ExperimentConfig] = {}
-    profiles: dict[str, ProfileConfig] = {}
-    hosts: dict[Name, HostConfig] = {}
-    policy: PolicyConfig = PolicyConfig()
-    vast: VastConfig = VastConfig()
+        return getattr(config_models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _T = TypeVar("_T")
 
 
-class Project:
-    """A loaded ``tether.toml`` and the folder it lives in."""
+def folder_name(folder: Path) -> str:
+    """A project name made from a folder's name (what `tether init` writes, and the name outside a project)."""
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in folder.name)
+    return re.sub(r"^[^A-Za-z0-9]+", "", cleaned) or "project"
 
-    def __init__(self, root: Path, config: TetherConfig, path: Path) -> None:
+
+class Project:
+    """A project: its folder and its ``tether.toml`` (``path``), read and validated on first use of
+    :attr:`config`. Outside any project ``path`` is None and :attr:`config` holds the defaults."""
+
+    def __init__(self, root: Path, config: TetherConfig | None = None, path: Path | None = None) -> None:
         self.root = root
-        self.config = config
         self.path = path
+        self._config = config
+
+    @property
+    def found(self) -> bool:
+        """Whether there is a ``tether.toml`` (False: a folder outside any project, with the defaults)."""
+        return self.path is not None
+
+    @property
+    def config(self) -> TetherConfig:
+        if self._config is None:
+            from tether import config_models
+
+            if self.path is None:
+                self._config = config_models.defaults(folder_name(self.root))
+            else:
+                self._config = config_models.validate(self.path)
+        return self._config
+
+    @property
+    def where(self) -> str:
+        """Where the configuration comes from, for messages: the file, or that there is none."""
+        return str(self.path) if self.path is not None else f"the defaults (no {CONFIG_NAME} found)"
 
     @property
     def name(self) -> str:
         return self.config.project.name
+
+    def check(self) -> Project:
+        """This project with its file known to be valid: validated now (ConfigError naming file, line and key),
+        unless these very bytes passed before under this version of tether."""
+        if self.path is None or self._config is not None:
+            return self
+        digest = _digest(self.path)
+        if digest is not None and digest in _passed():
+            return self
+        _ = self.config
+        if digest is not None:
+            _remember(digest)
+        return self
+
+    def require(self, command: str, needs: str) -> Project:
+        """This project, validated now; outside a project a ConfigError saying that ``command`` needs ``needs``."""
+        if self.path is None:
+            raise ConfigError(
+                f"`{command}` needs a project for {needs}, and there is no {CONFIG_NAME} in {self.root} or any "
+                "folder above it.",
+                "Run it in the project's folder, pass --config PATH, or write one with `tether init`.",
+            )
+        _ = self.config  # validated now: a bad file is reported before anything is done
+        return self
 
     def experiment(self, name: str) -> ExperimentConfig:
         return self._entry(self.config.experiments, "experiment", name, "")
@@ -194,7 +159,7 @@ class Project:
         if name in table:
             return table[name]
         known = ", ".join(sorted(table)) or "none"
-        raise ConfigError(f"Unknown {what} {name!r} in {self.path}.", f"Known {what}s: {known}{advice}.")
+        raise ConfigError(f"Unknown {what} {name!r} in {self.where}.", f"Known {what}s: {known}{advice}.")
 
     def remote_dir(self, remote_root: str) -> str:
         return self.config.project.remote_dir or f"{remote_root.rstrip('/')}/{self.name}"
@@ -203,98 +168,88 @@ class Project:
         return self.root / self.config.project.env_file
 
 
-def find_config(start: Path | None = None) -> Path:
-    """The nearest ``tether.toml`` at or above ``start`` (default: the current folder)."""
+def find_config(start: Path | None = None) -> Path | None:
+    """The nearest ``tether.toml`` at or above ``start`` (default: the current folder), or None."""
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         candidate = folder / CONFIG_NAME
         if candidate.is_file():
             return candidate
-    raise ConfigError(
-        f"No {CONFIG_NAME} found in {here} or any folder above it.",
-        "Run `tether init` in the project's root folder to write a starter file.",
-    )
+    return None
 
 
-def _line_of(text: str, loc: tuple[int | str, ...]) -> int | None:
-    """Best-effort line number (1-based) of a key path such as ('experiments', 'A5', 'kind')."""
-    keys = [str(k) for k in loc if not isinstance(k, int)]
-    if not keys:
-        return None
-    lines = text.splitlines()
-    header_re = re.compile(r"^\s*\[\[?\s*(.+?)\s*\]\]?\s*(#.*)?$")
-    key_re = re.compile(
-        r"^\s*((?:\"[^\"]*\"|'[^']*'|[A-Za-z0-9_-]+)(?:\s*\.\s*(?:\"[^\"]*\"|'[^']*'|[A-Za-z0-9_-]+))*)\s*="
-    )
-    table: list[str] = []
-    best: int | None = None
-    for number, line in enumerate(lines, start=1):
-        header = header_re.match(line)
-        if header:
-            table = _dotted(header.group(1))
-            if table == keys:
-                best = number
-            continue
-        key = key_re.match(line)
-        if key:
-            path = table + _dotted(key.group(1))
-            if path == keys:
-                return number
-            if best is None and keys[: len(path)] == path:
-                best = number
-    if best is None and len(keys) > 1:
-        return _line_of(text, tuple(keys[:-1]))
-    return best
+def discover(path: Path | None = None) -> Project:
+    """The project of ``path`` (``--config``), else of the nearest ``tether.toml``, else the current folder with
+    the defaults; its file checked (:meth:`Project.check`), its values read on first use of :attr:`Project.config`."""
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist.", "Run `tether init` to write a starter tether.toml.")
+        return Project(path.parent.resolve(), None, path).check()
+    found = find_config()
+    if found is None:
+        return Project(Path.cwd().resolve(), None, None)
+    return Project(found.parent.resolve(), None, found).check()
 
 
-def _dotted(key: str) -> list[str]:
-    """The parts of a TOML dotted key (``experiments."a.b"`` -> ``['experiments', 'a.b']``)."""
-    return [next(g for g in m.groups() if g is not None) for m in _KEY_PART.finditer(key)]
+#: The file under $TETHER_HOME that lists the digests of tether.toml files that passed validation.
+PASSED_FILE = "config-passed"
+_PASSED_KEEP = 64
 
 
-_KEY_PART = re.compile(r"\s*(?:\"((?:[^\"\\]|\\.)*)\"|'([^']*)'|([^.\s\"']+))\s*(?:\.|$)")
+def _digest(path: Path) -> str | None:
+    """sha256 of the file's bytes, of tether's version and of the models' source (a changed rule checks again)."""
+    import hashlib
+
+    import tether
+
+    try:
+        data = path.read_bytes()
+        models = Path(__file__).with_name("config_models.py").stat()
+    except OSError:
+        return None  # validation itself will say what is wrong
+    salt = f"{tether.__version__}:{models.st_size}:{models.st_mtime_ns}:".encode()
+    return hashlib.sha256(salt + data).hexdigest()
+
+
+def _passed() -> list[str]:
+    from tether.paths import tether_home
+
+    try:
+        return (tether_home() / PASSED_FILE).read_text(encoding="utf-8").split()
+    except OSError:
+        return []
+
+
+def _remember(digest: str) -> None:
+    """Add ``digest`` to the passed list (best effort: a read-only home only means validating every time)."""
+    import os
+
+    from tether.paths import PRIVATE_FILE, private_home
+
+    try:
+        home = private_home()
+        kept = [*[d for d in _passed() if d != digest][-(_PASSED_KEEP - 1) :], digest]
+        tmp = home / f".{PASSED_FILE}.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(kept) + "\n")
+        os.replace(tmp, home / PASSED_FILE)
+    except OSError:
+        pass
 
 
 def load(path: Path | None = None) -> Project:
-    """Load and validate ``tether.toml``; errors name the file, line and key."""
+    """Load and validate ``tether.toml`` (``path``, else the nearest one); errors name the file, line and key."""
     config_path = path if path is not None else find_config()
-    try:
-        text = config_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if config_path is None:
+        here = Path.cwd().resolve()
         raise ConfigError(
-            f"{config_path} does not exist.", "Run `tether init` to write a starter tether.toml."
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"Cannot read {config_path}: {exc.strerror}.") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(
-            f"{config_path} is not valid TOML: {exc}.",
-            "Fix the line it names; `tether init --print` shows a valid file.",
-        ) from None
-    try:
-        config = TetherConfig.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raw_loc = tuple(first["loc"])
-        loc = tuple(p for p in raw_loc if p != "[key]")  # a bad table name: point at the table itself
-        key = ".".join(_toml_key(str(p)) for p in loc) or "(top level)"
-        line = _line_of(text, loc)
-        where = f"{config_path}:{line}" if line else str(config_path)
-        more = len(exc.errors()) - 1
-        extra = f" ({more} more problem{'s' if more > 1 else ''} after this one)" if more else ""
-        message = first["msg"].removeprefix("Value error, ")
-        hint = "See the config reference in the README."
-        if first["type"] == "missing":
-            message = "this key is required"
-        elif first["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif "[key]" in raw_loc and len(loc) == 2:
-            table, name = str(loc[0]), str(loc[1])
-            hint = f"Rename [{table}.{_toml_key(name)}] to a name of {NAME_RULE}, e.g. [{table}.{_suggest(name)}]."
-        raise ConfigError(f"{where}: {key}: {message}{extra}.", hint) from None
-    return Project(config_path.parent.resolve(), config, config_path)
+            f"No {CONFIG_NAME} found in {here} or any folder above it.",
+            "Run `tether init` in the project's root folder to write a starter file.",
+        )
+    from tether import config_models
+
+    return Project(config_path.parent.resolve(), config_models.validate(config_path), config_path)
 
 
 STARTER = """\

@@ -9,9 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from tether.config import Project
-from tether.state import State
+if TYPE_CHECKING:
+    from tether.config import Project
+    from tether.state import State
 
 Say = Callable[[str], None]
 

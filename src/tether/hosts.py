@@ -9,15 +9,18 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tether import vocab
 from tether.config import Project
 from tether.errors import ConfigError
 from tether.paths import local_root
-from tether.state import State
 from tether.transport.base import Transport
 from tether.transport.local import LocalTransport
 from tether.transport.tmux import socket_name
+
+if TYPE_CHECKING:
+    from tether.state import State
 
 LOCAL = "local"
 
@@ -42,6 +45,18 @@ class Target:
     def lib_dir(self) -> str:
         return vocab.lib_dir(self.root)
 
+    @property
+    def in_process(self) -> bool:
+        """Whether tether's server side can answer here in this process: this machine, with the server side of
+        this very interpreter. Read-only calls (the progress scan, the agent registry) then skip starting a
+        second Python, which is most of what `tether progress --local` would cost."""
+        return self.local and self.server_argv == local_server_argv()
+
+
+def local_server_argv() -> list[str]:
+    """How tether's server side starts on this machine: this interpreter, with this tether."""
+    return [sys.executable, "-m", "tether.server"]
+
 
 def local_target(project: Project) -> Target:
     root = local_root()
@@ -52,7 +67,7 @@ def local_target(project: Project) -> Target:
         transport=LocalTransport(),
         root=str(root),
         code_dir=str(project.root),
-        server_argv=[sys.executable, "-m", "tether.server"],
+        server_argv=local_server_argv(),
         python=sys.executable,
         local=True,
         registry=registry,
@@ -81,7 +96,7 @@ def host_target(project: Project, name: str, state: State | None = None) -> Targ
         if rec is None or not rec.address:
             known = sorted(hosts) + ([r.name for r in state.instances()] if state is not None else [])
             raise ConfigError(
-                f"Unknown host {name!r}: it is neither a [hosts.{name}] entry in {project.path} nor a server tether "
+                f"Unknown host {name!r}: it is neither a [hosts.{name}] entry in {project.where} nor a server tether "
                 "rented.",
                 f'Known: {", ".join(known) or "none"}. Add [hosts.{name}] with address = "user@host[:port]", or '
                 f"rent one with `tether up {name} --profile api`.",

@@ -8,20 +8,22 @@ record survives this machine going away. Local state keeps a copy that :func:`pr
 from __future__ import annotations
 
 import json
-import secrets
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether import vocab
-from tether.config import ExperimentConfig
 from tether.context import Ctx
 from tether.errors import CommandFailed, RemoteError, TetherError
 from tether.hosts import LOCAL, Target, resolve
 from tether.state import RunRecord, State
 from tether.transport import tmux
+
+if TYPE_CHECKING:
+    from tether.config import ExperimentConfig
 
 START_CHECK_S = 3.0
 START_GRACE_S = 0.5
@@ -30,7 +32,7 @@ CANCEL_WAIT_S = 10.0
 
 def new_run_id(experiment: str, now: float | None = None) -> str:
     stamp = datetime.fromtimestamp(now if now is not None else time.time(), UTC).strftime("%Y%m%d-%H%M%S")
-    return f"{experiment}-{stamp}-{secrets.token_hex(2)}"
+    return f"{experiment}-{stamp}-{os.urandom(2).hex()}"  # secrets.token_hex(2), without importing secrets
 
 
 def session_name(run_id: str) -> str:
@@ -171,7 +173,11 @@ def _await_start(state: State, target: Target, run: RunRecord) -> str:
 
 
 def scan(target: Target) -> vocab.Scan:
-    """Every run on ``target`` with its progress, in one round trip."""
+    """Every run on ``target`` with its progress, in one round trip (on this machine: in this process)."""
+    if target.in_process:
+        from tether.server import progress as server_progress
+
+        return vocab.Scan.from_json(json.loads(json.dumps(server_progress.scan(target.root))))
     result = target.transport.run([*target.server_argv, "progress", "--root", target.root])
     try:
         return vocab.Scan.from_json(json.loads(result.text()))

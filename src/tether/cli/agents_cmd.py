@@ -12,15 +12,14 @@ import time
 from typing import Any
 
 import click
-from rich.table import Table
 
-from tether.agents import SUBCOMMANDS, registry_argv
-from tether.cli.common import duration, emit_json, load_project, out, say, state
-from tether.errors import NoRoom, RegistryError, RemoteError, TetherError
+from tether.agents import SUBCOMMANDS, call, registry_argv
+from tether.cli.common import duration, emit_json, load_project, new_table, out, say, state
+from tether.errors import NoRoom, RegistryError, TetherError
 from tether.hosts import LOCAL, resolve
 from tether.server.registry import parse_iso
 
-__all__ = ["SUBCOMMANDS", "agents", "register", "registry_argv", "server_error"]
+__all__ = ["SUBCOMMANDS", "agents", "registry_argv", "server_error"]
 
 
 def _error_classes() -> dict[str, type[TetherError]]:
@@ -56,14 +55,15 @@ def server_error(error: Any, where: str) -> TetherError:
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("words", nargs=-1, type=click.UNPROCESSED)
-@click.option("--local", is_flag=True, help="This machine's registry (runs started with --local).")
+@click.option("--local", is_flag=True, help="This machine's registry (runs started with --local; the default).")
+@click.option("--on", "on", metavar="HOST", default=None, help="A configured host's or rented server's registry.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.pass_context
-def agents(ctx: click.Context, words: tuple[str, ...], local: bool, as_json: bool) -> None:
+def agents(ctx: click.Context, words: tuple[str, ...], local: bool, on: str | None, as_json: bool) -> None:
     """Who uses a server's GPU: list, register, heartbeat, release, repair.
 
     \b
-    tether agents [HOST|--local] [--json]                 list entries, the queue and GPU memory
+    tether agents [HOST|--on HOST|--local] [--json]       list entries, the queue and GPU memory
     tether agents [HOST] register --id ID --experiment EXP --gpu-gb N [--wait SECONDS] [--pid PID]
     tether agents [HOST] heartbeat ID
     tether agents [HOST] done ID [--status completed|failed]
@@ -71,25 +71,24 @@ def agents(ctx: click.Context, words: tuple[str, ...], local: bool, as_json: boo
 
     Admission is one step under an exclusive lock: API-only requests (--gpu-gb 0) always fit; a GPU request fits
     only beside the live reservations and the memory the GPU really uses. A refusal exits with code 4 and says
-    how much is free, how much was asked, and who holds the rest.
+    how much is free, how much was asked, and who holds the rest. No project is needed: outside one, HOST is this
+    machine or a server tether rented.
     """
+    if local and on:
+        raise click.UsageError("Give either --local or --on HOST, not both.")
     args = list(words)
-    host = LOCAL
-    if args and args[0] not in SUBCOMMANDS and not args[0].startswith("-"):
+    host = on or LOCAL
+    if not on and args and args[0] not in SUBCOMMANDS and not args[0].startswith("-"):
         host = args.pop(0)
     if local:
         host = LOCAL
-    project = load_project(ctx)
-    with state() as st:
-        target = resolve(project, host, st)
-    result = target.transport.run(registry_argv(target, args), check=False, timeout=600)
-    try:
-        doc: dict[str, Any] = json.loads(result.text())
-    except ValueError:
-        raise RemoteError(
-            f"The agent registry on {target.name} did not answer.",
-            (result.output_tail() or "No output.") + f" Run `tether up {target.name}` if tether is not set up there.",
-        ) from None
+    project = load_project(ctx)  # outside a project: this machine and rented servers, with the defaults
+    if host == LOCAL:
+        target = resolve(project, host)
+    else:
+        with state() as st:
+            target = resolve(project, host, st)
+    doc = call(target, args)
     if "error" in doc:
         raise server_error(doc["error"], target.name)
     if as_json:
@@ -125,7 +124,7 @@ def _render_list(host: str, doc: dict[str, Any]) -> None:
     if not entries:
         say(f"No agents registered on {host} ({doc.get('path')}).")
     else:
-        table = Table(box=None, pad_edge=False)
+        table = new_table()
         for col in ("id", "experiment", "GB", "status", "live", "GPUs", "queue", "started", "heartbeat", "held until"):
             table.add_column(col)
         for e in entries:
@@ -161,7 +160,3 @@ def _gb(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "?"
     return f"{float(value):g}"
-
-
-def register(group: click.Group) -> None:
-    group.add_command(agents)

@@ -2,6 +2,8 @@
 
 Output is shown, never interpreted: both consoles have rich markup off, so text from servers, logs, names and hints
 (``[/bold]``, ``[experiments.old]``) prints literally. Colour is added only with :func:`styled`.
+
+rich is imported on the first human output, never for ``--json`` (see :class:`LazyConsole`).
 """
 
 from __future__ import annotations
@@ -11,21 +13,56 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.text import Text
 
 from tether import config
 from tether.context import Ctx
 from tether.errors import ConfigError
 from tether.fmt import bar, duration
-from tether.state import State, open_state
 
-# Tables are not cut to 80 columns when stdout is a pipe or a file.
-out = Console(highlight=False, markup=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from tether.state import State
+
+
+class LazyConsole:
+    """A rich Console made (and rich imported) on first use; every attribute is the console's."""
+
+    def __init__(self, *, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            if self._stderr:
+                self._console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+            else:
+                # Tables are not cut to 80 columns when stdout is a pipe or a file.
+                width = None if sys.stdout.isatty() else 200
+                self._console = Console(highlight=False, markup=False, soft_wrap=True, width=width)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.console(), name)
+
+
+out = LazyConsole(stderr=False)
+err = LazyConsole(stderr=True)
+
+
+def new_table(**options: Any) -> Table:
+    """A rich Table without a box or edge padding (the house style); rich is imported here, not before."""
+    from rich.table import Table
+
+    return Table(box=None, pad_edge=False, **options)
+
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 
@@ -56,13 +93,21 @@ def parse_every(text: str) -> float:
     return seconds
 
 
-def load_project(ctx: click.Context) -> config.Project:
-    path: Path | None = ctx.obj.get("config") if ctx.obj else None
-    return config.load(path)
+def load_project(ctx: click.Context, needs: str | None = None) -> config.Project:
+    """The project of ``--config`` or the nearest tether.toml; outside any project the defaults, unless the command
+    ``needs`` a project (e.g. "its [experiments.NAME] tables"): then a ConfigError naming the command and the part.
+    The file is validated when first used, and at once when ``needs`` is given."""
+    given = ctx.obj.get("config") if ctx.obj else None
+    project = config.discover(Path(given) if given is not None else None)
+    if needs is not None:
+        project.require(ctx.command_path, needs)
+    return project
 
 
 @contextmanager
 def state() -> Iterator[State]:
+    from tether.state import open_state
+
     st = open_state()
     try:
         yield st
@@ -71,15 +116,17 @@ def state() -> Iterator[State]:
 
 
 @contextmanager
-def context(ctx: click.Context) -> Iterator[Ctx]:
-    """The project, local state and a ``say`` to stderr, for one command."""
-    project = load_project(ctx)
+def context(ctx: click.Context, needs: str | None = None) -> Iterator[Ctx]:
+    """The project (see :func:`load_project`), local state and a ``say`` to stderr, for one command."""
+    project = load_project(ctx, needs)
     with state() as st:
         yield Ctx(project, st, say=say)
 
 
 def styled(text: str, style: str) -> Text:
     """``text`` in a colour or style, never parsed for markup."""
+    from rich.text import Text
+
     return Text(text, style=style)
 
 
@@ -101,7 +148,22 @@ def status_text(status: str) -> Text:
 
 
 def warn(message: str) -> None:
+    from rich.text import Text
+
     err.print(Text.assemble(("warning:", "yellow"), " ", message))
 
 
-__all__ = ["bar", "context", "duration", "emit_json", "err", "json_option", "out", "say", "styled", "warn"]
+__all__ = [
+    "bar",
+    "context",
+    "duration",
+    "emit_json",
+    "err",
+    "json_option",
+    "load_project",
+    "new_table",
+    "out",
+    "say",
+    "styled",
+    "warn",
+]

@@ -42,7 +42,3 @@ def dashboard(ctx: click.Context, port: int, host: str, poll: str, open_browser:
         board.serve(ready)
     except KeyboardInterrupt:
         say("Dashboard stopped.")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(dashboard)

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
-from rich.table import Table
 
 from tether import agents, autopilot, cost, plan, rentals
 from tether import status as status_core
@@ -18,6 +17,7 @@ from tether.cli.common import (
     emit_json,
     json_option,
     load_project,
+    new_table,
     out,
     parse_every,
     say,
@@ -58,13 +58,13 @@ def _offer_lookup(project: Project) -> tuple[Any, list[str]]:
 @click.pass_context
 def plan_cmd(ctx: click.Context, experiments: tuple[str, ...], local_busy: bool, offline: bool, as_json: bool) -> None:
     """Where each experiment should run and why, with its estimated duration and cost."""
-    project = load_project(ctx)
+    project = load_project(ctx, needs="the [experiments] it plans")
     lookup, notes = (None, ["prices not asked (--offline)"]) if offline else _offer_lookup(project)
     entries = plan.plan_all(project, local_busy=local_busy, offer_lookup=lookup, names=list(experiments) or None)
     if as_json:
         emit_json({"plan": [e.to_json() for e in entries], "notes": notes})
         return
-    table = Table(box=None, pad_edge=False, show_lines=False)
+    table = new_table(show_lines=False)
     for col in ("experiment", "where", "profile", "duration", "est. cost", "why"):
         table.add_column(col, overflow="fold")
     for e in entries:
@@ -112,7 +112,7 @@ def cost_cmd(ctx: click.Context, since: str | None, no_refresh: bool, as_json: b
     if as_json:
         emit_json(doc)
         return
-    table = Table(box=None, pad_edge=False, title="per server")
+    table = new_table(title="per server")
     for col in ("server", "state", "$/hr now", "running h", "idle-billed h", "spent"):
         table.add_column(col)
     for c in led.by_instance.values():
@@ -148,7 +148,7 @@ def cost_cmd(ctx: click.Context, since: str | None, no_refresh: bool, as_json: b
 def down(ctx: click.Context, name: str, more_work: bool | None, as_json: bool) -> None:
     """Apply the runbook's decision tree to NAME now: more work planned within [policy] more_work_within_hours
     → pull, stop; else → pull, verify, destroy. Nothing is destroyed unless its results were pulled and verified."""
-    with context(ctx) as c:
+    with context(ctx, needs="the results folders it pulls into first") as c:
         outcome = autopilot.down(c, name, more_work=more_work)
     if as_json:
         emit_json(outcome)
@@ -171,9 +171,11 @@ def autopilot_cmd(ctx: click.Context, every: str, once: bool, dry_run: bool, as_
     destroy_after_idle_hours at the latest. Every stop and destroy is preceded by a verified pull.
     """
     period = parse_every(every)
-    load_project(ctx)  # a bad tether.toml is reported before the first pass
+    load_project(
+        ctx, needs="the results folders it pulls into first"
+    )  # a bad tether.toml is reported before the first pass
     while True:
-        with context(ctx) as c:
+        with context(ctx, needs="the results folders it pulls into first") as c:
             results = autopilot.tick(c, dry_run=dry_run)
         if as_json:
             emit_json({"time": time.time(), "dry_run": dry_run, "decisions": results})
@@ -197,7 +199,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     now, led = rep.now, rep.ledger
     assert led is not None
     if rep.servers:
-        table = Table(box=None, pad_edge=False, title="servers")
+        table = new_table(title="servers")
         for col in ("name", "state", "$/hr", "uptime", "spent", "idle for", "last pull", "unsynced", "autopilot"):
             table.add_column(col)
         for s in rep.servers:
@@ -214,7 +216,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
             )
         out.print(table)
     if rep.runs:
-        table = Table(box=None, pad_edge=False, title="runs")
+        table = new_table(title="runs")
         for col in ("host", "run", "state", "progress", "done", "rate", "ETA"):
             table.add_column(col)
         for hr in rep.runs:
@@ -244,8 +246,3 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 def _gb(value: Any) -> str:
     return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
-
-
-def register(group: click.Group) -> None:
-    for command in (plan_cmd, cost_cmd, down, autopilot_cmd, status):
-        group.add_command(command)

@@ -41,7 +41,7 @@ def up(
     NAME is a [hosts.NAME] entry, or a server to rent from Vast.ai with --profile/--offer (then tether rents the
     cheapest fitting offer first). Running it twice changes nothing and is fast.
     """
-    with context(ctx) as c:
+    with context(ctx, needs="the code it uploads (the project's folder)") as c:
         doc = provision.bring_up(
             c,
             name,
@@ -70,7 +70,7 @@ def up(
 def push(ctx: click.Context, name: str, env: bool, as_json: bool) -> None:
     """Upload the project's code to NAME (rsync delta; excludes .git, caches, venvs, results, the env file,
     .tetherignore), then the .env (mode 0600) unless `tether up --no-env` said not to."""
-    with context(ctx) as c:
+    with context(ctx, needs="the code it uploads (the project's folder)") as c:
         target = resolve(c.project, name, c.state)
         doc = provision.push_code(c, target)
         doc["env"] = provision.push_env(c, target, force=env)
@@ -89,7 +89,7 @@ def push(ctx: click.Context, name: str, env: bool, as_json: bool) -> None:
 @click.pass_context
 def pull(ctx: click.Context, host: str | None, experiments: tuple[str, ...], as_json: bool) -> None:
     """Bring results home from HOST (default: every server with runs) and verify them against the server."""
-    with context(ctx) as c:
+    with context(ctx, needs="the results folders of its experiments") as c:
         reports = [r.to_json() for r in pulling.pull_all(c, host, experiments)]
     if as_json:
         emit_json({"pulls": reports})
@@ -117,7 +117,7 @@ def sync(ctx: click.Context, host: str | None, every: str, once: bool, as_json: 
     """Pull results on every tick and print what changed (run it in a tmux window; Ctrl-C stops)."""
     period = parse_every(every)
     while True:
-        with context(ctx) as c:
+        with context(ctx, needs="the results folders of its experiments") as c:
             tick = [outcome.to_json() for outcome in pulling.sync_tick(c, host)]
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         if as_json:
@@ -134,8 +134,3 @@ def sync(ctx: click.Context, host: str | None, every: str, once: bool, as_json: 
                 raise SyncError("At least one pull failed.", "See the lines above.")
             return
         time.sleep(period)  # the tick period itself is what the user asked for
-
-
-def register(group: click.Group) -> None:
-    for command in (up, push, pull, sync):
-        group.add_command(command)

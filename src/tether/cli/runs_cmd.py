@@ -7,9 +7,8 @@ import subprocess
 from pathlib import Path
 
 import click
-from rich.table import Table
 
-from tether import config, provision, routing, runs, vocab
+from tether import config, runs, vocab
 from tether.cli.common import (
     bar,
     context,
@@ -17,6 +16,7 @@ from tether.cli.common import (
     emit_json,
     err,
     json_option,
+    new_table,
     out,
     say,
     status_text,
@@ -34,7 +34,7 @@ from tether.transport import tmux
 @click.option("--force", is_flag=True, help="Overwrite an existing tether.toml.")
 def init(name: str | None, to_stdout: bool, force: bool) -> None:
     """Write a commented starter tether.toml in the current folder."""
-    project_name = name or "".join(c if c.isalnum() or c in "._-" else "-" for c in Path.cwd().name) or "project"
+    project_name = name or config.folder_name(Path.cwd())
     text = config.starter(project_name)
     if to_stdout:
         click.echo(text, nl=False)
@@ -80,10 +80,12 @@ def run(
     Arguments after `--` are appended to the experiment's command. Without --local or --on, tether follows
     `tether plan` for the experiment.
     """
+    from tether import provision, routing
+
     if local and on:
         raise click.UsageError("Give either --local or --on HOST, not both.")
     extra = list(args[1:] if args[:1] == ("--",) else args)
-    with context(ctx) as c:
+    with context(ctx, needs="its [experiments.NAME] table") as c:
         c.project.experiment(experiment)
         if local:
             where = LOCAL
@@ -150,7 +152,7 @@ def progress(ctx: click.Context, host: str | None, local: bool, as_json: bool) -
     if as_json:
         emit_json({"hosts": [d.to_json() for d in docs]})
         return
-    table = Table(box=None, pad_edge=False)
+    table = new_table()
     for col in ("host", "run", "state", "progress", "done", "failed", "rate", "ETA"):
         table.add_column(col, justify="right" if col in ("done", "failed", "rate", "ETA") else "left")
     for hd in docs:
@@ -253,8 +255,3 @@ def cancel(ctx: click.Context, run_ref: str, as_json: bool) -> None:
         emit_json(outcome.to_json())
         return
     say(f"Run {rec.id}: {'cancelled' if outcome.cancelled else outcome.reason} (now {outcome.status}).")
-
-
-def register(group: click.Group) -> None:
-    for command in (init, run, progress, logs, attach, cancel):
-        group.add_command(command)

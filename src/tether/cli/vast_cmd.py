@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.table import Table
 
 from tether import autopilot, rentals
 from tether import status as status_core
-from tether.cli.common import context, duration, emit_json, json_option, load_project, out, say, state, warn
+from tether.cli.common import context, duration, emit_json, json_option, load_project, new_table, out, say, state, warn
 from tether.errors import ConfigError
 from tether.profiles import estimate_cost
 from tether.providers import provider_for
@@ -36,8 +35,8 @@ def offers(
     for_exp: str | None,
     as_json: bool,
 ) -> None:
-    """Live offers, cheapest first, with $/hr including the disk asked for."""
-    project = load_project(ctx)
+    """Live offers, cheapest first, with $/hr including the disk asked for (no project needed, but --for)."""
+    project = load_project(ctx, needs=f"the [experiments.{for_exp}] table that --for names" if for_exp else None)
     hours: float | None = None
     if for_exp:
         exp = project.experiment(for_exp)
@@ -70,7 +69,7 @@ def offers(
             }
         )
         return
-    table = Table(box=None, pad_edge=False)
+    table = new_table()
     cols = ["offer", "$/hr", "GPU", "VRAM", "CPU", "RAM", "reliab.", "location"]
     if hours is not None:
         cols.append(f"{for_exp} (~{hours:.1f} h)")
@@ -129,7 +128,7 @@ def ls_cmd(ctx: click.Context, refresh: bool, as_json: bool) -> None:
     if not rows:
         say("No rented servers. Rent one with `tether up NAME --profile api`.")
         return
-    table = Table(box=None, pad_edge=False)
+    table = new_table()
     for col in ("name", "instance", "state", "$/hr now", "GPU", "address", "age"):
         table.add_column(col)
     for row in rows:
@@ -157,7 +156,7 @@ def stop(ctx: click.Context, name: str, no_pull: bool, as_json: bool) -> None:
     Results are pulled and verified first, since a stopped server cannot be read without starting it again: if
     that fails, nothing is stopped (exit 3). Refused while a run or agent is alive on it.
     """
-    with context(ctx) as c:
+    with context(ctx, needs=None if no_pull else "the results folders it pulls into first") as c:
         new, report = autopilot.stop(c, name, no_pull=no_pull)
     pulled = report.to_json() if report is not None else None
     doc = {
@@ -200,7 +199,7 @@ def destroy(ctx: click.Context, name: str, discard_unsynced: bool, as_json: bool
     Refused (exit code 3) while a run is alive on it, or while it holds results newer than the last verified pull,
     unless --discard-unsynced.
     """
-    with context(ctx) as c:
+    with context(ctx, needs="the results folders it pulls into first") as c:
         new, facts = autopilot.destroy(c, name, discard_unsynced=discard_unsynced)
     if facts is not None:
         for note in facts.notes:
@@ -216,8 +215,3 @@ def destroy(ctx: click.Context, name: str, discard_unsynced: bool, as_json: bool
         emit_json(doc)
         return
     say(f"{name} was destroyed already." if doc["already"] else f"{name} is destroyed; it no longer bills.")
-
-
-def register(group: click.Group) -> None:
-    for command in (offers, ls_cmd, stop, start, destroy):
-        group.add_command(command)

@@ -42,7 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tether.errors import EXIT_USAGE, ConfigError, TetherError
@@ -157,21 +157,21 @@ def _note(listing: reg.Listing, e: reg.Entry) -> str:
     return "; ".join(n for n in notes if n)
 
 
-def _run(ns: argparse.Namespace) -> int:
+def _run(ns: argparse.Namespace, emit: Callable[[Any], None] = _emit) -> int:
     registry = _registry(ns)
     as_json = bool(getattr(ns, "json", False))
     command = ns.command or "list"
     if command == "list":
         listing = registry.listing()
         if as_json:
-            _emit(listing.to_dict())
+            emit(listing.to_dict())
         else:
             _print_listing(listing)
         return 0
     if command == "register":
         entry = registry.register(ns.agent_id, ns.experiment, ns.gpu_gb, pid=ns.pid, wait=ns.wait, lease_s=ns.lease)
         if as_json:
-            _emit(
+            emit(
                 {
                     "entry": entry.to_dict(),
                     "cuda_visible_devices": entry.cuda_visible_devices,
@@ -184,20 +184,20 @@ def _run(ns: argparse.Namespace) -> int:
     if command == "done":
         entry = registry.release(ns.agent_id, ns.status)
         if as_json:
-            _emit({"entry": entry.to_dict()})
+            emit({"entry": entry.to_dict()})
         else:
             sys.stdout.write(f"{entry.id}: {entry.status}\n")
         return 0
     if command == "heartbeat":
         entry = registry.heartbeat(ns.agent_id)
         if as_json:
-            _emit({"entry": entry.to_dict()})
+            emit({"entry": entry.to_dict()})
         else:
             sys.stdout.write(f"{entry.id}: heartbeat {entry.heartbeat}\n")
         return 0
     report = registry.repair()
     if as_json:
-        _emit(report.to_dict())
+        emit(report.to_dict())
     else:
         aside = f"; the damaged file is kept at {report.kept_aside}" if report.kept_aside else ""
         sys.stdout.write(
@@ -207,10 +207,10 @@ def _run(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _fail(exc: TetherError, as_json: bool) -> int:
+def _fail(exc: TetherError, as_json: bool, emit: Callable[[Any], None] = _emit, say: bool = True) -> int:
     if as_json:
         details = getattr(exc, "details", None)
-        _emit(
+        emit(
             {
                 "error": {
                     "type": type(exc).__name__,
@@ -221,7 +221,8 @@ def _fail(exc: TetherError, as_json: bool) -> int:
                 }
             }
         )
-    sys.stderr.write(f"error: {exc}\n")
+    if say:
+        sys.stderr.write(f"error: {exc}\n")
     return exc.exit_code
 
 
@@ -239,6 +240,25 @@ def main(argv: Sequence[str]) -> int:
         return _run(ns)
     except TetherError as exc:
         return _fail(exc, as_json)
+
+
+def answer(argv: Sequence[str]) -> tuple[int, dict[str, Any]]:
+    """``agents ARGV --json`` without printing: (the exit code, the one JSON document it would print). What
+    ``tether agents --local`` calls in its own process instead of starting a second interpreter."""
+    docs: list[Any] = []
+    argv = [*argv, "--json"] if "--json" not in argv else list(argv)
+    try:
+        ns = build_parser().parse_args(argv)
+    except _UsageError as exc:
+        code = _fail(ConfigError(str(exc), "See `tether agents --help`."), True, docs.append, say=False)
+    except SystemExit as exc:  # --help: the usage went to stdout
+        return (exc.code if isinstance(exc.code, int) else EXIT_USAGE), {}
+    else:
+        try:
+            code = _run(ns, docs.append)
+        except TetherError as exc:
+            code = _fail(exc, True, docs.append, say=False)
+    return code, docs[-1] if docs and isinstance(docs[-1], dict) else {}
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -55,6 +54,8 @@ class LocalTransport:
     def put_bytes(self, data: bytes, path: str, mode: int = 0o600) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        import tempfile  # here: it costs a few ms to import, and only a write needs it
+
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tether-put.")
         try:
             with os.fdopen(fd, "wb") as handle:

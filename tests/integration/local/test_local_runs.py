@@ -88,10 +88,12 @@ def test_unknown_experiment_is_refused_and_nothing_runs(tmp_path: Path) -> None:
     assert not (Path(os.environ["TETHER_HOME"]) / "local" / ".tether" / "runs").exists()
 
 
-def test_missing_config_says_how_to_start(tmp_path: Path) -> None:
-    result = tether("progress", cwd=tmp_path)
+def test_missing_config_says_what_needs_it_and_how_to_start(tmp_path: Path) -> None:
+    assert tether("progress", cwd=tmp_path).returncode == 0  # no project needed to look
+    result = tether("run", "exp", "--local", cwd=tmp_path)
     assert result.returncode == 2
-    assert "No tether.toml found" in result.stderr and "tether init" in result.stderr
+    assert "`tether run` needs a project" in result.stderr and "no tether.toml in" in result.stderr
+    assert "tether init" in result.stderr
 
 
 def test_malformed_config_names_file_and_line_and_is_left_alone(tmp_path: Path) -> None:

@@ -1,0 +1,250 @@
+"""The models of ``tether.toml`` (pydantic) and its validation with file, line and key.
+
+Imported only when a command reads the configuration (:attr:`tether.config.Project.config`): a command that needs
+only the project's folder, or no project at all, never pays for pydantic. :mod:`tether.config` re-exports every
+model, so ``from tether.config import PolicyConfig`` keeps working.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import tomllib
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tether.config import NAME_RULE
+from tether.errors import ConfigError
+
+Kind = Literal["api", "inference", "finetune", "local"]
+
+
+_NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]*")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _valid_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid name (use {NAME_RULE})")
+    if set(value) == {"."}:
+        raise ValueError(f"{value!r} is not a valid name (a name of dots only names a folder)")
+    return value
+
+
+#: An experiment or host name: a run folder named after it cannot leave the state folder or the server's root.
+Name = Annotated[str, AfterValidator(_valid_name)]
+
+
+def _suggest(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip("-").strip(".") or "renamed"
+
+
+def _toml_key(name: str) -> str:
+    return name if _BARE_KEY.fullmatch(name) else json.dumps(name)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectConfig(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    remote_dir: str | None = None
+    env_file: str = ".env"
+    sync_excludes: list[str] = []
+    setup_packages: list[str] = [
+        "openai",
+        "anthropic",
+        "google-genai",
+        "requests",
+        "python-dotenv",
+        "tqdm",
+        "pydantic",
+    ]
+    apt_packages: list[str] = ["tmux", "rsync"]
+
+
+class ExperimentConfig(_Strict):
+    command: list[str]
+    kind: Kind = "api"
+    items: Annotated[int, Field(ge=0)] | None = None
+    item_seconds: Annotated[float, Field(ge=0)] | None = None
+    concurrency: Annotated[int, Field(ge=1)] = 1
+    gpu_gb: Annotated[float, Field(ge=0, le=2048)] = 0
+    results: str = "results"
+    figures: bool = False
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = shlex.split(value)
+            if not parts:
+                raise ValueError("command is empty")
+            return parts
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _not_empty(cls, value: list[str]) -> list[str]:
+        if not value or not value[0].strip():
+            raise ValueError("command is empty: give the program to run and its arguments")
+        return value
+
+    @field_validator("results")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        parts = PurePosixPath(value).parts
+        if value.startswith("/") or ".." in parts:
+            raise ValueError("results must be a folder inside the project (a relative path without '..')")
+        if value.startswith("-"):
+            raise ValueError("results must not start with '-' (it would read as an option); write ./" + value)
+        if not parts or all(part == "." for part in parts):
+            raise ValueError("results must be a folder inside the project, not the project folder itself")
+        return value
+
+
+class ProfileConfig(_Strict):
+    """Overrides of a GPU profile (api, inference, finetune) or a new one; unset keys keep the defaults."""
+
+    query: str | None = None
+    order: str | None = None
+    disk_gb: Annotated[float, Field(gt=0)] | None = None
+    image: str | None = None
+    type: Literal["on-demand", "bid", "reserved"] = "on-demand"
+
+
+class VastConfig(_Strict):
+    """``[vast]``: where the API is and how rented servers are reached. The API key is never in this file."""
+
+    url: str | None = None
+    identity_file: str | None = None
+    image: str = "pytorch/pytorch:latest"
+    remote_root: str = "/workspace"
+    wait_minutes: Annotated[float, Field(gt=0)] = 15
+    poll_seconds: Annotated[float, Field(gt=0)] = 5
+    retries: Annotated[int, Field(ge=0, le=20)] = 5
+    backoff_seconds: Annotated[float, Field(gt=0)] = 1.0
+
+
+class HostConfig(_Strict):
+    address: str
+    remote_root: str = "/workspace"
+    identity_file: str | None = None
+    python: str = "python3"
+
+
+class PolicyConfig(_Strict):
+    idle_stop_minutes: Annotated[float, Field(gt=0)] = 30
+    destroy_after_idle_hours: Annotated[float, Field(gt=0)] = 24
+    more_work_within_hours: Annotated[float, Field(ge=0)] = 24
+    # The learned idle timers (README "Money"): what a stop and a later start, or a destroy and a later re-rental,
+    # is worth in minutes of the server's full rate, and how many of a server's recent gaps between runs to learn
+    # from (0: learn nothing, the fixed timers above only).
+    restart_cost_minutes: Annotated[float, Field(ge=0)] = 5
+    recreate_cost_minutes: Annotated[float, Field(ge=0)] = 30
+    gap_history: Annotated[int, Field(ge=0)] = 20
+    max_total_usd: Annotated[float, Field(ge=0)] | None = None
+    max_hourly_usd: Annotated[float, Field(ge=0)] | None = None
+    budget_warn_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
+    local_busy: bool = False
+    allow_spending: bool = False
+    local_max_minutes: Annotated[float, Field(gt=0)] = 30
+    local_gpu_gb: Annotated[float, Field(ge=0)] = 0
+
+
+class TetherConfig(_Strict):
+    project: ProjectConfig
+    experiments: dict[Name, ExperimentConfig] = {}
+    profiles: dict[str, ProfileConfig] = {}
+    hosts: dict[Name, HostConfig] = {}
+    policy: PolicyConfig = PolicyConfig()
+    vast: VastConfig = VastConfig()
+
+
+def _line_of(text: str, loc: tuple[int | str, ...]) -> int | None:
+    """Best-effort line number (1-based) of a key path such as ('experiments', 'A5', 'kind')."""
+    keys = [str(k) for k in loc if not isinstance(k, int)]
+    if not keys:
+        return None
+    lines = text.splitlines()
+    header_re = re.compile(r"^\s*\[\[?\s*(.+?)\s*\]\]?\s*(#.*)?$")
+    key_re = re.compile(
+        r"^\s*((?:\"[^\"]*\"|'[^']*'|[A-Za-z0-9_-]+)(?:\s*\.\s*(?:\"[^\"]*\"|'[^']*'|[A-Za-z0-9_-]+))*)\s*="
+    )
+    table: list[str] = []
+    best: int | None = None
+    for number, line in enumerate(lines, start=1):
+        header = header_re.match(line)
+        if header:
+            table = _dotted(header.group(1))
+            if table == keys:
+                best = number
+            continue
+        key = key_re.match(line)
+        if key:
+            path = table + _dotted(key.group(1))
+            if path == keys:
+                return number
+            if best is None and keys[: len(path)] == path:
+                best = number
+    if best is None and len(keys) > 1:
+        return _line_of(text, tuple(keys[:-1]))
+    return best
+
+
+def _dotted(key: str) -> list[str]:
+    """The parts of a TOML dotted key (``experiments."a.b"`` -> ``['experiments', 'a.b']``)."""
+    return [next(g for g in m.groups() if g is not None) for m in _KEY_PART.finditer(key)]
+
+
+_KEY_PART = re.compile(r"\s*(?:\"((?:[^\"\\]|\\.)*)\"|'([^']*)'|([^.\s\"']+))\s*(?:\.|$)")
+
+
+def validate(config_path: Path) -> TetherConfig:
+    """Read and validate ``config_path``; errors name the file, line and key."""
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{config_path} does not exist.", "Run `tether init` to write a starter tether.toml."
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"Cannot read {config_path}: {exc.strerror}.") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"{config_path} is not valid TOML: {exc}.",
+            "Fix the line it names; `tether init --print` shows a valid file.",
+        ) from None
+    try:
+        return TetherConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raw_loc = tuple(first["loc"])
+        loc = tuple(p for p in raw_loc if p != "[key]")  # a bad table name: point at the table itself
+        key = ".".join(_toml_key(str(p)) for p in loc) or "(top level)"
+        line = _line_of(text, loc)
+        where = f"{config_path}:{line}" if line else str(config_path)
+        more = len(exc.errors()) - 1
+        extra = f" ({more} more problem{'s' if more > 1 else ''} after this one)" if more else ""
+        message = first["msg"].removeprefix("Value error, ")
+        hint = "See the config reference in the README."
+        if first["type"] == "missing":
+            message = "this key is required"
+        elif first["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif "[key]" in raw_loc and len(loc) == 2:
+            table, name = str(loc[0]), str(loc[1])
+            hint = f"Rename [{table}.{_toml_key(name)}] to a name of {NAME_RULE}, e.g. [{table}.{_suggest(name)}]."
+        raise ConfigError(f"{where}: {key}: {message}{extra}.", hint) from None
+
+
+def defaults(name: str) -> TetherConfig:
+    """The configuration of a folder without ``tether.toml``: every table at its defaults, no experiments or
+    hosts."""
+    return TetherConfig(project=ProjectConfig(name=name))
