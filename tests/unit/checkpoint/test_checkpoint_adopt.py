@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tether.checkpoint import Checkpoint, CheckpointWarning, run_batch
 from tether.errors import CheckpointError
 
-ITEMS = [{"id": f"item-{i}", "x": i} for i in range(8)]
+ITEMS: list[dict[str, Any]] = [{"id": f"item-{i}", "x": i} for i in range(8)]
 
 
 def runbook_partial(folder: Path, done: int, completed: int | None = None) -> Path:

@@ -13,7 +13,7 @@ import pytest
 from tether.checkpoint import Checkpoint, CheckpointWarning, config_hash, read_progress
 from tether.errors import CheckpointError
 
-ITEMS = [{"id": f"q{i}", "x": i} for i in range(10)]
+ITEMS: list[dict[str, Any]] = [{"id": f"q{i}", "x": i} for i in range(10)]
 
 
 def key(it: dict[str, Any]) -> str:
@@ -247,7 +247,8 @@ def test_insertion_order_when_no_order_is_given(tmp_path: Path) -> None:
 
 def test_duplicate_ids_are_refused_naming_them(tmp_path: Path) -> None:
     with Checkpoint(tmp_path) as ck, pytest.raises(CheckpointError) as info:
-        ck.pending([{"id": "a"}, {"id": "b"}, {"id": "a"}, {"id": 3}, {"id": 3}], key=lambda it: it["id"])
+        items: list[dict[str, Any]] = [{"id": "a"}, {"id": "b"}, {"id": "a"}, {"id": 3}, {"id": 3}]
+        ck.pending(items, key=lambda it: it["id"])
     assert '"a"' in info.value.message and "3" in info.value.message
     assert "nothing was run" in info.value.message
 
@@ -340,7 +341,8 @@ def test_bad_name_and_config_are_refused(tmp_path: Path) -> None:
 
 def test_null_and_falsy_results_are_kept_after_replay(tmp_path: Path) -> None:
     with Checkpoint(tmp_path) as ck:
-        for i, value in enumerate([None, 0, "", [], {}, False]):
+        values: list[Any] = [None, 0, "", [], {}, False]
+        for i, value in enumerate(values):
             ck.record(i, value)
     with Checkpoint(tmp_path) as ck:
         assert ck.completed == 6 and ck.result(0) is None
