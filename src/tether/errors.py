@@ -92,7 +92,10 @@ class RemoteError(TetherError):
 
 
 class SSHError(RemoteError):
-    """ssh could not connect, authenticate or verify the host key."""
+    """ssh could not connect, authenticate or verify the host key (``kind``: ``auth``, ``host_key``,
+    ``unreachable``, ``unresolved`` or ``dropped``, when known)."""
+
+    kind: str | None = None
 
 
 class CommandFailed(RemoteError):
