@@ -22,23 +22,39 @@ What it speaks (same paths, verbs, bodies and status codes as Vast.ai, see the p
 - ``GET /api/v0/instances/{id}/?owner=me``: ``{"instances": {...}}``, or ``{"instances": null}`` once destroyed.
 - ``PUT /api/v0/instances/{id}/`` with ``{"state": "stopped"|"running"}`` or ``{"label": "x"}``;
   ``DELETE /api/v0/instances/{id}/`` destroys (404 if unknown or already destroyed).
-- Auth: ``Authorization: Bearer <key>``; a wrong key answers 404 ``{"success": false, "error": "auth_error",
-  "msg": "Invalid user key"}``, a missing one 401.
+- ``GET /api/v0/ssh/`` (``{"ssh_keys": [{"id", "public_key", ...}]}``), ``POST /api/v0/ssh/`` ``{"ssh_key"}``,
+  ``POST /api/v0/instances/{id}/ssh/`` ``{"ssh_key"}``: the account's keys, which an instance gets when it is
+  created (later keys reach it only when attached to it).
+- Auth: ``Authorization: Bearer <key>``; a wrong key answers 401 ``{"success": false, "error": "auth_error",
+  "msg": "Invalid user key"}`` (``emu.bad_key_status = 404`` answers as some routes have), a missing one 401.
+- A path that is no route answers a 404 HTML page (what a wrong ``VAST_URL`` meets).
+
+A create with a ``price`` is an interruptible (bid) rental billed at that price plus storage; a price below the
+offer's ``min_bid`` makes a stopped instance and answers 400 ``bid_too_low`` with its ``new_contract``. With
+``emu.credit`` set, a create the remaining credit cannot cover for an hour answers 400 ``insufficient_credit``.
+Searches answer at most 64 offers, whatever ``limit`` says.
 
 Instances walk ``loading`` → ``running`` after ``loading_s`` seconds of the emulator's :class:`Clock` (a test
 calls ``clock.advance``; the command-line emulator runs on real time). Each instance is a real SSH host made by
 ``host_factory(instance_id)`` (default: :class:`tether.testing.sshd.SshdHost`, one directory per instance);
 while running, its JSON has ``public_ipaddr`` 127.0.0.1 and ``ports["22/tcp"][0]["HostPort"]`` = the sshd
-port, and ``ssh_host``/``ssh_port`` carry the same pair. Stopping stops the sshd (its files stay); starting
-brings it back (on a new port if asked).
+port; ``ssh_host``/``ssh_port`` is the service's proxy, a loopback forwarder on another port (the only address
+when the runtype has no ``ssh_direc``). Stopping stops the sshd (its files stay); starting brings it back (on a
+new port if asked) and runs the ``onstart`` script there again. The default sshd hosts have the vendor's auto-tmux
+login (:class:`tether.testing.sshd.SshdHost` ``auto_tmux``): a terminal login without ``~/.no_auto_tmux`` lands in
+the vendor's tmux session instead of its command.
 
-Money: per second of the clock, ``dph_total`` while running, only the storage part (``storage_total_cost``)
-while loading, stopped or exited, nothing once destroyed. ``account_total()`` sums every instance ever rented.
+States as the vendor lists them, with ``intended_status``, ``cur_state`` and ``next_state``: an outbid instance is
+stopped with intended running and next stopped; a queued start is stopped with intended running and next running.
+
+Money: per second of the clock, ``dph_total`` while running, frozen or rebooting, only the storage part
+(``storage_total_cost``) otherwise, nothing once destroyed. ``account_total()`` sums every instance ever rented.
 
 Faults (Python: ``emu.faults.<name>(...)``; HTTP: ``POST /_emulator/faults {"kind": name, ...params}``):
 
 - ``rate_limit(count, retry_after=1.0)``: the next ``count`` API requests answer 429 with ``Retry-After``;
-- ``quota_exceeded(count=1, retry_after=86400)``: the next searches answer 429 ``search_quota_exceeded``;
+- ``quota_exceeded(count=1, retry_after=86400, reset_in=None)``: the next searches answer 429
+  ``search_quota_exceeded`` (``Retry-After``, and ``X-RateLimit-Reset`` as an epoch time when ``reset_in``);
 - ``server_error(count, status=503)``: the next ``count`` API requests answer that 5xx;
 - ``delay(count, seconds)``: the next ``count`` API requests are handled, then answered ``seconds`` late
   (wall time), to make a client time out;
@@ -47,11 +63,18 @@ Faults (Python: ``emu.faults.<name>(...)``; HTTP: ``POST /_emulator/faults {"kin
 - ``new_port_on_restart(on=True)``: a started instance comes back on a new SSH port;
 - ``stuck_restart(count=1)``: the next starts hang in scheduling (the GPU was rented meanwhile);
 - ``take_offer(offer_id)``: someone else rents that offer now (a create for it then fails);
+- ``oci_failure(count=1)``: the next instances stay ``created`` with "OCI runtime create failed" (never start);
+- ``queued_start(after_s, count=1)``: the next starts are queued (the GPU is in use) and happen by themselves
+  ``after_s`` seconds of the clock later, billing from then on;
+- ``refuse_keys(seconds, count=1)``: the next instances refuse every key for their first ``seconds`` (wall time);
 - ``clear()``: no more faults.
 
-Test hooks (Python: ``emu.preempt(id)``, ``emu.vanish(id)``; HTTP: ``POST /_emulator/preempt {"id": N}``,
-``POST /_emulator/vanish {"id": N}``): outbid an instance (stopped by the service, ``intended_status`` still
-``running``, ``cur_state == next_state == "stopped"``), or make its host disappear with it.
+Test hooks (Python: ``emu.preempt(id)``, ``emu.vanish(id)``, ``emu.set_status(id, actual_status, msg)``,
+``emu.add_ssh_key(line)``; HTTP: ``POST /_emulator/preempt {"id": N}``, ``/_emulator/vanish {"id": N}``,
+``/_emulator/status {"id", "actual_status", "msg"}``, ``/_emulator/ssh_key {"ssh_key"}``, ``/_emulator/credit
+{"usd"}``): outbid an instance (stopped by the service, ``intended_status`` still ``running``, ``cur_state ==
+next_state == "stopped"``), make its host disappear with it, put it in any vendor status, add an account key, set
+the account's credit.
 
 Other admin endpoints (no auth, never faulted): ``POST /_emulator/clock {"advance": s}``,
 ``GET /_emulator/state`` → ``{"now", "total_cost", "instances": [...]}``.
@@ -186,7 +209,8 @@ class Faults:
             self.rate_limit_left = 0
             self.rate_limit_retry_after: float | None = 1.0
             self.quota_left = 0
-            self.quota_retry_after = 86400.0
+            self.quota_retry_after: float | None = 86400.0
+            self.quota_reset_in: float | None = None
             self.server_error_left = 0
             self.server_error_status = 503
             self.delay_left = 0
@@ -206,9 +230,11 @@ class Faults:
         with self._lock:
             self.rate_limit_left, self.rate_limit_retry_after = count, retry_after
 
-    def quota_exceeded(self, count: int = 1, retry_after: float = 86400.0) -> None:
+    def quota_exceeded(
+        self, count: int = 1, retry_after: float | None = 86400.0, reset_in: float | None = None
+    ) -> None:
         with self._lock:
-            self.quota_left, self.quota_retry_after = count, retry_after
+            self.quota_left, self.quota_retry_after, self.quota_reset_in = count, retry_after, reset_in
 
     def server_error(self, count: int, status: int = 503) -> None:
         with self._lock:
@@ -284,9 +310,12 @@ class Faults:
     def request_fault(self, is_search: bool) -> tuple[int, dict[str, str], Any] | None:
         """The fault answer for the next API request, if any (quota first, then 429, then 5xx)."""
         if is_search and self._take("quota_left"):
+            headers = {} if self.quota_retry_after is None else {"Retry-After": f"{self.quota_retry_after:g}"}
+            if self.quota_reset_in is not None:
+                headers["X-RateLimit-Reset"] = f"{time.time() + self.quota_reset_in:.0f}"
             return (
                 429,
-                {"Retry-After": f"{self.quota_retry_after:g}"},
+                headers,
                 {
                     "success": False,
                     "error": "search_quota_exceeded",
@@ -564,6 +593,8 @@ class VastEmulator:
         """Every API request's method, path and JSON body, as sent (what a test checks a client sent)."""
         self.ssh_keys: list[dict[str, Any]] = []
         """The account's SSH keys (``GET /api/v0/ssh/``); an instance gets the ones present when it is created."""
+        self.bad_key_status = 401
+        """What a wrong key gets: 401 as the service answers; 404 with ``auth_error`` as some routes have."""
         self.credit: float | None = None
         """The account's credit in dollars (None: unlimited); a create that it cannot cover for an hour is refused."""
         self._next_key_id = 1
@@ -995,7 +1026,8 @@ class VastEmulator:
             return 401, {}, {"success": False, "error": "auth_error", "msg": "Please log in or sign up"}, delay
         if auth[len("Bearer ") :] != self.api_key:
             # What the service answers for a wrong or deleted key (its OpenAPI spec and the vendor's CLI).
-            return 401, {}, {"success": False, "error": "auth_error", "msg": "Invalid user key"}, delay
+            refusal: dict[str, Any] = {"success": False, "error": "auth_error", "msg": "Invalid user key"}
+            return self.bad_key_status, {}, refusal, delay
         status, answer = self._api(method, path, query, body if isinstance(body, dict) else {})
         return status, {}, answer, delay
 
