@@ -84,12 +84,22 @@ def cloud(make_cloud: MakeCloud) -> Cloud:
     return make_cloud()
 
 
-def vast_project(tmp_path: Path, cloud: Cloud, *, items: int = 30, policy: str = "", profiles: str = "") -> Path:
+def vast_project(
+    tmp_path: Path,
+    cloud: Cloud,
+    *,
+    items: int = 30,
+    policy: str = "",
+    profiles: str = "",
+    wait_minutes: float = 1,
+    ssh_wait_seconds: float = 30,
+) -> Path:
     extra = f"""
 [vast]
 identity_file = "{cloud.key}"
 remote_root = "{cloud.base}/instance-{{instance_id}}/root"
-wait_minutes = 1
+wait_minutes = {wait_minutes}
+ssh_wait_seconds = {ssh_wait_seconds}
 poll_seconds = 0.2
 retries = 2
 backoff_seconds = 0.2
