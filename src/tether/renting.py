@@ -282,7 +282,7 @@ def rent(
             inst = wait_running(provider, instance_id, wait_deadline_s, poll_s=poll_s, clock=clock, sleep=sleep)
         except NoCapacity as exc:
             failures.append(f"offer {offer.id}: {exc.message}")
-            say(f"instance {instance_id} did not come up; destroying it and trying the next offer")
+            say(f"instance {instance_id} did not come up ({exc.message}); destroying it and trying the next offer")
             destroy_verified(provider, instance_id, clock=clock, sleep=sleep)
             continue
         except BaseException:
