@@ -115,6 +115,10 @@ class ProfileConfig(_Strict):
     disk_gb: Annotated[float, Field(gt=0)] | None = None
     image: str | None = None
     type: Literal["on-demand", "bid", "reserved"] = "on-demand"
+    # An interruptible (type = "bid") rental bids bid_usd $/hr for the machine, or the offer's min_bid raised by
+    # bid_margin (0.1 = 10% over); with neither, the offer's min_bid.
+    bid_usd: Annotated[float, Field(gt=0)] | None = None
+    bid_margin: Annotated[float, Field(ge=0, le=10)] | None = None
 
 
 class VastConfig(_Strict):
@@ -128,6 +132,7 @@ class VastConfig(_Strict):
     poll_seconds: Annotated[float, Field(gt=0)] = 5
     retries: Annotated[int, Field(ge=0, le=20)] = 5
     backoff_seconds: Annotated[float, Field(gt=0)] = 1.0
+    ssh_wait_seconds: Annotated[float, Field(gt=0)] = 90
 
 
 class HostConfig(_Strict):

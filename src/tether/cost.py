@@ -7,8 +7,10 @@ Nothing here reads a file, a clock or the network: every function takes the reco
 (``seq``; the input order when there is none). Each event starts a piece that lasts until the next event of the same
 instance (or ``now``) and costs, per hour:
 
-- ``running``: ``dph_total`` (GPU and storage);
-- ``creating``, ``loading``, ``stopped``, ``exited``, ``unknown``: ``storage_dph`` only (what Vast.ai bills);
+- ``running``, ``rebooting``, ``frozen``: ``dph_total`` (GPU and storage: the GPU is held; Vast.ai's docs say a
+  frozen instance bills GPU time);
+- ``creating``, ``loading``, ``queued``, ``stopped``, ``preempted``, ``exited``, ``unknown``: ``storage_dph`` only
+  (what Vast.ai bills);
 - ``gone``, ``destroyed``: nothing.
 
 Faults never crash the ledger and never make money negative; each is said in ``warnings``:
@@ -89,9 +91,9 @@ __all__ = [
 IDLE = "(idle)"
 
 #: States billed at the full ``dph_total``.
-FULL_RATE_STATES = frozenset({"running"})
+FULL_RATE_STATES = frozenset({"running", "rebooting", "frozen"})
 #: States billed at the storage part only.
-STORAGE_STATES = frozenset({"creating", "loading", "stopped", "preempted", "exited", "unknown"})
+STORAGE_STATES = frozenset({"creating", "loading", "queued", "stopped", "preempted", "exited", "unknown"})
 #: States that cost nothing.
 FREE_STATES = frozenset({"gone", "destroyed"})
 

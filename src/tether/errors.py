@@ -74,7 +74,19 @@ class RateLimited(ProviderError):
 
 
 class NoCapacity(ProviderError):
-    """No offer fits, the chosen offer is gone, or an instance never became usable."""
+    """No offer fits, the chosen offer is gone, or an instance never became usable.
+
+    ``instance_id`` names an instance the refused create made anyway (Vast.ai can make a stopped one while saying
+    no): the caller destroys it.
+    """
+
+    def __init__(self, message: str, hint: str | None = None, instance_id: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.instance_id = instance_id
+
+
+class NoCredit(ProviderError):
+    """The provider's account has too little credit to rent."""
 
 
 class RemoteError(TetherError):
@@ -82,7 +94,10 @@ class RemoteError(TetherError):
 
 
 class SSHError(RemoteError):
-    """ssh could not connect, authenticate or verify the host key."""
+    """ssh could not connect, authenticate or verify the host key (``kind``: ``auth``, ``host_key``,
+    ``unreachable``, ``unresolved`` or ``dropped``, when known)."""
+
+    kind: str | None = None
 
 
 class CommandFailed(RemoteError):

@@ -21,3 +21,12 @@ def bar(done: int, total: int | None, width: int = 20) -> str:
         return " " * width
     filled = int(width * min(1.0, done / total))
     return "█" * filled + "░" * (width - filled)
+
+
+def iso(ts: float | None) -> str:
+    """``2026-01-02T03:04:05Z`` (UTC), or ``-``."""
+    if ts is None:
+        return "-"
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

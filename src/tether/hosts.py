@@ -36,6 +36,8 @@ class Target:
     registry: str | None = None
     tmux_socket: str = field(default="")
     python: str = "python3"
+    rented: bool = False
+    """A server tether rented (from a provider), not a ``[hosts]`` entry."""
 
     def __post_init__(self) -> None:
         if not self.tmux_socket:
@@ -109,6 +111,7 @@ def host_target(project: Project, name: str, state: State | None = None) -> Targ
             known_hosts=known_hosts_dir() / f"{rec.provider}-{rec.instance_id}",
         )
         root, python = rec.remote_root, "python3"
+    rented = name not in hosts
     # `tether up` records the interpreter's real path: a pyenv-style shim can cost 100 ms per call.
     resolved = state.host_facts(name).python if state is not None else None
     return Target(
@@ -118,6 +121,7 @@ def host_target(project: Project, name: str, state: State | None = None) -> Targ
         code_dir=project.remote_dir(root),
         server_argv=remote_server_argv(root, resolved or python),
         python=python,
+        rented=rented,
     )
 
 

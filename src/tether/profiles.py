@@ -10,6 +10,7 @@ provider (:func:`tether.providers.check_query`): this module never parses a prov
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
@@ -52,6 +53,18 @@ class Profile:
     description: str = ""
     image: str | None = None
     type: OfferType = "on-demand"
+    bid_usd: float | None = None
+    bid_margin: float | None = None
+
+    def bid_for(self, min_bid: float | None) -> float | None:
+        """The $/hr this profile bids for an offer whose minimum bid is ``min_bid``; None when it cannot bid there
+        (no minimum known, or ``bid_usd`` below it: the rental would be outbid at once)."""
+        if min_bid is None:
+            return None
+        if self.bid_usd is not None:
+            return self.bid_usd if self.bid_usd >= min_bid else None
+        raised = min_bid * (1.0 + (self.bid_margin or 0.0))
+        return math.ceil(raised * 10_000 - 1e-6) / 10_000  # whole 1/100 cents, never below the minimum
 
     def offer_query(
         self, *, query: str | None = None, order: str | None = None, limit: int | None = None
@@ -109,6 +122,8 @@ def profile_from_config(name: str, cfg: ProfileConfig | None) -> Profile:
             min_disk_gb=base.min_disk_gb if cfg.disk_gb is None else float(cfg.disk_gb),
             image=base.image if cfg.image is None else cfg.image,
             type=cfg.type,
+            bid_usd=cfg.bid_usd,
+            bid_margin=cfg.bid_margin,
         )
     check_query(base.query, base.order)  # refuse a bad query now, with its position
     return base

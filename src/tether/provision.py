@@ -189,7 +189,7 @@ def install_server_side(target: Target) -> str:
 
 def run_setup(project: Project, target: Target) -> bool:
     """Run setup.sh on the target; True if it did work, False if it had run before (same script)."""
-    script = setup_script.render(project, target.root, target.python)
+    script = setup_script.render(project, target.root, target.python, no_auto_tmux=target.rented)
     path = f"{target.root}/{vocab.SETUP_SCRIPT}"
     try:
         target.transport.put_bytes(script.encode(), path, 0o700)

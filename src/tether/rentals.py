@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
+import shlex
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-from tether import cost
+from tether import cost, vocab
 from tether.config import Project
-from tether.errors import ConfigError, ProviderError, TetherError
+from tether.errors import ConfigError, NoCapacity, ProviderError, SSHError, TetherError
 from tether.paths import tether_home
 from tether.profiles import Profile, project_profile
 from tether.providers import (
@@ -29,7 +33,7 @@ from tether.providers import (
     provider_for,
     ssh_address,
 )
-from tether.renting import destroy_verified, find_offers, rent, wait_running
+from tether.renting import destroy_verified, find_offers, rent, rental_cost, wait_running
 from tether.renting import observe as observe_instance
 from tether.state import InstanceRecord, State
 
@@ -239,7 +243,7 @@ def ensure_rented(
             if inst.state == "running":
                 rec = record(st, name, inst, source="up")
                 return {"instance_id": inst.id, "reused": True, "address": rec.address, "dph_total": inst.dph_total}
-            if inst.state in STOPPED_STATES:
+            if inst.state in STOPPED_STATES or inst.state in ("queued", "frozen"):
                 say(f"{name} is {inst.state}; starting it.")
                 return start(project, st, name, say=say, provider=prov)
             if inst.state != "gone":
@@ -254,40 +258,120 @@ def ensure_rented(
                 f"Rent one with `tether up {name} --profile api` (or inference, finetune), or add [hosts.{name}].",
             )
         prof = profile_for(project, profile or "api", disk_gb=disk_gb, image=image)
-        if offer_id:
-            offers = [o for o in search(prov, prof, query="") if str(o.id) == offer_id]
-            if not offers:
-                raise ProviderError(f"Offer {offer_id} is not available.", "List current offers with `tether offers`.")
-        else:
-            offers = search(prov, prof)
-        _check_budget(project, st, min(o.dph_total for o in offers))
+        refuse_reserved(prof)
+        offers = _offers_for(prov, prof, offer_id)
+        price_for = bid_pricing(prof, offers)
+        cheapest = min(rental_cost(o, price_for(o) if price_for else None) for o in offers)
+        _check_budget(project, st, cheapest)
+        key = check_account_key(project, prov)
         label = label_of(project, name)
-        say(f"Renting {name} ({prof.name}): {len(offers)} offers, cheapest ${offers[0].dph_total:.4f}/hr.")
+        kind = f", bidding (interruptible) from ${cheapest:.4f}/hr" if price_for else ""
+        say(f"Renting {name} ({prof.name}): {len(offers)} offers, cheapest ${cheapest:.4f}/hr{kind}.")
         st.reserve_instance(
             name, PROVIDER, project.config.vast.remote_root, {**_adopted_meta(project), "profile": prof.name}
         )
         try:
-            inst = _rent(prov, offers, prof, label, max_price, project, say)
+            inst = _rent(prov, offers, prof, label, max_price, project, say, price_for)
         except BaseException:
             # Nothing may be left half-known: adopt what the create made, or drop the reservation.
             with contextlib.suppress(TetherError):
                 reconcile_after_failure(project, st, prov, name)
             raise
-    meta = {
-        "profile": prof.name,
-        "image": prof.image,
-        "disk_gb": prof.min_disk_gb,
-        "identity_file": project.config.vast.identity_file,
-        "gpu_name": inst.gpu_name,
-        "num_gpus": inst.num_gpus,
-        "gpu_ram_gb": inst.gpu_ram_gb,
-    }
-    rec = record(st, name, inst, source="rent", meta=meta, remote_root=project.config.vast.remote_root)
-    return {"instance_id": inst.id, "reused": False, "address": rec.address, "dph_total": inst.dph_total}
+        bid = price_for(_offer_of(offers, inst)) if price_for else None
+        meta = {
+            "profile": prof.name,
+            "image": prof.image,
+            "disk_gb": prof.min_disk_gb,
+            "identity_file": project.config.vast.identity_file,
+            "gpu_name": inst.gpu_name,
+            "num_gpus": inst.num_gpus,
+            "gpu_ram_gb": inst.gpu_ram_gb,
+            "offer_type": prof.type,
+            "bid_usd": bid,
+        }
+        rec = record(st, name, inst, source="rent", meta=meta, remote_root=project.config.vast.remote_root)
+        if key is not None:
+            _wait_for_key(project, st, prov, name, rec, key, say)
+    out: dict[str, Any] = {"instance_id": inst.id, "reused": False, "address": rec.address}
+    return {**out, "dph_total": inst.dph_total, "offer_type": prof.type, "bid_usd": bid}
+
+
+def refuse_reserved(prof: Profile) -> None:
+    """Reserved rentals need the vendor's prepaid-contract flow, which tether does not run: refused before any
+    request."""
+    if prof.type == "reserved":
+        raise ConfigError(
+            f"Profile {prof.name!r} asks for a reserved rental; tether rents on-demand or interruptible (bid) only.",
+            "A reserved instance is an on-demand one prepaid for months (`vastai prepay instance`); set type = "
+            '"on-demand" (or "bid") for this profile. `tether offers --type reserved` still shows reserved prices.',
+        )
+
+
+def _offers_for(prov: Provider, prof: Profile, offer_id: str | None) -> list[Offer]:
+    """The offers to try: the profile's search, or exactly the one offer asked for (found by ``id=ID``, since a
+    search answers at most 64 offers: looking for an id in a wide answer misses most of them)."""
+    if not offer_id:
+        return search(prov, prof)
+    if not offer_id.isdigit():
+        raise ConfigError(f"--offer takes an offer id (a number), not {offer_id!r}.", "`tether offers` lists them.")
+    try:
+        # The user chose this offer: the default filters (verified, external) do not hide it.
+        found = search(prov, prof, query=f"id={offer_id} verified=any external=any")
+    except NoCapacity:
+        found = []
+    offers = [o for o in found if str(o.id) == offer_id]
+    if not offers:
+        raise ProviderError(
+            f"Offer {offer_id} is not available (rented by someone else, or no such offer).",
+            "List current offers with `tether offers`.",
+        )
+    return offers
+
+
+def bid_pricing(prof: Profile, offers: list[Offer]) -> Callable[[Offer], float | None] | None:
+    """For an interruptible (``bid``) profile, the bid each offer gets (:meth:`Profile.bid_for`); None on demand.
+    Offers it cannot bid on are dropped from ``offers``; none left raises NoCapacity."""
+    if prof.type != "bid":
+        return None
+
+    def price(o: Offer) -> float | None:
+        return prof.bid_for(o.min_bid)
+
+    usable = [o for o in offers if price(o) is not None]
+    if not usable:
+        lowest = min((o.min_bid for o in offers if o.min_bid is not None), default=None)
+        raise NoCapacity(
+            f"No offer can be rented with profile {prof.name!r}'s bid"
+            + (
+                f" of ${prof.bid_usd:.4f}/hr: the lowest minimum bid is ${lowest:.4f}/hr."
+                if prof.bid_usd and lowest
+                else ": the offers name no minimum bid."
+            ),
+            "Raise bid_usd (or use bid_margin) in [profiles." + prof.name + "], or rent on demand.",
+        )
+    offers[:] = usable
+    return price
+
+
+def _offer_of(offers: list[Offer], inst: Instance) -> Offer:
+    """The offer an instance was rented from (by machine, else the cheapest: only used for the recorded bid)."""
+    machine = inst.raw.get("machine_id")
+    return next((o for o in offers if machine is not None and o.machine_id == machine), offers[0])
+
+
+#: The start script every rental gets: it turns off the image's auto-tmux login before anyone logs in.
+ONSTART = f"touch ~/{vocab.NO_AUTO_TMUX}\n"
 
 
 def _rent(
-    prov: Provider, offers: list[Offer], prof: Profile, label: str, max_price: float | None, project: Project, say: Say
+    prov: Provider,
+    offers: list[Offer],
+    prof: Profile,
+    label: str,
+    max_price: float | None,
+    project: Project,
+    say: Say,
+    price_for: Callable[[Offer], float | None] | None = None,
 ) -> Instance:
     assert prof.image is not None  # project_profile always sets it
     return rent(
@@ -296,10 +380,120 @@ def _rent(
         image=prof.image,
         disk_gb=prof.min_disk_gb,
         label=label,
+        onstart=ONSTART,
         max_price=max_price,
+        price_for=price_for,
         wait_deadline_s=_wait_s(project),
         poll_s=project.config.vast.poll_seconds,
         on_event=say,
+    )
+
+
+# ------------------------------------------------------------------------------------------ the SSH key
+
+
+def public_keys(project: Project) -> list[tuple[Path, str]]:
+    """The public halves (path, OpenSSH line) of the key(s) ssh will offer a rented server: ``[vast]
+    identity_file``'s (its ``.pub``, else derived with ``ssh-keygen -y``), or the default ``~/.ssh/id_*`` ones."""
+    ident = project.config.vast.identity_file
+    if ident:
+        private = Path(ident).expanduser()
+        pub = private.with_name(private.name + ".pub")
+        if pub.is_file():
+            return [(pub, pub.read_text(encoding="utf-8").strip())]
+        try:
+            derived = subprocess.run(
+                ["ssh-keygen", "-y", "-f", str(private)], capture_output=True, text=True, timeout=30, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        return [(pub, derived.stdout.strip())] if derived.returncode == 0 and derived.stdout.strip() else []
+    home = Path(os.environ.get("HOME") or Path.home())
+    found = []
+    for name in ("id_ed25519", "id_ecdsa", "id_rsa"):
+        pub = home / ".ssh" / f"{name}.pub"
+        if pub.is_file():
+            found.append((pub, pub.read_text(encoding="utf-8").strip()))
+    return found
+
+
+def _key_body(line: str) -> str:
+    parts = line.split()
+    return " ".join(parts[:2]) if len(parts) >= 2 else line.strip()
+
+
+def check_account_key(project: Project, prov: Provider) -> tuple[Path, str] | None:
+    """Before any money is spent: the key tether will log in with must be on the provider's account, since an
+    account key reaches only instances created after it was added. The key (path, line); None when the provider
+    keeps no keys. ProviderError (nothing rented) when it is not there."""
+    on_account = prov.account_keys()
+    if on_account is None:
+        return None
+    mine = public_keys(project)
+    if not mine:
+        raise ConfigError(
+            "tether cannot tell which SSH key a rented server must accept: [vast] identity_file is not set and "
+            "there is no ~/.ssh/id_ed25519.pub (nor id_ecdsa.pub, id_rsa.pub).",
+            "Set [vast] identity_file in tether.toml to the private key whose public half is on your Vast.ai account.",
+        )
+    bodies = {_key_body(k) for k in on_account}
+    for path, line in mine:
+        if _key_body(line) in bodies:
+            return path, line
+    path = mine[0][0]
+    raise ProviderError(
+        f"The SSH key {path} is not on your Vast.ai account, so a server rented now would refuse it; nothing was "
+        "rented.",
+        KEY_HINT.format(pub=shlex.quote(str(path))),
+    )
+
+
+KEY_HINT = (
+    'Add it to your account with `vastai create ssh-key "$(cat {pub})"`, or paste it at '
+    "https://cloud.vast.ai/manage-keys/ (Account, SSH Keys), then run `tether up` again."
+)
+
+
+def _wait_for_key(
+    project: Project, st: State, prov: Provider, name: str, rec: InstanceRecord, key: tuple[Path, str], say: Say
+) -> None:
+    """A fresh instance may refuse every key for its first seconds (the vendor's login banner says so): log in
+    until it accepts, for at most ``[vast] ssh_wait_seconds``. A key still refused then is really refused: the
+    rental is destroyed (verified gone) and ProviderError says so."""
+    from tether.transport.ssh import SSHTransport, known_hosts_dir, parse_address
+
+    assert rec.address is not None and rec.instance_id is not None
+    target = parse_address(
+        rec.address,
+        identity_file=project.config.vast.identity_file,
+        label=name,
+        known_hosts=known_hosts_dir() / f"{rec.provider}-{rec.instance_id}",
+    )
+    transport = SSHTransport(target, label=name)
+    deadline = time.monotonic() + project.config.vast.ssh_wait_seconds
+    refused = 0
+    while True:
+        try:
+            transport.run(["true"], timeout=60)
+            if refused:
+                say(f"{name} accepts the key now (it refused it {refused} time(s) while starting).")
+            return
+        except SSHError as exc:
+            if exc.kind not in ("auth", "unreachable", "dropped"):
+                raise
+            last = exc
+            refused += 1
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+    destroy_verified(prov, rec.instance_id)
+    record(st, name, observe_instance(prov, rec.instance_id), source="key-refused")
+    what = "refused the SSH key" if last.kind == "auth" else "could not be reached over SSH"
+    raise ProviderError(
+        f"{name} (instance {rec.instance_id}) {what} for {project.config.vast.ssh_wait_seconds:g} s "
+        f"({last.message}); tether destroyed it (verified gone), so it no longer bills.",
+        f"Check that {key[0]} is the key on your Vast.ai account (`vastai show ssh-keys`) and that [vast] "
+        "identity_file is its private half, then run `tether up` again.",
     )
 
 
@@ -337,18 +531,30 @@ def observe(project: Project, st: State, name: str, *, provider: Provider | None
 def start(
     project: Project, st: State, name: str, *, say: Say = _quiet, provider: Provider | None = None
 ) -> dict[str, Any]:
-    """Start a stopped server, wait until it runs and re-read its SSH address (it changes across a restart)."""
+    """Start a stopped server, wait until it runs and re-read its SSH address (it changes across a restart).
+
+    A start the provider queues (the GPU is in use) would start, and bill, by itself later: while waiting tether says
+    so, and when the wait gives up it sends a stop and verifies it, so no queued start is left unwatched.
+    """
     rec = rented(st, name)
     assert rec.instance_id is not None
     with _provider(project, provider) as prov:
         prov.start(rec.instance_id)
-        record(st, name, observe_instance(prov, rec.instance_id), source="start")
+        now = record(st, name, observe_instance(prov, rec.instance_id), source="start")
+        if now.state == "queued":
+            say(
+                f"{name}'s start is queued by the provider (its GPU is in use); waiting up to "
+                f"{_wait_s(project):g} s, then tether cancels it."
+            )
         try:
             inst = wait_running(prov, rec.instance_id, _wait_s(project), poll_s=project.config.vast.poll_seconds)
         except TetherError as exc:
-            record(st, name, observe_instance(prov, rec.instance_id), source="start-failed")
+            after = record(st, name, observe_instance(prov, rec.instance_id), source="start-failed")
+            cancelled = ""
+            if after.state in ("queued", "loading", "creating"):
+                cancelled = " " + _cancel_start(prov, st, name, rec.instance_id, project)
             raise ProviderError(
-                f"{name} did not come back after a start: {exc.message}",
+                f"{name} did not come back after a start: {exc.message}{cancelled}",
                 "The GPU was probably rented by someone else while it was stopped. Its disk is kept (and billed for "
                 f"storage): wait and retry `tether start {name}`, or rent a new server and move the data "
                 f"(`tether up NEW --profile ...`), then `tether destroy {name}`.",
@@ -356,6 +562,25 @@ def start(
     new = record(st, name, inst, source="start")
     say(f"{name} is running at {new.address}.")
     return {"instance_id": inst.id, "reused": True, "address": new.address, "dph_total": inst.dph_total}
+
+
+def _cancel_start(prov: Provider, st: State, name: str, instance_id: str, project: Project) -> str:
+    """Send a stop for a start that did not finish, and verify the provider no longer means to run it; the
+    sentence that says what happened."""
+    prov.stop(instance_id)
+    deadline = time.monotonic() + max(30.0, 10 * project.config.vast.poll_seconds)
+    while True:
+        inst = observe_instance(prov, instance_id)
+        if inst.state in ("stopped", "gone"):
+            record(st, name, inst, source="start-cancelled")
+            return "tether sent a stop and verified it: the queued start will not run (or bill) by itself."
+        if time.monotonic() >= deadline:
+            record(st, name, inst, source="start-cancelled")
+            return (
+                f"tether sent a stop, but the instance is still {inst.state}: check `tether ls` and stop it by hand "
+                "if it runs."
+            )
+        time.sleep(project.config.vast.poll_seconds)
 
 
 def stop(project: Project, st: State, name: str, *, provider: Provider | None = None) -> InstanceRecord:

@@ -92,7 +92,7 @@ def wait_running(
     raise NoCapacity(
         f"Instance {instance_id} was still {last.state} ({last.status}) after {deadline_s:g} s.",
         "A big image can load slowly: raise the wait deadline, or pick another offer."
-        if last.state not in STOPPED_STATES
+        if last.state not in STOPPED_STATES | {"queued"}
         else "The GPU may have been rented by someone else meanwhile: move the data to a new instance.",
     )
 
@@ -190,6 +190,14 @@ def mark_taken(lock_path: Path, offer_id: int) -> None:
 # ---------------------------------------------------------------------------------------------- renting
 
 
+def rental_cost(offer: Offer, bid: float | None) -> float:
+    """$/hr a rental of ``offer`` costs while it runs: its quoted ``dph_total`` on demand; with a bid, the bid (the
+    machine's $/hr) plus the offer's storage."""
+    if bid is None:
+        return offer.dph_total
+    return bid + offer.storage_total_cost
+
+
 def rent(
     provider: Provider,
     offers: Sequence[Offer],
@@ -218,16 +226,20 @@ def rent(
     offer twice. ``price_for(offer)`` is the $/hr bid sent with the create (None: on demand).
     """
     say = on_event or _quiet
-    ranked = rank_offers(offers)
+
+    def hourly(o: Offer) -> float:
+        return rental_cost(o, price_for(o) if price_for is not None else None)
+
+    ranked = sorted(offers, key=lambda o: (hourly(o), -o.reliability))
     if not ranked:
         raise NoCapacity("There is no offer to rent.", "Loosen the query or try again later.")
     if max_price is not None:
-        affordable = [o for o in ranked if o.dph_total <= max_price]
+        affordable = [o for o in ranked if hourly(o) <= max_price]
         if not affordable:
             cheapest = ranked[0]
             raise NoCapacity(
                 f"No offer costs at most ${max_price:.4f}/hr; the cheapest found is "
-                f"${cheapest.dph_total:.4f}/hr (offer {cheapest.id}, {cheapest.gpu_name or 'CPU'}).",
+                f"${hourly(cheapest):.4f}/hr (offer {cheapest.id}, {cheapest.gpu_name or 'CPU'}).",
                 "Raise --max-price or loosen the query.",
             )
         ranked = affordable
@@ -244,8 +256,8 @@ def rent(
             tried.add(offer.id)
             attempts += 1
             price = price_for(offer) if price_for is not None else None
-            bid = f", bid ${price:.4f}/hr" if price is not None else ""
-            say(f"renting offer {offer.id} ({offer.gpu_name or 'CPU'}, ${offer.dph_total:.4f}/hr{bid})")
+            bid = f", bid ${price:.4f}/hr for the machine" if price is not None else ""
+            say(f"renting offer {offer.id} ({offer.gpu_name or 'CPU'}, ${hourly(offer):.4f}/hr{bid})")
             try:
                 instance_id = provider.create(
                     offer.id, image=image, disk_gb=disk_gb, label=label, onstart=onstart, env=env, price=price
@@ -253,7 +265,12 @@ def rent(
             except NoCapacity as exc:
                 mark_taken(lp, offer.id)
                 failures.append(f"offer {offer.id}: {exc.message}")
-                say(f"offer {offer.id} is gone; trying the next one")
+                if exc.instance_id is not None:
+                    # Refused, yet an instance was made (a bid too low gives a stopped one): it must not bill.
+                    destroy_verified(provider, exc.instance_id, clock=clock, sleep=sleep)
+                    say(f"offer {offer.id} was refused; instance {exc.instance_id} it made is destroyed")
+                else:
+                    say(f"offer {offer.id} is gone; trying the next one")
                 continue
             except AuthError:
                 raise
@@ -265,7 +282,7 @@ def rent(
             inst = wait_running(provider, instance_id, wait_deadline_s, poll_s=poll_s, clock=clock, sleep=sleep)
         except NoCapacity as exc:
             failures.append(f"offer {offer.id}: {exc.message}")
-            say(f"instance {instance_id} did not come up; destroying it and trying the next offer")
+            say(f"instance {instance_id} did not come up ({exc.message}); destroying it and trying the next offer")
             destroy_verified(provider, instance_id, clock=clock, sleep=sleep)
             continue
         except BaseException:

@@ -271,9 +271,18 @@ class HostProgress:
     host: str
     runs: list[vocab.RunInfo]
     error: str | None = None
+    server_state: str | None = None
+    """A rented server that is not running (e.g. ``preempted``): its state, the runs last known, and ``since``."""
+    since: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"host": self.host, "runs": [r.to_json() for r in self.runs], "error": self.error}
+        return {
+            "host": self.host,
+            "runs": [r.to_json() for r in self.runs],
+            "error": self.error,
+            "server_state": self.server_state,
+            "since": self.since,
+        }
 
 
 def hosts_with_runs(state: State) -> list[str]:
@@ -283,6 +292,26 @@ def hosts_with_runs(state: State) -> list[str]:
     return [n for n in names if n not in gone] or [LOCAL]
 
 
+def _rented_down(ctx: Ctx, name: str) -> HostProgress | None:
+    """A rented server tether knows is not running (stopped, preempted...): nothing to ask it; why, and since when
+    (the ledger's first record of that state)."""
+    rec = ctx.state.instance(name)
+    if rec is None or rec.state in ("running", "gone", "creating") or name in ctx.project.config.hosts:
+        return None
+    from tether.autopilot import entered_state_at
+    from tether.fmt import iso
+
+    since = entered_state_at(ctx.state, rec)
+    why = {"preempted": "the provider stopped it (outbid)"}.get(rec.state, "it is not running")
+    return HostProgress(
+        name,
+        [],
+        f"{name} is {rec.state} since {iso(since)}: {why}; `tether up {name}` starts it again.",
+        rec.state,
+        since,
+    )
+
+
 def progress(ctx: Ctx, host: str | None = None) -> list[HostProgress]:
     """Every run on ``host`` (or on every host with runs), one round trip per host.
 
@@ -290,6 +319,10 @@ def progress(ctx: Ctx, host: str | None = None) -> list[HostProgress]:
     """
     out: list[HostProgress] = []
     for name in [host] if host else hosts_with_runs(ctx.state):
+        down = _rented_down(ctx, name)
+        if down is not None:
+            out.append(down)
+            continue
         try:
             found = observe(ctx.state, resolve(ctx.project, name, ctx.state))
             out.append(HostProgress(name, found.runs))

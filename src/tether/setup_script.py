@@ -1,6 +1,7 @@
 """``setup.sh``: the runbook's one-time server setup, rendered from the config and safe to run twice.
 
-It installs the apt packages that are missing (tmux, rsync), pip-installs the project's packages, and writes
+On a rented Vast.ai server it first turns off the image's auto-tmux login (``~/.no_auto_tmux``). It installs the
+apt packages that are missing (tmux, rsync), pip-installs the project's packages, and writes
 ``<root>/SETUP_LOG.txt`` (date, ``pip freeze``, ``nvidia-smi`` or "No GPU") for any agent to check. No secret is
 ever part of it or of its log. A stamp file named after the script's hash makes a second run a no-op.
 """
@@ -10,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import shlex
 
+from tether import vocab
 from tether.config import Project
 
 
-def render(project: Project, root: str, python: str = "python3") -> str:
+def render(project: Project, root: str, python: str = "python3", *, no_auto_tmux: bool = False) -> str:
+    """The script; ``no_auto_tmux`` (a rented Vast.ai server) also creates ``~/.no_auto_tmux``."""
     cfg = project.config.project
     apt = " ".join(shlex.quote(p) for p in cfg.apt_packages)
     pip = " ".join(shlex.quote(p) for p in cfg.setup_packages)
@@ -25,6 +28,11 @@ def render(project: Project, root: str, python: str = "python3") -> str:
         f"root={q_root}",
         'mkdir -p "$root/.tether"',
         'stamp="$root/.tether/setup.$(sha256sum "$0" | cut -c1-16).done"',
+    ]
+    if no_auto_tmux:
+        # A Vast.ai image starts tmux on every SSH login unless this file exists; tether runs its own tmux server.
+        lines.append(f'touch "$HOME/{vocab.NO_AUTO_TMUX}" 2>/dev/null || true')
+    lines += [
         'if [ -e "$stamp" ]; then echo "setup: already done ($stamp)"; exit 0; fi',
     ]
     if cfg.apt_packages:

@@ -15,7 +15,7 @@ from typing import Any
 from tether import agents, autopilot, cost, rentals, runs, vocab
 from tether.context import Ctx
 from tether.errors import TetherError
-from tether.fmt import duration
+from tether.fmt import duration, iso
 from tether.hosts import LOCAL, resolve
 from tether.providers import provider_for
 from tether.runs import HostProgress
@@ -61,6 +61,8 @@ def observe_rented(ctx: Ctx) -> list[str]:
 class ServerRow:
     name: str
     state: str
+    since: float
+    """When it entered ``state`` (first recorded), e.g. when it was preempted."""
     dph_now: float | None
     uptime_s: float | None
     accrued_usd: float
@@ -73,6 +75,7 @@ class ServerRow:
         return {
             "name": self.name,
             "state": self.state,
+            "since": self.since,
             "dph_now": self.dph_now,
             "uptime_s": self.uptime_s,
             "accrued_usd": self.accrued_usd,
@@ -162,6 +165,7 @@ def report(ctx: Ctx) -> Report:
             ServerRow(
                 name=rec.name,
                 state=rec.state,
+                since=view.since,
                 dph_now=spent.burn_dph if spent else None,
                 uptime_s=now - view.since if rec.state == "running" else None,
                 accrued_usd=spent.total_usd if spent else 0.0,
@@ -171,6 +175,11 @@ def report(ctx: Ctx) -> Report:
                 decision=cost.decide(view, now, policy),
             )
         )
+        if rec.state == "preempted":
+            out.warnings.append(
+                f"{rec.name} was preempted (outbid) at {iso(view.since)}: its disk is kept and billed; "
+                f"`tether up {rec.name}` starts it again."
+            )
         if idle_for is not None and idle_for > policy.destroy_after_idle_hours * 3600:
             out.warnings.append(f"{rec.name} has been idle {duration(idle_for)}: `tether down {rec.name}`.")
         if view.unsynced:

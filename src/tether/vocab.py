@@ -60,6 +60,8 @@ LIB_DIR = TETHER_DIR + "/lib"
 SETUP_SCRIPT = TETHER_DIR + "/setup.sh"
 AGENT_STATUS = "AGENT_STATUS.json"
 SETUP_LOG = "SETUP_LOG.txt"
+#: In the login user's home on a Vast.ai instance: its presence stops the image's auto-tmux on SSH login.
+NO_AUTO_TMUX = ".no_auto_tmux"
 RUN_RECORD = "run.json"
 RUN_LOG = "log"
 

@@ -205,7 +205,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         for s in rep.servers:
             table.add_row(
                 s.name,
-                s.state,
+                f"{s.state} ({duration(now - s.since)} ago)" if s.state in ("preempted", "queued") else s.state,
                 f"{(s.dph_now or 0):.4f}",
                 duration(s.uptime_s),
                 f"${s.accrued_usd:.2f}",

@@ -156,7 +156,9 @@ def progress(ctx: click.Context, host: str | None, local: bool, as_json: bool) -
     for col in ("host", "run", "state", "progress", "done", "failed", "rate", "ETA"):
         table.add_column(col, justify="right" if col in ("done", "failed", "rate", "ETA") else "left")
     for hd in docs:
-        if hd.error:
+        if hd.server_state:
+            table.add_row(hd.host, "-", status_text(hd.server_state), hd.error or "", "", "", "", "")
+        elif hd.error:
             table.add_row(hd.host, "-", styled("unreachable", "red"), hd.error, "", "", "", "")
         for r in hd.runs:
             table.add_row(

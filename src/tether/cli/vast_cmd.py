@@ -8,8 +8,11 @@ import click
 
 from tether import autopilot, rentals
 from tether import status as status_core
+from tether.autopilot import entered_state_at
 from tether.cli.common import context, duration, emit_json, json_option, load_project, new_table, out, say, state, warn
+from tether.cost import rate_kind
 from tether.errors import ConfigError
+from tether.fmt import iso
 from tether.profiles import estimate_cost
 from tether.providers import provider_for
 
@@ -105,18 +108,22 @@ def ls_cmd(ctx: click.Context, refresh: bool, as_json: bool) -> None:
         problems = status_core.observe_rented(c) if refresh else []
         now = c.now()
         for r in (r for r in c.state.instances() if r.provider == rentals.PROVIDER):
-            hourly = r.dph_total if r.state == "running" else r.storage_dph
+            kind = rate_kind(r.state)
+            hourly = r.dph_total if kind == "full" else r.storage_dph if kind == "storage" else 0.0
             rows.append(
                 {
                     "name": r.name,
                     "instance_id": r.instance_id,
                     "state": r.state,
+                    "since": entered_state_at(c.state, r),
                     "address": r.address,
                     "dph_total": r.dph_total,
                     "storage_dph": r.storage_dph,
-                    "hourly_now": 0.0 if r.state == "gone" else hourly,
+                    "hourly_now": hourly,
                     "created": r.created,
                     "age_s": now - r.created,
+                    "offer_type": r.meta.get("offer_type") or "on-demand",
+                    "bid_usd": r.meta.get("bid_usd"),
                     **{k: r.meta.get(k) for k in ("profile", "gpu_name", "num_gpus")},
                 }
             )
@@ -133,16 +140,28 @@ def ls_cmd(ctx: click.Context, refresh: bool, as_json: bool) -> None:
         table.add_column(col)
     for row in rows:
         gpu = f"{row['num_gpus']}x {row['gpu_name']}" if row.get("num_gpus") else "-"
+        state_cell = row["state"]
+        if row["state"] in ("preempted", "queued", "frozen", "exited", "unknown"):
+            state_cell += f" ({duration(now - row['since'])} ago)"
+        price = f"{(row['hourly_now'] or 0):.4f}"
+        if row["bid_usd"] is not None:
+            price += f" (bid {row['bid_usd']:.4f})"
         table.add_row(
             row["name"],
             str(row["instance_id"]),
-            row["state"],
-            f"{(row['hourly_now'] or 0):.4f}",
+            state_cell,
+            price,
             gpu,
             row["address"] or "-",
             duration(row["age_s"]),
         )
     out.print(table)
+    for row in rows:
+        if row["state"] == "preempted":
+            say(
+                f"{row['name']} was preempted (outbid) at {iso(row['since'])}: its disk is kept and billed; "
+                f"`tether up {row['name']}` starts it again."
+            )
 
 
 @click.command()

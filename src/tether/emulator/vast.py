@@ -22,23 +22,39 @@ What it speaks (same paths, verbs, bodies and status codes as Vast.ai, see the p
 - ``GET /api/v0/instances/{id}/?owner=me``: ``{"instances": {...}}``, or ``{"instances": null}`` once destroyed.
 - ``PUT /api/v0/instances/{id}/`` with ``{"state": "stopped"|"running"}`` or ``{"label": "x"}``;
   ``DELETE /api/v0/instances/{id}/`` destroys (404 if unknown or already destroyed).
-- Auth: ``Authorization: Bearer <key>``; a wrong key answers 404 ``{"success": false, "error": "auth_error",
-  "msg": "Invalid user key"}``, a missing one 401.
+- ``GET /api/v0/ssh/`` (``{"ssh_keys": [{"id", "public_key", ...}]}``), ``POST /api/v0/ssh/`` ``{"ssh_key"}``,
+  ``POST /api/v0/instances/{id}/ssh/`` ``{"ssh_key"}``: the account's keys, which an instance gets when it is
+  created (later keys reach it only when attached to it).
+- Auth: ``Authorization: Bearer <key>``; a wrong key answers 401 ``{"success": false, "error": "auth_error",
+  "msg": "Invalid user key"}`` (``emu.bad_key_status = 404`` answers as some routes have), a missing one 401.
+- A path that is no route answers a 404 HTML page (what a wrong ``VAST_URL`` meets).
+
+A create with a ``price`` is an interruptible (bid) rental billed at that price plus storage; a price below the
+offer's ``min_bid`` makes a stopped instance and answers 400 ``bid_too_low`` with its ``new_contract``. With
+``emu.credit`` set, a create the remaining credit cannot cover for an hour answers 400 ``insufficient_credit``.
+Searches answer at most 64 offers, whatever ``limit`` says.
 
 Instances walk ``loading`` → ``running`` after ``loading_s`` seconds of the emulator's :class:`Clock` (a test
 calls ``clock.advance``; the command-line emulator runs on real time). Each instance is a real SSH host made by
 ``host_factory(instance_id)`` (default: :class:`tether.testing.sshd.SshdHost`, one directory per instance);
 while running, its JSON has ``public_ipaddr`` 127.0.0.1 and ``ports["22/tcp"][0]["HostPort"]`` = the sshd
-port, and ``ssh_host``/``ssh_port`` carry the same pair. Stopping stops the sshd (its files stay); starting
-brings it back (on a new port if asked).
+port; ``ssh_host``/``ssh_port`` is the service's proxy, a loopback forwarder on another port (the only address
+when the runtype has no ``ssh_direc``). Stopping stops the sshd (its files stay); starting brings it back (on a
+new port if asked) and runs the ``onstart`` script there again. The default sshd hosts have the vendor's auto-tmux
+login (:class:`tether.testing.sshd.SshdHost` ``auto_tmux``): a terminal login without ``~/.no_auto_tmux`` lands in
+the vendor's tmux session instead of its command.
 
-Money: per second of the clock, ``dph_total`` while running, only the storage part (``storage_total_cost``)
-while loading, stopped or exited, nothing once destroyed. ``account_total()`` sums every instance ever rented.
+States as the vendor lists them, with ``intended_status``, ``cur_state`` and ``next_state``: an outbid instance is
+stopped with intended running and next stopped; a queued start is stopped with intended running and next running.
+
+Money: per second of the clock, ``dph_total`` while running, frozen or rebooting, only the storage part
+(``storage_total_cost``) otherwise, nothing once destroyed. ``account_total()`` sums every instance ever rented.
 
 Faults (Python: ``emu.faults.<name>(...)``; HTTP: ``POST /_emulator/faults {"kind": name, ...params}``):
 
 - ``rate_limit(count, retry_after=1.0)``: the next ``count`` API requests answer 429 with ``Retry-After``;
-- ``quota_exceeded(count=1, retry_after=86400)``: the next searches answer 429 ``search_quota_exceeded``;
+- ``quota_exceeded(count=1, retry_after=86400, reset_in=None)``: the next searches answer 429
+  ``search_quota_exceeded`` (``Retry-After``, and ``X-RateLimit-Reset`` as an epoch time when ``reset_in``);
 - ``server_error(count, status=503)``: the next ``count`` API requests answer that 5xx;
 - ``delay(count, seconds)``: the next ``count`` API requests are handled, then answered ``seconds`` late
   (wall time), to make a client time out;
@@ -47,11 +63,18 @@ Faults (Python: ``emu.faults.<name>(...)``; HTTP: ``POST /_emulator/faults {"kin
 - ``new_port_on_restart(on=True)``: a started instance comes back on a new SSH port;
 - ``stuck_restart(count=1)``: the next starts hang in scheduling (the GPU was rented meanwhile);
 - ``take_offer(offer_id)``: someone else rents that offer now (a create for it then fails);
+- ``oci_failure(count=1)``: the next instances stay ``created`` with "OCI runtime create failed" (never start);
+- ``queued_start(after_s, count=1)``: the next starts are queued (the GPU is in use) and happen by themselves
+  ``after_s`` seconds of the clock later, billing from then on;
+- ``refuse_keys(seconds, count=1)``: the next instances refuse every key for their first ``seconds`` (wall time);
 - ``clear()``: no more faults.
 
-Test hooks (Python: ``emu.preempt(id)``, ``emu.vanish(id)``; HTTP: ``POST /_emulator/preempt {"id": N}``,
-``POST /_emulator/vanish {"id": N}``): outbid an instance (stopped by the service, ``intended_status`` still
-``running``, ``cur_state == next_state == "stopped"``), or make its host disappear with it.
+Test hooks (Python: ``emu.preempt(id)``, ``emu.vanish(id)``, ``emu.set_status(id, actual_status, msg)``,
+``emu.add_ssh_key(line)``; HTTP: ``POST /_emulator/preempt {"id": N}``, ``/_emulator/vanish {"id": N}``,
+``/_emulator/status {"id", "actual_status", "msg"}``, ``/_emulator/ssh_key {"ssh_key"}``, ``/_emulator/credit
+{"usd"}``): outbid an instance (stopped by the service, ``intended_status`` still ``running``, ``cur_state ==
+next_state == "stopped"``), make its host disappear with it, put it in any vendor status, add an account key, set
+the account's credit.
 
 Other admin endpoints (no auth, never faulted): ``POST /_emulator/clock {"advance": s}``,
 ``GET /_emulator/state`` → ``{"now", "total_cost", "instances": [...]}``.
@@ -148,12 +171,13 @@ def null_host_factory(instance_id: int) -> HostHandle:
 
 
 def sshd_host_factory(base_dir: Path) -> HostFactory:
-    """Real sshd hosts, one directory ``base_dir/instance-<id>`` per instance (its ``root/`` is /workspace)."""
+    """Real sshd hosts, one directory ``base_dir/instance-<id>`` per instance (its ``root/`` is /workspace), with the
+    vendor's auto-tmux login."""
 
     def make(instance_id: int) -> HostHandle:
         from tether.testing.sshd import SshdHost
 
-        host = SshdHost(base_dir / f"instance-{instance_id}")
+        host = SshdHost(base_dir / f"instance-{instance_id}", auto_tmux=True)
         host.start()
         return host
 
@@ -185,7 +209,8 @@ class Faults:
             self.rate_limit_left = 0
             self.rate_limit_retry_after: float | None = 1.0
             self.quota_left = 0
-            self.quota_retry_after = 86400.0
+            self.quota_retry_after: float | None = 86400.0
+            self.quota_reset_in: float | None = None
             self.server_error_left = 0
             self.server_error_status = 503
             self.delay_left = 0
@@ -195,14 +220,21 @@ class Faults:
             self.new_port_after_restart = False
             self.stuck_restart_left = 0
             self.taken_offers: set[int] = set()
+            self.oci_failure_left = 0
+            self.queued_start_left = 0
+            self.queued_start_after = 0.0
+            self.refuse_keys_left = 0
+            self.refuse_keys_s = 0.0
 
     def rate_limit(self, count: int, retry_after: float | None = 1.0) -> None:
         with self._lock:
             self.rate_limit_left, self.rate_limit_retry_after = count, retry_after
 
-    def quota_exceeded(self, count: int = 1, retry_after: float = 86400.0) -> None:
+    def quota_exceeded(
+        self, count: int = 1, retry_after: float | None = 86400.0, reset_in: float | None = None
+    ) -> None:
         with self._lock:
-            self.quota_left, self.quota_retry_after = count, retry_after
+            self.quota_left, self.quota_retry_after, self.quota_reset_in = count, retry_after, reset_in
 
     def server_error(self, count: int, status: int = 503) -> None:
         with self._lock:
@@ -232,6 +264,18 @@ class Faults:
         with self._lock:
             self.taken_offers.add(int(offer_id))
 
+    def oci_failure(self, count: int = 1) -> None:
+        with self._lock:
+            self.oci_failure_left = count
+
+    def queued_start(self, after_s: float, count: int = 1) -> None:
+        with self._lock:
+            self.queued_start_left, self.queued_start_after = count, float(after_s)
+
+    def refuse_keys(self, seconds: float, count: int = 1) -> None:
+        with self._lock:
+            self.refuse_keys_left, self.refuse_keys_s = count, float(seconds)
+
     def apply(self, spec: Mapping[str, Any]) -> None:
         """Set a fault from its JSON form ``{"kind": name, ...params}`` (the admin endpoint)."""
         kind = str(spec.get("kind", ""))
@@ -246,6 +290,9 @@ class Faults:
             "new_port_on_restart": self.new_port_on_restart,
             "stuck_restart": self.stuck_restart,
             "take_offer": self.take_offer,
+            "oci_failure": self.oci_failure,
+            "queued_start": self.queued_start,
+            "refuse_keys": self.refuse_keys,
             "clear": self.clear,
         }
         if kind not in handlers:
@@ -263,9 +310,12 @@ class Faults:
     def request_fault(self, is_search: bool) -> tuple[int, dict[str, str], Any] | None:
         """The fault answer for the next API request, if any (quota first, then 429, then 5xx)."""
         if is_search and self._take("quota_left"):
+            headers = {} if self.quota_retry_after is None else {"Retry-After": f"{self.quota_retry_after:g}"}
+            if self.quota_reset_in is not None:
+                headers["X-RateLimit-Reset"] = f"{time.time() + self.quota_reset_in:.0f}"
             return (
                 429,
-                {"Retry-After": f"{self.quota_retry_after:g}"},
+                headers,
                 {
                     "success": False,
                     "error": "search_quota_exceeded",
@@ -282,10 +332,31 @@ class Faults:
     def take_delay(self) -> float:
         return self.delay_s if self._take("delay_left") else 0.0
 
+    def take_key_refusal(self) -> float:
+        return self.refuse_keys_s if self._take("refuse_keys_left") else 0.0
+
+    def take_queued_start(self) -> float | None:
+        return self.queued_start_after if self._take("queued_start_left") else None
+
+
+#: The status message of a container the host could not create (what Docker says; the instance never starts).
+OCI_FAILURE = (
+    "Error response from daemon: failed to create task for container: failed to create shim task: OCI runtime "
+    'create failed: runc create failed: unable to start container process: exec: "/bin/bash": no such file'
+)
+#: States the emulator bills at the full rate (the GPU is held); the vendor's docs say so for frozen.
+FULL_RATE = frozenset({"running", "frozen", "rebooting"})
+
 
 @dataclass
 class EmuInstance:
-    """One rented instance as the emulator keeps it."""
+    """One rented instance as the emulator keeps it.
+
+    ``state`` is the vendor's ``actual_status`` (``created``, ``loading``, ``running``, ``stopped``, ``frozen``,
+    ``exited``, ``rebooting``, ``unknown``, ``offline``, ``none`` for null) or ``destroyed``. ``intended`` is the
+    renter's ``intended_status``; ``preempted`` marks a service stop against it (outbid); ``start_at`` a queued start
+    the service performs by itself at that time (None: not queued; ``inf``: never).
+    """
 
     id: int
     offer: dict[str, Any]
@@ -299,7 +370,7 @@ class EmuInstance:
     dph_base: float
     storage_total_cost: float
     host: HostHandle | None
-    state: str = "loading"  # loading, running, stopped, exited, destroyed
+    state: str = "loading"
     intended: str = "running"
     ready_at: float | None = None
     will_exit: bool = False
@@ -309,13 +380,20 @@ class EmuInstance:
     running_since: float | None = None
     history: list[str] = field(default_factory=list)
     preempted: bool = False
+    price: float | None = None
+    """The bid ($/hr for the machine) of an interruptible rental; None on demand."""
+    start_at: float | None = None
+    keys: list[str] = field(default_factory=list)
+    """SSH public keys on this instance: the account's at creation, and those attached to it since."""
+    proxy: Any = None
+    """The loopback forwarder playing the service's SSH proxy (``ssh_host:ssh_port``), apart from the direct port."""
 
     @property
     def dph_total(self) -> float:
         return self.dph_base + self.storage_total_cost
 
     def rate(self) -> float:
-        if self.state == "running":
+        if self.state in FULL_RATE:
             return self.dph_total
         if self.state == "destroyed":
             return 0.0
@@ -330,8 +408,17 @@ class EmuInstance:
         self.state = state
         self.history.append(state)
 
-    def settle(self, now: float) -> None:
-        """Bring state and accrued cost up to ``now``."""
+    def settle(self, now: float) -> bool:
+        """Bring state and accrued cost up to ``now``; True when a queued start began (its host must restart)."""
+        began = False
+        if self.state == "stopped" and self.start_at is not None and now >= self.start_at:
+            # The queued start happens by itself once the GPU is free, and from then on it loads and bills.
+            self._accrue(self.start_at)
+            self.start_at = None
+            self._set("loading")
+            self.status_msg = "starting"
+            self.ready_at = self.last_t
+            began = True
         if self.state == "loading" and self.ready_at is not None and now >= self.ready_at:
             self._accrue(self.ready_at)
             self.ready_at = None
@@ -343,29 +430,34 @@ class EmuInstance:
                 self.status_msg = "success, running " + self.image
                 self.running_since = self.last_t
         self._accrue(now)
+        return began
 
     def to_json(self, now: float) -> dict[str, Any]:
         running = self.state == "running" and self.host is not None
+        direct = "ssh_direc" in self.runtype
         port = self.host.port if self.host is not None else None
-        actual = "stopped" if self.state == "stopped" else self.state
+        proxy_port = self.proxy.port if self.proxy is not None else port
+        stopped = self.state == "stopped"
         return {
             "id": self.id,
             "label": self.label,
-            "actual_status": actual,
+            "actual_status": None if self.state == "none" else self.state,
             "intended_status": self.intended,
-            # An outbid (preempted) instance: the service stopped it, the renter still intends it running, and
-            # nothing will start it: cur_state == next_state == "stopped" while intended_status is "running".
-            "cur_state": "stopped" if self.preempted or self.intended != "running" else "running",
+            # cur_state: the machine contract (stopped once the GPU is let go); next_state: where the service takes
+            # it. An outbid instance: stopped, intended running, next stopped. A queued start: next running.
+            "cur_state": "stopped" if stopped else "running",
             "next_state": "stopped" if self.preempted else self.intended,
             "status_msg": self.status_msg,
             "image_uuid": self.image,
             "image_runtype": self.runtype,
             "onstart": self.onstart,
             "extra_env": [[k, v] for k, v in self.env.items()],
+            "is_bid": self.price is not None,
+            "min_bid": self.offer.get("min_bid"),
             "ssh_host": "127.0.0.1",
-            "ssh_port": port,
+            "ssh_port": proxy_port,
             "public_ipaddr": "127.0.0.1",
-            "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]} if running else {},
+            "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]} if running and direct else {},
             "machine_id": self.offer.get("machine_id"),
             "host_id": self.offer.get("host_id"),
             "gpu_name": self.offer.get("gpu_name"),
@@ -497,6 +589,15 @@ class VastEmulator:
         self.faults = Faults()
         self.instances: dict[int, EmuInstance] = {}
         self.requests: list[tuple[str, str]] = []
+        self.bodies: list[tuple[str, str, Any]] = []
+        """Every API request's method, path and JSON body, as sent (what a test checks a client sent)."""
+        self.ssh_keys: list[dict[str, Any]] = []
+        """The account's SSH keys (``GET /api/v0/ssh/``); an instance gets the ones present when it is created."""
+        self.bad_key_status = 401
+        """What a wrong key gets: 401 as the service answers; 404 with ``auth_error`` as some routes have."""
+        self.credit: float | None = None
+        """The account's credit in dollars (None: unlimited); a create that it cannot cover for an hour is refused."""
+        self._next_key_id = 1
         self._next_id = first_instance_id
         self._lock = threading.RLock()
         self._tmp: Path | None = None
@@ -544,6 +645,8 @@ class VastEmulator:
             for inst in self.instances.values():
                 if inst.host is not None:
                     inst.host.stop()
+                if inst.proxy is not None:
+                    inst.proxy.close()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
@@ -558,9 +661,24 @@ class VastEmulator:
 
     def settle(self) -> None:
         now = self.clock.now()
+        began: list[EmuInstance] = []
         with self._lock:
             for inst in self.instances.values():
-                inst.settle(now)
+                if inst.settle(now):
+                    began.append(inst)
+        for inst in began:
+            self._bring_up(inst, new_port=self.faults.new_port_after_restart)
+
+    def _bring_up(self, inst: EmuInstance, new_port: bool = False) -> None:
+        """(Re)start an instance's host: sshd back up, the proxy aimed at it, the onstart script run."""
+        if inst.host is None:
+            return
+        inst.host.restart(new_port=new_port)
+        if inst.proxy is not None:
+            inst.proxy.target = (inst.host.host, inst.host.port)
+        runner = getattr(inst.host, "run_onstart", None)
+        if inst.onstart and runner is not None:
+            runner(inst.onstart)
 
     def account_total(self) -> float:
         """Dollars accrued by every instance ever rented, up to the clock's now."""
@@ -606,7 +724,8 @@ class VastEmulator:
     def search(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
         disk = _num(body.get("allocated_storage"), 5.0)
         order = body.get("order") or [["score", "desc"]]
-        limit = int(_num(body.get("limit"), DEFAULT_LIMIT))
+        # The service answers at most 64 offers, whatever the limit asks: one offer is found by `id`, not by paging.
+        limit = max(1, min(int(_num(body.get("limit"), DEFAULT_LIMIT)), DEFAULT_LIMIT))
         filters = wire_filters(body)
         with self._lock:
             quoted = []
@@ -616,6 +735,7 @@ class VastEmulator:
                 q["storage_total_cost"] = round(storage, 6)
                 q["dph_total"] = round(_num(o.get("dph_base")) + storage, 6)
                 q.setdefault("rentable", True)
+                q.setdefault("rented", False)
                 if offer_matches(filters, q):
                     quoted.append(q)
         keys = [(str(x[0]), str(x[1])) for x in order if isinstance(x, list | tuple) and len(x) == 2]
@@ -628,6 +748,11 @@ class VastEmulator:
         if not isinstance(image, str) or not image:
             return 400, {"success": False, "error": "invalid_args", "msg": "image is required"}
         disk = _num(body.get("disk"), 10.0)
+        price_raw = body.get("price")
+        price = None if price_raw is None else _num(price_raw, -1.0)
+        if price is not None and price < 0:
+            return 400, {"success": False, "error": "invalid_args", "msg": f"bad price {price_raw!r}"}
+        self.settle()
         with self._lock:
             offer = next((o for o in self._available() if int(o["id"]) == offer_id), None)
             if offer is None:
@@ -636,11 +761,23 @@ class VastEmulator:
                     "error": "no_such_ask",
                     "msg": f"Instance type by id {offer_id} is not available.",
                 }
+            storage = _num(offer.get("storage_cost")) * disk / 720.0
+            base = _num(offer.get("dph_base")) if price is None else price
+            if self.credit is not None:
+                left = self.credit - sum(i.accrued for i in self.instances.values())
+                if left < base + storage:
+                    return 400, {
+                        "success": False,
+                        "error": "insufficient_credit",
+                        "msg": "Your account balance is too low to rent this instance; add credit to continue.",
+                    }
             new_id = self._next_id
             self._next_id += 1
             now = self.clock.now()
             stuck = self.faults._take("stuck_loading_left")
             will_exit = self.faults._take("exit_left")
+            oci = self.faults._take("oci_failure_left")
+            low_bid = price is not None and price < _num(offer.get("min_bid"))
             env = body.get("env") if isinstance(body.get("env"), dict) else {}
             inst = EmuInstance(
                 id=new_id,
@@ -652,18 +789,58 @@ class VastEmulator:
                 disk=disk,
                 runtype=str(body.get("runtype") or "ssh_proxy"),
                 created_at=now,
-                dph_base=_num(offer.get("dph_base")),
-                storage_total_cost=_num(offer.get("storage_cost")) * disk / 720.0,
+                dph_base=base,
+                storage_total_cost=storage,
                 host=None,
-                ready_at=None if stuck else now + self.loading_s,
+                ready_at=None if (stuck or oci or low_bid) else now + self.loading_s,
                 will_exit=will_exit,
                 status_msg="Pulling image " + image,
                 last_t=now,
                 history=["loading"],
+                price=price,
+                keys=[k["public_key"] for k in self.ssh_keys],
             )
+            if oci:
+                inst.state, inst.history, inst.status_msg = "created", ["created"], OCI_FAILURE
+            if low_bid:
+                # The service makes the instance anyway, stopped, and says no (dstack handles exactly this).
+                inst.state, inst.history, inst.preempted = "stopped", ["stopped"], True
+                inst.status_msg = "stopped: bid below the minimum"
             self.instances[new_id] = inst
-        inst.host = self._host_factory(new_id)
+        self._make_host(inst, start=not (oci or low_bid))
+        if low_bid:
+            return 400, {
+                "success": False,
+                "error": "bid_too_low",
+                "msg": f"Your bid ${price:.4f}/hr is below the minimum ${_num(offer.get('min_bid')):.4f}/hr.",
+                "new_contract": new_id,
+            }
         return 200, {"success": True, "new_contract": new_id}
+
+    def _make_host(self, inst: EmuInstance, *, start: bool) -> None:
+        """The instance's SSH host, its proxy, its keys (late when the fault says so), its onstart script."""
+        host = self._host_factory(inst.id)
+        inst.host = host
+        from tether.testing.proxy import CutProxy
+
+        inst.proxy = CutProxy(host.port, host.host)
+        authorize = getattr(host, "authorize", None)
+        if authorize is not None:
+            late = self.faults.take_key_refusal()
+            if late > 0:
+                # A fresh instance refuses every key for its first seconds (the vendor's login banner says so).
+                authorize([])
+                timer = threading.Timer(late, authorize, args=(list(inst.keys),))
+                timer.daemon = True
+                timer.start()
+            else:
+                authorize(list(inst.keys))
+        if not start:
+            host.stop()
+            return
+        runner = getattr(host, "run_onstart", None)
+        if inst.onstart and runner is not None:
+            runner(inst.onstart)
 
     def list_page(self, after: str | None, limit: int) -> dict[str, Any]:
         self.settle()
@@ -684,6 +861,7 @@ class VastEmulator:
         self.settle()
         restart: tuple[HostHandle, bool] | None = None
         stop_host: HostHandle | None = None
+        message = ""
         with self._lock:
             inst = self.instances.get(instance_id)
             if inst is None or inst.state == "destroyed":
@@ -694,9 +872,14 @@ class VastEmulator:
             if want == "stopped" and inst.preempted:
                 inst.intended = "stopped"
                 inst.preempted = False
-            elif want == "stopped" and inst.state != "stopped":
+            elif want == "stopped" and inst.state == "stopped":
+                inst.intended = "stopped"
+                inst.start_at = None  # a queued start is cancelled by a stop
+                inst.status_msg = "stopped by user"
+            elif want == "stopped":
                 inst.intended = "stopped"
                 inst.ready_at = None
+                inst.start_at = None
                 inst._set("stopped")
                 inst.status_msg = "stopped by user"
                 inst.running_since = None
@@ -704,8 +887,16 @@ class VastEmulator:
             elif want == "running" and inst.state in ("stopped", "exited"):
                 inst.intended = "running"
                 inst.preempted = False
+                queued = self.faults.take_queued_start()
                 if self.faults._take("stuck_restart_left"):
                     inst.status_msg = "scheduling: waiting for the GPU (rented by another client)"
+                    inst.start_at = float("inf")
+                    message = "state change queued: the GPU is in use"
+                elif queued is not None:
+                    # The GPU is busy: the service queues the start and performs it by itself later, billing.
+                    inst.status_msg = "scheduling: state change queued, the GPU is in use"
+                    inst.start_at = self.clock.now() + queued
+                    message = "state change queued: the GPU is in use"
                 else:
                     inst._set("loading")
                     inst.ready_at = self.clock.now() + self.loading_s
@@ -713,13 +904,17 @@ class VastEmulator:
                     inst.status_msg = "starting"
                     if inst.host is not None:
                         restart = (inst.host, self.faults.new_port_after_restart)
+            elif want == "running" and inst.state == "frozen":
+                inst.intended = "running"
+                inst._set("running")
+                inst.status_msg = "success, running " + inst.image
             elif want is not None and want not in ("stopped", "running"):
                 return 400, {"success": False, "error": "invalid_args", "msg": f"bad state {want!r}"}
         if stop_host is not None:
             stop_host.stop()
         if restart is not None:
-            restart[0].restart(new_port=restart[1])
-        return 200, {"success": True}
+            self._bring_up(inst, new_port=restart[1])
+        return 200, {"success": True, "msg": message} if message else {"success": True}
 
     def destroy(self, instance_id: int) -> tuple[int, dict[str, Any]]:
         self.settle()
@@ -729,9 +924,12 @@ class VastEmulator:
                 return 404, {"success": False, "error": "no_such_instance", "msg": f"No instance {instance_id}."}
             inst._set("destroyed")
             inst.ready_at = None
+            inst.start_at = None
             host = inst.host
         if host is not None:
             host.stop()
+        if inst.proxy is not None:
+            inst.proxy.close()
         return 200, {"success": True}
 
     # ------------------------------------------------------------------------------------------ test hooks
@@ -752,6 +950,46 @@ class VastEmulator:
             host = inst.host
         if host is not None:
             host.stop()
+
+    def set_status(self, instance_id: int, actual_status: str | None, msg: str = "") -> None:
+        """Put the instance in any status the vendor lists (``frozen``, ``rebooting``, ``unknown``, ``offline``,
+        ``exited``, ``created``, ``loading``, ``running``, ``stopped``, or None for null), billed as the vendor's
+        docs say (GPU and disk while running, frozen or rebooting; the disk otherwise)."""
+        self.settle()
+        with self._lock:
+            inst = self.instances.get(int(instance_id))
+            if inst is None or inst.state == "destroyed":
+                raise ValueError(f"no instance {instance_id}")
+            inst._accrue(self.clock.now())
+            inst._set("none" if actual_status is None else str(actual_status))
+            inst.ready_at = None
+            if msg:
+                inst.status_msg = msg
+            if actual_status == "frozen":
+                inst.intended = "frozen"
+
+    def add_ssh_key(self, public_key: str) -> int:
+        """Put a public key on the account (what ``vastai create ssh-key`` does); instances created from now on get
+        it. Its id."""
+        with self._lock:
+            key_id = self._next_key_id
+            self._next_key_id += 1
+            self.ssh_keys.append(
+                {"id": key_id, "public_key": public_key.strip(), "created_at": self.clock.now(), "deleted_at": None}
+            )
+            return key_id
+
+    def attach_ssh_key(self, instance_id: int, public_key: str) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            inst = self.instances.get(int(instance_id))
+            if inst is None or inst.state == "destroyed":
+                return 404, {"success": False, "error": "no_such_instance", "msg": f"No instance {instance_id}."}
+            inst.keys.append(public_key.strip())
+            keys = list(inst.keys)
+        authorize = getattr(inst.host, "authorize", None)
+        if authorize is not None:
+            authorize(keys)
+        return 200, {"success": True, "msg": "ssh key attached"}
 
     def vanish(self, instance_id: int) -> None:
         """The host goes away with the instance (a machine removed from the market): it answers nothing, the
@@ -778,21 +1016,24 @@ class VastEmulator:
             return (*self._admin(method, path, body), 0.0)
         with self._lock:
             self.requests.append((method, path))
+            self.bodies.append((method, path, body))
         fault = self.faults.request_fault(is_search=path == "/api/v0/bundles/")
         if fault is not None:
             return (*fault, 0.0)
         delay = self.faults.take_delay()
         auth = headers.get("Authorization") or headers.get("authorization") or ""
         if not auth.startswith("Bearer "):
-            return 401, {}, {"success": False, "error": "auth_error", "msg": "No API key given."}, delay
+            return 401, {}, {"success": False, "error": "auth_error", "msg": "Please log in or sign up"}, delay
         if auth[len("Bearer ") :] != self.api_key:
-            return 404, {}, {"success": False, "error": "auth_error", "msg": "Invalid user key"}, delay
+            # What the service answers for a wrong or deleted key (its OpenAPI spec and the vendor's CLI).
+            refusal: dict[str, Any] = {"success": False, "error": "auth_error", "msg": "Invalid user key"}
+            return self.bad_key_status, {}, refusal, delay
         status, answer = self._api(method, path, query, body if isinstance(body, dict) else {})
         return status, {}, answer, delay
 
     def _api(
         self, method: str, path: str, query: Mapping[str, str], body: Mapping[str, Any]
-    ) -> tuple[int, dict[str, Any]]:
+    ) -> tuple[int, dict[str, Any] | str]:
         segs = [s for s in path.split("/") if s]
         if method == "POST" and segs == ["api", "v0", "bundles"]:
             return 200, {"offers": self.search(body)}
@@ -803,6 +1044,26 @@ class VastEmulator:
             return 200, self.list_page(query.get("after_token"), limit)
         if method == "GET" and segs == ["api", "v0", "instances"]:
             return 410, {"success": False, "error": "gone", "msg": "Use /api/v1/instances/."}
+        if segs == ["api", "v0", "ssh"] and method == "GET":
+            with self._lock:
+                return 200, {"ssh_keys": [dict(k) for k in self.ssh_keys]}
+        if segs == ["api", "v0", "ssh"] and method == "POST":
+            key = body.get("ssh_key")
+            if not isinstance(key, str) or not key.strip().startswith(("ssh-", "ecdsa-", "sk-")):
+                return 400, {"success": False, "error": "invalid_args", "msg": "ssh_key must be an OpenSSH public key"}
+            key_id = self.add_ssh_key(key)
+            return 200, {"success": True, "key": next(dict(k) for k in self.ssh_keys if k["id"] == key_id)}
+        if (
+            method == "POST"
+            and len(segs) == 5
+            and segs[:3] == ["api", "v0", "instances"]
+            and segs[3].isdigit()
+            and segs[4] == "ssh"
+        ):
+            key = body.get("ssh_key")
+            if not isinstance(key, str) or not key.strip():
+                return 400, {"success": False, "error": "invalid_args", "msg": "ssh_key is required"}
+            return self.attach_ssh_key(int(segs[3]), key)
         if len(segs) == 4 and segs[:3] == ["api", "v0", "instances"] and segs[3].isdigit():
             iid = int(segs[3])
             if method == "GET":
@@ -811,7 +1072,7 @@ class VastEmulator:
                 return self.change(iid, body)
             if method == "DELETE":
                 return self.destroy(iid)
-        return 404, {"success": False, "error": "not_found", "msg": f"No route {method} {path}"}
+        return 404, _NOT_FOUND_PAGE
 
     def _admin(self, method: str, path: str, body: Any) -> tuple[int, dict[str, str], Any]:
         try:
@@ -824,6 +1085,16 @@ class VastEmulator:
             if method == "POST" and path == "/_emulator/preempt/":
                 self.preempt(int(_num((body or {}).get("id"), -1)))
                 return 200, {}, {"success": True}
+            if method == "POST" and path == "/_emulator/status/":
+                b = body or {}
+                self.set_status(int(_num(b.get("id"), -1)), b.get("actual_status"), str(b.get("msg") or ""))
+                return 200, {}, {"success": True}
+            if method == "POST" and path == "/_emulator/ssh_key/":
+                return 200, {}, {"id": self.add_ssh_key(str((body or {}).get("ssh_key") or ""))}
+            if method == "POST" and path == "/_emulator/credit/":
+                raw = (body or {}).get("usd")
+                self.credit = None if raw is None else _num(raw)
+                return 200, {}, {"success": True}
             if method == "POST" and path == "/_emulator/vanish/":
                 self.vanish(int(_num((body or {}).get("id"), -1)))
                 return 200, {}, {"success": True}
@@ -832,6 +1103,10 @@ class VastEmulator:
         except (TypeError, ValueError) as exc:
             return 400, {}, {"success": False, "error": "invalid_args", "msg": str(exc)}
         return 404, {}, {"success": False, "error": "not_found", "msg": f"No admin route {method} {path}"}
+
+
+#: What a web server answers for a path that is no API route (a wrong VAST_URL): a page, not JSON.
+_NOT_FOUND_PAGE = "<!doctype html><html><head><title>404 Not Found</title></head><body>Not Found</body></html>"
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -22,7 +22,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tether.errors import ProviderError
 
-InstanceState = Literal["creating", "loading", "running", "stopped", "preempted", "exited", "unknown", "gone"]
+InstanceState = Literal[
+    "creating",
+    "loading",
+    "running",
+    "rebooting",
+    "frozen",
+    "queued",
+    "stopped",
+    "preempted",
+    "exited",
+    "unknown",
+    "gone",
+]
 OfferType = Literal["on-demand", "bid", "reserved"]
 OFFER_TYPES: tuple[OfferType, ...] = ("on-demand", "bid", "reserved")
 
@@ -31,6 +43,24 @@ STOPPED_STATES: frozenset[str] = frozenset({"stopped", "preempted"})
 
 #: States an instance never leaves by itself on the way to ``running``.
 DEAD_STATES: frozenset[str] = frozenset({"exited", "unknown", "gone"})
+
+#: States billed at the full ``dph_total`` (the GPU is held): running, and the two the provider bills like it.
+FULL_RATE_STATES: frozenset[str] = frozenset({"running", "rebooting", "frozen"})
+
+#: What each state means and what it costs, for the README's table and ``--help`` texts.
+STATE_MEANINGS: dict[str, tuple[str, str]] = {
+    "creating": ("created, not provisioned yet", "storage"),
+    "loading": ("the image is being pulled or the container is starting", "storage"),
+    "running": ("the container runs", "full"),
+    "rebooting": ("the container is restarting (transient)", "full"),
+    "frozen": ("paused with its memory kept", "full"),
+    "queued": ("a start waits for the GPU; it starts, and bills, by itself once the GPU is free", "storage"),
+    "stopped": ("stopped; the disk is kept", "storage"),
+    "preempted": ("stopped by the service (outbid), the renter still wants it running", "storage"),
+    "exited": ("the container exited or failed to start; it never runs by itself", "storage"),
+    "unknown": ("no heartbeat from the host, or the host is offline", "storage"),
+    "gone": ("destroyed", "none"),
+}
 
 
 @dataclass(frozen=True)
@@ -113,10 +143,11 @@ class Instance(BaseModel):
     @property
     def hourly_cost(self) -> float:
         """What this instance costs per hour in its current state."""
-        # Vast.ai bills the GPU from `running` on, and the disk from creation until destroyed.
-        if self.state == "running":
+        # Vast.ai bills the GPU while it is held (running, rebooting, frozen), the disk from creation until destroyed.
+        kind = STATE_MEANINGS.get(self.state, ("", "storage"))[1]
+        if kind == "full":
             return self.dph_total
-        if self.state in ("creating", "loading", "stopped", "preempted", "exited", "unknown"):
+        if kind == "storage":
             return self.storage_total_cost
         return 0.0
 
@@ -213,6 +244,15 @@ class Provider(ABC):
         """Destroy the instance and its disk; billing ends. Idempotent: destroying an instance that is already
         gone (or never existed) succeeds. Returns once the request is accepted; :meth:`show` returning None
         confirms it."""
+
+    def account_keys(self) -> list[str] | None:
+        """The SSH public keys (OpenSSH lines) the account puts on instances created from now on, or None when the
+        provider keeps no keys on the account (then nothing can be checked before renting)."""
+        return None
+
+    def attach_key(self, instance_id: str, public_key: str) -> None:
+        """Put one SSH public key on one instance (for an instance made before the key was on the account)."""
+        raise ProviderError(f"The {self.name} provider cannot add an SSH key to instance {instance_id}.")
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op unless the provider holds connections
         """Release connections the provider holds."""

@@ -5,6 +5,12 @@ key and a throwaway user key, and gives a directory of its own (``root_dir``) th
 ``/workspace``. It logs in as the current user (root in CI). ``stop()`` ends only its own sshd and the
 connections it accepted; ``restart(new_port=True)`` comes back on another port (a rented instance after a
 restart); ``rotate_host_key()`` makes the next connection see a changed host key.
+
+For the Vast emulator a host can also play a rented container: ``authorize(keys)`` sets the public keys it accepts
+(besides its own test key), ``run_onstart(script)`` runs a start script there, and ``auto_tmux=True`` adds the
+vendor's auto-tmux login: every session gets its own ``HOME`` (``base_dir/home``), and a login with a terminal lands
+in the vendor's tmux session (the command it asked for is not run) unless ``~/.no_auto_tmux`` exists; a session
+without a terminal runs its command as a shell inside that tmux would (``TMUX`` set).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -99,7 +106,9 @@ class SshdHost:
     authorized_keys, pid file, log) and ``client/`` (the user's key, ``identity_file``).
     """
 
-    def __init__(self, base_dir: Path, *, user: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, base_dir: Path, *, user: str | None = None, port: int | None = None, auto_tmux: bool = False
+    ) -> None:
         sshd = find_sshd()
         if sshd is None:
             raise TetherError(
@@ -118,12 +127,71 @@ class SshdHost:
         self.pid_file = self.etc_dir / "sshd.pid"
         self.log_file = self.etc_dir / "sshd.log"
         self.authorized_keys = self.etc_dir / "authorized_keys"
+        self.auto_tmux = auto_tmux
+        self.home_dir = base_dir / "home"
+        self.login_hook = self.etc_dir / "login-hook.sh"
+        self.vendor_tmux_socket = f"vast-auto-{self.port}-{os.getpid()}"
         self._proc: subprocess.Popen[bytes] | None = None
         self.root_dir.mkdir(parents=True, exist_ok=True)
         generate_key(self.host_key, "tether-test-host")
         generate_key(self.identity_file, "tether-test-user")
         self.identity_file.parent.chmod(0o700)
         self.authorized_keys.write_text(self.identity_file.with_name("id_ed25519.pub").read_text())
+        if auto_tmux:
+            self.home_dir.mkdir(parents=True, exist_ok=True)
+
+    def authorize(self, keys: list[str]) -> None:
+        """Accept exactly these public keys (OpenSSH lines), besides the host's own test key; takes effect on the
+        next login."""
+        own = self.identity_file.with_name("id_ed25519.pub").read_text().strip()
+        lines = [own, *(k.strip() for k in keys if k.strip())]
+        tmp = self.authorized_keys.with_name(".authorized_keys.tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, self.authorized_keys)
+
+    def run_onstart(self, script: str, timeout: float = 60.0) -> int:
+        """Run a start script on the host, as the container's start would (cwd: the root, HOME: the host's home when
+        it has one); its output goes to ``sshd/onstart.log``. The exit code."""
+        env = dict(os.environ)
+        if self.auto_tmux:
+            env["HOME"] = str(self.home_dir)
+        with (self.etc_dir / "onstart.log").open("ab") as log:
+            done = subprocess.run(
+                ["/bin/sh", "-c", script],
+                cwd=self.root_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                timeout=timeout,
+                check=False,
+            )
+        return done.returncode
+
+    def _write_login_hook(self) -> None:
+        home = shlex.quote(str(self.home_dir))
+        sock = shlex.quote(self.vendor_tmux_socket)
+        self.login_hook.write_text(
+            "\n".join(
+                [
+                    "#!/bin/sh",
+                    "# The Vast emulator's auto-tmux login (a model of the vendor's): unless ~/.no_auto_tmux exists, a",
+                    "# login with a terminal lands in the vendor's tmux session instead of the command it asked for.",
+                    f"export HOME={home}",
+                    'cd "$HOME" || exit 1',
+                    'if [ ! -e "$HOME/.no_auto_tmux" ]; then',
+                    '  if [ -n "$SSH_TTY" ]; then',
+                    f"    exec tmux -L {sock} new-session -A -s ssh_tmux",
+                    "  fi",
+                    f'  export TMUX="/tmp/tmux-$(id -u)/{self.vendor_tmux_socket},0,0"',
+                    "fi",
+                    'if [ -n "$SSH_ORIGINAL_COMMAND" ]; then exec "${SHELL:-/bin/sh}" -c "$SSH_ORIGINAL_COMMAND"; fi',
+                    'exec "${SHELL:-/bin/sh}" -l',
+                    "",
+                ]
+            )
+        )
+        self.login_hook.chmod(0o755)
 
     @property
     def address(self) -> str:
@@ -157,10 +225,13 @@ class SshdHost:
                     "MaxStartups 64:30:128",
                     "PrintMotd no",
                     "Subsystem sftp internal-sftp",
+                    *([f"ForceCommand {self.login_hook}"] if self.auto_tmux else []),
                     "",
                 ]
             )
         )
+        if self.auto_tmux:
+            self._write_login_hook()
 
     def start(self) -> None:
         """Start sshd and wait (with a deadline) until it answers with an SSH banner."""
@@ -253,6 +324,10 @@ class SshdHost:
                 timeout=10,
                 check=False,
             )
+            if self.auto_tmux:
+                subprocess.run(
+                    [tmux, "-L", self.vendor_tmux_socket, "kill-server"], capture_output=True, timeout=10, check=False
+                )
 
     def __enter__(self) -> SshdHost:
         self.start()

@@ -278,7 +278,13 @@ def accept_host_key_argv(target: SSHTarget, name: str | None = None) -> list[str
 
 
 def ssh_error(kind: FailureKind, target: SSHTarget, stderr: str, attempts: int = 1) -> SSHError:
-    """The :class:`SSHError` (message + actionable hint) for a failure of ``kind``."""
+    """The :class:`SSHError` (message + actionable hint) for a failure of ``kind``, which it carries."""
+    err = _ssh_error(kind, target, stderr, attempts)
+    err.kind = kind
+    return err
+
+
+def _ssh_error(kind: FailureKind, target: SSHTarget, stderr: str, attempts: int) -> SSHError:
     where = f"{target.display}"
     endpoint = f"{target.host}:{target.port or 22}"
     tried = f" after {attempts} attempts" if attempts > 1 else ""

@@ -83,7 +83,7 @@ def test_bad_key_is_rejected_and_never_shown(vast_api_emulator: VastEmulator) ->
     p = VastProvider(VastClient(secret, vast_api_emulator.url, sleep=lambda s: None))
     with pytest.raises(AuthError) as err:
         p.list_instances()
-    assert err.value.message == "Vast.ai rejected the API key."
+    assert err.value.message.startswith("Vast.ai rejected the API key (HTTP 401")
     assert secret not in str(err.value) and secret not in repr(p.client)
     assert len(vast_api_emulator.requests) == 1, "a rejected key is not retried"
 

@@ -152,7 +152,7 @@ def test_max_price_below_every_offer_names_the_cheapest(vast_api_emulator: VastE
 
 def test_create_that_times_out_is_cleaned_up_by_label(vast_api_emulator: VastEmulator, make_provider: MP) -> None:
     emu = vast_api_emulator
-    p = make_provider(emu, timeout=0.3)
+    p = make_provider(emu, timeout=0.3, create_timeout=0.3)
     offers = offers_for(p)
     emu.faults.delay(1, 1.0)  # the create is done, but its answer comes too late
     with pytest.raises(ProviderError, match="may or may not have been done"):
@@ -171,7 +171,7 @@ def test_restart_stuck_in_scheduling_fails_with_a_clear_hint(
     p.start(inst.id)  # type: ignore[attr-defined]
     with pytest.raises(NoCapacity) as err:
         wait_running(p, inst.id, 300, poll_s=30, clock=emu.clock.now, sleep=_advancing(emu))  # type: ignore[attr-defined]
-    assert "still stopped" in err.value.message and "scheduling" in err.value.message
+    assert "still queued" in err.value.message and "scheduling" in err.value.message
     assert "move the data to a new instance" in (err.value.hint or "")
 
 

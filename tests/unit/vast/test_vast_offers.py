@@ -12,7 +12,7 @@ from tether.profiles import estimate_cost, profile_for_kind, rank_offers, resolv
 from tether.providers.base import Offer
 from tether.providers.vast.query import explain_no_match, matches, parse_order, parse_query, render_body
 
-DEFAULTS = {"verified": {"eq": True}, "external": {"eq": False}, "rentable": {"eq": True}}
+DEFAULTS = {"verified": {"eq": True}, "external": {"eq": False}, "rentable": {"eq": True}, "rented": {"eq": False}}
 
 
 def body(text: str, **kw: Any) -> dict[str, Any]:
@@ -260,6 +260,7 @@ OFFER = {
     "verified": True,
     "external": False,
     "rentable": True,
+    "rented": False,
     "dph_total": 0.35,
 }
 

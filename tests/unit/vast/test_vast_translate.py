@@ -56,11 +56,40 @@ def test_offer_translation_turns_mb_into_gb() -> None:
         ("exited", "running", "exited"),
         ("offline", "running", "unknown"),
         ("unknown", "running", "unknown"),
-        ("frozen", "running", "stopped"),
+        ("frozen", "running", "frozen"),
+        ("frozen", "frozen", "frozen"),
+        ("rebooting", "running", "rebooting"),
+        ("stopped", "running", "queued"),
     ],
 )
 def test_states_are_normalized(actual: str | None, intended: str, state: str) -> None:
     assert normalize_state({"actual_status": actual, "intended_status": intended}) == state
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        'Error response from daemon: failed to create task: OCI runtime create failed: exec: "/bin/bash"',
+        "Error response from daemon: pull access denied for private/image",
+    ],
+)
+@pytest.mark.parametrize("actual", [None, "created", "loading"])
+def test_a_container_that_cannot_be_created_is_exited_at_once(actual: str | None, msg: str) -> None:
+    raw = {"actual_status": actual, "intended_status": "running", "status_msg": msg}
+    assert normalize_state(raw) == "exited"
+    assert normalize_state({**raw, "status_msg": "Pulling image pytorch/pytorch"}) != "exited"
+
+
+def test_every_vendor_status_has_a_tether_state_with_a_meaning_and_a_cost_rule() -> None:
+    from tether.providers.base import STATE_MEANINGS
+
+    vendor = [None, "created", "loading", "running", "stopped", "frozen", "exited", "rebooting", "unknown", "offline"]
+    for actual in vendor:
+        for intended in ("running", "stopped"):
+            state = normalize_state({"actual_status": actual, "intended_status": intended})
+            meaning, rate = STATE_MEANINGS[state]
+            assert meaning and rate in ("full", "storage", "none")
+    assert STATE_MEANINGS["frozen"][1] == "full"  # the vendor's docs: a frozen instance bills GPU time
 
 
 def test_ssh_address_prefers_direct_mapping_then_proxy_with_jupyter_offset() -> None:

@@ -79,6 +79,12 @@ class VastProvider(Provider):
         """Give the instance a new label (Vast.ai only; not part of the provider boundary)."""
         self.client.label_instance(_instance_id(instance_id), label)
 
+    def account_keys(self) -> list[str] | None:
+        return self.client.ssh_keys()
+
+    def attach_key(self, instance_id: str, public_key: str) -> None:
+        self.client.attach_ssh_key(_instance_id(instance_id), public_key)
+
     def destroy(self, instance_id: str) -> None:
         self.client.destroy_instance(_instance_id(instance_id))
 

@@ -11,7 +11,8 @@ What users type is what the vendor's CLI reads (``'gpu_ram>=24 reliability>0.95 
 - aliases ``dph``, ``cuda_vers``, ``dlperf_usd``, ``flops_usd``, ``display_active``;
 - ``gpu_ram``, ``gpu_total_ram``, ``cpu_ram`` are typed in GB and sent in MB (x1000); ``duration`` is typed in
   days and sent in seconds (x86400);
-- the defaults ``verified=true external=false rentable=true`` apply unless the query sets or removes them.
+- the defaults ``verified=true external=false rentable=true rented=false`` apply unless the query sets or removes
+  them.
 
 The wire form is one flat dict ``{field: {op: value}}`` plus ``order``, ``type``, ``limit`` and
 ``allocated_storage``. Numbers are sent as JSON numbers (the vendor client sends some as strings; the server
@@ -132,10 +133,12 @@ MULTIPLIERS: dict[str, float] = {
 }
 UNITS: dict[str, str] = {"gpu_ram": "GB", "gpu_total_ram": "GB", "cpu_ram": "GB", "duration": "days"}
 
+#: What the vendor's client adds unless the query sets or removes it (``rented`` since its 1.x releases).
 DEFAULT_FILTERS: dict[str, dict[str, Any]] = {
     "verified": {"eq": True},
     "external": {"eq": False},
     "rentable": {"eq": True},
+    "rented": {"eq": False},
 }
 
 OFFER_TYPES = ("on-demand", "bid", "reserved")

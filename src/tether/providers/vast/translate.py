@@ -52,28 +52,58 @@ def offer_from_json(raw: Mapping[str, Any]) -> Offer:
     )
 
 
+#: Status messages of an instance in ``created``/``loading`` that mean it will never start (the container could not
+#: be created): it is failed at once instead of waited for (dstack reads "OCI runtime create failed" the same way).
+TERMINAL_MESSAGES: tuple[str, ...] = (
+    "oci runtime create failed",
+    "error response from daemon",
+    "failed to create task",
+    "no such image",
+    "manifest unknown",
+    "pull access denied",
+)
+
+
+def terminal_error(raw: Mapping[str, Any]) -> bool:
+    """Whether an instance that is not running yet says it cannot start (OCI or Docker daemon errors)."""
+    msg = str(raw.get("status_msg") or "").lower()
+    return any(m in msg for m in TERMINAL_MESSAGES)
+
+
 def normalize_state(raw: Mapping[str, Any]) -> InstanceState:
-    """Vast's ``actual_status`` (and ``intended_status``) as one of tether's instance states."""
+    """Vast's ``actual_status`` (with ``intended_status``, ``cur_state``, ``next_state`` and ``status_msg``) as one of
+    tether's instance states. Every status the vendor lists has a rule (README, "Instance states")."""
     actual = str(raw.get("actual_status") or "").lower()
     intended = str(raw.get("intended_status") or "").lower()
     if actual == "running":
         return "running"
     cur = str(raw.get("cur_state") or "").lower()
     nxt = str(raw.get("next_state") or "").lower()
+    if actual in ("", "created", "loading") and terminal_error(raw):
+        # The container could not be created: it never starts by itself.
+        return "exited"
     if actual in ("stopped", "exited") and intended == "running" and cur == "stopped" and nxt == "stopped":
         # The service stopped it against the renter's intent and will not start it: outbid (dstack reads the
         # same three fields this way).
         return "preempted"
+    if actual == "stopped" and intended == "running":
+        # A start the service accepted but has not scheduled (the GPU is in use): it starts by itself later.
+        return "queued"
     if intended == "stopped" and actual in ("", "stopped", "exited", "frozen", "created", "loading"):
         return "stopped"
     if actual in ("", "created", "scheduling"):
         return "creating"
-    if actual in ("loading", "rebooting"):
+    if actual == "loading":
         return "loading"
-    if actual in ("stopped", "frozen"):
+    if actual == "rebooting":
+        return "rebooting"
+    if actual == "frozen":
+        return "frozen"
+    if actual == "stopped":
         return "stopped"
     if actual == "exited":
         return "exited"
+    # "unknown" (no heartbeat), "offline" (the host is disconnected) and anything new.
     return "unknown"
 
 
