@@ -101,7 +101,7 @@ def write_shard_file(
 def read_shard_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A ``<name>.shard.json``, checked; CheckpointError naming the file when it is not one."""
     try:
-        doc = json.loads(Path(path).read_bytes())
+        doc: dict[str, Any] = json.loads(Path(path).read_bytes())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"Shard file {path} cannot be read ({exc}).") from exc
     ok = (
