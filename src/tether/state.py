@@ -350,7 +350,10 @@ class State:
                 private_dir(path.parent)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            private_file(path)  # SQLite gives the -wal and -shm files the mode of the database file
+            # SQLite gives the -wal and -shm files the mode of the database file. An existing file is not opened
+            # here: closing a descriptor of it would drop the locks SQLite holds through this process's other
+            # connections (POSIX locks are per process), which makes them fail with "disk I/O error".
+            private_file(path, create=not path.exists())
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise TetherError(

@@ -195,7 +195,7 @@ def _run_managed(
                 )
             return
         outcome = managed_core.run_managed(c, experiment, opts)
-    if as_json:
+    if as_json and outcome.status == vocab.MANAGED_COMPLETED:
         emit_json(outcome.to_json())
     if outcome.status == vocab.MANAGED_PAUSED:
         raise PolicyRefusal(
