@@ -70,7 +70,8 @@ UNKNOWN_SHARD_S = 3600.0
 MAX_PROVISION_ATTEMPTS = 5
 #: Failed final pulls of a shard (its server answered, the pull did not) before the shard fails.
 MAX_FINAL_ATTEMPTS = 5
-LOG_TAIL_LINES = 20
+#: A run started this recently may not have written its record yet: its absence is not a failure.
+START_GRACE_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -552,6 +553,7 @@ def acquire_job(
             run_id=shard.run,
             shard=f"{shard.shard}/{run.shards}" if run.shards > 1 else None,
             managed=run.id,
+            confirm=False,  # the controller's next look sees a run that failed at once, with its log tail
         )
         return Acquired(name, shard.run, adopted=False)
     finally:
@@ -984,7 +986,10 @@ class Controller:
             self.recover(sh, action, state or "unreachable")
             return
         if found is None:
-            self.on_run_failed(sh, "its run record is missing on the server", None)
+            rec = next((r for r in self.st.runs(host=sh.server) if r.id == sh.run), None)
+            if rec is not None and time.time() - rec.started < START_GRACE_S:
+                return  # just started: its wrapper has not written its record yet
+            self.on_run_failed(sh, "its run never started on the server (no run record)", None)
             return
         self.update(sh.shard, completed=found.completed, total=found.total)
         if found.status == vocab.COMPLETED:

@@ -93,11 +93,13 @@ def start(
     run_id: str | None = None,
     shard: str | None = None,
     managed: str | None = None,
+    confirm: bool = True,
 ) -> Started:
     """Start experiment ``name`` detached on ``target`` and return at once with its run id.
 
     ``run_id`` is the id to use (a managed run records it before the start, so a controller killed meanwhile
-    finds the run again); ``shard`` and ``managed`` go to the wrapper (:func:`wrapper_argv`).
+    finds the run again); ``shard`` and ``managed`` go to the wrapper (:func:`wrapper_argv`). ``confirm=False``
+    returns as soon as the session is started (a managed run's controller watches the run anyway).
 
     Waits up to a few seconds for the wrapper to report: a command that does not exist, or a GPU admission refusal,
     is reported as a failure here (with the log tail), not as a run that looks alive.
@@ -128,6 +130,8 @@ def start(
         wrapper_argv(target, run_id, name, exp, argv, wait_s=wait_s, shard=shard, managed=managed),
         cwd=target.code_dir,
     )
+    if not confirm:
+        return Started(record, vocab.STARTING)
     status = _await_start(ctx.state, target, record)
     return Started(ctx.state.find_run(run_id), status)
 
