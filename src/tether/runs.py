@@ -48,8 +48,10 @@ def wrapper_argv(
     argv: Sequence[str],
     *,
     wait_s: float | None = None,
+    shard: str | None = None,
+    managed: str | None = None,
 ) -> list[str]:
-    """The argv of the run wrapper for one run (pure)."""
+    """The argv of the run wrapper for one run (pure); ``shard`` (``i/K``) and ``managed`` for a managed run."""
     out = [
         *target.server_argv,
         "run",
@@ -70,6 +72,10 @@ def wrapper_argv(
         out += ["--registry", target.registry]
     if wait_s is not None:
         out += ["--wait", f"{wait_s:g}"]
+    if shard is not None:
+        out += ["--shard", shard]
+    if managed is not None:
+        out += ["--managed", managed]
     return [*out, "--", *argv]
 
 
@@ -86,14 +92,22 @@ def start(
     extra_args: Sequence[str] = (),
     *,
     wait_s: float | None = None,
+    run_id: str | None = None,
+    shard: str | None = None,
+    managed: str | None = None,
+    confirm: bool = True,
 ) -> Started:
     """Start experiment ``name`` detached on ``target`` and return at once with its run id.
+
+    ``run_id`` is the id to use (a managed run records it before the start, so a controller killed meanwhile
+    finds the run again); ``shard`` and ``managed`` go to the wrapper (:func:`wrapper_argv`). ``confirm=False``
+    returns as soon as the session is started (a managed run's controller watches the run anyway).
 
     Waits up to a few seconds for the wrapper to report: a command that does not exist, or a GPU admission refusal,
     is reported as a failure here (with the log tail), not as a run that looks alive.
     """
     exp = ctx.project.experiment(name)
-    run_id = new_run_id(name, ctx.now())
+    run_id = run_id or new_run_id(name, ctx.now())
     argv = [*exp.command, *extra_args]
     session = session_name(run_id)
     target.transport.run(["mkdir", "-p", vocab.runs_dir(target.root)])
@@ -114,8 +128,12 @@ def start(
     # Recorded before it starts: a run tether started is never unknown to it, even if this process dies now.
     ctx.state.add_run(record)
     tmux.TmuxSessions(target.transport, target.root).start(
-        session, wrapper_argv(target, run_id, name, exp, argv, wait_s=wait_s), cwd=target.code_dir
+        session,
+        wrapper_argv(target, run_id, name, exp, argv, wait_s=wait_s, shard=shard, managed=managed),
+        cwd=target.code_dir,
     )
+    if not confirm:
+        return Started(record, vocab.STARTING)
     status = _await_start(ctx.state, target, record)
     return Started(ctx.state.find_run(run_id), status)
 

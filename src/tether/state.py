@@ -4,7 +4,9 @@ Tables: ``runs`` (every run tether started, wherever it runs), ``instances`` (se
 ``instance_events`` (every observed state and price of an instance: the cost ledger), ``pulls`` (what each pull
 brought home, with a manifest of path, size, mtime and sha256, which tells later whether results are unsynced),
 ``decisions`` (what the autopilot did and why) and ``hosts`` (what tether set up on each server: the server side's
-version, the interpreter's real path, the last pushed code fingerprint, whether `.env` uploads are off).
+version, the interpreter's real path, the last pushed code fingerprint, whether `.env` uploads are off), and
+``managed_runs`` / ``managed_shards`` (schema 4: each managed run, its options and status, and each shard's server,
+current run, sync point and recoveries; :mod:`tether.managed`).
 The schema is versioned with ``PRAGMA user_version``; migrations run on open, in one transaction each (schema 3
 moved the old ``kv`` facts ``up:NAME``, ``push:NAME``, ``python:NAME`` into ``hosts`` columns).
 Every record comes back as a frozen dataclass; every INSERT names its columns.
@@ -22,7 +24,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,51 @@ MIGRATIONS: list[str] = [
     UPDATE hosts SET pushed_fingerprint = (SELECT value FROM kv WHERE key = 'push:' || hosts.name);
     UPDATE hosts SET python = (SELECT value FROM kv WHERE key = 'python:' || hosts.name);
     DROP TABLE kv;
+    """,
+    """
+    CREATE TABLE managed_runs (
+        id TEXT PRIMARY KEY,
+        experiment TEXT NOT NULL,
+        shards INTEGER NOT NULL,
+        args TEXT NOT NULL DEFAULT '[]',
+        profile TEXT,
+        hosts TEXT NOT NULL DEFAULT '[]',
+        max_usd REAL,
+        sync_every REAL NOT NULL,
+        mode TEXT NOT NULL DEFAULT 'journal',
+        status TEXT NOT NULL,
+        reason TEXT,
+        started REAL NOT NULL,
+        ended REAL,
+        results_path TEXT,
+        cost_usd REAL,
+        controller_pid INTEGER,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        updated REAL NOT NULL
+    );
+    CREATE INDEX managed_runs_experiment ON managed_runs(experiment, started);
+    CREATE TABLE managed_shards (
+        run_id TEXT NOT NULL,
+        shard INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        server TEXT,
+        own_host INTEGER NOT NULL DEFAULT 0,
+        run TEXT,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        recoveries INTEGER NOT NULL DEFAULT 0,
+        restarts INTEGER NOT NULL DEFAULT 0,
+        completed INTEGER NOT NULL DEFAULT 0,
+        total INTEGER,
+        synced INTEGER NOT NULL DEFAULT 0,
+        last_sync REAL,
+        last_seen REAL,
+        last_failure TEXT,
+        failures INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        retry_at REAL,
+        updated REAL NOT NULL,
+        PRIMARY KEY (run_id, shard)
+    );
     """,
 ]
 
@@ -206,6 +253,64 @@ class HostFacts:
     updated: float = 0.0
 
 
+@dataclass(frozen=True)
+class ManagedRunRecord:
+    """A managed run (``tether run EXP --managed``): its options, where it stands, and what it cost."""
+
+    id: str
+    experiment: str
+    shards: int
+    args: list[str]
+    profile: str | None
+    hosts: list[str]
+    """``--on``: servers the user owns that take the first shards."""
+    max_usd: float | None
+    sync_every: float
+    mode: str
+    """``journal`` (the experiment uses tether.checkpoint: journals sync incrementally) or ``folder``."""
+    status: str
+    reason: str | None
+    started: float
+    ended: float | None
+    results_path: str | None
+    cost_usd: float | None
+    controller_pid: int | None
+    cancel_requested: bool
+    updated: float
+
+
+@dataclass(frozen=True)
+class ManagedShardRecord:
+    """One shard of a managed run: its server (rented or owned), its current run there, and its history."""
+
+    run_id: str
+    shard: int
+    status: str
+    server: str | None
+    own_host: bool
+    run: str | None
+    attempt: int
+    """How many servers this shard has been given (the rented server's name ends with it)."""
+    recoveries: int
+    restarts: int
+    completed: int
+    total: int | None
+    synced: int
+    """Items in the journal copy on this machine (the last sync)."""
+    last_sync: float | None
+    last_seen: float | None
+    """The last time its server answered."""
+    last_failure: str | None
+    failures: int
+    reason: str | None
+    retry_at: float | None
+    updated: float
+
+
+MANAGED_RUN_FIELDS = [f.name for f in fields(ManagedRunRecord)]
+MANAGED_SHARD_FIELDS = [f.name for f in fields(ManagedShardRecord)]
+
+
 class State:
     """The local SQLite store. Open with :func:`open_state`; use as a context manager or call ``close()``."""
 
@@ -216,7 +321,10 @@ class State:
                 private_dir(path.parent)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            private_file(path)  # SQLite gives the -wal and -shm files the mode of the database file
+            # SQLite gives the -wal and -shm files the mode of the database file. An existing file is not opened
+            # here: closing a descriptor of it would drop the locks SQLite holds through this process's other
+            # connections (POSIX locks are per process), which makes them fail with "disk I/O error".
+            private_file(path, create=not path.exists())
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise StateError(
@@ -515,6 +623,62 @@ class State:
                     db.execute(f"UPDATE hosts SET {column}=?, updated=? WHERE name=?", (value, time.time(), name))
         return self.host_facts(name)
 
+    # --- managed runs -------------------------------------------------------------------------------------------
+    def add_managed_run(self, run: ManagedRunRecord, shards: Sequence[ManagedShardRecord]) -> None:
+        """Record a managed run and its shards in one transaction (before anything is rented)."""
+        with self.tx() as db:
+            columns, marks = ", ".join(MANAGED_RUN_FIELDS), ",".join("?" * len(MANAGED_RUN_FIELDS))
+            db.execute(f"INSERT INTO managed_runs({columns}) VALUES ({marks})", _managed_run_row(run))
+            for shard in shards:
+                db.execute(
+                    f"INSERT INTO managed_shards({', '.join(MANAGED_SHARD_FIELDS)}) "
+                    f"VALUES ({','.join('?' * len(MANAGED_SHARD_FIELDS))})",
+                    _managed_shard_row(shard),
+                )
+
+    def managed_run(self, run_id: str) -> ManagedRunRecord | None:
+        row = self._row("SELECT * FROM managed_runs WHERE id=?", (run_id,))
+        return _managed_run(row) if row else None
+
+    def managed_runs(self, experiment: str | None = None) -> list[ManagedRunRecord]:
+        if experiment is None:
+            rows = self._rows("SELECT * FROM managed_runs ORDER BY started")
+        else:
+            rows = self._rows("SELECT * FROM managed_runs WHERE experiment=? ORDER BY started", (experiment,))
+        return [_managed_run(r) for r in rows]
+
+    def update_managed_run(self, run_id: str, **changes: Any) -> ManagedRunRecord:
+        """Change the columns given (``args``/``hosts`` as lists, ``cancel_requested`` as bool) and return the run."""
+        self._update("managed_runs", MANAGED_RUN_FIELDS, "id=?", (run_id,), changes)
+        rec = self.managed_run(run_id)
+        assert rec is not None
+        return rec
+
+    def managed_shards(self, run_id: str) -> list[ManagedShardRecord]:
+        rows = self._rows("SELECT * FROM managed_shards WHERE run_id=? ORDER BY shard", (run_id,))
+        return [_managed_shard(r) for r in rows]
+
+    def update_managed_shard(self, run_id: str, shard: int, **changes: Any) -> ManagedShardRecord:
+        self._update("managed_shards", MANAGED_SHARD_FIELDS, "run_id=? AND shard=?", (run_id, shard), changes)
+        row = self._row("SELECT * FROM managed_shards WHERE run_id=? AND shard=?", (run_id, shard))
+        assert row is not None
+        return _managed_shard(row)
+
+    def _update(
+        self, table: str, fields: Sequence[str], where: str, key: Sequence[Any], changes: dict[str, Any]
+    ) -> None:
+        unknown = sorted(set(changes) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown {table} columns: {unknown}")
+        values = {
+            k: (json.dumps(v) if isinstance(v, list) else int(v) if isinstance(v, bool) else v)
+            for k, v in changes.items()
+        }
+        values["updated"] = time.time()
+        assignments = ", ".join(f"{k}=?" for k in values)
+        with self.tx() as db:
+            db.execute(f"UPDATE {table} SET {assignments} WHERE {where}", (*values.values(), *key))
+
     # --- decisions ----------------------------------------------------------------------------------------------
     def add_decision(self, name: str, action: str, reason: str, done: bool, ts: float | None = None) -> None:
         with self.tx() as db:
@@ -565,6 +729,32 @@ def _instance(row: sqlite3.Row) -> InstanceRecord:
         updated=row["updated"],
         meta=json.loads(row["meta"]),
     )
+
+
+def _managed_run_row(run: ManagedRunRecord) -> tuple[Any, ...]:
+    out = []
+    for name in MANAGED_RUN_FIELDS:
+        value = getattr(run, name)
+        out.append(json.dumps(value) if isinstance(value, list) else int(value) if isinstance(value, bool) else value)
+    return tuple(out)
+
+
+def _managed_shard_row(shard: ManagedShardRecord) -> tuple[Any, ...]:
+    return tuple(int(v) if isinstance(v, bool) else v for v in (getattr(shard, name) for name in MANAGED_SHARD_FIELDS))
+
+
+def _managed_run(row: sqlite3.Row) -> ManagedRunRecord:
+    doc = dict(row)
+    doc["args"] = json.loads(doc["args"])
+    doc["hosts"] = json.loads(doc["hosts"])
+    doc["cancel_requested"] = bool(doc["cancel_requested"])
+    return ManagedRunRecord(**doc)
+
+
+def _managed_shard(row: sqlite3.Row) -> ManagedShardRecord:
+    doc = dict(row)
+    doc["own_host"] = bool(doc["own_host"])
+    return ManagedShardRecord(**doc)
 
 
 def database_error(path: Path, exc: sqlite3.Error | OSError) -> StateError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether import agents, autopilot, cost, rentals, runs, vocab
+from tether import agents, autopilot, cost, managed, rentals, runs, vocab
 from tether.context import Ctx
 from tether.errors import TetherError
 from tether.fmt import duration, iso
@@ -105,6 +105,8 @@ class Report:
     agents: dict[str, dict[str, Any]] = field(default_factory=dict)
     ledger: cost.Ledger | None = None
     warnings: list[str] = field(default_factory=list)
+    managed: list[managed.ManagedView] = field(default_factory=list)
+    """Managed runs (unfinished, or ended in the last day), each with its shards, as local state has them."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +115,7 @@ class Report:
             "agents": self.agents,
             "cost": self.ledger.to_json() if self.ledger is not None else None,
             "warnings": self.warnings,
+            "managed": [m.to_json() for m in self.managed],
         }
 
 
@@ -192,4 +195,10 @@ def report(ctx: Ctx) -> Report:
         except TetherError as exc:
             out.warnings.append(f"{name}: agents unreadable ({exc})")
     out.warnings += budget_warnings(policy, led)
+    out.managed = managed.views(ctx)
+    for mrun in out.managed:
+        if mrun.status not in vocab.MANAGED_FINAL and not mrun.controller:
+            out.warnings.append(
+                f"managed run {mrun.id} has no controller: `tether run {mrun.experiment} --managed` picks it up."
+            )
     return out

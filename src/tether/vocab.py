@@ -295,3 +295,34 @@ class RunRecordFile:
 
 ManifestFiles = Dict[str, Tuple[int, float, str]]
 """A manifest's files (``python3 -m tether.server manifest``): relative path -> (size, mtime, sha256)."""
+
+
+# ------------------------------------------------------------------------------------------ managed runs
+# A managed run (``tether run EXP --managed``) and its shards, as local state, ``progress``, ``status`` and the
+# dashboard name them. Client side only, but kept here with the other statuses.
+MANAGED_RUNNING = "running"
+"""A controller drives it (or drove it last: ``tether run EXP --managed`` again picks it up)."""
+MANAGED_PAUSED = "paused"
+"""A shard needs a server that the budget (or the provider) does not allow now; the others went on."""
+MANAGED_COMPLETED = "completed"
+MANAGED_FAILED = "failed"
+"""A shard failed the same way on two servers in a row (its log tail is the reason); the rest is kept."""
+MANAGED_CANCELLED = "cancelled"
+MANAGED_FINAL = frozenset({MANAGED_COMPLETED, MANAGED_FAILED, MANAGED_CANCELLED})
+
+SHARD_PENDING = "pending"
+"""Needs a server (first start, or after its server was lost)."""
+SHARD_PROVISIONING = "provisioning"
+"""Renting (or adopting) a server, setting it up, pushing code and the last synced journal, starting the shard."""
+SHARD_RUNNING = "running"
+SHARD_RESTARTING = "restarting"
+"""Its stopped (preempted) server is being started again: its disk still holds the journal."""
+SHARD_RETIRING = "retiring"
+"""Its old server is being destroyed (verified) before another is rented: never two servers for one shard."""
+SHARD_FINISHING = "finishing"
+"""Completed on its server: final pull, verification, then the server is destroyed."""
+SHARD_COMPLETED = "completed"
+SHARD_FAILED = "failed"
+SHARD_PAUSED = "paused"
+SHARD_CANCELLED = "cancelled"
+SHARD_FINAL = frozenset({SHARD_COMPLETED, SHARD_FAILED, SHARD_CANCELLED})

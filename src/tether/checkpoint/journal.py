@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
+from tether.checkpoint import shard as _shard
 from tether.checkpoint._fs import atomic_write, fsync_dir, publish_locked, utc_iso, write_all
 from tether.checkpoint._http import failure_fields, failure_kind
 from tether.errors import CheckpointError
@@ -709,14 +710,27 @@ class Checkpoint:
                 f"Duplicate item ids: {_name_ids(dupes)}; nothing was run.",
                 hint="Give every item a unique id (key= picks the id of an item).",
             )
+        shard = _shard.shard_from_env()
         with self._lock:
             self._require_open_or_final()
+            if self.already_finalized:
+                self._order = ids
+                if self.total is None:
+                    self.total = len(listed)
+                return iter(())
+            self._adopt(ids)  # a runbook partial file's results belong to the first items of the whole list
+            if shard is not None:
+                # TETHER_SHARD=i/K (a managed run): only this shard's items, by a stable hash of their ids.
+                positions = _shard.select(ids, *shard)
+                _shard.write_shard_file(
+                    self.results_dir, self.name, shard[0], shard[1], [ids[p] for p in positions], len(ids), positions
+                )
+                listed = [listed[p] for p in positions]
+                ids = [ids[p] for p in positions]
+                self.total = len(ids)
             self._order = ids  # finalize's default order from now on (no need to extend _seen)
             if self.total is None:
                 self.total = len(listed)
-            if self.already_finalized:
-                return iter(())
-            self._adopt(ids)
             self._write_progress()
         done = self._done
         return (it for it, k in zip(listed, ids) if k not in done)

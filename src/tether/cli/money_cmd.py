@@ -231,6 +231,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
                 duration(r.eta_s) if r.status == "running" else "-",
             )
         out.print(table)
+    for view in rep.managed:
+        out.print("managed " + view.line())
     for host, adoc in rep.agents.items():
         for e in agents.live_entries(adoc):
             out.print(
@@ -238,7 +240,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
                 f"GPUs {','.join(str(g) for g in e.get('gpus') or []) or '-'}"
             )
     out.print(f"money: ${led.total_usd:.2f} spent, ${led.burn_dph:.4f}/hr now, next 24 h ~${led.projected_24h_usd:.2f}")
-    if not rep.servers and not rep.runs:
+    if not rep.servers and not rep.runs and not rep.managed:
         say("Nothing running. `tether plan` says where each experiment should run.")
     for w in rep.warnings:
         warn(w)

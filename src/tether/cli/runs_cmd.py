@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,14 +19,18 @@ from tether.cli.common import (
     json_option,
     new_table,
     out,
+    parse_every,
     say,
     status_text,
     styled,
 )
-from tether.errors import ConfigError, RemoteError, RunFailed
+from tether.errors import ConfigError, PolicyRefusal, RemoteError, RunFailed, TetherError
 from tether.hosts import LOCAL, Target, resolve
 from tether.state import RunRecord, State
 from tether.transport import tmux
+
+if TYPE_CHECKING:
+    from tether import managed as managed_core
 
 
 @click.command()
@@ -60,6 +65,18 @@ def init(name: str | None, to_stdout: bool, force: bool) -> None:
 @click.option("--follow", is_flag=True, help="Stay and show progress until the run ends (Ctrl-C leaves it running).")
 @click.option("--provision", "may_rent", is_flag=True, help="Allow renting a server if the plan says so (costs money).")
 @click.option("--local-busy", is_flag=True, help="Treat this machine as off or busy when following the plan.")
+@click.option(
+    "--managed", is_flag=True, help="Keep it running through preemption and dead servers (README: Managed runs)."
+)
+@click.option(
+    "--shards", type=int, default=1, show_default=True, help="With --managed: spread the items over K servers."
+)
+@click.option("--profile", default=None, help="With --managed: the GPU profile to rent (default: the plan's).")
+@click.option("--max-usd", type=float, default=None, help="With --managed: the run's budget in dollars.")
+@click.option("--sync-every", default="2m", show_default=True, help="With --managed: how often journals come home.")
+@click.option("--detach", is_flag=True, help="With --managed: run the controller in the background.")
+@click.option("--poll", default="10s", hidden=True, help="With --managed: how often the controller looks.")
+@click.option("--unreachable-after", default="5m", hidden=True, help="With --managed: replace a silent server after.")
 @json_option
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
@@ -72,19 +89,47 @@ def run(
     follow: bool,
     may_rent: bool,
     local_busy: bool,
+    managed: bool,
+    shards: int,
+    profile: str | None,
+    max_usd: float | None,
+    sync_every: str,
+    detach: bool,
+    poll: str,
+    unreachable_after: str,
     as_json: bool,
     args: tuple[str, ...],
 ) -> None:
     """Start EXPERIMENT detached (in tmux) and print its run id at once.
 
     Arguments after `--` are appended to the experiment's command. Without --local or --on, tether follows
-    `tether plan` for the experiment.
+    `tether plan` for the experiment. With --managed, tether stays and drives the run to its end on rented servers
+    (and --on hosts), replacing lost ones and resuming by item id; --shards K spreads it over K servers.
     """
-    from tether import provision, routing
+    extra = list(args[1:] if args[:1] == ("--",) else args)
+    if managed:
+        if local:
+            raise click.UsageError("--managed runs on servers: give --on HOSTS or nothing, not --local.")
+        from tether import managed as managed_core
 
+        opts = managed_core.Options(
+            shards=shards,
+            profile=profile,
+            max_usd=max_usd,
+            sync_every=parse_every(sync_every),
+            hosts=tuple(h.strip() for h in (on or "").split(",") if h.strip()),
+            args=tuple(extra),
+            poll_s=parse_every(poll),
+            unreachable_after_s=parse_every(unreachable_after),
+        )
+        _run_managed(ctx, experiment, opts, detach=detach, as_json=as_json, raw=(sync_every, poll, unreachable_after))
+        return
+    if shards != 1 or max_usd is not None or detach or profile is not None:
+        raise click.UsageError("--shards, --profile, --max-usd and --detach go with --managed.")
     if local and on:
         raise click.UsageError("Give either --local or --on HOST, not both.")
-    extra = list(args[1:] if args[:1] == ("--",) else args)
+    from tether import provision, routing
+
     with context(ctx, needs="its [experiments.NAME] table") as c:
         c.project.experiment(experiment)
         if local:
@@ -125,6 +170,60 @@ def run(
     )
 
 
+def _run_managed(
+    ctx: click.Context,
+    experiment: str,
+    opts: managed_core.Options,
+    *,
+    detach: bool,
+    as_json: bool,
+    raw: tuple[str, str, str],
+) -> None:
+    from tether import managed as managed_core
+
+    with context(ctx) as c:
+        if detach:
+            argv = ["run", experiment, "--managed", "--shards", str(opts.shards), "--sync-every", raw[0]]
+            argv += ["--poll", raw[1], "--unreachable-after", raw[2]]
+            if opts.profile:
+                argv += ["--profile", opts.profile]
+            if opts.max_usd is not None:
+                argv += ["--max-usd", repr(opts.max_usd)]
+            if opts.hosts:
+                argv += ["--on", ",".join(opts.hosts)]
+            if ctx.obj and ctx.obj.get("config"):
+                argv = ["--config", str(ctx.obj["config"]), *argv]
+            doc = managed_core.detach(c, experiment, [*argv, "--", *opts.args])
+            if as_json:
+                emit_json(doc)
+            else:
+                click.echo(doc["id"] or "")
+                say(
+                    f"Managed run {doc['id']} runs in the background (pid {doc['pid']}, log {doc['log']}). "
+                    "Watch it with `tether progress`."
+                )
+            return
+        outcome = managed_core.run_managed(c, experiment, opts)
+    if as_json and outcome.status == vocab.MANAGED_COMPLETED:
+        emit_json(outcome.to_json())
+    if outcome.status == vocab.MANAGED_PAUSED:
+        raise PolicyRefusal(
+            f"Managed run {outcome.id} paused: {outcome.reason}.",
+            f"Raise --max-usd (or [policy] limits) and run `tether run {experiment} --managed` again to pick it up; "
+            "every finished item is kept.",
+        )
+    summary = (
+        f"Managed run {outcome.id} {outcome.status} in {duration(outcome.wall_s)} for ${outcome.cost_usd:.4f}"
+        f" ({sum(s['recoveries'] for s in outcome.shards)} recoveries)"
+    )
+    if outcome.status == vocab.MANAGED_COMPLETED:
+        if not as_json:
+            click.echo(outcome.results_path or "")
+        say(f"{summary}: results in {outcome.results_path}.")
+        return
+    raise TetherError(f"{summary}: {outcome.reason}", f"What finished is kept in {outcome.results_path}.")
+
+
 def _follow(st: State, target: Target, run_id: str) -> vocab.RunInfo:
     """Follow the run until it ends, with a progress line on stderr."""
     with err.status(f"{run_id}: starting") as line:
@@ -149,9 +248,16 @@ def progress(ctx: click.Context, host: str | None, local: bool, as_json: bool) -
     """Every run's completed/total, rate, ETA and state: one round trip per host."""
     with context(ctx) as c:
         docs = runs.progress(c, LOCAL if local else host)
+        managed_views = []
+        if not (local or host):
+            from tether import managed as managed_core
+
+            managed_views = managed_core.views(c)
     if as_json:
-        emit_json({"hosts": [d.to_json() for d in docs]})
+        emit_json({"hosts": [d.to_json() for d in docs], "managed": [v.to_json() for v in managed_views]})
         return
+    for view in managed_views:
+        out.print("managed " + view.line())
     table = new_table()
     for col in ("host", "run", "state", "progress", "done", "failed", "rate", "ETA"):
         table.add_column(col, justify="right" if col in ("done", "failed", "rate", "ETA") else "left")
@@ -172,7 +278,8 @@ def progress(ctx: click.Context, host: str | None, local: bool, as_json: bool) -
                 duration(r.eta_s) if r.status == vocab.RUNNING else "-",
             )
     if table.row_count == 0:
-        say("No runs yet. Start one with `tether run EXPERIMENT --local`.")
+        if not managed_views:
+            say("No runs yet. Start one with `tether run EXPERIMENT --local`.")
         return
     out.print(table)
     for hd in docs:
@@ -249,10 +356,28 @@ def attach(ctx: click.Context, run_ref: str) -> None:
 @json_option
 @click.pass_context
 def cancel(ctx: click.Context, run_ref: str, as_json: bool) -> None:
-    """Stop RUN (SIGTERM to the experiment; the checkpoint journal keeps every finished item)."""
+    """Stop RUN (SIGTERM to the experiment; the checkpoint journal keeps every finished item).
+
+    RUN may be a managed run (its id, or its experiment's name): every shard stops, its journal comes home, its
+    servers are destroyed (verified), and what finished is kept."""
+    from tether import managed as managed_core
+
     with context(ctx) as c:
-        rec = c.state.find_run(run_ref)
-        outcome = runs.cancel(c.state, resolve(c.project, rec.host, c.state), rec)
+        found = managed_core.find(c.state, run_ref)
+        if found is not None:
+            stopped = managed_core.cancel(c, found)
+        else:
+            rec = c.state.find_run(run_ref)
+            outcome = runs.cancel(c.state, resolve(c.project, rec.host, c.state), rec)
+    if found is not None:
+        if as_json:
+            emit_json(stopped.to_json())
+            return
+        say(
+            f"Managed run {stopped.id}: {stopped.status} ({stopped.reason}); its servers are destroyed and what "
+            f"finished is kept in {stopped.results_path}."
+        )
+        return
     if as_json:
         emit_json(outcome.to_json())
         return

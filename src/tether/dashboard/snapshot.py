@@ -124,7 +124,7 @@ def build(ctx: Ctx) -> dict[str, Any]:
         "time": now,
         "project": ctx.project.name,
         "runs": [{"experiment": k, "runs": v} for k, v in sorted(by_experiment.items())],
-        "managed": [],
+        "managed": [m.to_json() for m in report.managed],
         "hosts": host_rows,
         "servers": servers,
         "gpus": {host: _gpus(listing) for host, listing in report.agents.items()},

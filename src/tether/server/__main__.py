@@ -1,4 +1,7 @@
-"""Entry point of the server side: ``python3 -m tether.server {run,cancel,progress,manifest,agents,version} ...``."""
+"""Entry point of the server side: ``python3 -m tether.server COMMAND ...``.
+
+Commands: run, cancel, progress, manifest, journal, agents, version.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import sys
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(
-            "usage: python3 -m tether.server {run,cancel,progress,manifest,agents,version} ...",
+            "usage: python3 -m tether.server {run,cancel,progress,manifest,journal,agents,version} ...",
             file=sys.stderr,
         )
         return 2 if not argv else 0
@@ -29,6 +32,10 @@ def main(argv: list[str]) -> int:
         from tether.server import manifest
 
         return manifest.main(rest)
+    if command == "journal":
+        from tether.server import journal_sync
+
+        return journal_sync.main(rest)
     if command == "agents":
         from tether.server import registry_cli
 

@@ -8,7 +8,8 @@ controller going away. It:
    a refusal ends the run with status ``refused`` and exit code 4, the reason in the log;
 3. starts ARGV in ``--cwd`` with ``TETHER_RUN_ID``, ``TETHER_RESULTS_DIR``, ``CUDA_VISIBLE_DEVICES`` (the GPUs the
    registry placed it on; empty for an API-only run), ``TETHER_AGENT_*`` and the variables of ``<cwd>/.env``
-   (never printed), its output going to ``log`` and to the tmux pane;
+   (never printed), and for a shard of a managed run ``TETHER_SHARD=i/K`` (``--shard``) and
+   ``TETHER_MANAGED_RUN`` (``--managed``), its output going to ``log`` and to the tmux pane;
 4. heartbeats the registry while it runs, forwards SIGTERM/SIGINT/SIGHUP to the experiment (``tether cancel``);
 5. records status (``completed`` on exit 0, ``failed``, ``cancelled``), exit code and end time in ``run.json``, and
    leaves the registry.
@@ -89,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=None, help="queue this long for GPU room (seconds)")
     p.add_argument("--registry", default=None, help="AGENT_STATUS.json path (default: <root>/AGENT_STATUS.json)")
     p.add_argument("--no-registry", action="store_true", help="do not register in AGENT_STATUS.json")
+    p.add_argument("--shard", default=None, help="i/K: run shard i of K of a managed run (sets TETHER_SHARD)")
+    p.add_argument("--managed", default=None, help="the managed run this shard belongs to (TETHER_MANAGED_RUN)")
     p.add_argument("argv", nargs=argparse.REMAINDER)
     return p
 
@@ -115,6 +118,8 @@ class _Run:
             "ended": None,
             "exit_code": None,
             "host": os.uname().nodename,
+            "shard": args.shard,
+            "managed": args.managed,
             **procinfo.identity(),
         }
         self.child: subprocess.Popen[bytes] | None = None
@@ -220,6 +225,12 @@ class _Run:
         env["TETHER_RUN_ID"] = self.args.run_id
         env["TETHER_RESULTS_DIR"] = self.record["results_dir"]
         env["PYTHONUNBUFFERED"] = "1"
+        if self.args.shard:
+            env["TETHER_SHARD"] = self.args.shard
+        else:
+            env.pop("TETHER_SHARD", None)
+        if self.args.managed:
+            env["TETHER_MANAGED_RUN"] = self.args.managed
         # CUDA_VISIBLE_DEVICES (the GPUs the registry placed it on) and TETHER_AGENT_* (`repair` finds runs by them)
         env.update(agent_env)
         self.log(f"run {self.args.run_id}: {' '.join(self.argv)}")

@@ -1,0 +1,79 @@
+"""Shards of a checkpoint: a stable assignment by item id from TETHER_SHARD, and a merge identical to one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tether.checkpoint import Checkpoint, CheckpointError, run_batch
+from tether.checkpoint.shard import merge_shards, parse_shard, shard_of
+
+
+def items(n: int) -> list[dict[str, Any]]:
+    return [{"id": f"q{k:04d}", "n": k} for k in range(n)]
+
+
+def work(item: dict[str, object]) -> dict[str, object]:
+    return {"id": item["id"], "double": int(str(item["n"])) * 2, "text": "é ✓"}
+
+
+def test_same_item_same_shard_and_shards_are_balanced() -> None:
+    ids = [f"q{k:04d}" for k in range(2000)]
+    first = [shard_of(i, 4) for i in ids]
+    assert first == [shard_of(i, 4) for i in ids]  # stable (no hash randomisation: sha256 of the JSON id)
+    sizes = [first.count(s) for s in range(4)]
+    assert sum(sizes) == 2000 and min(sizes) > 420 and max(sizes) < 580
+    assert shard_of("anything", 1) == 0
+
+
+@pytest.mark.parametrize("text", ["", "3", "4/4", "-1/4", "a/b", "1/0"])
+def test_a_bad_shard_value_is_refused_with_its_value(text: str) -> None:
+    with pytest.raises(CheckpointError, match="TETHER_SHARD"):
+        parse_shard(text)
+
+
+def test_sharded_runs_merge_into_the_bytes_of_a_single_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    given = items(101)
+    single = run_batch(work, given, tmp_path / "single", key=lambda it: it["id"], progress=False)
+    assert single.final_path is not None
+    folders = []
+    seen: list[str] = []
+    for k in range(3):
+        monkeypatch.setenv("TETHER_SHARD", f"{k}/3")
+        folder = tmp_path / f"shard{k}"
+        ck = Checkpoint(folder, total=len(given))
+        with ck:
+            mine = list(ck.pending(given, key=lambda it: it["id"]))
+            seen += [it["id"] for it in mine]
+            for it in mine:
+                ck.record(it["id"], work(it))
+            ck.finalize()
+        assert ck.progress()["total"] == len(mine)  # a shard counts its own items
+        folders.append(folder)
+    monkeypatch.delenv("TETHER_SHARD")
+    assert sorted(seen) == sorted(it["id"] for it in given)  # every item exactly once
+    assert merge_shards(folders) == single.final_path.read_bytes()
+
+
+def test_merge_refuses_a_missing_shard_and_a_shard_with_failures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    given = items(20)
+    folders = []
+    for k in range(2):
+        monkeypatch.setenv("TETHER_SHARD", f"{k}/2")
+        folder = tmp_path / f"s{k}"
+        with Checkpoint(folder) as ck:
+            for n, it in enumerate(ck.pending(given, key=lambda it: it["id"])):
+                if k == 1 and n == 0:
+                    ck.record_failure(it["id"], "boom")
+                else:
+                    ck.record(it["id"], work(it))
+            ck.finalize(allow_failures=True)
+        folders.append(folder)
+    with pytest.raises(CheckpointError, match=r"Shards \[1\] of 2 are missing"):
+        merge_shards(folders[:1])
+    with pytest.raises(CheckpointError, match=r"Shard 1 has \d+ results for its \d+ items"):
+        merge_shards(folders)
