@@ -92,7 +92,9 @@ def test_outside_a_project_the_read_commands_work_with_the_defaults(tmp_path: Pa
     empty = tmp_path / "nowhere"
     empty.mkdir()
     progress = tether_checked("progress", "--local", schema="progress", cwd=empty)
-    assert progress["hosts"] == [{"host": "local", "runs": [], "error": None}]
+    assert [{k: h[k] for k in ("host", "runs", "error")} for h in progress["hosts"]] == [
+        {"host": "local", "runs": [], "error": None}
+    ]
     listing = tether_checked("agents", "--local", schema="agents", cwd=empty)
     assert listing["entries"] == []
     admitted = tether_checked(
@@ -181,5 +183,5 @@ def test_local_json_documents_and_failures_have_their_schemas(tmp_path: Path) ->
         code=4,
     )
     assert no_room["kind"] == "NoRoom" and "no GPU" in no_room["error"]
-    assert tether_checked("cancel", "no-such-run", schema="cancel", cwd=project, code=1)["error"]
+    assert tether_checked("cancel", "no-such-run", schema="cancel", cwd=project, code=2)["error"]
     assert tether_checked("progress", "nohost", schema="progress", cwd=project, code=2)["kind"] == "ConfigError"
