@@ -92,7 +92,7 @@ def test_outside_a_project_the_read_commands_work_with_the_defaults(tmp_path: Pa
     empty = tmp_path / "nowhere"
     empty.mkdir()
     progress = tether_checked("progress", "--local", schema="progress", cwd=empty)
-    assert progress["hosts"] == [{"host": "local", "runs": [], "error": None}]
+    assert progress["hosts"] == [{"host": "local", "runs": [], "error": None, "server_state": None, "since": None}]
     listing = tether_checked("agents", "--local", schema="agents", cwd=empty)
     assert listing["entries"] == []
     admitted = tether_checked(
