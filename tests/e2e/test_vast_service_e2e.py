@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Cloud, MakeCloud, vast_project
-from tests.helpers import tether, tether_json, wait_for, wait_status
+from tests.helpers import tether, tether_checked, tether_json, wait_for, wait_status
 from tether.emulator.vast import load_offer_book
 
 
@@ -74,7 +74,7 @@ def test_bid_rental_sends_its_price_budgets_with_it_and_shows_preemption(tmp_pat
     # A budget the bid fits under and an on-demand rental would not.
     limit = round((cheapest_bid + cheapest_demand) / 2, 4)
     project = vast_project(tmp_path, cloud, items=3, policy=f"max_hourly_usd = {limit}", profiles=BID_PROFILE)
-    up = tether_json("up", "box", "--profile", "cheap", cwd=project, env=cloud.env)
+    up = tether_checked("up", "box", "--profile", "cheap", schema="up", cwd=project, env=cloud.env)
     assert up["rented"]["offer_type"] == "bid" and up["rented"]["bid_usd"] is not None
     (path, body), *_ = _creates(cloud)
     offer = next(o for o in offers if path == f"/api/v0/asks/{o['id']}/")
@@ -92,12 +92,12 @@ def test_bid_rental_sends_its_price_budgets_with_it_and_shows_preemption(tmp_pat
     cloud.emulator.preempt(iid)
     listing = tether("ls", cwd=project, env=cloud.env)
     assert listing.returncode == 0 and "preempted" in listing.stdout and "was preempted (outbid) at" in listing.stderr
-    row = next(r for r in tether_json("ls", cwd=project, env=cloud.env)["instances"] if r["name"] == "box")
+    row = next(r for r in tether_checked("ls", schema="ls", cwd=project, env=cloud.env)["instances"])
     assert row["state"] == "preempted" and row["since"] > row["created"]
-    progress = tether_json("progress", cwd=project, env=cloud.env)["hosts"]
+    progress = tether_checked("progress", schema="progress", cwd=project, env=cloud.env)["hosts"]
     host = next(h for h in progress if h["host"] == "box")
     assert host["server_state"] == "preempted" and host["since"] == row["since"] and "outbid" in host["error"]
-    status = tether_json("status", cwd=project, env=cloud.env)
+    status = tether_checked("status", schema="status", cwd=project, env=cloud.env)
     server = next(s for s in status["servers"] if s["name"] == "box")
     assert server["state"] == "preempted" and server["since"] == row["since"]
     assert any("preempted (outbid)" in w for w in status["warnings"])

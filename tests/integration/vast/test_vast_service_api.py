@@ -30,7 +30,7 @@ def test_search_quota_reset_header_gives_the_hint(make_provider: MP, vast_api_em
     vast_api_emulator.faults.quota_exceeded(retry_after=None, reset_in=7200)
     with pytest.raises(RateLimited) as err:
         p.search(OfferQuery("num_gpus=1"))
-    assert err.value.retry_after is not None and 7000 < err.value.retry_after <= 7200
+    assert err.value.retry_after is not None and 7000 < err.value.retry_after < 7300
     assert "about 2.0 hours" in (err.value.hint or "")
 
 
@@ -57,3 +57,21 @@ def test_a_bid_below_the_minimum_leaves_no_instance_billing(make_provider: MP, v
     with pytest.raises(NoCapacity) as err:
         p.create(offers[0].id, image="i", disk_gb=20.0, price=0.0001)
     assert err.value.instance_id is not None
+
+
+def test_the_proxy_address_is_apart_from_the_direct_one_and_both_answer(
+    make_provider: MP, vast_emulator: VastEmulator
+) -> None:
+    import socket
+
+    emu = vast_emulator
+    p = make_provider(emu)
+    inst = rent_on(emu, p, offers_for(p))
+    raw = emu.instance_json(int(inst.id))  # type: ignore[attr-defined]
+    assert raw is not None
+    direct = int(raw["ports"]["22/tcp"][0]["HostPort"])
+    assert (inst.ssh_host, inst.ssh_port) == ("127.0.0.1", direct)  # type: ignore[attr-defined]
+    assert raw["ssh_port"] != direct  # the service's proxy is another address
+    for port in (direct, raw["ssh_port"]):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            assert sock.recv(4).startswith(b"SSH-")
