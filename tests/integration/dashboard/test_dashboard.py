@@ -150,8 +150,96 @@ def test_the_page_lives_in_a_real_browser(board: tuple[Dashboard, Path], tmp_pat
             for pid in (record["child_pid"], record["pid"]):
                 os.kill(int(pid), signal.SIGKILL)
             page.wait_for_selector(f'{row} [data-state="dead"]', timeout=10_000)
+
+            # A managed run is one row that opens into its shards.
+            _record_managed_run()
+            summary = page.locator('summary[data-managed="exp-m1"]')
+            summary.wait_for(timeout=10_000)
+            text = summary.text_content() or ""
+            assert "exp-m1" in text and "running" in text and "150/300" in text and "2 shards" in text
+            assert "1 recoveries" in text
+            shard_row = page.locator('details.managed tr[data-shard="1"]')
+            assert not shard_row.is_visible()
+            summary.click()
+            assert shard_row.is_visible()
+            assert "restarting" in (shard_row.text_content() or "") and "server was preempted" in (
+                shard_row.text_content() or ""
+            )
         finally:
             browser.close()
+
+
+def _record_managed_run() -> None:
+    """A managed run of two shards as its controller records it: one running, one restarting after a preemption."""
+    from tether.state import ManagedRunRecord, ManagedShardRecord
+
+    now = time.time()
+    run = ManagedRunRecord(
+        "exp-m1",
+        "exp",
+        2,
+        [],
+        "api",
+        [],
+        None,
+        120.0,
+        "journal",
+        "running",
+        None,
+        now - 600,
+        None,
+        None,
+        None,
+        None,
+        False,
+        now,
+    )
+    shards = [
+        ManagedShardRecord(
+            "exp-m1",
+            0,
+            "running",
+            "exp-m1-s0-1",
+            False,
+            "r0",
+            1,
+            0,
+            0,
+            100,
+            150,
+            90,
+            now,
+            now,
+            None,
+            0,
+            None,
+            None,
+            now,
+        ),
+        ManagedShardRecord(
+            "exp-m1",
+            1,
+            "restarting",
+            "exp-m1-s1-1",
+            False,
+            "r1",
+            1,
+            1,
+            1,
+            50,
+            150,
+            50,
+            now,
+            now,
+            "preempted",
+            0,
+            "server was preempted",
+            None,
+            now,
+        ),
+    ]
+    with open_state() as st:
+        st.add_managed_run(run, shards)
 
 
 def test_the_data_endpoint_reads_real_hosts_and_survives_an_unreachable_one(

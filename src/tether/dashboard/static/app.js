@@ -68,6 +68,29 @@ function renderRuns(groups) {
   replace("runs", ...(blocks.length ? blocks : [el("p", {}, "No runs yet.")]));
 }
 
+// A managed run is one row (its summary) that opens into a row per shard: its server, state and progress.
+function renderManaged(runs) {
+  document.getElementById("managed-section").hidden = !runs.length;
+  const blocks = runs.map((m) => {
+    const head = el("tr", {}, ...["shard", "server", "state", "progress", "done", "synced", "recoveries", "why"]
+      .map((h) => el("th", {}, h)));
+    const rows = (m.shards || []).map((s) => el("tr", { "data-shard": String(s.shard) },
+      el("td", {}, String(s.shard)), el("td", {}, s.server || "-"), el("td", {}, state(s.status)),
+      el("td", {}, bar(s.completed, s.total)),
+      el("td", {}, s.completed + "/" + (s.total === null || s.total === undefined ? "?" : s.total)),
+      el("td", {}, String(s.synced === null || s.synced === undefined ? "-" : s.synced)),
+      el("td", {}, String(s.recoveries || 0)), el("td", {}, s.reason || "")));
+    const total = m.total === null || m.total === undefined ? "?" : m.total;
+    const summary = el("summary", { "data-managed": m.id },
+      el("b", {}, m.experiment), " ", m.id, " ", state(m.status), " ", bar(m.completed, m.total), " ",
+      m.completed + "/" + total, " · " + (m.shards || []).length + " shards · " + (m.recoveries || 0) +
+      " recoveries · " + usd(m.cost_usd) + (m.reason ? " · " + m.reason : ""));
+    return el("details", { class: "managed" }, summary,
+      el("table", { class: "runs" }, el("thead", {}, head), el("tbody", {}, ...rows)));
+  });
+  replace("managed", ...blocks);
+}
+
 function renderServers(servers, hosts) {
   const rows = servers.map((s) => el("tr", { "data-server": s.name },
     el("td", {}, s.name), el("td", {}, state(s.state)), el("td", {}, usd(s.dph_now)), el("td", {}, duration(s.uptime_s)),
@@ -171,6 +194,7 @@ function render(doc) {
   replace("project", doc.project || "");
   replace("updated", "updated " + new Date(doc.time * 1000).toLocaleTimeString() + (doc.error ? " — " + doc.error : ""));
   renderWarnings(doc.warnings || []);
+  renderManaged(doc.managed || []);
   renderRuns(doc.runs || []);
   renderServers(doc.servers || [], doc.hosts || []);
   renderGpus(doc.gpus || {});
