@@ -202,8 +202,9 @@ def run(
     wall = time.monotonic() - t0
     if faults:
         injector.join(timeout=5)
-    if proc.returncode != 0:
+    if proc.returncode != 0 or os.environ.get("BENCH_VERBOSE"):
         note(err)
+    if proc.returncode != 0:
         raise SystemExit(f"{name}: tether exited {proc.returncode}")
     doc = json.loads(out)
     mine = [i for iid, i in cloud.emulator.instances.items() if iid not in before]
@@ -212,7 +213,10 @@ def run(
     starts: Counter[str] = Counter()
     for inst in mine:
         for log in cloud.root_of(inst.id).glob("*/work.log"):
-            starts.update(log.read_text().split())
+            mine_ids = log.read_text().split()
+            starts.update(mine_ids)
+            if os.environ.get("BENCH_VERBOSE"):
+                note(f"  instance {inst.id} ({inst.label}): {len(mine_ids)} starts, {len(set(mine_ids))} items")
     return {
         "wall_s": wall,
         "billed_usd": billed,

@@ -632,6 +632,7 @@ def final_job(
                 f"Its results are kept in {home / rel}; run the experiment with --managed alone.",
             )
         if not shard.own_host:
+            target.transport.close()  # release the shared connection first: the server is going away
             rentals.destroy(project, ctx.state, shard.server)
         return Finished(True, len(manifest))
     finally:
@@ -993,7 +994,6 @@ class Controller:
             return
         self.update(sh.shard, completed=found.completed, total=found.total)
         if found.status == vocab.COMPLETED:
-            self.sync_one(sh)
             self.update(sh.shard, status=vocab.SHARD_FINISHING, failures=0)
             self.submit(sh.shard, "final", final_job, self.run, self.shard(sh.shard))
         elif found.final:
