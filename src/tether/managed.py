@@ -58,6 +58,7 @@ from tether.hosts import Target, resolve
 from tether.paths import private_dir, tether_home
 from tether.providers import STOPPED_STATES, Instance, Provider, provider_for
 from tether.renting import observe as observe_instance
+from tether.renting import wait_running
 from tether.state import ManagedRunRecord, ManagedShardRecord, State, open_state
 from tether.transport.base import Backoff
 from tether.transport.ssh import SSHTransport
@@ -526,6 +527,7 @@ def acquire_job(
     try:
         name, exp = shard.server, project.experiment(run.experiment)
         if kind == "rent":
+            _await_adopted(project, ctx.state, name, say)
             rentals.ensure_rented(project, ctx.state, name, profile=run.profile or "api", say=say)
         elif kind == "restart":
             rentals.start(project, ctx.state, name, say=say)
@@ -558,6 +560,23 @@ def acquire_job(
         return Acquired(name, shard.run, adopted=False)
     finally:
         ctx.state.close()
+
+
+def _await_adopted(project: Project, st: State, name: str, say: Callable[[str], None]) -> None:
+    """A rental a killed controller left loading under ``name`` is adopted and waited for (never destroyed and
+    rented again): ``ensure_rented`` takes over once it runs."""
+    with provider_for(project) as prov:
+        for sentence in rentals.reconcile(project, st, prov):
+            say(sentence)
+        rec = st.instance(name)
+        if rec is None or not rec.instance_id or rec.state == "gone":
+            return
+        inst = observe_instance(prov, rec.instance_id)
+        if inst.state in ("loading", "creating"):
+            say(f"{name} (instance {inst.id}) is still loading; waiting for it.")
+            vast = project.config.vast
+            inst = wait_running(prov, rec.instance_id, vast.wait_minutes * 60, poll_s=vast.poll_seconds)
+        rentals.record(st, name, inst, source="managed")
 
 
 def _refuse_foreign_results(target: Target, exp: ExperimentConfig, run: ManagedRunRecord) -> None:
@@ -632,6 +651,7 @@ def final_job(
                 f"Its results are kept in {home / rel}; run the experiment with --managed alone.",
             )
         if not shard.own_host:
+            target.transport.close()  # release the shared connection first: the server is going away
             rentals.destroy(project, ctx.state, shard.server)
         return Finished(True, len(manifest))
     finally:
@@ -953,6 +973,9 @@ class Controller:
 
     def _provider_hiccup(self, sh: ManagedShardRecord, exc: TetherError) -> NoReturn:
         failures = sh.failures + 1
+        if failures >= MAX_PROVISION_ATTEMPTS:
+            self.on_paused(sh, f"the provider kept failing ({exc.message}, {failures} attempts)")
+            raise _Skip
         self.ctx.say(f"{self.id}: shard {sh.shard}: {exc.message} Retrying.")
         self.update(sh.shard, failures=failures, retry_at=time.time() + min(60.0, 2.0 * 2 ** (failures - 1)))
         raise _Skip
@@ -993,7 +1016,6 @@ class Controller:
             return
         self.update(sh.shard, completed=found.completed, total=found.total)
         if found.status == vocab.COMPLETED:
-            self.sync_one(sh)
             self.update(sh.shard, status=vocab.SHARD_FINISHING, failures=0)
             self.submit(sh.shard, "final", final_job, self.run, self.shard(sh.shard))
         elif found.final:

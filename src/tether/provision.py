@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -258,9 +259,12 @@ def up(ctx: Ctx, target: Target, *, env: bool = True) -> dict[str, Any]:
     if not target.local:
         state.set_host_facts(target.name, python=executable)
         target.server_argv = remote_server_argv(target.root, executable)
-    did_setup = run_setup(project, target)
-    version = install_server_side(target)
-    pushed = push_code(ctx, target)
+    did_setup = run_setup(project, target)  # first: it may install rsync, which the next two steps use
+    # tether's server side and the code are independent copies: side by side over the shared connection.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="up") as pool:
+        server_side = pool.submit(install_server_side, target)
+        pushed = push_code(ctx, target)  # here: it writes local state, whose connection belongs to this thread
+        version = server_side.result()
     env_uploaded = upload_env(project, target) if env else False
     # Remembered: later pushes and `run --on` hold the .env back until `up` without --no-env or `push --env`.
     state.set_host_facts(target.name, server_version=version, no_env=not env)

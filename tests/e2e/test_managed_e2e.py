@@ -42,4 +42,5 @@ def test_a_sharded_run_survives_a_preemption_and_a_vanished_host(tmp_path: Path,
     (view,) = progress["managed"]
     assert view["id"] == doc["id"] and view["status"] == "completed" and view["completed"] == 200
     assert "preempted" in err and "vanished" in err, err
-    print(err)
+    status = tether_json("status", cwd=project, env=cloud.env)
+    assert [m["id"] for m in status["managed"]] == [doc["id"]]  # the status report (and the dashboard) show it
