@@ -93,6 +93,10 @@ def test_push_sends_only_changes_and_pull_brings_results_home(sshd_host: SshdHos
     assert again.total_size == first.total_size
 
     (code / "train.py").write_bytes((code / "train.py").read_bytes()[:-10] + b"0123456789")
+    # rsync's quick check compares size and mtime: an edit within the same second as the first write, of the same
+    # size, would look unchanged. A real edit comes later; say so explicitly.
+    later = (code / "train.py").stat().st_mtime + 5
+    os.utime(code / "train.py", (later, later))
     delta = t.push(code, remote, excludes=[".git"])
     assert delta.files_transferred == 1 and delta.bytes_transferred < 50_000
 
