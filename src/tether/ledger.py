@@ -126,7 +126,7 @@ def refusal(
             spent = sum(c.spent for c in mine)
             return (
                 f"renting {candidate.what} at {_usd(candidate.rate)}/hr for about {hours * 60:.0f} min would bring "
-                f"the run to {_usd(projected)} ({_usd(spent)} spent, {_usd(used - spent)} committed), past "
+                f"the run to {_usd(projected)} ({_usd(spent)} spent, {_usd(projected - spent)} committed), past "
                 f"--max-usd {_usd(budget.max_usd)}"
             )
     if limits.max_hourly_usd is not None:

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Cloud, MakeCloud, vast_project
-from tests.e2e.managed_helpers import FAST
-from tests.helpers import tether
+from tests.e2e.managed_helpers import FAST, start_tether
+from tests.helpers import tether, wait_for
 from tether import rentals
 from tether.emulator.vast import load_offer_book
 from tether.state import open_state
@@ -191,3 +191,30 @@ def test_an_offer_with_an_out_of_range_machine_id_is_one_sentence_not_a_tracebac
     assert "Traceback" not in result.stderr
     assert [o["id"] for o in _strict_json(result.stdout)["offers"]] == [9200072]
     assert result.stderr.count("warning:") == 1 and "machine_id '1e400'" in result.stderr, result.stderr
+
+
+def _committed_shard(project: Path) -> bool:
+    """Whether a managed run's rental has been committed (its reservation, with its price, is in the state)."""
+    with open_state() as st:
+        return any(r.meta.get("budget_scope") and r.meta.get("commit_dph") for r in st.instances())
+
+
+def test_an_up_beside_a_managed_run_counts_the_runs_rental_in_flight(tmp_path: Path, make_cloud: MakeCloud) -> None:
+    cloud = make_cloud([_offer(9200081, 0.04), _offer(9200082, 0.045)])
+    project = vast_project(tmp_path, cloud, items=30, policy="max_hourly_usd = 0.06\n")
+    ctl = start_tether(
+        "run", "exp", "--managed", "--max-usd", "1", *FAST, "--", "--delay", "1", cwd=project, env=cloud.env
+    )
+    try:
+        wait_for(lambda: _committed_shard(project), 90, "the managed run's rental to be committed")
+        beside = tether("up", "box", "--profile", "api", cwd=project, env=cloud.env, timeout=180)
+        assert beside.returncode == 3, beside.stderr
+        assert "max_hourly_usd $0.0600" in beside.stderr and "nothing was rented" in beside.stderr, beside.stderr
+        _out, err = ctl.communicate(timeout=240)
+    finally:
+        if ctl.poll() is None:
+            ctl.kill()
+            ctl.communicate()
+    assert ctl.returncode == 0, err
+    assert [i.offer["id"] for i in _rented(cloud)] == [9200081]
+    assert cloud.emulator.billing_instances() == []
