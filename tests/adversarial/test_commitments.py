@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -218,3 +219,22 @@ def test_an_up_beside_a_managed_run_counts_the_runs_rental_in_flight(tmp_path: P
     assert ctl.returncode == 0, err
     assert [i.offer["id"] for i in _rented(cloud)] == [9200081]
     assert cloud.emulator.billing_instances() == []
+
+
+def test_an_up_killed_after_its_create_still_counts_against_the_cap(tmp_path: Path, make_cloud: MakeCloud) -> None:
+    """Killed between the create and its record: the next rental adopts what the create made (its label) and
+    counts it at its committed price, so the cap holds."""
+    cloud = make_cloud([_offer(9200091, 0.04), _offer(9200092, 0.045)])
+    project = vast_project(tmp_path, cloud, items=5, policy="max_hourly_usd = 0.06\n")
+    killed = _up(project, cloud.env, "one")
+    try:
+        wait_for(lambda: cloud.emulator.instances, 120, "the create to reach the provider")
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.communicate(timeout=60)
+    second = tether("up", "two", "--profile", "api", cwd=project, env=cloud.env, timeout=180)
+    assert second.returncode == 3, second.stderr
+    assert "max_hourly_usd $0.0600" in second.stderr, second.stderr
+    assert [i.offer["id"] for i in _rented(cloud)] == [9200091]
+    listing = json.loads(tether("ls", "--json", cwd=project, env=cloud.env).stdout)["instances"]
+    assert [(r["name"], r["dph_total"]) for r in listing if r["state"] != "gone"] == [("one", pytest.approx(0.04))]
