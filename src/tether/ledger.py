@@ -91,7 +91,8 @@ class Commitment:
 
 @dataclass(frozen=True)
 class Candidate:
-    """The exact rental about to be made: ``rate`` is the $/hr that will be billed, ``what`` names it."""
+    """The exact rental (or start) about to be made: ``rate`` is the $/hr that will be billed, ``what`` says what
+    is done, e.g. ``renting offer 123``."""
 
     rate: float
     what: str
@@ -113,9 +114,8 @@ def refusal(
     """Why committing ``candidate`` would cross a budget (one sentence, without its final stop), or None."""
     held = list(commitments)
     if not valid_price(candidate.rate):
-        return (
-            f"{candidate.what} has a malformed price ({malformed(candidate.rate)}), and a malformed price is not free"
-        )
+        why = malformed(candidate.rate)
+        return f"{candidate.what} is refused: its price is malformed ({why}), and a malformed price is not free"
     hours = budget.hours if budget is not None and budget.hours > 0 else 0.0
     new_usd = candidate.rate * hours
     if budget is not None and budget.max_usd is not None:
@@ -125,7 +125,7 @@ def refusal(
         if projected > budget.max_usd + EPS:
             spent = sum(c.spent for c in mine)
             return (
-                f"renting {candidate.what} at {_usd(candidate.rate)}/hr for about {hours * 60:.0f} min would bring "
+                f"{candidate.what} at {_usd(candidate.rate)}/hr for about {hours * 60:.0f} min would bring "
                 f"the run to {_usd(projected)} ({_usd(spent)} spent, {_usd(projected - spent)} committed), past "
                 f"--max-usd {_usd(budget.max_usd)}"
             )
@@ -133,7 +133,7 @@ def refusal(
         burn = sum(c.burn for c in held if c.live)
         if burn + candidate.rate > limits.max_hourly_usd + EPS:
             return (
-                f"renting {candidate.what} at {_usd(candidate.rate)}/hr would raise the burn from {_usd(burn)}/hr "
+                f"{candidate.what} at {_usd(candidate.rate)}/hr would raise the burn from {_usd(burn)}/hr "
                 f"(every live rental and reservation in flight) to {_usd(burn + candidate.rate)}/hr, past "
                 f"max_hourly_usd {_usd(limits.max_hourly_usd)}/hr"
             )
@@ -147,7 +147,7 @@ def refusal(
         projected = spent + outstanding + new_usd
         if spent >= limit - EPS or projected > limit + EPS:
             return (
-                f"renting {candidate.what} at {_usd(candidate.rate)}/hr would bring spending to {_usd(projected)} "
+                f"{candidate.what} at {_usd(candidate.rate)}/hr would bring spending to {_usd(projected)} "
                 f"({_usd(spent)} spent, {_usd(outstanding + new_usd)} committed), past {label} {_usd(limit)}"
             )
     return None

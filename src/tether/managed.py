@@ -155,7 +155,7 @@ def budget_refusal(
     held = [Commitment("", "run", dph, hours, 0.0, dph, True) for dph, hours in committed]
     spent = Commitment("", "run", 0.0, 0.0, spent_usd, 0.0, False)
     return ledger.refusal(
-        Candidate(new_dph, "a server"), [spent, *held], Limits(), budget=Budget("run", max_usd, new_hours)
+        Candidate(new_dph, "renting a server"), [spent, *held], Limits(), budget=Budget("run", max_usd, new_hours)
     )
 
 
@@ -967,7 +967,7 @@ class Controller:
             except ProviderError as exc:
                 self._provider_hiccup(sh, exc)
             self._offer_dph = (now, min(rental_cost(o, price_for(o) if price_for else None) for o in offers))
-        candidate = Candidate(self._offer_dph[1], "the cheapest offer")
+        candidate = Candidate(self._offer_dph[1], "renting the cheapest offer")
         why = rentals.commit_refusal(self.project, self.st, "", candidate, shard_budget(run, self.exp, sh.synced))
         return None if why is None else f"{why}; nothing was rented for shard {sh.shard}"
 

@@ -34,7 +34,7 @@ from tether.providers import (
     provider_for,
     ssh_address,
 )
-from tether.renting import destroy_verified, find_offers, rent, rental_cost, wait_running
+from tether.renting import destroy_verified, find_offers, rent, rent_lock, rental_cost, wait_running
 from tether.renting import observe as observe_instance
 from tether.state import InstanceRecord, State
 
@@ -282,7 +282,7 @@ def ensure_rented(
         price_for = bid_pricing(prof, offers)
         cheapest = min(rental_cost(o, price_for(o) if price_for else None) for o in offers)
         # A first look, before the account key is checked: the exact offer is committed under the rent lock.
-        _refuse(commit_refusal(project, st, name, Candidate(cheapest, "the cheapest offer"), budget))
+        _refuse(commit_refusal(project, st, name, Candidate(cheapest, "renting the cheapest offer"), budget))
         key = check_account_key(project, prov)
         label = label_of(project, name)
         kind = f", bidding (interruptible) from ${cheapest:.4f}/hr" if price_for else ""
@@ -594,9 +594,9 @@ def commit_refusal(
     return refusal(candidate, others, limits_of(project), budget=budget, spent_total=total, spent_today=today)
 
 
-def _refuse(why: str | None) -> None:
+def _refuse(why: str | None, what: str = "rented") -> None:
     if why is not None:
-        raise PolicyRefusal(f"{why[0].upper()}{why[1:]}; nothing was rented.", BUDGET_HINT)
+        raise PolicyRefusal(f"{why[0].upper()}{why[1:]}; nothing was {what}.", BUDGET_HINT)
 
 
 def commit(
@@ -611,7 +611,7 @@ def commit(
     """Commit the exact ``offer`` at ``rate`` (the $/hr that will be billed) for ``name``, or refuse it
     (:class:`PolicyRefusal`). The caller holds the rent lock; the reservation, with its price, is in the state
     database before the lock is released, so every other rental on this machine counts it."""
-    _refuse(commit_refusal(project, st, name, Candidate(rate, f"offer {offer.id}"), budget))
+    _refuse(commit_refusal(project, st, name, Candidate(rate, f"renting offer {offer.id}"), budget))
     hours = budget.hours if budget is not None else 0.0
     scope = {"budget_scope": budget.scope} if budget is not None else {}
     st.reserve_instance(
@@ -642,8 +642,13 @@ def start(
     rec = rented(st, name)
     assert rec.instance_id is not None
     with _provider(project, provider) as prov:
-        prov.start(rec.instance_id)
-        now = record(st, name, observe_instance(prov, rec.instance_id), source="start")
+        with rent_lock():
+            # A start raises the burn from storage to the full rate: it is committed like a rental.
+            rate = rec.dph_total if valid_price(rec.dph_total) else rec.meta.get("commit_dph")
+            if valid_price(rate):
+                _refuse(commit_refusal(project, st, name, Candidate(rate, f"starting {name}"), None), "started")
+            prov.start(rec.instance_id)
+            now = record(st, name, observe_instance(prov, rec.instance_id), source="start")
         if now.state == "queued":
             say(
                 f"{name}'s start is queued by the provider (its GPU is in use); waiting up to "

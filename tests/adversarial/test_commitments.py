@@ -238,3 +238,18 @@ def test_an_up_killed_after_its_create_still_counts_against_the_cap(tmp_path: Pa
     assert [i.offer["id"] for i in _rented(cloud)] == [9200091]
     listing = json.loads(tether("ls", "--json", cwd=project, env=cloud.env).stdout)["instances"]
     assert [(r["name"], r["dph_total"]) for r in listing if r["state"] != "gone"] == [("one", pytest.approx(0.04))]
+
+
+def test_starting_a_stopped_server_is_committed_against_the_hourly_cap(tmp_path: Path, make_cloud: MakeCloud) -> None:
+    """A stopped server burns only its storage; starting it again raises the burn to its full rate, so a start is
+    checked like a rental (a server rented meanwhile counts)."""
+    cloud = make_cloud([_offer(9200101, 0.04), _offer(9200102, 0.045)])
+    project = vast_project(tmp_path, cloud, items=5, policy="max_hourly_usd = 0.08\n")
+    assert tether("up", "a", "--profile", "api", cwd=project, env=cloud.env, timeout=180).returncode == 0
+    assert tether("stop", "a", cwd=project, env=cloud.env, timeout=120).returncode == 0
+    assert tether("up", "b", "--profile", "api", cwd=project, env=cloud.env, timeout=180).returncode == 0
+    start = tether("start", "a", cwd=project, env=cloud.env, timeout=180)
+    assert start.returncode == 3, start.stderr
+    assert "Starting a at $0.0400/hr" in start.stderr and "nothing was started" in start.stderr, start.stderr
+    states = {i.offer["id"]: i.state for i in _rented(cloud)}
+    assert states == {9200101: "stopped", 9200102: "running"}

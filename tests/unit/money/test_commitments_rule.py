@@ -60,8 +60,8 @@ def test_daily_and_total_count_spent_plus_what_held_rentals_still_owe(label: str
 @pytest.mark.parametrize("price", [math.nan, math.inf, -0.01])
 def test_a_malformed_price_is_refused_not_free(price: float) -> None:
     assert not valid_price(price)
-    why = refusal(Candidate(price, "offer 7"), [], Limits())
-    assert why is not None and "offer 7 has a malformed price" in why
+    why = refusal(Candidate(price, "renting offer 7"), [], Limits())
+    assert why is not None and "renting offer 7 is refused: its price is malformed" in why
 
 
 def test_valid_prices() -> None:
