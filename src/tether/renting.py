@@ -48,10 +48,16 @@ def find_offers(provider: Provider, query: OfferQuery, warn: Say | None = None) 
     """Offers for ``query``, cheapest first; when nothing matches, NoCapacity names why (no instance is made).
     What the provider skipped as malformed is said to ``warn`` (once per search)."""
     offers = provider.search(query)
-    for sentence in provider.take_warnings():
+    skipped = provider.take_warnings()
+    for sentence in skipped:
         (warn or _quiet)(sentence)
     if offers:
         return rank_offers(offers)
+    if skipped:
+        raise NoCapacity(
+            f"No usable offer matches {query.text!r}: every offer that matched was malformed (see the warning).",
+            "Try again later (the provider's listing may be fixed by then), or loosen the query.",
+        )
     why = provider.explain_no_match(query)
     raise NoCapacity(
         f"No offer matches {query.text!r}. {why}",

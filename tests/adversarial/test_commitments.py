@@ -192,6 +192,10 @@ def test_an_offer_with_an_out_of_range_machine_id_is_one_sentence_not_a_tracebac
     assert "Traceback" not in result.stderr
     assert [o["id"] for o in _strict_json(result.stdout)["offers"]] == [9200072]
     assert result.stderr.count("warning:") == 1 and "machine_id '1e400'" in result.stderr, result.stderr
+    only_bad = tether("offers", "--json", "--query", "id=9200071 num_gpus=1", cwd=project, env=cloud.env)
+    assert only_bad.returncode == 1 and "Traceback" not in only_bad.stderr, only_bad.stderr
+    error = _strict_json(only_bad.stdout)
+    assert error["kind"] == "NoCapacity" and "every offer that matched was malformed" in error["error"], error
 
 
 def _committed_shard(project: Path) -> bool:

@@ -130,7 +130,7 @@ def offers_from_json(answer: Any) -> tuple[list[Offer], str | None]:
         return offers, None
     return offers, (
         f"Skipped {len(skipped)} malformed offer(s) the provider sent ({'; '.join(skipped[:5])}"
-        f"{'; ...' if len(skipped) > 5 else ''}): a malformed price is never taken as free."
+        f"{'; ...' if len(skipped) > 5 else ''}); tether never rents an offer it cannot read."
     )
 
 
