@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from tether import cost, ledger, provision, pull, rentals, runs, vocab
+from tether import cost, provision, pull, rentals, runs, vocab
 from tether.checkpoint import shard as shard_lib
 from tether.config import ExperimentConfig, Project
 from tether.context import Ctx
@@ -55,7 +55,7 @@ from tether.errors import (
     TetherError,
 )
 from tether.hosts import Target, resolve
-from tether.ledger import Budget, Candidate, Commitment, Limits
+from tether.ledger import Budget, Candidate, Commitment, Limits, refusal
 from tether.paths import private_dir, tether_home
 from tether.providers import STOPPED_STATES, Instance, Provider, provider_for
 from tether.renting import observe as observe_instance
@@ -154,7 +154,7 @@ def budget_refusal(
     """
     held = [Commitment("", "run", dph, hours, 0.0, dph, True) for dph, hours in committed]
     spent = Commitment("", "run", 0.0, 0.0, spent_usd, 0.0, False)
-    return ledger.refusal(
+    return refusal(
         Candidate(new_dph, "renting a server"), [spent, *held], Limits(), budget=Budget("run", max_usd, new_hours)
     )
 
