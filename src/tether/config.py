@@ -288,6 +288,7 @@ idle_stop_minutes = 30          # stop a rented server idle this long
 destroy_after_idle_hours = 24   # destroy it (after pulling results) when idle or stopped this long
 # max_total_usd = 50            # refuse new rentals past this total
 # max_hourly_usd = 2.0          # refuse new rentals past this burn rate
+# max_daily_usd = 10            # refuse new rentals past this spend today (UTC)
 allow_spending = false          # `tether run` may rent a server only if this is true (or with --provision)
 """
 

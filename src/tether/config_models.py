@@ -154,6 +154,7 @@ class PolicyConfig(_Strict):
     gap_history: Annotated[int, Field(ge=0)] = 20
     max_total_usd: Annotated[float, Field(ge=0)] | None = None
     max_hourly_usd: Annotated[float, Field(ge=0)] | None = None
+    max_daily_usd: Annotated[float, Field(ge=0)] | None = None
     budget_warn_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
     local_busy: bool = False
     allow_spending: bool = False

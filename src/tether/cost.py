@@ -1,4 +1,4 @@
-"""Money, pure: the cost ledger's integral, the budget, and the stop/destroy policies.
+"""Money, pure: the cost ledger's integral and the stop/destroy policies (budgets: :mod:`tether.ledger`).
 
 Nothing here reads a file, a clock or the network: every function takes the recorded facts and ``now``.
 
@@ -72,7 +72,6 @@ __all__ = [
     "Segment",
     "accrued",
     "cheapest_idle_action",
-    "check_budget",
     "cost_by_experiment",
     "decide",
     "decide_all",
@@ -469,30 +468,6 @@ def cost_by_experiment(
             for exp in names:
                 out[exp] = out.get(exp, 0.0) + usd / len(names)
     return out
-
-
-# ------------------------------------------------------------------------------------------ budget
-
-
-def check_budget(policy: PolicyConfig, spent: Ledger, new_dph: float) -> None:
-    """Refuse (``PolicyRefusal``) a new rental at ``new_dph`` $/hr that would break ``[policy]`` limits.
-
-    ``spent`` should be the all-time ledger (no ``since``): ``max_total_usd`` limits everything spent so far;
-    ``max_hourly_usd`` limits the burn after the rental (today's burn plus ``new_dph``).
-    """
-    if policy.max_total_usd is not None and spent.total_usd >= policy.max_total_usd:
-        raise PolicyRefusal(
-            f"Budget already exceeded: ${spent.total_usd:.2f} spent of max_total_usd ${policy.max_total_usd:.2f}, "
-            "so no new server is rented.",
-            "Destroy what you no longer need (`tether down NAME`), or raise [policy] max_total_usd in tether.toml.",
-        )
-    if policy.max_hourly_usd is not None and spent.burn_dph + new_dph > policy.max_hourly_usd + 1e-9:
-        raise PolicyRefusal(
-            f"Renting at ${new_dph:.3f}/hr would raise the burn from ${spent.burn_dph:.3f}/hr to "
-            f"${spent.burn_dph + new_dph:.3f}/hr, past max_hourly_usd ${policy.max_hourly_usd:.3f}/hr.",
-            "Stop or destroy an idle server first (`tether down NAME`), pick a cheaper profile, "
-            "or raise [policy] max_hourly_usd in tether.toml.",
-        )
 
 
 # ------------------------------------------------------------------------------------------ policies

@@ -55,10 +55,11 @@ from tether.errors import (
     TetherError,
 )
 from tether.hosts import Target, resolve
+from tether.ledger import Budget, Candidate, Commitment, Limits, refusal
 from tether.paths import private_dir, tether_home
 from tether.providers import STOPPED_STATES, Instance, Provider, provider_for
 from tether.renting import observe as observe_instance
-from tether.renting import wait_running
+from tether.renting import rental_cost, wait_running
 from tether.state import ManagedRunRecord, ManagedShardRecord, State, open_state
 from tether.transport.base import Backoff
 from tether.transport.ssh import SSHTransport
@@ -151,16 +152,17 @@ def budget_refusal(
 
     ``committed``: ``(dph, hours)`` of every server the run holds, for its shard's estimated remaining work.
     """
-    if max_usd is None:
-        return None
-    held = sum(dph * hours for dph, hours in committed)
-    projected = spent_usd + held + new_dph * new_hours
-    if projected <= max_usd + 1e-12:
-        return None
-    return (
-        f"renting a server at ${new_dph:.4f}/hr for about {new_hours * 60:.0f} min would bring the run to "
-        f"${projected:.4f} (${spent_usd:.4f} spent, ${held:.4f} committed), past --max-usd ${max_usd:.4f}"
+    held = [Commitment("", "run", dph, hours, 0.0, dph, True) for dph, hours in committed]
+    spent = Commitment("", "run", 0.0, 0.0, spent_usd, 0.0, False)
+    return refusal(
+        Candidate(new_dph, "renting a server"), [spent, *held], Limits(), budget=Budget("run", max_usd, new_hours)
     )
+
+
+def shard_budget(run: ManagedRunRecord, exp: ExperimentConfig, done: int) -> Budget:
+    """What one rental of ``run`` may commit: the run's ``--max-usd`` over all its rentals (scope: the run id),
+    each committed for its shard's estimated remaining work plus the overhead."""
+    return Budget(run.id, run.max_usd, (shard_seconds_left(exp, run.shards, done) + RENTAL_OVERHEAD_S) / 3600)
 
 
 def shard_seconds_left(exp: ExperimentConfig, shards: int, done: int) -> float:
@@ -528,7 +530,8 @@ def acquire_job(
         name, exp = shard.server, project.experiment(run.experiment)
         if kind == "rent":
             _await_adopted(project, ctx.state, name, say)
-            rentals.ensure_rented(project, ctx.state, name, profile=run.profile or "api", say=say)
+            budget = shard_budget(run, exp, shard.synced)
+            rentals.ensure_rented(project, ctx.state, name, profile=run.profile or "api", budget=budget, say=say)
         elif kind == "restart":
             rentals.start(project, ctx.state, name, say=say)
         target = resolve(project, name, ctx.state)
@@ -947,28 +950,25 @@ class Controller:
         self.submit(sh.shard, "acquire", acquire_job, self.run, sh, "own" if sh.own_host else "rent")
 
     def budget_check(self, sh: ManagedShardRecord) -> str | None:
+        """A first look before renting for ``sh`` (the rental itself is committed under the rent lock, at the exact
+        offer's billed price): the cheapest offer's billed price against the same rule, counting every rental held
+        or in flight on this machine (this run's siblings, a concurrent ``tether up``)."""
         run = self.run
-        if run.max_usd is None:
+        policy = self.project.config.policy
+        limits = (run.max_usd, policy.max_hourly_usd, policy.max_daily_usd, policy.max_total_usd)
+        if all(limit is None for limit in limits):
             return None
         now = time.time()
         if self._offer_dph is None or now - self._offer_dph[0] > 60:
             try:
                 prof = rentals.profile_for(self.project, run.profile or "api")
                 offers = rentals.search(self.provider(), prof)
+                price_for = rentals.bid_pricing(prof, offers)
             except ProviderError as exc:
                 self._provider_hiccup(sh, exc)
-            self._offer_dph = (now, min(o.dph_total for o in offers))
-        dph = self._offer_dph[1]
-        committed = []
-        for other in self.st.managed_shards(self.id):
-            if other.shard == sh.shard or other.own_host or other.status in vocab.SHARD_FINAL or not other.server:
-                continue
-            rec = self.st.instance(other.server)
-            if rec is not None and rec.state != "gone" and rec.dph_total:
-                left = shard_seconds_left(self.exp, run.shards, other.completed)
-                committed.append((rec.dph_total, (left + RENTAL_OVERHEAD_S) / 3600))
-        hours = (shard_seconds_left(self.exp, run.shards, sh.synced) + RENTAL_OVERHEAD_S) / 3600
-        why = budget_refusal(run.max_usd, self.spent(), committed, dph, hours)
+            self._offer_dph = (now, min(rental_cost(o, price_for(o) if price_for else None) for o in offers))
+        candidate = Candidate(self._offer_dph[1], "renting the cheapest offer")
+        why = rentals.commit_refusal(self.project, self.st, "", candidate, shard_budget(run, self.exp, sh.synced))
         return None if why is None else f"{why}; nothing was rented for shard {sh.shard}"
 
     def _provider_hiccup(self, sh: ManagedShardRecord, exc: TetherError) -> NoReturn:

@@ -20,7 +20,8 @@ from typing import Any
 
 from tether import cost, vocab
 from tether.config import Project
-from tether.errors import ConfigError, NoCapacity, ProviderError, SSHError, TetherError
+from tether.errors import ConfigError, NoCapacity, PolicyRefusal, ProviderError, SSHError, TetherError
+from tether.ledger import Budget, Candidate, Commitment, Limits, refusal, valid_price
 from tether.paths import tether_home
 from tether.profiles import Profile, project_profile
 from tether.providers import (
@@ -33,7 +34,7 @@ from tether.providers import (
     provider_for,
     ssh_address,
 )
-from tether.renting import destroy_verified, find_offers, rent, rental_cost, wait_running
+from tether.renting import destroy_verified, find_offers, rent, rent_lock, rental_cost, wait_running
 from tether.renting import observe as observe_instance
 from tether.state import InstanceRecord, State
 
@@ -69,9 +70,11 @@ def search(
     query: str | None = None,
     order: str | None = None,
     limit: int | None = None,
+    warn: Say | None = None,
 ) -> list[Offer]:
-    """Live offers for the profile (or for ``query`` instead of its query), cheapest first."""
-    return find_offers(provider, profile.offer_query(query=query, order=order, limit=limit))
+    """Live offers for the profile (or for ``query`` instead of its query), cheapest first; offers skipped as
+    malformed are said to ``warn``."""
+    return find_offers(provider, profile.offer_query(query=query, order=order, limit=limit), warn)
 
 
 def address_of(inst: Instance) -> str:
@@ -106,14 +109,25 @@ def record(
         if remote_root
         else (old.remote_root if old else "/workspace"),
         state=inst.state,
-        dph_total=inst.dph_total if inst.state != "gone" else (old.dph_total if old else None),
-        storage_dph=inst.storage_total_cost if inst.state != "gone" else (old.storage_dph if old else None),
+        dph_total=_price(inst.dph_total, inst.state, old.dph_total if old else None, merged.get("commit_dph")),
+        storage_dph=_price(inst.storage_total_cost, inst.state, old.storage_dph if old else None, None),
         created=old.created if old and old.instance_id == inst.id else ts,
         updated=ts,
         meta=merged,
     )
     st.upsert_instance(rec, source=source)
     return rec
+
+
+def _price(seen: float, state: str, known: float | None, committed: Any) -> float | None:
+    """The price to record: what the provider says now, unless the instance is gone or the price it sent is
+    malformed (NaN, infinite, negative), when the last price known (else the one committed) is kept: a malformed
+    price is never stored, neither as NULL (SQLite's NaN) nor as $0."""
+    if state != "gone" and valid_price(seen):
+        return seen
+    if known is not None and valid_price(known):
+        return known
+    return committed if valid_price(committed) else None
 
 
 def project_root_for(instance_id: str, template: str) -> str:
@@ -225,6 +239,7 @@ def ensure_rented(
     image: str | None = None,
     disk_gb: float | None = None,
     max_price: float | None = None,
+    budget: Budget | None = None,
     say: Say = _quiet,
     provider: Provider | None = None,
 ) -> dict[str, Any]:
@@ -233,6 +248,10 @@ def ensure_rented(
     One ``up`` of a name at a time (:func:`name_lock`); the rental is recorded (``creating``) before the create
     call, and instances under this project's label are reconciled first, so a killed ``up`` leaves nothing unknown
     and running ``up`` again adopts what it made instead of renting a second.
+
+    Every offer tried is committed first (:func:`commit`): under the rent lock that reserves it, at the price that
+    will be billed, against ``budget`` (a command's group, e.g. a managed run) and ``[policy]``'s limits, counting
+    every rental held or in flight on this machine; a refusal is :class:`PolicyRefusal` and nothing is rented.
     """
     with name_lock(name), _provider(project, provider) as prov:
         for sentence in reconcile(project, st, prov):
@@ -242,7 +261,7 @@ def ensure_rented(
             inst = observe_instance(prov, existing.instance_id)
             if inst.state == "running":
                 rec = record(st, name, inst, source="up")
-                return {"instance_id": inst.id, "reused": True, "address": rec.address, "dph_total": inst.dph_total}
+                return {"instance_id": inst.id, "reused": True, "address": rec.address, "dph_total": rec.dph_total}
             if inst.state in STOPPED_STATES or inst.state in ("queued", "frozen"):
                 say(f"{name} is {inst.state}; starting it.")
                 return start(project, st, name, say=say, provider=prov)
@@ -259,19 +278,23 @@ def ensure_rented(
             )
         prof = profile_for(project, profile or "api", disk_gb=disk_gb, image=image)
         refuse_reserved(prof)
-        offers = _offers_for(prov, prof, offer_id)
+        offers = _offers_for(prov, prof, offer_id, say)
         price_for = bid_pricing(prof, offers)
         cheapest = min(rental_cost(o, price_for(o) if price_for else None) for o in offers)
-        _check_budget(project, st, cheapest)
+        # A first look, before the account key is checked: the exact offer is committed under the rent lock.
+        _refuse(commit_refusal(project, st, name, Candidate(cheapest, "renting the cheapest offer"), budget))
         key = check_account_key(project, prov)
         label = label_of(project, name)
         kind = f", bidding (interruptible) from ${cheapest:.4f}/hr" if price_for else ""
         say(f"Renting {name} ({prof.name}): {len(offers)} offers, cheapest ${cheapest:.4f}/hr{kind}.")
-        st.reserve_instance(
-            name, PROVIDER, project.config.vast.remote_root, {**_adopted_meta(project), "profile": prof.name}
-        )
+        base_meta = {**_adopted_meta(project), "profile": prof.name}
+        st.reserve_instance(name, PROVIDER, project.config.vast.remote_root, base_meta)
+
+        def commit_offer(offer: Offer, rate: float) -> None:
+            commit(project, st, name, offer, rate, budget, base_meta)
+
         try:
-            inst = _rent(prov, offers, prof, label, max_price, project, say, price_for)
+            inst = _rent(prov, offers, prof, label, max_price, project, say, price_for, commit_offer)
         except BaseException:
             # Nothing may be left half-known: adopt what the create made, or drop the reservation.
             with contextlib.suppress(TetherError):
@@ -293,7 +316,7 @@ def ensure_rented(
         if key is not None:
             _wait_for_key(project, st, prov, name, rec, key, say)
     out: dict[str, Any] = {"instance_id": inst.id, "reused": False, "address": rec.address}
-    return {**out, "dph_total": inst.dph_total, "offer_type": prof.type, "bid_usd": bid}
+    return {**out, "dph_total": rec.dph_total, "offer_type": prof.type, "bid_usd": bid}
 
 
 def refuse_reserved(prof: Profile) -> None:
@@ -307,16 +330,16 @@ def refuse_reserved(prof: Profile) -> None:
         )
 
 
-def _offers_for(prov: Provider, prof: Profile, offer_id: str | None) -> list[Offer]:
+def _offers_for(prov: Provider, prof: Profile, offer_id: str | None, say: Say = _quiet) -> list[Offer]:
     """The offers to try: the profile's search, or exactly the one offer asked for (found by ``id=ID``, since a
     search answers at most 64 offers: looking for an id in a wide answer misses most of them)."""
     if not offer_id:
-        return search(prov, prof)
+        return search(prov, prof, warn=say)
     if not offer_id.isdigit():
         raise ConfigError(f"--offer takes an offer id (a number), not {offer_id!r}.", "`tether offers` lists them.")
     try:
         # The user chose this offer: the default filters (verified, external) do not hide it.
-        found = search(prov, prof, query=f"id={offer_id} verified=any external=any")
+        found = search(prov, prof, query=f"id={offer_id} verified=any external=any", warn=say)
     except NoCapacity:
         found = []
     offers = [o for o in found if str(o.id) == offer_id]
@@ -372,6 +395,7 @@ def _rent(
     project: Project,
     say: Say,
     price_for: Callable[[Offer], float | None] | None = None,
+    commit_offer: Callable[[Offer, float], None] | None = None,
 ) -> Instance:
     assert prof.image is not None  # project_profile always sets it
     return rent(
@@ -383,6 +407,7 @@ def _rent(
         onstart=ONSTART,
         max_price=max_price,
         price_for=price_for,
+        commit=commit_offer,
         wait_deadline_s=_wait_s(project),
         poll_s=project.config.vast.poll_seconds,
         on_event=say,
@@ -514,9 +539,87 @@ def reconcile_after_failure(project: Project, st: State, prov: Provider, name: s
         st.drop_reservation(name)
 
 
-def _check_budget(project: Project, st: State, new_dph: float) -> None:
-    ledger = cost.ledger(st.event_log(), time.time())
-    cost.check_budget(project.config.policy, ledger, new_dph)
+# ------------------------------------------------------------------------------------------ the commitments
+
+#: States in which a rental counts its full committed rate against the hourly cap: it bills it, or is about to.
+_COMMITTED_STATES = frozenset({"creating", "loading", "queued"})
+
+BUDGET_HINT = (
+    "Destroy what you no longer need (`tether down NAME`), pick a cheaper profile, or raise the limit it names "
+    "(--max-usd, or [policy] in tether.toml)."
+)
+
+
+def limits_of(project: Project) -> Limits:
+    policy = project.config.policy
+    return Limits(policy.max_hourly_usd, policy.max_daily_usd, policy.max_total_usd)
+
+
+def commitments(st: State, now: float) -> tuple[list[Commitment], float, float]:
+    """Every rental this machine holds or has in flight as a :class:`Commitment` (what each spent from the
+    ledger, the rate and hours it was committed at, its burn now), with the dollars spent in all and today (UTC)."""
+    led = cost.ledger(st.event_log(), now)
+    today = time.strftime("%Y-%m-%d", time.gmtime(now))
+    out: list[Commitment] = []
+    for rec in st.instances():
+        if rec.provider != PROVIDER:
+            continue
+        committed = rec.meta.get("commit_dph")
+        rate = committed if valid_price(committed) else (rec.dph_total if valid_price(rec.dph_total) else 0.0)
+        hours_raw = rec.meta.get("commit_hours")
+        hours = hours_raw if valid_price(hours_raw) else 0.0
+        live = rec.state not in cost.FREE_STATES
+        kind = cost.rate_kind(rec.state)
+        if not live:
+            burn = 0.0
+        elif rec.state in _COMMITTED_STATES:
+            burn = rate
+        elif kind == "full":
+            burn = rec.dph_total if valid_price(rec.dph_total) else rate
+        else:
+            burn = rec.storage_dph if valid_price(rec.storage_dph) else 0.0
+        spent = led.by_instance[rec.name].total_usd if rec.name in led.by_instance else 0.0
+        scope = rec.meta.get("budget_scope")
+        out.append(Commitment(rec.name, str(scope) if scope else None, rate, hours, spent, burn, live))
+    return out, led.total_usd, led.by_day.get(today, 0.0)
+
+
+def commit_refusal(
+    project: Project, st: State, name: str, candidate: Candidate, budget: Budget | None, now: float | None = None
+) -> str | None:
+    """Why renting ``candidate`` as ``name`` would cross a budget (the pure rule, :func:`tether.ledger.refusal`,
+    over this machine's commitments; ``name``'s own reservation is the one being replaced), or None."""
+    held, total, today = commitments(st, time.time() if now is None else now)
+    others = [c for c in held if c.name != name or not c.live]
+    return refusal(candidate, others, limits_of(project), budget=budget, spent_total=total, spent_today=today)
+
+
+def _refuse(why: str | None, what: str = "rented") -> None:
+    if why is not None:
+        raise PolicyRefusal(f"{why[0].upper()}{why[1:]}; nothing was {what}.", BUDGET_HINT)
+
+
+def commit(
+    project: Project,
+    st: State,
+    name: str,
+    offer: Offer,
+    rate: float,
+    budget: Budget | None,
+    meta: dict[str, Any],
+) -> None:
+    """Commit the exact ``offer`` at ``rate`` (the $/hr that will be billed) for ``name``, or refuse it
+    (:class:`PolicyRefusal`). The caller holds the rent lock; the reservation, with its price, is in the state
+    database before the lock is released, so every other rental on this machine counts it."""
+    _refuse(commit_refusal(project, st, name, Candidate(rate, f"renting offer {offer.id}"), budget))
+    hours = budget.hours if budget is not None else 0.0
+    scope = {"budget_scope": budget.scope} if budget is not None else {}
+    st.reserve_instance(
+        name,
+        PROVIDER,
+        project.config.vast.remote_root,
+        {**meta, **scope, "offer_id": offer.id, "commit_dph": rate, "commit_hours": hours},
+    )
 
 
 def observe(project: Project, st: State, name: str, *, provider: Provider | None = None) -> InstanceRecord:
@@ -539,8 +642,13 @@ def start(
     rec = rented(st, name)
     assert rec.instance_id is not None
     with _provider(project, provider) as prov:
-        prov.start(rec.instance_id)
-        now = record(st, name, observe_instance(prov, rec.instance_id), source="start")
+        with rent_lock():
+            # A start raises the burn from storage to the full rate: it is committed like a rental.
+            rate = rec.dph_total if valid_price(rec.dph_total) else rec.meta.get("commit_dph")
+            if valid_price(rate):
+                _refuse(commit_refusal(project, st, name, Candidate(rate, f"starting {name}"), None), "started")
+            prov.start(rec.instance_id)
+            now = record(st, name, observe_instance(prov, rec.instance_id), source="start")
         if now.state == "queued":
             say(
                 f"{name}'s start is queued by the provider (its GPU is in use); waiting up to "
@@ -561,7 +669,7 @@ def start(
             ) from None
     new = record(st, name, inst, source="start")
     say(f"{name} is running at {new.address}.")
-    return {"instance_id": inst.id, "reused": True, "address": new.address, "dph_total": inst.dph_total}
+    return {"instance_id": inst.id, "reused": True, "address": new.address, "dph_total": new.dph_total}
 
 
 def _cancel_start(prov: Provider, st: State, name: str, instance_id: str, project: Project) -> str:

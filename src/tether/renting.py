@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from tether.errors import AuthError, NoCapacity, ProviderError
+from tether.ledger import valid_price
 from tether.paths import tether_home
 from tether.profiles import rank_offers
 from tether.providers.base import DEAD_STATES, STOPPED_STATES, Instance, Offer, OfferQuery, Provider, gone
@@ -43,11 +44,20 @@ def _quiet(_message: str) -> None:
 # ---------------------------------------------------------------------------------------------- searching
 
 
-def find_offers(provider: Provider, query: OfferQuery) -> list[Offer]:
-    """Offers for ``query``, cheapest first; when nothing matches, NoCapacity names why (no instance is made)."""
+def find_offers(provider: Provider, query: OfferQuery, warn: Say | None = None) -> list[Offer]:
+    """Offers for ``query``, cheapest first; when nothing matches, NoCapacity names why (no instance is made).
+    What the provider skipped as malformed is said to ``warn`` (once per search)."""
     offers = provider.search(query)
+    skipped = provider.take_warnings()
+    for sentence in skipped:
+        (warn or _quiet)(sentence)
     if offers:
         return rank_offers(offers)
+    if skipped:
+        raise NoCapacity(
+            f"No usable offer matches {query.text!r}: every offer that matched was malformed (see the warning).",
+            "Try again later (the provider's listing may be fixed by then), or loosen the query.",
+        )
     why = provider.explain_no_match(query)
     raise NoCapacity(
         f"No offer matches {query.text!r}. {why}",
@@ -209,6 +219,7 @@ def rent(
     env: Mapping[str, str] | None = None,
     max_price: float | None = None,
     price_for: Callable[[Offer], float | None] | None = None,
+    commit: Callable[[Offer, float], None] | None = None,
     wait_deadline_s: float = 900.0,
     poll_s: float = 5.0,
     max_attempts: int = 3,
@@ -224,13 +235,17 @@ def rent(
     offer is tried, at most ``max_attempts`` creates in all. Picking an offer and creating the instance happen under
     the machine-wide rent lock, and taken offers are remembered, so several ``rent`` at once never rent the same
     offer twice. ``price_for(offer)`` is the $/hr bid sent with the create (None: on demand).
+
+    ``commit(offer, rate)`` is called under the lock just before each create, with the exact offer and the $/hr it
+    will bill (:func:`rental_cost`): it records the reservation, or raises to refuse it (nothing is created then).
+    A price that is not a finite non-negative number is never rented (the offer is skipped).
     """
     say = on_event or _quiet
 
     def hourly(o: Offer) -> float:
         return rental_cost(o, price_for(o) if price_for is not None else None)
 
-    ranked = sorted(offers, key=lambda o: (hourly(o), -o.reliability))
+    ranked = sorted((o for o in offers if valid_price(hourly(o))), key=lambda o: (hourly(o), -o.reliability))
     if not ranked:
         raise NoCapacity("There is no offer to rent.", "Loosen the query or try again later.")
     if max_price is not None:
@@ -257,6 +272,8 @@ def rent(
             attempts += 1
             price = price_for(offer) if price_for is not None else None
             bid = f", bid ${price:.4f}/hr for the machine" if price is not None else ""
+            if commit is not None:
+                commit(offer, hourly(offer))
             say(f"renting offer {offer.id} ({offer.gpu_name or 'CPU'}, ${hourly(offer):.4f}/hr{bid})")
             try:
                 instance_id = provider.create(

@@ -9,6 +9,7 @@ rich is imported on the first human output, never for ``--json`` (see :class:`La
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,8 +68,20 @@ def new_table(**options: Any) -> Table:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 
 
+def finite(doc: Any) -> Any:
+    """``doc`` with every number that is not finite (NaN, infinities: not JSON) as null."""
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return None
+    if isinstance(doc, dict):
+        return {k: finite(v) for k, v in doc.items()}
+    if isinstance(doc, list | tuple):
+        return [finite(v) for v in doc]
+    return doc
+
+
 def emit_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+    """One JSON document on stdout, always valid JSON: a number that is not finite is written as null."""
+    sys.stdout.write(json.dumps(finite(doc), indent=2, default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 

@@ -41,7 +41,7 @@ def _offer_lookup(project: Project) -> tuple[Any, list[str]]:
     def lookup(profile: str) -> Offer | None:
         try:
             spec = rentals.profile_for(project, profile)
-            found = find_offers(provider, spec.offer_query(limit=5))
+            found = find_offers(provider, spec.offer_query(limit=5), notes.append)
         except (AuthError, ProviderError) as exc:
             notes.append(f"{profile}: {exc.message}")
             return None

@@ -55,7 +55,7 @@ def offers(
             profile = profile_for_kind(exp.kind) or "api"
     spec = rentals.profile_for(project, profile or "api", disk_gb=disk_gb, offer_type=offer_type)
     with provider_for(project) as provider:
-        found = rentals.search(provider, spec, query=query, order=order, limit=limit)
+        found = rentals.search(provider, spec, query=query, order=order, limit=limit, warn=warn)
     rows = []
     for o in found[:limit]:
         row = o.row()

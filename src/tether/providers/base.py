@@ -195,6 +195,11 @@ class Provider(ABC):
         priced for ``query.disk_gb``. An empty list when nothing matches (never an error for that); a query the
         provider cannot read raises ConfigError before any request."""
 
+    def take_warnings(self) -> list[str]:
+        """Sentences about what the last searches skipped (offers with a malformed price or id), each said once:
+        taking them clears them. None by default."""
+        return []
+
     @abstractmethod
     def explain_no_match(self, query: OfferQuery) -> str:
         """One sentence on why ``query`` matched nothing (e.g. the filter that ruled out most offers). May search

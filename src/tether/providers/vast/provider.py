@@ -10,7 +10,7 @@ from tether.errors import ProviderError
 from tether.providers.base import Instance, Offer, OfferQuery, Provider
 from tether.providers.vast import query as vq
 from tether.providers.vast.api import VastClient
-from tether.providers.vast.translate import instance_from_json, offer_from_json
+from tether.providers.vast.translate import instance_from_json, offers_from_json
 
 
 def _instance_id(instance_id: str) -> int:
@@ -29,6 +29,7 @@ class VastProvider(Provider):
 
     def __init__(self, client: VastClient | None = None) -> None:
         self.client = client if client is not None else VastClient()
+        self._warnings: list[str] = []
 
     @staticmethod
     def check_query(text: str, order: str) -> None:
@@ -36,7 +37,14 @@ class VastProvider(Provider):
 
     def search(self, query: OfferQuery) -> list[Offer]:
         body = vq.body_for(query)
-        return [offer_from_json(o) for o in self.client.search_offers(body)]
+        offers, skipped = offers_from_json(self.client.search_offers(body))
+        if skipped is not None:
+            self._warnings.append(skipped)
+        return offers
+
+    def take_warnings(self) -> list[str]:
+        out, self._warnings = self._warnings, []
+        return out
 
     def explain_no_match(self, query: OfferQuery) -> str:
         parsed = vq.parse_query(query.text)

@@ -1,11 +1,14 @@
 """Vast.ai's JSON as tether's models: offers, instances, states in tether's words, and the SSH address.
 
 Pure functions, no I/O. MB fields (``gpu_ram``, ``cpu_ram``) become GB; numbers the API sends as strings are read
-as numbers; a missing or malformed field gets a neutral default rather than an error.
+as numbers; a missing or malformed field gets a neutral default rather than an error, except in an offer: a price
+that is not a finite non-negative number, or an id out of range, makes the offer unusable (:class:`MalformedOffer`),
+and the search skips it with one warning.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,31 +16,90 @@ from tether.providers.base import Instance, InstanceState, Offer
 
 
 def _f(v: Any, default: float = 0.0) -> float:
+    """A number, or ``default`` when ``v`` is missing, not a number, or not finite (NaN and infinities are never
+    passed on: they are not JSON and they pass every comparison)."""
     if v is None or isinstance(v, bool):
         return default
     try:
-        return float(v)
-    except (TypeError, ValueError):
+        out = float(v)
+    except (TypeError, ValueError, OverflowError):
         return default
+    return out if math.isfinite(out) else default
 
 
 def _i(v: Any, default: int = 0) -> int:
     return int(_f(v, float(default)))
 
 
+class MalformedOffer(ValueError):
+    """An offer with a field tether cannot use as it is (a price that is not a finite non-negative number, an id
+    that is not a whole number in range); its message names the offer and the field."""
+
+
+#: The largest id tether accepts from the provider (SQLite's and JSON consumers' 64-bit integers).
+MAX_ID = 2**63 - 1
+
+#: Price fields of an offer: each must be a finite non-negative number when present; ``dph_total`` must be present.
+PRICE_FIELDS = ("dph_total", "dph_base", "storage_cost", "storage_total_cost", "min_bid")
+
+
+def _price(raw: Mapping[str, Any], key: str, offer: str) -> float | None:
+    v = raw.get(key)
+    if v is None:
+        if key == "dph_total":
+            raise MalformedOffer(f"offer {offer} has no price (dph_total)")
+        return None
+    number: float | None = None
+    if not isinstance(v, bool):
+        try:
+            number = float(v)
+        except (TypeError, ValueError, OverflowError):
+            number = None
+    if number is None or not math.isfinite(number) or number < 0:
+        raise MalformedOffer(f"offer {offer} has {key} {v!r}, not a finite non-negative price")
+    return number
+
+
+def _whole(raw: Mapping[str, Any], key: str, offer: str, *, required: bool = False) -> int | None:
+    v = raw.get(key)
+    if v is None:
+        if required:
+            raise MalformedOffer(f"an offer has no {key}")
+        return None
+    number: float | None = None
+    if not isinstance(v, bool):
+        try:
+            number = float(v)
+        except (TypeError, ValueError, OverflowError):
+            number = None
+    if number is None or not math.isfinite(number) or number != int(number) or not 0 <= number <= MAX_ID:
+        raise MalformedOffer(f"offer {offer} has {key} {v!r}, not a whole number from 0 to 2^63-1")
+    return int(number)
+
+
 def offer_from_json(raw: Mapping[str, Any]) -> Offer:
-    """An :class:`Offer` from one element of the search answer (MB fields become GB)."""
+    """An :class:`Offer` from one element of the search answer (MB fields become GB).
+
+    :class:`MalformedOffer` when a price is not a finite non-negative number (a malformed price is never free) or
+    ``id``, ``machine_id`` or ``num_gpus`` is not a whole number in range; other fields that are not finite numbers
+    get a neutral default."""
+    raw_id = raw.get("id") if raw.get("id") is not None else raw.get("ask_contract_id")
+    offer_id = _whole({"id": raw_id}, "id", repr(raw_id)[:40], required=True)
+    assert offer_id is not None
+    name = str(offer_id)
+    prices = {key: _price(raw, key, name) for key in PRICE_FIELDS}
+    num_gpus = _whole(raw, "num_gpus", name)
     return Offer(
-        id=_i(raw.get("id") if raw.get("id") is not None else raw.get("ask_contract_id")),
+        id=offer_id,
         gpu_name=str(raw.get("gpu_name") or ""),
-        num_gpus=_i(raw.get("num_gpus")),
+        num_gpus=num_gpus or 0,
         gpu_ram_gb=round(_f(raw.get("gpu_ram")) / 1000.0, 3),
         gpu_total_ram_gb=round(_f(raw.get("gpu_total_ram")) / 1000.0, 3),
-        dph_total=_f(raw.get("dph_total")),
-        dph_base=_f(raw.get("dph_base")),
-        storage_cost=_f(raw.get("storage_cost")),
-        storage_total_cost=_f(raw.get("storage_total_cost")),
-        min_bid=_f(raw["min_bid"]) if raw.get("min_bid") is not None else None,
+        dph_total=prices["dph_total"] or 0.0,
+        dph_base=prices["dph_base"] or 0.0,
+        storage_cost=prices["storage_cost"] or 0.0,
+        storage_total_cost=prices["storage_total_cost"] or 0.0,
+        min_bid=prices["min_bid"],
         reliability=_f(raw.get("reliability", raw.get("reliability2"))),
         geolocation=str(raw["geolocation"]) if raw.get("geolocation") else None,
         cpu_cores=_f(raw.get("cpu_cores_effective", raw.get("cpu_cores"))),
@@ -46,9 +108,29 @@ def offer_from_json(raw: Mapping[str, Any]) -> Offer:
         inet_up=_f(raw.get("inet_up")),
         inet_down=_f(raw.get("inet_down")),
         cuda_max_good=_f(raw["cuda_max_good"]) if raw.get("cuda_max_good") is not None else None,
-        machine_id=_i(raw["machine_id"]) if raw.get("machine_id") is not None else None,
+        machine_id=_whole(raw, "machine_id", name),
         verified=bool(raw["verified"]) if raw.get("verified") is not None else None,
         raw=dict(raw),
+    )
+
+
+def offers_from_json(answer: Any) -> tuple[list[Offer], str | None]:
+    """The usable offers of a search answer, and one sentence naming those skipped as malformed (None if none)."""
+    offers: list[Offer] = []
+    skipped: list[str] = []
+    for raw in answer if isinstance(answer, list) else []:
+        if not isinstance(raw, Mapping):
+            skipped.append(f"an offer that is not a JSON object ({type(raw).__name__})")
+            continue
+        try:
+            offers.append(offer_from_json(raw))
+        except MalformedOffer as exc:
+            skipped.append(str(exc))
+    if not skipped:
+        return offers, None
+    return offers, (
+        f"Skipped {len(skipped)} malformed offer(s) the provider sent ({'; '.join(skipped[:5])}"
+        f"{'; ...' if len(skipped) > 5 else ''}); tether never rents an offer it cannot read."
     )
 
 
@@ -127,8 +209,15 @@ def ssh_pair(raw: Mapping[str, Any]) -> tuple[str | None, int | None]:
     return None, None
 
 
+def _instance_price(v: Any) -> float:
+    """An instance's price, or NaN when it is missing or not a finite non-negative number: never $0 for a price
+    that is not known (:func:`tether.rentals.record` keeps the last price known, or the committed one, instead)."""
+    price = _f(v, math.nan)
+    return price if price >= 0 else math.nan
+
+
 def instance_from_json(raw: Mapping[str, Any]) -> Instance:
-    """An :class:`Instance` from the API's instance JSON."""
+    """An :class:`Instance` from the API's instance JSON (a price that is missing or malformed is NaN)."""
     state = normalize_state(raw)
     host, port = ssh_pair(raw) if state == "running" else (None, None)
     status_word = raw.get("actual_status") or "creating"
@@ -142,9 +231,9 @@ def instance_from_json(raw: Mapping[str, Any]) -> Instance:
         ssh_host=host,
         ssh_port=port,
         ssh_user="root",
-        dph_total=_f(raw.get("dph_total")),
-        dph_base=_f(raw.get("dph_base")),
-        storage_total_cost=_f(raw.get("storage_total_cost")),
+        dph_total=_instance_price(raw.get("dph_total")),
+        dph_base=_instance_price(raw.get("dph_base")),
+        storage_total_cost=_instance_price(raw.get("storage_total_cost")),
         gpu_name=str(raw.get("gpu_name") or ""),
         num_gpus=_i(raw.get("num_gpus")),
         gpu_ram_gb=round(_f(raw.get("gpu_ram")) / 1000.0, 3),
