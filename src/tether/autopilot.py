@@ -58,7 +58,7 @@ class Facts:
 def _server_side(ctx: Ctx, target: Target, name: str) -> tuple[int, int, float | None, list[str]]:
     """Live runs (any controller's), live agents that are not those runs, the last activity, unsynced files."""
     st = ctx.state
-    found = runs.observe(st, target)
+    found = runs.observe(st, target, ctx=ctx)
     local_live, last_activity = cost.run_activity(st.runs(host=name), name)
     live_ids = {r.id for r in found.runs if r.live} | {
         r.id for r in st.runs(host=name) if vocab.is_live(r.status) and r.ended is None

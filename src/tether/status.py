@@ -144,7 +144,7 @@ def report(ctx: Ctx) -> Report:
         if rented is not None and rented.state != "running":
             continue  # a stopped or destroyed server cannot be asked; its runs were pulled before
         try:
-            found = runs.observe(st, resolve(project, name, st))
+            found = runs.observe(st, resolve(project, name, st), ctx=ctx)
         except TetherError as exc:
             out.warnings.append(f"{name}: could not read runs ({exc.message})")
             out.hosts.append(HostProgress(name, [], str(exc)))
