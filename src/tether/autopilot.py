@@ -17,7 +17,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether import agents, cost, plan, pull, rentals, runs, vocab
+from tether import agents, cost, notify, plan, pull, rentals, runs, vocab
 from tether.context import Ctx
 from tether.errors import PolicyRefusal, TetherError
 from tether.fmt import duration
@@ -158,7 +158,12 @@ def guard_destroy(ctx: Ctx, name: str, *, discard_unsynced: bool) -> Facts:
             f"tether cannot check {name} before destroying it: {'; '.join(facts.errors)}.",
             "Nothing was destroyed. Fix the connection, or destroy anyway with --discard-unsynced.",
         )
-    cost.refuse_destroy(facts.view, discard_unsynced)
+    try:
+        cost.refuse_destroy(facts.view, discard_unsynced)
+    except PolicyRefusal as exc:
+        if not (facts.view.live_runs or facts.view.live_agents):  # refused because results are not home
+            notify.announce_refused_destroy(ctx, name, facts.view.last_verified_pull, f"{exc.message} {exc.hint}")
+        raise
     return facts
 
 

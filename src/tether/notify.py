@@ -232,3 +232,54 @@ def server_document(project: Project, host: str, code_dir: str) -> bytes:
     urls = configured_urls(project)
     doc = {"project": project.name, "host": host, "code_dir": code_dir, "urls": urls}
     return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+# ------------------------------------------------------------------------------------------ servers and money
+def announce_refused_destroy(ctx: Ctx, name: str, last_verified_pull: float | None, why: str) -> None:
+    """A destroy refused because results are not home: once per server until a pull verifies."""
+    event = Event("destroy_refused", ctx.project.name, name, f"destroy refused: {why}")
+    notify(ctx, event, once=f"destroy_refused:{name}:{last_verified_pull}")
+
+
+def announce_status(ctx: Ctx, report: Any) -> None:
+    """What one observation of everything (:func:`tether.status.report`, also the dashboard's poll) has to say,
+    each once: a preempted server (per preemption), a server idle and billing past its stop timer (per idle
+    stretch), spending at ``budget_warn_fraction`` and at 100 % of ``max_total_usd`` (per limit) and of
+    ``max_hourly_usd`` (per limit and day)."""
+    import time
+
+    from tether.fmt import duration, iso
+
+    project = ctx.project.name
+    for row in report.servers:
+        if row.state == "preempted":
+            text = f"preempted (outbid) at {iso(row.since)}: its disk is kept and billed; `tether up {row.name}`"
+            notify(ctx, Event("server_preempted", project, row.name, text), once=f"preempted:{row.name}:{row.since}")
+        elif row.state == "running" and row.idle_s is not None and row.decision.action != "none":
+            began = round(report.now - row.idle_s)
+            rate = f" at ${row.dph_now:.3f}/hr" if row.dph_now else ""
+            text = (
+                f"idle {duration(row.idle_s)} and billing{rate}, past its stop timer ({row.decision.reason}); "
+                f"`tether down {row.name}`, or keep `tether autopilot` running"
+            )
+            notify(ctx, Event("server_idle", project, row.name, text), once=f"idle:{row.name}:{began}")
+    ledger, policy = report.ledger, ctx.project.config.policy
+    if ledger is None:
+        return
+    day = time.strftime("%Y-%m-%d", time.gmtime(report.now))
+    limits = [
+        ("max_total_usd", policy.max_total_usd, ledger.total_usd, f"${ledger.total_usd:.2f} spent", ""),
+        ("max_hourly_usd", policy.max_hourly_usd, ledger.burn_dph, f"burning ${ledger.burn_dph:.3f}/hr", f":{day}"),
+    ]
+    for key, limit, value, said, period in limits:
+        if limit is None or limit <= 0:
+            continue
+        steps: tuple[tuple[EventKind, float, str], ...] = (
+            ("budget_reached", 1.0, "new rentals are refused; raise it in tether.toml or `tether down` a server"),
+            ("budget_warning", policy.budget_warn_fraction, "`tether cost` shows where it goes"),
+        )
+        for kind, share, what in steps:
+            if value >= share * limit:
+                text = f"{said} of {key} ${limit:.2f} ({value / limit:.0%}); {what}"
+                notify(ctx, Event(kind, project, key, text), once=f"budget:{key}:{limit:g}:{kind}{period}")
+                break

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether import agents, autopilot, cost, managed, rentals, runs, vocab
+from tether import agents, autopilot, cost, managed, notify, rentals, runs, vocab
 from tether.context import Ctx
 from tether.errors import TetherError
 from tether.fmt import duration, iso
@@ -201,4 +201,5 @@ def report(ctx: Ctx) -> Report:
             out.warnings.append(
                 f"managed run {mrun.id} has no controller: `tether run {mrun.experiment} --managed` picks it up."
             )
+    notify.announce_status(ctx, out)
     return out
