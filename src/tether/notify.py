@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -111,24 +112,21 @@ class _Collect(logging.Handler):
 def _send_one(url: str, event: Event) -> Answer:
     """Send ``event`` to one URL through Apprise; never raises. Apprise's own log (which may hold the URL) is
     collected, scrubbed of the URL's secret parts, and becomes the answer's error."""
-    import apprise
-
     logger = logging.getLogger("apprise")
     collect = _Collect()
     saved = logger.handlers[:], logger.propagate, logger.level
     logger.handlers, logger.propagate = [collect], False
     logger.setLevel(logging.WARNING)
     try:
-        app = apprise.Apprise()
-        if not app.add(url):
-            return Answer(redact(url), False, "not a notification URL Apprise knows (see its list of services)")
-        ok = bool(
-            app.notify(
-                body=event.line,
-                title=event.title,
-                notify_type=apprise.NotifyType(server_notify.notify_type(event.kind)),
-            )
-        )
+        with warnings.catch_warnings():  # Apprise's imports warn of deprecations in the standard library
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import apprise
+
+            app = apprise.Apprise()
+            if not app.add(url):
+                return Answer(redact(url), False, "not a notification URL Apprise knows (see its list of services)")
+            kind = apprise.NotifyType(server_notify.notify_type(event.kind))
+            ok = bool(app.notify(body=event.line, title=event.title, notify_type=kind))
     except Exception as exc:  # a notification never breaks the command that sends it
         return Answer(redact(url), False, server_notify.scrub(f"{type(exc).__name__}: {exc}", [url]))
     finally:
@@ -248,13 +246,12 @@ def announce_status(ctx: Ctx, report: Any) -> None:
     ``max_hourly_usd`` (per limit and day)."""
     import time
 
-    from tether.fmt import duration, iso
+    from tether.fmt import duration
 
     project = ctx.project.name
     for row in report.servers:
         if row.state == "preempted":
-            text = f"preempted (outbid) at {iso(row.since)}: its disk is kept and billed; `tether up {row.name}`"
-            notify(ctx, Event("server_preempted", project, row.name, text), once=f"preempted:{row.name}:{row.since}")
+            announce_preempted(ctx, row.name, row.since)
         elif row.state == "running" and row.idle_s is not None and row.decision.action != "none":
             began = round(report.now - row.idle_s)
             rate = f" at ${row.dph_now:.3f}/hr" if row.dph_now else ""
@@ -283,3 +280,35 @@ def announce_status(ctx: Ctx, report: Any) -> None:
                 text = f"{said} of {key} ${limit:.2f} ({value / limit:.0%}); {what}"
                 notify(ctx, Event(kind, project, key, text), once=f"budget:{key}:{limit:g}:{kind}{period}")
                 break
+
+
+def announce_preempted(ctx: Ctx, name: str, since: float) -> None:
+    """A server the provider stopped (outbid), once per preemption: ``since`` is when it entered that state
+    (:func:`tether.autopilot.entered_state_at`, what ``ls``, ``progress`` and ``status`` show)."""
+    from tether.fmt import iso
+
+    text = f"preempted (outbid) at {iso(since)}: its disk is kept and billed; `tether up {name}` starts it again"
+    notify(ctx, Event("server_preempted", ctx.project.name, name, text), once=f"preempted:{name}:{since}")
+
+
+def announce_replaced(ctx: Ctx, run_id: str, shard: int, server: str, why: str) -> None:
+    """A managed run's shard leaves its server for a new one (``why``: "server vanished", a failure signature)."""
+    text = f"shard {shard} of managed run {run_id} leaves {server} ({why}) for a new server; nothing to do"
+    notify(ctx, Event("server_replaced", ctx.project.name, server, text), once=f"replaced:{run_id}:{shard}:{server}")
+
+
+def announce_managed(ctx: Ctx, run_id: str, experiment: str, status: str, why: str | None, cost_usd: float) -> None:
+    """A managed run done (completed, failed) or paused, with why; once per run and status (a paused run picked
+    up and paused again for another reason is said again)."""
+    if status == vocab.MANAGED_PAUSED:
+        kind: EventKind = "managed_paused"
+        text = f"managed run {run_id} paused: {why}; `tether run {experiment} --managed` picks it up"
+    elif status == vocab.MANAGED_COMPLETED:
+        kind = "managed_done"
+        text = f"managed run {run_id} completed for ${cost_usd:.2f}; its merged results are in the results folder"
+    elif status == vocab.MANAGED_FAILED:
+        kind = "managed_done"
+        text = f"managed run {run_id} failed: {why}; `tether progress` shows what finished"
+    else:
+        return
+    notify(ctx, Event(kind, ctx.project.name, experiment, text), once=f"managed:{run_id}:{status}:{why}")

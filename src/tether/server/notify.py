@@ -62,6 +62,12 @@ _TYPES = {
     "budget_reached": "failure",
     "test": "info",
 }
+_HOST_SCHEMES = {
+    base + tls
+    for base in ("json", "form", "xml", "ntfy", "http", "mailto", "gotify", "matrix", "mmost", "rocket", "apprise")
+    for tls in ("", "s")
+}
+"""Schemes whose host part is a real host name (shown by :func:`redact`); in others it may be a token."""
 SLACK_HOOKS = "https://hooks.slack.com/services/"
 DISCORD_HOOKS = "https://discord.com/api/webhooks/"
 
@@ -87,9 +93,9 @@ def redact(url: str) -> str:
         host = parts.hostname or ""
     except ValueError:
         return "***"
-    scheme = parts.scheme or "?"
-    if scheme in ("slack", "discord") or (scheme == "ntfy" and not parts.path.strip("/")):
-        host = ""  # the "host" of these URLs is a token or a topic
+    scheme = (parts.scheme or "?").lower()
+    if scheme not in _HOST_SCHEMES or (scheme.startswith("ntfy") and not parts.path.strip("/")):
+        host = ""  # many services put a token or a topic where the host would be (tgram://BOTTOKEN/...)
     return f"{scheme}://{host}/***" if host else f"{scheme}://***"
 
 
