@@ -19,7 +19,6 @@ A failure to notify never reaches the caller: it is said once on stderr, the URL
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import sys
@@ -99,19 +98,20 @@ def configured_urls(project: Project | None) -> list[str]:
     return list(dict.fromkeys(u.strip() for u in urls if u.strip()))
 
 
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.WARNING:
-            self.lines.append(record.getMessage())
-
-
 def _send_one(url: str, event: Event) -> Answer:
     """Send ``event`` to one URL through Apprise; never raises. Apprise's own log (which may hold the URL) is
     collected, scrubbed of the URL's secret parts, and becomes the answer's error."""
+    import logging
+
+    class _Collect(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.DEBUG)
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                self.lines.append(record.getMessage())
+
     logger = logging.getLogger("apprise")
     collect = _Collect()
     saved = logger.handlers[:], logger.propagate, logger.level

@@ -25,12 +25,9 @@ A URL holds its secret (a token, a topic): nothing here prints one. Errors name 
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any, NamedTuple
 
 NOTIFY_FILE = ".tether/notify.json"
@@ -135,6 +132,8 @@ class Request(NamedTuple):
 def _auth(parts: urllib.parse.SplitResult) -> dict[str, str]:
     if parts.username is None:
         return {}
+    import base64
+
     user = urllib.parse.unquote(parts.username)
     password = urllib.parse.unquote(parts.password or "")
     token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
@@ -222,6 +221,8 @@ def supports(url: str) -> bool:
 
 def post(request: Request, timeout: float = TIMEOUT_S) -> None:
     """POST one request; raises OSError (urllib's errors) when it is not answered with a 2xx."""
+    import urllib.request  # here: the progress scan and the wrapper's start do not pay for it
+
     req = urllib.request.Request(request.url, data=request.body, headers=request.headers, method="POST")
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         resp.read(65536)
@@ -229,6 +230,8 @@ def post(request: Request, timeout: float = TIMEOUT_S) -> None:
 
 def _reason(exc: BaseException) -> str:
     """Why a POST failed, without the URL: ``HTTP 404``, ``connection refused``, ``timed out``."""
+    import urllib.error
+
     if isinstance(exc, urllib.error.HTTPError):
         return f"HTTP {exc.code}"
     if isinstance(exc, urllib.error.URLError):
