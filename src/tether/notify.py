@@ -282,13 +282,34 @@ def announce_status(ctx: Ctx, report: Any) -> None:
                 break
 
 
-def announce_preempted(ctx: Ctx, name: str, since: float) -> None:
+def announce_preempted(ctx: Ctx, name: str, since: float | None = None) -> None:
     """A server the provider stopped (outbid), once per preemption: ``since`` is when it entered that state
-    (:func:`tether.autopilot.entered_state_at`, what ``ls``, ``progress`` and ``status`` show)."""
+    (:func:`tether.autopilot.entered_state_at`, what ``ls``, ``progress`` and ``status`` show; read from the
+    ledger when not given)."""
     from tether.fmt import iso
+
+    if since is None:
+        from tether.autopilot import entered_state_at
+
+        rec = ctx.state.instance(name)
+        if rec is None or rec.state != "preempted":
+            return
+        since = entered_state_at(ctx.state, rec)
 
     text = f"preempted (outbid) at {iso(since)}: its disk is kept and billed; `tether up {name}` starts it again"
     notify(ctx, Event("server_preempted", ctx.project.name, name, text), once=f"preempted:{name}:{since}")
+
+
+def announce_recovery(ctx: Ctx, run_id: str, shard: int, server: str | None, state: str, action: str) -> None:
+    """What a managed run's recovery of a lost server has to say: a preemption (once, as ``tether status`` says
+    it), and a server given up for a new one (``action`` replace or retire)."""
+    if server is None:
+        return
+    if state == "preempted":
+        announce_preempted(ctx, server)
+    if action in ("replace", "retire"):
+        why = {"gone": "vanished", "preempted": "was preempted", "stopped": "was stopped"}.get(state, state)
+        announce_replaced(ctx, run_id, shard, server, f"server {why}")
 
 
 def announce_replaced(ctx: Ctx, run_id: str, shard: int, server: str, why: str) -> None:
