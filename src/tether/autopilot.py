@@ -260,6 +260,7 @@ def tick(ctx: Ctx, *, dry_run: bool = False, now: float | None = None) -> list[d
                 continue
             try:
                 rentals.observe(project, st, rec.name, provider=provider)
+                notify.announce_preempted(ctx, rec.name)  # said once, by whichever command sees it first
             except TetherError as exc:
                 results.append(
                     {

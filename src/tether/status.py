@@ -50,6 +50,7 @@ def observe_rented(ctx: Ctx) -> list[str]:
         for rec in live:
             try:
                 rentals.observe(ctx.project, ctx.state, rec.name, provider=provider)
+                notify.announce_preempted(ctx, rec.name)  # said once, by whichever command sees it first
             except TetherError as exc:
                 problems.append(f"{rec.name}: {exc.message}")
     finally:

@@ -45,8 +45,10 @@ def test_every_server_and_money_event_arrives_once(tmp_path: Path, cloud: Cloud)
             outputs.append(tether("status", "--json", cwd=project, env=cloud.env))
             assert outputs[-1].returncode == 0, outputs[-1].stderr
         cloud.emulator.preempt(iid)
-        for _ in range(2):
-            outputs.append(tether("status", "--json", cwd=project, env=cloud.env))
+        for command in ("ls", "status", "status"):  # `ls` sees it first; `status` does not say it again
+            outputs.append(tether(command, "--json", cwd=project, env=cloud.env))
+            assert outputs[-1].returncode == 0, outputs[-1].stderr
+            assert kinds(hook.requests)["server preempted"] == 1
         got = hook.requests
 
     assert kinds(got) == Counter(
