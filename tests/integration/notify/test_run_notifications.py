@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 
 from tests.helpers import tether, tether_json, wait_status, write_project
+from tether import schemas
 from tether.testing.sshd import SshdHost
 from tether.testing.webhook import Received, WebhookReceiver
 
@@ -59,10 +60,12 @@ def test_the_server_announces_each_end_once_with_no_tether_process_running(tmp_p
         # the controller sees both ends and announces neither again (the server did: `announced_by`)
         progress = tether("progress", "lab1", "--json", cwd=project)
         outputs.append(progress)
+        schemas.validate("progress", json.loads(progress.stdout))
         runs = {r["id"]: r for r in json.loads(progress.stdout)["hosts"][0]["runs"]}
         assert runs[run_id]["status"] == "completed" and runs[failed_id]["status"] == "failed"
         assert runs[run_id]["announced_by"] == "server"
         outputs.append(tether("status", "--json", cwd=project))
+        schemas.validate("status", json.loads(outputs[-1].stdout))
         assert len(hook.requests) == 2
 
     for out in outputs:
