@@ -51,3 +51,9 @@ def test_a_failure_to_notify_is_said_once_without_the_token(
     err = capsys.readouterr().err
     assert err.count("could not notify") == 2 and TOKEN not in err
     assert all(TOKEN not in str(a.to_json()) for a in first + second)
+
+
+def test_both_sides_name_the_same_event_kinds() -> None:
+    from tether.server import notify as server_notify
+
+    assert set(notify.KINDS) == set(server_notify.TITLES)
