@@ -19,7 +19,7 @@ TOKEN = "hooktok-8d1f2e3a4b5c"
 
 def project_on(tmp_path: Path, host: SshdHost, hook: WebhookReceiver, items: int = 5) -> Path:
     bad = (
-        '[experiments.bad]\ncommand = ["python3", "-c", "import sys, time; time.sleep(1); sys.exit(3)"]\n'
+        '[experiments.bad]\ncommand = ["python3", "-c", "import sys, time; time.sleep(4); sys.exit(3)"]\n'
         'results = "bad_results"\n\n'
     )
     block = bad + (
