@@ -19,13 +19,14 @@ A failure to notify never reaches the caller: it is said once on stderr, the URL
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, get_args
 
 from tether import vocab
 from tether.server import notify as server_notify
@@ -54,6 +55,20 @@ ENV_URLS = "TETHER_NOTIFY_URLS"
 redact = server_notify.redact
 
 _warned: set[str] = set()
+_F = TypeVar("_F", bound=Callable[..., None])
+
+
+def _never_raises(func: _F) -> _F:
+    """An announcement never breaks the command that makes it: trouble is said on stderr, once per kind."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            func(*args, **kwargs)
+        except Exception as exc:
+            print(f"tether: could not notify ({func.__name__}: {type(exc).__name__}).", file=sys.stderr)
+
+    return cast(_F, wrapper)
 
 
 @dataclass(frozen=True)
@@ -210,6 +225,7 @@ def run_event(project: str, host: str, run: vocab.RunInfo) -> Event | None:
     return None
 
 
+@_never_raises
 def announce_run_ends(ctx: Ctx, host: str, ended: Iterable[vocab.RunInfo]) -> None:
     """Announce the runs a scan just found ended (first seen final here). A run the server announced itself is
     sent only to the URLs a server cannot reach; others go to every URL. Each end once (claimed in state)."""
@@ -233,12 +249,14 @@ def server_document(project: Project, host: str, code_dir: str) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------ servers and money
+@_never_raises
 def announce_refused_destroy(ctx: Ctx, name: str, last_verified_pull: float | None, why: str) -> None:
     """A destroy refused because results are not home: once per server until a pull verifies."""
     event = Event("destroy_refused", ctx.project.name, name, f"destroy refused: {why}")
     notify(ctx, event, once=f"destroy_refused:{name}:{last_verified_pull}")
 
 
+@_never_raises
 def announce_status(ctx: Ctx, report: Any) -> None:
     """What one observation of everything (:func:`tether.status.report`, also the dashboard's poll) has to say,
     each once: a preempted server (per preemption), a server idle and billing past its stop timer (per idle
@@ -282,6 +300,7 @@ def announce_status(ctx: Ctx, report: Any) -> None:
                 break
 
 
+@_never_raises
 def announce_preempted(ctx: Ctx, name: str, since: float | None = None) -> None:
     """A server the provider stopped (outbid), once per preemption: ``since`` is when it entered that state
     (:func:`tether.autopilot.entered_state_at`, what ``ls``, ``progress`` and ``status`` show; read from the
@@ -300,6 +319,7 @@ def announce_preempted(ctx: Ctx, name: str, since: float | None = None) -> None:
     notify(ctx, Event("server_preempted", ctx.project.name, name, text), once=f"preempted:{name}:{since}")
 
 
+@_never_raises
 def announce_recovery(ctx: Ctx, run_id: str, shard: int, server: str | None, state: str, action: str) -> None:
     """What a managed run's recovery of a lost server has to say: a preemption (once, as ``tether status`` says
     it), and a server given up for a new one (``action`` replace or retire)."""
@@ -312,12 +332,14 @@ def announce_recovery(ctx: Ctx, run_id: str, shard: int, server: str | None, sta
         announce_replaced(ctx, run_id, shard, server, f"server {why}")
 
 
+@_never_raises
 def announce_replaced(ctx: Ctx, run_id: str, shard: int, server: str, why: str) -> None:
     """A managed run's shard leaves its server for a new one (``why``: "server vanished", a failure signature)."""
     text = f"shard {shard} of managed run {run_id} leaves {server} ({why}) for a new server; nothing to do"
     notify(ctx, Event("server_replaced", ctx.project.name, server, text), once=f"replaced:{run_id}:{shard}:{server}")
 
 
+@_never_raises
 def announce_managed(ctx: Ctx, run_id: str, experiment: str, status: str, why: str | None, cost_usd: float) -> None:
     """A managed run done (completed, failed) or paused, with why; once per run and status (a paused run picked
     up and paused again for another reason is said again)."""

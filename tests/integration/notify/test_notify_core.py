@@ -57,3 +57,10 @@ def test_both_sides_name_the_same_event_kinds() -> None:
     from tether.server import notify as server_notify
 
     assert set(notify.KINDS) == set(server_notify.TITLES)
+
+
+def test_an_announcement_never_breaks_its_caller(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    project = config.load(write_project(tmp_path / "proj") / "tether.toml")
+    with open_state() as st:
+        notify.announce_status(Ctx(project, st), object())  # not a report: said, not raised
+    assert "could not notify (announce_status: AttributeError)" in capsys.readouterr().err
