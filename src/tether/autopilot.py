@@ -17,7 +17,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether import agents, cost, plan, pull, rentals, runs, vocab
+from tether import agents, cost, notify, plan, pull, rentals, runs, vocab
 from tether.context import Ctx
 from tether.errors import PolicyRefusal, TetherError
 from tether.fmt import duration
@@ -58,7 +58,7 @@ class Facts:
 def _server_side(ctx: Ctx, target: Target, name: str) -> tuple[int, int, float | None, list[str]]:
     """Live runs (any controller's), live agents that are not those runs, the last activity, unsynced files."""
     st = ctx.state
-    found = runs.observe(st, target)
+    found = runs.observe(st, target, ctx=ctx)
     local_live, last_activity = cost.run_activity(st.runs(host=name), name)
     live_ids = {r.id for r in found.runs if r.live} | {
         r.id for r in st.runs(host=name) if vocab.is_live(r.status) and r.ended is None
@@ -158,7 +158,12 @@ def guard_destroy(ctx: Ctx, name: str, *, discard_unsynced: bool) -> Facts:
             f"tether cannot check {name} before destroying it: {'; '.join(facts.errors)}.",
             "Nothing was destroyed. Fix the connection, or destroy anyway with --discard-unsynced.",
         )
-    cost.refuse_destroy(facts.view, discard_unsynced)
+    try:
+        cost.refuse_destroy(facts.view, discard_unsynced)
+    except PolicyRefusal as exc:
+        if not (facts.view.live_runs or facts.view.live_agents):  # refused because results are not home
+            notify.announce_refused_destroy(ctx, name, facts.view.last_verified_pull, f"{exc.message} {exc.hint}")
+        raise
     return facts
 
 
@@ -255,6 +260,7 @@ def tick(ctx: Ctx, *, dry_run: bool = False, now: float | None = None) -> list[d
                 continue
             try:
                 rentals.observe(project, st, rec.name, provider=provider)
+                notify.announce_preempted(ctx, rec.name)  # said once, by whichever command sees it first
             except TetherError as exc:
                 results.append(
                     {

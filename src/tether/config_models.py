@@ -162,6 +162,13 @@ class PolicyConfig(_Strict):
     local_gpu_gb: Annotated[float, Field(ge=0)] = 0
 
 
+class NotifyConfig(_Strict):
+    """``[notify]``: where notifications go (Apprise URLs; they hold tokens, so never printed). ``TETHER_NOTIFY_URLS``
+    in the environment adds more."""
+
+    urls: list[str] = []
+
+
 class TetherConfig(_Strict):
     project: ProjectConfig
     experiments: dict[Name, ExperimentConfig] = {}
@@ -169,6 +176,7 @@ class TetherConfig(_Strict):
     hosts: dict[Name, HostConfig] = {}
     policy: PolicyConfig = PolicyConfig()
     vast: VastConfig = VastConfig()
+    notify: NotifyConfig = NotifyConfig()
 
 
 def _line_of(text: str, loc: tuple[int | str, ...]) -> int | None:

@@ -23,7 +23,8 @@ on servers with a bare ``python3``) can use it too.
     │       └── NoRoom               the registry's refusal, with its figures in ``details``
     ├── CheckpointError              the checkpoint journal or results cannot be used as asked
     ├── StateError                   the local state database cannot be opened, read or written
-    └── RunFailed                    a run waited for (`run --wait`) ended other than completed
+    ├── RunFailed                    a run waited for (`run --wait`) ended other than completed
+    └── NotifyError                  no notification URL answered (`tether notify --test`)
 """
 
 from __future__ import annotations
@@ -149,3 +150,7 @@ class StateError(TetherError):
 
 class RunFailed(TetherError):
     """A run that the command waited for ended failed, cancelled or dead."""
+
+
+class NotifyError(TetherError):
+    """No configured notification URL answered a test; the message names them redacted, never their tokens."""

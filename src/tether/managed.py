@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from tether import cost, provision, pull, rentals, runs, vocab
+from tether import cost, notify, provision, pull, rentals, runs, vocab
 from tether.checkpoint import shard as shard_lib
 from tether.config import ExperimentConfig, Project
 from tether.context import Ctx
@@ -1026,6 +1026,7 @@ class Controller:
         i = sh.shard
         why = {"gone": "vanished", "preempted": "was preempted", "stopped": "was stopped"}.get(state, state)
         self.ctx.say(f"{self.id}: shard {i}'s server {sh.server} {why}; recovering ({action}).")
+        notify.announce_recovery(self.ctx, self.id, i, sh.server, state, action)
         if action == "restart":
             run_id = runs.new_run_id(self.run.experiment) + f"-s{i}"
             self.update(
@@ -1142,6 +1143,7 @@ class Controller:
             cost_usd=spent,
             controller_pid=None,
         )
+        notify.announce_managed(self.ctx, rec.id, rec.experiment, status, reason, spent)
         return Outcome(
             id=rec.id,
             experiment=rec.experiment,
@@ -1158,6 +1160,7 @@ class Controller:
         rec = self.st.update_managed_run(
             self.id, status=vocab.MANAGED_PAUSED, reason=why, controller_pid=None, cost_usd=self.spent()
         )
+        notify.announce_managed(self.ctx, rec.id, rec.experiment, rec.status, why, rec.cost_usd or 0.0)
         return Outcome(
             rec.id,
             rec.experiment,

@@ -23,6 +23,7 @@ from tether.context import Ctx
 from tether.errors import CommandFailed, ConfigError, RemoteError, SyncError
 from tether.hosts import Target, remote_server_argv
 from tether.paths import tether_home
+from tether.server.notify import NOTIFY_FILE
 
 #: Never pushed: version control, caches, virtualenvs, secrets (uploaded separately), tether's own files. The
 #: ``env_file`` named in ``[project]`` is excluded too (:func:`env_exclude`).
@@ -239,10 +240,21 @@ def push_env(ctx: Ctx, target: Target, *, force: bool = False) -> str:
     return ENV_UPLOADED if uploaded else "none"
 
 
+def upload_notify(ctx: Ctx, target: Target) -> None:
+    """Write ``<root>/.tether/notify.json`` (mode 0600, through stdin like the .env): the notification URLs the
+    server's run wrapper and watchdog announce with (an empty list when none are configured: they stay silent)."""
+    from tether import notify
+
+    doc = notify.server_document(ctx.project, target.name, target.code_dir)
+    target.transport.put_bytes(doc, f"{target.root}/{NOTIFY_FILE}", 0o600)
+
+
 def push_code(ctx: Ctx, target: Target) -> dict[str, Any]:
+    """The code by rsync delta, and the notification URLs beside it (:func:`upload_notify`)."""
     project = ctx.project
     try:
         stats = target.transport.push(project.root, target.code_dir, excludes=push_excludes(project))
+        upload_notify(ctx, target)
     except (SyncError, CommandFailed) as exc:
         raise _disk_full(exc, target, "the push") or exc from None
     ctx.state.set_host_facts(target.name, pushed_fingerprint=code_fingerprint(project))

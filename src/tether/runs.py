@@ -7,6 +7,7 @@ record survives this machine going away. Local state keeps a copy that :func:`pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -134,7 +135,7 @@ def start(
     )
     if not confirm:
         return Started(record, vocab.STARTING)
-    status = _await_start(ctx.state, target, record)
+    status = _await_start(ctx.state, target, record, ctx)
     return Started(ctx.state.find_run(run_id), status)
 
 
@@ -149,8 +150,9 @@ def read_record(target: Target, run_id: str) -> vocab.RunRecordFile | None:
         return None
 
 
-def _await_start(state: State, target: Target, run: RunRecord) -> str:
-    """Wait a few seconds for the wrapper's first word; a run that never started is recorded failed, with why."""
+def _await_start(state: State, target: Target, run: RunRecord, ctx: Ctx | None = None) -> str:
+    """Wait a few seconds for the wrapper's first word; a run that never started is recorded failed, with why.
+    A run that already ended is announced here (with ``ctx``): this is where its end is first recorded."""
     deadline = time.monotonic() + START_CHECK_S
     delay = 0.05
     record: vocab.RunRecordFile | None = None
@@ -179,6 +181,14 @@ def _await_start(state: State, target: Target, run: RunRecord) -> str:
             else "Check that this Python can run `python -m tether.server`.",
         )
     state.update_run(run.id, status=record.status, ended=record.ended, exit_code=record.exit_code)
+    if ctx is not None and vocab.is_final(record.status):
+        from tether import notify
+
+        ended: vocab.RunInfo | None = None
+        with contextlib.suppress(TetherError):  # the counts are a nicety; the announcement is not
+            ended = scan(target).run(run.id)
+        fallback = vocab.RunInfo(id=run.id, experiment=run.experiment, status=record.status, exit_code=record.exit_code)
+        notify.announce_run_ends(ctx, target.name, [ended or fallback])
     if record.status in (vocab.FAILED, vocab.REFUSED):
         log = target.transport.run(["tail", "-n", "20", record.log or run.log_path], check=False).text()
         raise CommandFailed(
@@ -206,21 +216,31 @@ def scan(target: Target) -> vocab.Scan:
         ) from None
 
 
-def refresh(state: State, target: Target, found: vocab.Scan) -> None:
-    """Copy the statuses a scan found into local state."""
+def refresh(state: State, target: Target, found: vocab.Scan) -> list[vocab.RunInfo]:
+    """Copy the statuses a scan found into local state; returns the runs first seen ended here."""
     known = {r.id: r for r in state.runs(host=target.name)}
+    ended: list[vocab.RunInfo] = []
     for run in found.runs:
         rec = known.get(run.id)
         if rec is None:
             continue
         if rec.status != run.status or rec.exit_code != run.exit_code:
             state.update_run(rec.id, status=run.status, ended=run.ended, exit_code=run.exit_code)
+            if run.final and not vocab.is_final(rec.status):
+                ended.append(run)
+    return ended
 
 
-def observe(state: State, target: Target) -> vocab.Scan:
-    """Scan ``target`` and record what was found: what ``progress``, ``--follow``, ``cancel`` and ``status`` see."""
+def observe(state: State, target: Target, *, ctx: Ctx | None = None) -> vocab.Scan:
+    """Scan ``target`` and record what was found: what ``progress``, ``--follow``, ``cancel`` and ``status`` see.
+    With ``ctx`` (its project's notification URLs), the runs first seen ended here are announced
+    (:func:`tether.notify.announce_run_ends`: once, and not again what the server announced)."""
     found = scan(target)
-    refresh(state, target, found)
+    ended = refresh(state, target, found)
+    if ended and ctx is not None:
+        from tether import notify
+
+        notify.announce_run_ends(ctx, target.name, ended)
     return found
 
 
@@ -231,11 +251,12 @@ def follow(
     *,
     on_update: Callable[[vocab.RunInfo | None], None] = lambda _run: None,
     period: float | None = None,
+    ctx: Ctx | None = None,
 ) -> vocab.RunInfo:
     """Poll the run's target until the run ends; ``on_update`` sees each observation. Returns the final one."""
     every = period if period is not None else (0.5 if target.local else 5.0)
     while True:
-        run = observe(state, target).run(run_id)
+        run = observe(state, target, ctx=ctx).run(run_id)
         on_update(run)
         if run is not None and run.final:
             return run
@@ -342,7 +363,7 @@ def progress(ctx: Ctx, host: str | None = None) -> list[HostProgress]:
             out.append(down)
             continue
         try:
-            found = observe(ctx.state, resolve(ctx.project, name, ctx.state))
+            found = observe(ctx.state, resolve(ctx.project, name, ctx.state), ctx=ctx)
             out.append(HostProgress(name, found.runs))
         except TetherError as exc:
             if host:

@@ -6,7 +6,8 @@ brought home, with a manifest of path, size, mtime and sha256, which tells later
 ``decisions`` (what the autopilot did and why) and ``hosts`` (what tether set up on each server: the server side's
 version, the interpreter's real path, the last pushed code fingerprint, whether `.env` uploads are off), and
 ``managed_runs`` / ``managed_shards`` (schema 4: each managed run, its options and status, and each shard's server,
-current run, sync point and recoveries; :mod:`tether.managed`).
+current run, sync point and recoveries; :mod:`tether.managed`); ``notifications`` (schema 5: each event announced,
+by key, so no event is sent twice; :mod:`tether.notify`).
 The schema is versioned with ``PRAGMA user_version``; migrations run on open, in one transaction each (schema 3
 moved the old ``kv`` facts ``up:NAME``, ``push:NAME``, ``python:NAME`` into ``hosts`` columns).
 Every record comes back as a frozen dataclass; every INSERT names its columns.
@@ -156,6 +157,14 @@ MIGRATIONS: list[str] = [
         retry_at REAL,
         updated REAL NOT NULL,
         PRIMARY KEY (run_id, shard)
+    );
+    """,
+    """
+    CREATE TABLE notifications (
+        key TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        sent REAL NOT NULL
     );
     """,
 ]
@@ -678,6 +687,17 @@ class State:
         assignments = ", ".join(f"{k}=?" for k in values)
         with self.tx() as db:
             db.execute(f"UPDATE {table} SET {assignments} WHERE {where}", (*values.values(), *key))
+
+    # --- notifications ------------------------------------------------------------------------------------------
+    def claim_notification(self, key: str, kind: str, subject: str, now: float | None = None) -> bool:
+        """Record that the event ``key`` is being announced; False when it was already (by any process): each event
+        is sent once."""
+        with self.tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO notifications(key, kind, subject, sent) VALUES (?,?,?,?)",
+                (key, kind, subject, now if now is not None else time.time()),
+            )
+            return cur.rowcount == 1
 
     # --- decisions ----------------------------------------------------------------------------------------------
     def add_decision(self, name: str, action: str, reason: str, done: bool, ts: float | None = None) -> None:

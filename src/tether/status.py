@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether import agents, autopilot, cost, managed, rentals, runs, vocab
+from tether import agents, autopilot, cost, managed, notify, rentals, runs, vocab
 from tether.context import Ctx
 from tether.errors import TetherError
 from tether.fmt import duration, iso
@@ -50,6 +50,7 @@ def observe_rented(ctx: Ctx) -> list[str]:
         for rec in live:
             try:
                 rentals.observe(ctx.project, ctx.state, rec.name, provider=provider)
+                notify.announce_preempted(ctx, rec.name)  # said once, by whichever command sees it first
             except TetherError as exc:
                 problems.append(f"{rec.name}: {exc.message}")
     finally:
@@ -144,7 +145,7 @@ def report(ctx: Ctx) -> Report:
         if rented is not None and rented.state != "running":
             continue  # a stopped or destroyed server cannot be asked; its runs were pulled before
         try:
-            found = runs.observe(st, resolve(project, name, st))
+            found = runs.observe(st, resolve(project, name, st), ctx=ctx)
         except TetherError as exc:
             out.warnings.append(f"{name}: could not read runs ({exc.message})")
             out.hosts.append(HostProgress(name, [], str(exc)))
@@ -201,4 +202,5 @@ def report(ctx: Ctx) -> Report:
             out.warnings.append(
                 f"managed run {mrun.id} has no controller: `tether run {mrun.experiment} --managed` picks it up."
             )
+    notify.announce_status(ctx, out)
     return out

@@ -143,6 +143,8 @@ class RunInfo:
     """Failed items by kind (HTTP status or error type), when the checkpoint reports it."""
     wrapper_alive: bool | None = None
     """For a live run: whether its wrapper still runs (False: killed, while the experiment goes on computing)."""
+    announced_by: str | None = None
+    """``"server"`` when the run wrapper announced the run's end itself (``tether.server.notify``)."""
 
     @property
     def live(self) -> bool:
@@ -184,6 +186,7 @@ class RunInfo:
                 else {}
             ),
             wrapper_alive=doc.get("wrapper_alive") if isinstance(doc.get("wrapper_alive"), bool) else None,
+            announced_by=_str(doc.get("announced_by")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -208,6 +211,8 @@ class RunInfo:
             out["failed_by"] = dict(self.failed_by)
         if self.wrapper_alive is not None:
             out["wrapper_alive"] = self.wrapper_alive
+        if self.announced_by is not None:
+            out["announced_by"] = self.announced_by
         if self.log_tail is not None:
             out["log_tail"] = self.log_tail
         if self.problem is not None:
@@ -259,6 +264,8 @@ class RunRecordFile:
     log: str | None = None
     results_dir: str | None = None
     reason: str | None = None
+    announced_by: str | None = None
+    """``"server"``: the wrapper announces this run's end itself (written with the final status)."""
 
     @classmethod
     def from_json(cls, doc: Any, run_id: str) -> RunRecordFile:
@@ -290,6 +297,7 @@ class RunRecordFile:
             log=_str(doc.get("log")),
             results_dir=_str(doc.get("results_dir")),
             reason=_str(doc.get("reason")),
+            announced_by=_str(doc.get("announced_by")),
         )
 
 

@@ -24,6 +24,7 @@ from tether.cli.common import (
     status_text,
     styled,
 )
+from tether.context import Ctx
 from tether.errors import ConfigError, PolicyRefusal, RemoteError, RunFailed, TetherError
 from tether.hosts import LOCAL, Target, resolve
 from tether.state import RunRecord, State
@@ -143,7 +144,7 @@ def run(
             provision.ensure_pushed(c, target)
         started = runs.start(c, target, experiment, extra, wait_s=wait_gpu)
         rec = started.run
-        final = _follow(c.state, target, rec.id) if follow else None
+        final = _follow(c.state, target, rec.id, c) if follow else None
     if as_json:
         emit_json(
             {
@@ -224,7 +225,7 @@ def _run_managed(
     raise TetherError(f"{summary}: {outcome.reason}", f"What finished is kept in {outcome.results_path}.")
 
 
-def _follow(st: State, target: Target, run_id: str) -> vocab.RunInfo:
+def _follow(st: State, target: Target, run_id: str, ctx: Ctx | None = None) -> vocab.RunInfo:
     """Follow the run until it ends, with a progress line on stderr."""
     with err.status(f"{run_id}: starting") as line:
 
@@ -236,7 +237,7 @@ def _follow(st: State, target: Target, run_id: str) -> vocab.RunInfo:
                     f"  ETA {duration(run.eta_s)}"
                 )
 
-        return runs.follow(st, target, run_id, on_update=show)
+        return runs.follow(st, target, run_id, on_update=show, ctx=ctx)
 
 
 @click.command()

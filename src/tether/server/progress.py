@@ -151,6 +151,7 @@ def scan_run(root: str, run_id: str, tail_lines: int) -> dict[str, Any] | None:
         log_tail=tail(record.log, tail_lines) if status in vocab.TROUBLE_STATUSES and record.log else None,
         failed_by=failed_by,
         wrapper_alive=wrapper if vocab.is_live(status) else None,
+        announced_by=record.announced_by if vocab.is_final(status) else None,
     ).to_json()
     return out
 

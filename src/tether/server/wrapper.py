@@ -12,7 +12,10 @@ controller going away. It:
    ``TETHER_MANAGED_RUN`` (``--managed``), its output going to ``log`` and to the tmux pane;
 4. heartbeats the registry while it runs, forwards SIGTERM/SIGINT/SIGHUP to the experiment (``tether cancel``);
 5. records status (``completed`` on exit 0, ``failed``, ``cancelled``), exit code and end time in ``run.json``, and
-   leaves the registry.
+   leaves the registry;
+6. announces a completed or failed run to the URLs of ``<root>/.tether/notify.json`` that a server speaks
+   (:mod:`tether.server.notify`), when that file is this project's, marking ``announced_by: server`` in the same
+   write as the end, so the controller does not announce it again.
 
 The experiment runs in a session of its own, so a SIGKILL of the wrapper does not kill it. ``run.json`` records
 the experiment's identity too (``child_pid``, ``child_start``): while the experiment lives, the progress scan reports
@@ -135,8 +138,63 @@ class _Run:
             fh.write(f"[tether] {message}\n")
         print(f"[tether] {message}", flush=True)
 
+    def _announcer(self, status: str) -> dict[str, Any] | None:
+        """The notify.json to announce this end with, when the server takes that on: a completed or failed run of
+        this project (its code folder) and at least one URL the server speaks. Else the controller announces it."""
+        if status not in (vocab.COMPLETED, vocab.FAILED, vocab.REFUSED):
+            return None
+        try:
+            from tether.server import notify
+
+            doc = notify.load(self.args.root)
+            if doc is None or not notify.server_urls(doc):
+                return None
+            if os.path.normpath(doc["code_dir"]) != os.path.normpath(self.args.cwd):
+                return None  # another project's URLs (the last one set up on this server)
+            return doc
+        except Exception:
+            return None
+
+    def _announce(self, doc: dict[str, Any], status: str, code: int) -> None:
+        """Announce the run's end (never raises; a few seconds at most per URL); the log says how it went."""
+        try:
+            from tether.server import notify, progress
+
+            host = doc["host"] or self.record["host"]
+            counts = ""
+            checkpoints = progress.scan_results(self.record["results_dir"])
+            totals = [c["total"] for c in checkpoints if isinstance(c.get("total"), int)]
+            if totals:
+                done = sum(c["completed"] for c in checkpoints if isinstance(c.get("completed"), int))
+                counts = f" ({done}/{sum(totals)} items)"
+            run_id = self.args.run_id
+            if status == vocab.COMPLETED:
+                kind = "run_completed"
+                text = f"run {run_id} completed on {host}{counts}; `tether pull {host}`"
+            else:
+                kind = "run_failed"
+                text = f"run {run_id} {status} on {host} (exit code {code}){counts}; `tether logs {run_id}`"
+            project = doc["project"] or "tether"
+            answers = notify.send_urls(
+                notify.server_urls(doc),
+                notify.title(project, kind),
+                notify.line(project, self.args.experiment, text),
+                kind,
+            )
+            answered = sum(1 for _, ok, _ in answers if ok)
+            self.log(f"announced the run's end to {answered} of {len(answers)} notification URL(s)")
+            for url, ok, error in answers:
+                if not ok:
+                    self.log(f"could not notify {url}: {error}")
+        except Exception as exc:  # the run's outcome is recorded already
+            self.log(f"could not send notifications ({type(exc).__name__})")
+
     def finish(self, status: str, code: int) -> int:
         self.record.update(status=status, exit_code=code, ended=time.time())
+        announcer = self._announcer(status)
+        if announcer is not None:
+            # In the same write as the end: a controller that sees the end sees who announces it.
+            self.record["announced_by"] = "server"
         self.save()
         self.stop.set()
         if self.registry is not None:
@@ -147,6 +205,8 @@ class _Run:
             except Exception as exc:  # the run's outcome is recorded already; a registry hiccup must not hide it
                 self.log(f"could not leave the agent registry: {exc}")
         self.log(f"run {self.args.run_id} {status} (exit code {code})")
+        if announcer is not None:
+            self._announce(announcer, status, code)
         return code
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
