@@ -16,7 +16,7 @@ from typing import Any, TypeVar, Union
 
 from tether.checkpoint import shard as _shard
 from tether.checkpoint._fs import atomic_write, fsync_dir, publish_locked, utc_iso, write_all
-from tether.checkpoint._http import failure_fields, failure_kind
+from tether.checkpoint._http import describe, failure_fields, failure_kind, safe_text
 from tether.errors import CheckpointError
 
 try:
@@ -75,7 +75,7 @@ def _dumps_strict(value: Any) -> str:
 
 
 def _is_non_finite(exc: ValueError) -> bool:
-    return "Out of range float" in str(exc)
+    return "Out of range float" in safe_text(exc)
 
 
 def _encode_line(text: str) -> bytes:
@@ -641,7 +641,7 @@ class Checkpoint:
         except ValueError as exc:
             if not _is_non_finite(exc):
                 raise CheckpointError(
-                    f"The result for item {key} is not JSON-serializable: {exc}.",
+                    f"The result for item {key} is not JSON-serializable: {describe(exc)}.",
                     hint="Return plain values (str, int, float, bool, None, lists, dicts) from the function.",
                 ) from exc
             raise CheckpointError(
@@ -649,9 +649,9 @@ class Checkpoint:
                 hint="Replace non-finite numbers (e.g. by None or a string; math.isfinite tells them apart) "
                 "before recording.",
             ) from exc
-        except TypeError as exc:
+        except Exception as exc:  # TypeError, RecursionError (nested too deep), or what the result's own code raised
             raise CheckpointError(
-                f"The result for item {key} is not JSON-serializable: {exc}.",
+                f"The result for item {key} is not JSON-serializable: {describe(exc)}.",
                 hint="Return plain values (str, int, float, bool, None, lists, dicts) from the function.",
             ) from exc
         with self._lock:
@@ -672,7 +672,7 @@ class Checkpoint:
         if isinstance(error, str):
             message = error
         else:
-            message = f"{type(error).__name__}: {error}"
+            message = describe(error)  # never raises, even when the exception's __str__ does
             fields = failure_fields(error)
         if attempts is not None:
             fields["attempts"] = int(attempts)
