@@ -1,0 +1,165 @@
+"""Ctrl-C says what still bills: a real `tether` process gets SIGINT (os.kill on its pid) at the moment that
+matters, and before it exits 130 it names what keeps running or billing (servers with their $/hr, the run left
+running) and the exact commands that pick each up or stop it; with --json also one valid JSON document.
+
+- `tether up NAME --profile api` on the Vast emulator, interrupted after the rental while it waits to log in
+  (the emulated instance refuses the key at first, as the vendor's fresh instances do): the server bills, and
+  `tether up NAME` finishes the set-up, `tether down/destroy NAME` stop it;
+- `tether run EXP --managed`, interrupted while its shard computes on a rented server: the run keeps going on a
+  billing server; `tether run EXP --managed` picks it up (and that works), `tether cancel ID` stops it;
+- `tether run EXP --local --follow`, interrupted while it follows: the run keeps running (it is still running,
+  and `tether cancel ID` stops it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Cloud, vast_project
+from tests.e2e.managed_helpers import FAST
+from tests.helpers import tether, wait_for, write_project
+from tether import schemas
+from tether.state import open_state
+
+
+def start(args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tether", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def ctrl_c(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """SIGINT to the process we started (by its pid), then its output; it must exit 130."""
+    os.kill(proc.pid, signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"tether did not exit after Ctrl-C: {err[-2000:]}") from None
+    assert proc.returncode == 130, (proc.returncode, out, err[-3000:])
+    assert "Traceback" not in err, err
+    return out, err
+
+
+def state_has(predicate: Any) -> Any:
+    with open_state() as st:
+        return predicate(st)
+
+
+def json_doc(out: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(out)  # one document, nothing else on stdout
+    schemas.validate("error", doc)
+    assert doc["exit_code"] == 130 and doc["kind"] == "Interrupted"
+    return doc
+
+
+def test_ctrl_c_during_up_names_the_billing_server_and_how_to_finish_or_stop(tmp_path: Path, cloud: Cloud) -> None:
+    project = vast_project(tmp_path, cloud, items=5, ssh_wait_seconds=300)
+    cloud.emulator.faults.refuse_keys(600)  # the fresh instance refuses the key: `up` keeps trying to log in
+    proc = start(["up", "box", "--profile", "api", "--json"], project, cloud.env)
+    try:
+        rec = wait_for(
+            lambda: state_has(lambda st: (r := st.instance("box")) is not None and r.state == "running" and r),
+            timeout=120,
+            what="the rental to be recorded running",
+        )
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    out, err = ctrl_c(proc)
+    (billing,) = cloud.emulator.billing_instances()  # it really bills on
+    doc = json_doc(out)
+    (server,) = doc["left"]["servers"]
+    assert server["name"] == "box" and server["state"] == "running" and server["rate"] == "full"
+    assert server["usd_per_hr"] == pytest.approx(billing.dph_total, rel=1e-3) and server["usd_per_hr"] > 0
+    assert server["commands"] == ["tether up box", "tether down box", "tether destroy box"]
+    assert doc["left"]["usd_per_hr"] == pytest.approx(server["usd_per_hr"])
+    assert f"${server['usd_per_hr']:.4f}/hr" in err and "box" in err
+    for command in server["commands"]:
+        assert f"`{command}`" in err
+    assert rec.instance_id == str(billing.id)
+
+
+def test_ctrl_c_in_a_managed_run_says_it_runs_on_and_how_to_pick_it_up(tmp_path: Path, cloud: Cloud) -> None:
+    project = vast_project(tmp_path, cloud, items=400)
+    proc = start(["run", "exp", "--managed", *FAST, "--", "--delay", "0.2"], project, cloud.env)
+
+    def shard_running(st: Any) -> Any:
+        for m in st.managed_runs():
+            for s in st.managed_shards(m.id):
+                if s.status == "running" and s.server and s.run:
+                    return m, s
+        return None
+
+    try:
+        run, shard = wait_for(lambda: state_has(shard_running), timeout=180, what="the shard to run on its server")
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    _, err = ctrl_c(proc)
+    assert cloud.emulator.billing_instances(), "the server should still be billing"
+    assert f"managed run {run.id}" in err and shard.server in err
+    assert "`tether run exp --managed`" in err and f"`tether cancel {run.id}`" in err
+    assert f"{shard.server} (running, $" in err and "/hr" in err
+    # What it said works: the managed run is picked up by a new controller, then cancelled (servers destroyed).
+    again = start(["run", "exp", "--managed", *FAST, "--", "--delay", "0.2"], project, cloud.env)
+    try:
+        wait_for(
+            lambda: state_has(lambda st: (m := st.managed_run(run.id)) is not None and m.controller_pid == again.pid),
+            timeout=60,
+            what="the new controller to pick the run up",
+        )
+        cancelled = tether("cancel", run.id, cwd=project, env=cloud.env, timeout=300)
+        assert cancelled.returncode == 0, cancelled.stderr
+        again.communicate(timeout=120)
+    finally:
+        if again.poll() is None:
+            again.kill()
+            again.communicate()
+    assert cloud.emulator.billing_instances() == []
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_ctrl_c_while_following_says_the_run_keeps_running(tmp_path: Path, as_json: bool) -> None:
+    project = write_project(tmp_path / "proj", items=400)
+    flags = ["--json"] if as_json else []
+    proc = start(["run", "exp", "--local", "--follow", *flags, "--", "--delay", "0.2"], project)
+    try:
+        rec = wait_for(
+            lambda: state_has(lambda st: next((r for r in st.runs() if r.status in ("starting", "running")), None)),
+            timeout=60,
+            what="the run to start",
+        )
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    out, err = ctrl_c(proc)
+    try:
+        assert f"run {rec.id}" in err and "keeps running" in err
+        assert f"`tether logs {rec.id} -f`" in err and f"`tether cancel {rec.id}`" in err
+        if as_json:
+            (left,) = json_doc(out)["left"]["runs"]
+            assert left["id"] == rec.id and left["commands"] == [f"tether logs {rec.id} -f", f"tether cancel {rec.id}"]
+        else:
+            assert out == ""
+    finally:
+        stopped = tether("cancel", rec.id, "--json", cwd=project)
+    assert stopped.returncode == 0 and json.loads(stopped.stdout)["cancelled"] is True, stopped.stdout
