@@ -10,7 +10,9 @@ with its error type, and the journal and the final results file stay valid JSON.
 
 from __future__ import annotations
 
+import inspect
 import json
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 
 from tether.checkpoint import Checkpoint, CheckpointWarning, RetryAfter, run_batch
 from tether.checkpoint._http import asked_delay, describe, failure_fields, is_transient, sdk_retries_taken
+from tether.errors import CheckpointError
 
 
 class HeadersRaise(Exception):
@@ -143,3 +146,40 @@ def test_reading_a_hostile_error_never_raises() -> None:
     seconds, where = asked_delay(RateLimitError())
     assert seconds == float("inf") and len(where) < 60
     assert asked_delay(type("Past", (Exception,), {"retry_after": -(10**400)})())[0] == float("-inf")
+
+
+def test_a_result_too_deep_to_read_back_fails_alone(tmp_path: Path) -> None:
+    """A result nested 600 deep serializes when recorded from a shallow stack, but the journal holding it could
+    not be read back from a deeper one (json's recursion limit): every later resume failed. It is refused at
+    record instead, and the journal opens from a stack with less room left than that."""
+    summary = run_batch(
+        lambda item: deep(600) if item == "bad" else {"answer": item},
+        ["a", "bad", "b"],
+        tmp_path,
+        progress=False,
+        finalize=False,
+    )
+    assert (summary.completed, summary.failed) == (2, 1)
+    failure = [line for line in journal_lines(tmp_path / "results.journal.jsonl") if not line["ok"]]
+    assert "nested more than 400 deep" in failure[0]["error"]
+
+    def reopen(frames: int) -> Path:
+        if frames:
+            return reopen(frames - 1)
+        with Checkpoint(tmp_path) as ck:
+            return ck.finalize(order=["a", "bad", "b"], allow_failures=True)
+
+    room = sys.getrecursionlimit() - len(inspect.stack(0))
+    final = reopen(room - 550)  # 550 frames left: not enough to read a 600-deep line
+    assert json.loads(final.read_text())["results"] == [{"answer": "a"}, {"answer": "b"}]
+
+
+def test_a_journal_line_too_deep_to_read_is_named(tmp_path: Path) -> None:
+    """A journal an older tether wrote with a result too deep to read: opening it names the line (a
+    CheckpointError, said as one sentence), instead of a RecursionError out of the library."""
+    run_batch(lambda item: item, ["a"], tmp_path, progress=False, finalize=False)
+    journal = tmp_path / "results.journal.jsonl"
+    with journal.open("a") as fh:
+        fh.write('{"id":"b","ok":true,"result":' + "[" * 5000 + "]" * 5000 + "}\n")
+    with pytest.raises(CheckpointError, match="line 3 is corrupt \\(nested too deep to read\\)"):
+        Checkpoint(tmp_path).__enter__()
