@@ -10,6 +10,7 @@ with its error type, and the journal and the final results file stay valid JSON.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import sys
@@ -183,3 +184,17 @@ def test_a_journal_line_too_deep_to_read_is_named(tmp_path: Path) -> None:
         fh.write('{"id":"b","ok":true,"result":' + "[" * 5000 + "]" * 5000 + "}\n")
     with pytest.raises(CheckpointError, match="line 3 is corrupt \\(nested too deep to read\\)"):
         Checkpoint(tmp_path).__enter__()
+
+
+def test_an_async_item_raising_cancelled_error_fails_alone(tmp_path: Path) -> None:
+    """An async item whose own code lets a CancelledError out (a leaked timeout) used to end the batch: the
+    batch had not cancelled it, so it is that item's failure."""
+
+    async def fn(item: str) -> Any:
+        if item == "bad":
+            raise asyncio.CancelledError()
+        await asyncio.sleep(0)
+        return {"answer": item}
+
+    summary = run_batch(fn, ["a", "bad", "b"], tmp_path, progress=False, finalize=False)
+    assert (summary.completed, summary.failed, summary.failed_by) == (2, 1, {"CancelledError": 1})

@@ -369,6 +369,13 @@ class _Threads:
             self._jobs.put(None)
 
 
+def _being_cancelled() -> bool:
+    """Whether someone asked to cancel the current task (Python 3.11+ can tell; before, False)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if callable(cancelling) else False
+
+
 def _settle(fut: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
     """Hand a thread's outcome to its future: the (ok, value) pair itself for a result or an Exception (a future
     cannot carry a StopIteration as its exception: the batch would wait for it forever), and a BaseException
@@ -529,6 +536,7 @@ async def arun_batch(
                 continue  # no signal support on this loop (e.g. Windows): Ctrl-C then interrupts as usual
             installed.append((int(sig), previous))
 
+    winding_down: list[bool] = []  # set once the batch cancels its workers
     is_async = inspect.iscoroutinefunction(fn)
     threads = None if is_async else _Threads(min(concurrency, max(len(listed), 1)))
     counts = {"completed": 0, "failed": 0, "calls": 0, "pushbacks": 0}
@@ -567,6 +575,10 @@ async def arun_batch(
                         return True, await fn(item)
                     except Exception as exc:  # the item's failure, judged by the caller
                         return False, exc
+                    except asyncio.CancelledError as exc:
+                        if winding_down or _being_cancelled():
+                            raise  # the batch is stopping: this call is abandoned, not failed
+                        return False, exc  # the item's own code raised it (a leaked timeout): its failure
                 outcome: tuple[bool, Any] = await threads.run(loop, fn, item)
                 return outcome
 
@@ -671,6 +683,7 @@ async def arun_batch(
                         running.discard(task)
                         task.result()  # re-raises a worker's error (e.g. the disk is full)
             finally:
+                winding_down.append(True)
                 stopper.cancel()
                 for task in tasks:
                     task.cancel()
