@@ -7,7 +7,7 @@ edge (``cli/main.py``) to say before it exits 130:
 - every rented server that bills (its state and $/hr: the full price, the bid for an interruptible rental, or the
   storage part when stopped or loading), with ``tether down NAME`` and ``tether destroy NAME`` (and ``tether up
   NAME`` for the server whose set-up was interrupted);
-- the managed runs this process drove (or started), which keep running on their servers without a controller:
+- the managed runs this process drove, which keep running on their servers without a controller:
   ``tether run EXP --managed`` picks one up, ``tether cancel ID`` stops it and destroys its servers;
 - the plain runs this command started that are live (``run --follow`` leaves its run running): ``tether logs ID
   -f`` follows one, ``tether cancel ID`` stops it.
@@ -140,17 +140,17 @@ def _server(rec: InstanceRecord, setting_up: str | None) -> BillingServer:
 
 
 def gather(st: State, *, since: float, pid: int, setting_up: str | None = None) -> Leftovers:
-    """What keeps running or billing: every rented server that bills, the unfinished managed runs driven by
-    process ``pid`` or started at or after ``since`` (a time.time()), the live plain runs started at or after
-    ``since`` (not a managed run's shards). ``setting_up`` names the server whose ``tether up`` was interrupted."""
+    """What keeps running or billing: every rented server that bills, the unfinished managed runs process ``pid``
+    drove (left without a controller), the live plain runs started at or after ``since`` (a time.time(); not a
+    managed run's shards). ``setting_up`` names the server whose ``tether up`` was interrupted."""
     servers = [_server(rec, setting_up) for rec in st.instances() if cost.rate_kind(rec.state) != "none"]
     managed: list[LiveManagedRun] = []
     shard_runs: set[str] = set()
     for m in st.managed_runs():
         shards = st.managed_shards(m.id)
         shard_runs |= {s.run for s in shards if s.run}
-        if m.status in vocab.MANAGED_FINAL or not (m.controller_pid == pid or m.started >= since):
-            continue
+        if m.status in vocab.MANAGED_FINAL or m.controller_pid != pid:
+            continue  # finished, or driven by another controller (another terminal, a --detach one): not ours
         on = [s.server for s in shards if s.server and s.status not in vocab.SHARD_FINAL]
         commands = [f"tether run {m.experiment} --managed", f"tether cancel {m.id}"]
         managed.append(LiveManagedRun(m.id, m.experiment, m.status, on, commands))

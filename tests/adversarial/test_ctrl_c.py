@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ from tests.e2e.conftest import Cloud, vast_project
 from tests.e2e.managed_helpers import FAST
 from tests.helpers import tether, wait_for, write_project
 from tether import schemas
-from tether.state import open_state
+from tether.leftovers import gather
+from tether.state import InstanceRecord, ManagedRunRecord, ManagedShardRecord, RunRecord, open_state
 
 
 def start(args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
@@ -163,3 +165,91 @@ def test_ctrl_c_while_following_says_the_run_keeps_running(tmp_path: Path, as_js
     finally:
         stopped = tether("cancel", rec.id, "--json", cwd=project)
     assert stopped.returncode == 0 and json.loads(stopped.stdout)["cancelled"] is True, stopped.stdout
+
+
+def test_what_still_bills_is_read_from_state_by_its_rules() -> None:
+    """The rules of `leftovers.gather` on real SQLite state: the price that applies in each state (the bid for an
+    interruptible rental, the storage part when stopped, unknown while the rental is in flight), destroyed
+    servers left out, a managed run listed only when this process drove it (another controller still drives
+    its own), a plain run only when live and started by this command, a managed run's shard runs not twice."""
+    now = time.time()
+    with open_state() as st:
+
+        def server(name: str, state: str, instance_id: str | None, meta: dict[str, Any] | None = None) -> None:
+            st.upsert_instance(
+                InstanceRecord(name, "vast", instance_id, None, "/workspace", state, 0.5, 0.02, now, now, meta or {})
+            )
+
+        server("full", "running", "1")
+        server("bid", "running", "2", {"bid_usd": 0.125})
+        server("stopped", "stopped", "3")
+        server("renting", "creating", None)
+        server("gone", "gone", "5")
+        for run_id, pid in (("m-mine", os.getpid()), ("m-other", os.getpid() + 1)):
+            record = ManagedRunRecord(
+                run_id,
+                "exp",
+                1,
+                [],
+                "api",
+                [],
+                None,
+                60.0,
+                "journal",
+                "running",
+                None,
+                now,
+                None,
+                None,
+                None,
+                pid,
+                False,
+                now,
+            )
+            shard = ManagedShardRecord(
+                run_id,
+                0,
+                "running",
+                "full",
+                False,
+                f"{run_id}-r",
+                1,
+                0,
+                0,
+                0,
+                10,
+                0,
+                None,
+                None,
+                None,
+                0,
+                None,
+                None,
+                now,
+            )
+            st.add_managed_run(record, [shard])
+
+        def run(run_id: str, status: str, started: float) -> None:
+            st.add_run(RunRecord(run_id, "exp", "local", [], "/", "results", "log", "s", started, None, None, status))
+
+        run("live", "running", now)
+        run("older", "running", now - 3600)
+        run("done", "completed", now)
+        run("m-mine-r", "running", now)
+        left = gather(st, since=now - 1, pid=os.getpid(), setting_up="full")
+    prices = {s.name: (s.state, s.usd_per_hr, s.rate) for s in left.servers}
+    assert prices == {
+        "full": ("running", 0.5, "full"),
+        "bid": ("running", 0.125, "full"),
+        "stopped": ("stopped", 0.02, "storage"),
+        "renting": ("creating", None, "unknown"),
+    }
+    assert left.usd_per_hr == pytest.approx(0.645)
+    assert [s.commands for s in left.servers if s.name == "full"] == [
+        ["tether up full", "tether down full", "tether destroy full"]
+    ]
+    assert [(m.id, m.servers, m.commands) for m in left.managed] == [
+        ("m-mine", ["full"], ["tether run exp --managed", "tether cancel m-mine"])
+    ]
+    assert [r.id for r in left.runs] == ["live"]
+    assert "$0.6450/hr in all" in left.sentence() and "price unknown" in left.sentence()
