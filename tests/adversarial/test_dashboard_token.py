@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from tests.helpers import wait_for, write_project
+from tests.integration.dashboard.test_dashboard import CHROMIUM, CHROMIUM_ARGS
 from tether import config
 from tether.dashboard.server import Dashboard, host_allowed
 
@@ -165,3 +166,22 @@ def _open_and_follow(proc: subprocess.Popen[str], argv_file: Path) -> None:
     status, body = request(port, "GET", url[url.index("/", len("http://")) :])
     assert status == 200 and b"tether dashboard" in body  # the browser got there, with the token
     wait_for(lambda: not page.exists(), timeout=30, what="the forwarding page to be removed once used")
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_a_real_browser_follows_the_forwarding_page_to_the_live_page(dash: Dashboard) -> None:
+    """What --open hands the browser, opened in a real one: it lands on the live page with the token."""
+    from playwright.sync_api import sync_playwright
+
+    opener = dash.write_opener()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(opener.as_uri())
+            page.wait_for_url(dash.url, timeout=20_000)
+            page.wait_for_selector("#project", state="attached", timeout=20_000)
+            assert page.title() == "tether dashboard"
+        finally:
+            browser.close()
+    wait_for(lambda: not opener.exists(), timeout=30, what="the forwarding page to be removed once used")
