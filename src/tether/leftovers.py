@@ -103,6 +103,12 @@ class Leftovers:
         for r in self.runs:
             out.append(f"run {r.id}: follow it with `{r.commands[0]}`; stop it with `{r.commands[1]}`.")
         for s in self.servers:
+            if s.commands[0] == "tether ls":
+                out.append(
+                    f"{s.name} ({s.state}): its rental was cut short; `tether ls` adopts what it made, then "
+                    f"`{s.commands[1]}` stops paying for it."
+                )
+                continue
             how = " or ".join(f"`{c}`" for c in s.commands if not c.startswith("tether up "))
             first = next((c for c in s.commands if c.startswith("tether up ")), None)
             lead = f"finish its set-up with `{first}`; " if first else ""
@@ -134,7 +140,9 @@ def _server(rec: InstanceRecord, setting_up: str | None) -> BillingServer:
     else:
         price, rate = _finite(rec.storage_dph), "storage"
     commands = [f"tether down {rec.name}", f"tether destroy {rec.name}"]
-    if rec.name == setting_up:
+    if not rec.instance_id:
+        commands = ["tether ls", f"tether destroy {rec.name}"]  # `ls` adopts what the cut-short rental made
+    elif rec.name == setting_up:
         commands.insert(0, f"tether up {rec.name}")
     return BillingServer(rec.name, rec.state, price, rate, commands)
 

@@ -138,6 +138,40 @@ def test_ctrl_c_in_a_managed_run_says_it_runs_on_and_how_to_pick_it_up(tmp_path:
     assert cloud.emulator.billing_instances() == []
 
 
+def test_ctrl_c_while_a_managed_run_sets_up_its_server_does_not_wait_for_it(tmp_path: Path, cloud: Cloud) -> None:
+    """Ctrl-C while the controller's job rents and sets up the shard's server (here: waiting up to 300 s for the
+    fresh instance to accept the key) used to wait for that job, silently, while the server billed. Now it
+    says what bills and exits at once; the rental is recorded, so nothing is left unknown."""
+    project = vast_project(tmp_path, cloud, items=50, ssh_wait_seconds=300)
+    cloud.emulator.faults.refuse_keys(600)
+    proc = start(["run", "exp", "--managed", "--json", *FAST], project, cloud.env)
+    try:
+        rec = wait_for(
+            lambda: state_has(
+                lambda st: next((r for r in st.instances() if r.instance_id and r.state == "running"), None)
+            ),
+            timeout=120,
+            what="the shard's server to be rented",
+        )
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    os.kill(proc.pid, signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=60)  # the job it abandons would hold it for 300 s
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("Ctrl-C waited for the job in flight") from None
+    assert proc.returncode == 130, err[-2000:]
+    doc = json_doc(out)
+    assert [s["name"] for s in doc["left"]["servers"]] == [rec.name] and doc["left"]["usd_per_hr"] > 0
+    (managed,) = doc["left"]["managed"]
+    assert managed["commands"] == ["tether run exp --managed", f"tether cancel {managed['id']}"]
+    assert f"{rec.name} (running, $" in err
+
+
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
 def test_ctrl_c_while_following_says_the_run_keeps_running(tmp_path: Path, as_json: bool) -> None:
     project = write_project(tmp_path / "proj", items=400)
@@ -248,6 +282,8 @@ def test_what_still_bills_is_read_from_state_by_its_rules() -> None:
     assert [s.commands for s in left.servers if s.name == "full"] == [
         ["tether up full", "tether down full", "tether destroy full"]
     ]
+    assert [s.commands for s in left.servers if s.name == "renting"] == [["tether ls", "tether destroy renting"]]
+    assert any("its rental was cut short; `tether ls` adopts what it made" in line for line in left.lines())
     assert [(m.id, m.servers, m.commands) for m in left.managed] == [
         ("m-mine", ["full"], ["tether run exp --managed", "tether cancel m-mine"])
     ]

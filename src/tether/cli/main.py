@@ -166,6 +166,14 @@ def _interrupted(as_json: bool, started: float, shared: dict[str, Any]) -> NoRet
     click.echo(message, err=True)
     if hint:
         click.echo(hint, err=True)
+    import threading
+
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        # A job still in flight (a managed run's rental or set-up) would hold the exit until it ends: Ctrl-C
+        # means now. Its work is recorded as it goes (the rental before its create), as for a killed process.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     sys.exit(130)
 
 
