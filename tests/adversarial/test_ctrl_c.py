@@ -289,3 +289,33 @@ def test_what_still_bills_is_read_from_state_by_its_rules() -> None:
     ]
     assert [r.id for r in left.runs] == ["live"]
     assert "$0.6450/hr in all" in left.sentence() and "price unknown" in left.sentence()
+
+
+def test_ctrl_c_with_the_json_reader_gone_still_exits_130_with_the_report(tmp_path: Path) -> None:
+    """Ctrl-C reaches a whole pipeline (`tether run ... --json | jq`): the reader is gone when tether writes its
+    JSON document. The report still goes to stderr and the exit is 130, not a BrokenPipeError."""
+    project = write_project(tmp_path / "proj", items=400)
+    proc = start(["run", "exp", "--local", "--follow", "--json", "--", "--delay", "0.2"], project)
+    try:
+        rec = wait_for(
+            lambda: state_has(lambda st: next((r for r in st.runs() if r.status in ("starting", "running")), None)),
+            timeout=60,
+            what="the run to start",
+        )
+        assert proc.stdout is not None
+        proc.stdout.close()  # the reader of stdout is gone
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    try:
+        assert proc.returncode == 130, err
+        assert f"`tether cancel {rec.id}`" in err and "BrokenPipe" not in err and "Exception ignored" not in err
+    finally:
+        tether("cancel", rec.id, cwd=project)

@@ -161,11 +161,8 @@ def _interrupted(as_json: bool, started: float, shared: dict[str, Any]) -> NoRet
 
         doc: dict[str, Any] = {"error": message, "hint": hint, "kind": "Interrupted", "exit_code": 130}
         doc["left"] = left.to_json() if left is not None else None
-        sys.stdout.write(json.dumps(doc) + "\n")
-        sys.stdout.flush()
-    click.echo(message, err=True)
-    if hint:
-        click.echo(hint, err=True)
+        _write_or_drop(sys.stdout, json.dumps(doc) + "\n")
+    _write_or_drop(sys.stderr, message + "\n" + (hint + "\n" if hint else ""))
     import threading
 
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
@@ -175,6 +172,19 @@ def _interrupted(as_json: bool, started: float, shared: dict[str, Any]) -> NoRet
         sys.stderr.flush()
         os._exit(130)
     sys.exit(130)
+
+
+def _write_or_drop(stream: Any, text: str) -> None:
+    """Write and flush; a reader that is gone (Ctrl-C reached the whole pipeline: `tether ... --json | jq`) drops
+    the text, and the stream is pointed at /dev/null so that exiting does not fail on it again."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except (BrokenPipeError, ValueError):  # ValueError: the stream is closed
+        import contextlib
+
+        with contextlib.suppress(OSError, ValueError):  # no descriptor to redirect: nothing more to lose
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def _sentence(text: str) -> str:
