@@ -198,3 +198,19 @@ def test_an_async_item_raising_cancelled_error_fails_alone(tmp_path: Path) -> No
 
     summary = run_batch(fn, ["a", "bad", "b"], tmp_path, progress=False, finalize=False)
     assert (summary.completed, summary.failed, summary.failed_by) == (2, 1, {"CancelledError": 1})
+
+
+def test_an_item_that_cannot_be_measured_for_tpm_does_not_end_the_batch(tmp_path: Path) -> None:
+    """With ``tpm`` and no ``cost``, an item's cost is its JSON length: an item nested too deep (or whose own code
+    raises when printed) used to end the batch there. Its printed length stands in."""
+    items: list[Any] = ["a", deep(100_000), "b"]
+    summary = run_batch(
+        lambda item: "ok",
+        items,
+        tmp_path,
+        key=lambda item: item if isinstance(item, str) else "deep",
+        tpm=10**9,
+        progress=False,
+        finalize=False,
+    )
+    assert (summary.completed, summary.failed) == (3, 0)

@@ -28,6 +28,7 @@ from tether.checkpoint._http import (
     failure_kind,
     is_pushback,
     is_transient,
+    safe_text,
     sdk_retries_taken,
     seconds_value,
     status_of,
@@ -166,7 +167,10 @@ def _retrying_clients(fn: Callable[..., Any]) -> list[tuple[str, int]]:
 def _default_cost(item: Any) -> float:
     """Tokens an item costs when ``tpm`` is given without ``cost``: its text length / 4 (about 4 characters
     per token in English)."""
-    text = item if isinstance(item, str) else json.dumps(item, default=str, ensure_ascii=False)
+    try:
+        text = item if isinstance(item, str) else json.dumps(item, default=str, ensure_ascii=False)
+    except Exception:  # nested too deep, or its own code raises: its printed length (capped) will do
+        text = safe_text(item)
     return max(1.0, len(text) / 4.0)
 
 
