@@ -743,8 +743,8 @@ class Controller:
             self._provider = provider_for(self.project)
         return self._provider
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=True)
+    def close(self, *, wait: bool = True) -> None:
+        self.pool.shutdown(wait=wait, cancel_futures=not wait)
         if self._provider is not None:
             self._provider.close()
             self._provider = None
@@ -776,6 +776,7 @@ class Controller:
     def drive(self) -> Outcome:
         """Tick until every shard is final (or the run pauses or is cancelled); then finish."""
         started = time.monotonic()
+        interrupted = False
         try:
             while True:
                 try:
@@ -793,8 +794,11 @@ class Controller:
                     wait(pending, timeout=self.opts.poll_s, return_when=FIRST_COMPLETED)
                 else:
                     time.sleep(self.opts.poll_s)  # the servers work; nothing local to wait on
+        except KeyboardInterrupt:
+            interrupted = True  # Ctrl-C: no waiting for a job in flight (the CLI edge says what bills)
+            raise
         finally:
-            self.close()
+            self.close(wait=not interrupted)
 
     def tick(self) -> None:
         """One look at everything: harvest finished jobs, observe servers, act, sync journals when due."""

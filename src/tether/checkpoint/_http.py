@@ -4,6 +4,10 @@ Duck-typed, so that no SDK is imported: the OpenAI and Anthropic SDKs (``exc.sta
 ``exc.request_id``), Google's (``exc.code``), httpx and requests (``exc.response.status_code``), aiohttp
 (``exc.status``, ``exc.headers``) and urllib (``HTTPError.code``, ``.headers``) all answer the same questions.
 Standard library only, Python 3.8+.
+
+Every read is defensive: an error object comes from code tether does not control, and reading it must never raise
+(a property that raises, a ``__str__`` that raises, an httpx error without its request, a number too big for a
+float). What cannot be read counts as absent, so that one odd error fails its own item and nothing else.
 """
 
 from __future__ import annotations
@@ -43,6 +47,58 @@ _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "x-goog-request-id")
 
 
+#: The longest error message kept (a journal line, a warning): an SDK error can carry a whole response body.
+MAX_MESSAGE = 2000
+
+
+def attr(obj: Any, name: str) -> Any:
+    """``obj.name``, or None when it is absent or reading it raises (a property that raises, httpx's
+    ``.request`` on an error made without one, ``__getattr__`` that misbehaves)."""
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # reading a foreign object's attribute: whatever it raises means "not there"
+        return None
+
+
+def type_name(exc: BaseException) -> str:
+    """The exception's class name, never raising."""
+    try:
+        name = type(exc).__name__
+    except Exception:  # a metaclass with a misbehaving __name__
+        return "Exception"
+    return name if isinstance(name, str) and name else "Exception"
+
+
+def safe_text(value: Any, limit: int = MAX_MESSAGE) -> str:
+    """``str(value)``, else its ``repr``, else a placeholder: never raises; at most ``limit`` characters."""
+    for render in (str, repr):
+        try:
+            text = render(value)
+        except Exception:  # a __str__/__repr__ that raises (or returns a non-str): try the next rendering
+            continue
+        if isinstance(text, str):
+            return text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"<unprintable {type_name(value) if isinstance(value, BaseException) else type(value).__name__}>"
+
+
+def describe(exc: BaseException) -> str:
+    """``"Type: message"`` (or just ``"Type"`` when the message is empty), never raising."""
+    text = safe_text(exc)
+    return f"{type_name(exc)}: {text}" if text else type_name(exc)
+
+
+def seconds_value(value: Any) -> float | None:
+    """A number of seconds as a float: ``inf``/``-inf`` for an int too large for a float, None for NaN and
+    for anything that is not a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond float range, e.g. 10**400
+        return math.inf if value > 0 else -math.inf
+    return None if math.isnan(seconds) else seconds
+
+
 def _int_status(value: Any) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
         return value
@@ -52,13 +108,13 @@ def _int_status(value: Any) -> int | None:
 def status_of(exc: BaseException) -> int | None:
     """The HTTP status an exception carries, or None (a connection error, a programming error)."""
     for name in ("status_code", "status", "code", "http_status"):
-        found = _int_status(getattr(exc, name, None))
+        found = _int_status(attr(exc, name))
         if found is not None:
             return found
-    response = getattr(exc, "response", None)
+    response = attr(exc, "response")
     if response is not None:
         for name in ("status_code", "status"):
-            found = _int_status(getattr(response, name, None))
+            found = _int_status(attr(response, name))
             if found is not None:
                 return found
     return None
@@ -66,12 +122,12 @@ def status_of(exc: BaseException) -> int | None:
 
 def headers_of(exc: BaseException) -> Any | None:
     """The response headers an exception carries (``exc.response.headers``, else ``exc.headers``), or None."""
-    response = getattr(exc, "response", None)
+    response = attr(exc, "response")
     for holder in (response, exc):
         if holder is None:
             continue
-        headers = getattr(holder, "headers", None)
-        if headers is not None and callable(getattr(headers, "get", None)):
+        headers = attr(holder, "headers")
+        if headers is not None and callable(attr(headers, "get")):
             return headers
     return None
 
@@ -104,7 +160,7 @@ def _header_names(headers: Any) -> list[str]:
 
 def request_id_of(exc: BaseException) -> str | None:
     """The provider's request id (``exc.request_id`` or an ``x-request-id``/``request-id`` header), or None."""
-    value = getattr(exc, "request_id", None)
+    value = attr(exc, "request_id")
     if isinstance(value, str) and value:
         return value
     headers = headers_of(exc)
@@ -121,17 +177,17 @@ def _date_seconds(text: str, now: float) -> float | None:
         parsed = email.utils.parsedate_tz(text)
         if parsed is not None:
             return float(email.utils.mktime_tz(parsed)) - now
-    except (TypeError, ValueError, OverflowError):
-        pass  # not an HTTP date: try ISO 8601 below
+    except Exception:  # not an HTTP date (the parser raises various errors on garbage): try ISO 8601 below
+        pass
     iso = text.strip().replace("Z", "+00:00").replace("z", "+00:00")
     iso = re.sub(r"(\.\d{6})\d+", r"\1", iso)  # Python 3.8 reads at most microseconds
     try:
         when = datetime.datetime.fromisoformat(iso)
-    except ValueError:
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        return when.timestamp() - now
+    except (ValueError, OverflowError, OSError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return when.timestamp() - now
 
 
 def parse_seconds(text: str, now: float, *, durations: bool = False) -> float | None:
@@ -164,14 +220,15 @@ def asked_delay(exc: BaseException, now: float | None = None) -> tuple[float | N
     or an HTTP date), then for a rate limit the ``x-ratelimit-reset-*`` (and Anthropic's ``*-reset``) headers.
     ``(None, "")`` when there is none or it is garbage."""
     t = time.time() if now is None else now
-    value = getattr(exc, "retry_after", None)
+    value = attr(exc, "retry_after")
     if value is not None and not isinstance(value, bool):
         if isinstance(value, (int, float)):
-            return (None, "") if math.isnan(value) else (float(value), f"retry_after={value!r}")
+            seconds = seconds_value(value)
+            return (None, "") if seconds is None else (seconds, f"retry_after={safe_text(value, 40)}")
         if isinstance(value, str):
             parsed = parse_seconds(value, t)
             if parsed is not None:
-                return parsed, f"retry_after={value!r}"
+                return parsed, f"retry_after={safe_text(value, 40)!r}"
     headers = headers_of(exc)
     if headers is None:
         return None, ""
@@ -182,12 +239,12 @@ def asked_delay(exc: BaseException, now: float | None = None) -> tuple[float | N
         except ValueError:
             millis = math.nan
         if not math.isnan(millis):
-            return millis / 1000.0, f"retry-after-ms: {ms}"
+            return millis / 1000.0, f"retry-after-ms: {ms[:40]}"
     ra = header(headers, "retry-after")
     if ra is not None:
         parsed = parse_seconds(ra, t)
         if parsed is not None:
-            return parsed, f"retry-after: {ra}"
+            return parsed, f"retry-after: {ra[:40]}"
     if status_of(exc) != 429 and not is_pushback(exc):
         return None, ""
     exhausted: list[tuple[float, str]] = []
@@ -199,10 +256,11 @@ def asked_delay(exc: BaseException, now: float | None = None) -> tuple[float | N
             continue
         text = header(headers, low)
         parsed = parse_seconds(text, t, durations=True) if text is not None else None
-        if parsed is None:
+        if parsed is None or text is None:
             continue
         remaining = header(headers, low.replace("reset", "remaining"))
-        (exhausted if remaining is not None and remaining.strip() == "0" else others).append((parsed, f"{low}: {text}"))
+        found = (parsed, f"{low[:60]}: {text[:40]}")
+        (exhausted if remaining is not None and remaining.strip() == "0" else others).append(found)
     if exhausted:
         return max(exhausted)
     if others:
@@ -211,7 +269,10 @@ def asked_delay(exc: BaseException, now: float | None = None) -> tuple[float | N
 
 
 def _names(exc: BaseException) -> list[str]:
-    return [cls.__name__ for cls in type(exc).__mro__]
+    try:
+        return [name for name in (getattr(cls, "__name__", "") for cls in type(exc).__mro__) if isinstance(name, str)]
+    except Exception:  # a class whose MRO cannot be read: judged by its status alone
+        return []
 
 
 def is_pushback(exc: BaseException) -> bool:
@@ -240,7 +301,7 @@ def is_transient(exc: BaseException) -> bool:
     if any(tag in name for name in names for tag in _TRANSIENT_NAMES + _PUSHBACK_NAMES):
         return True
     if "URLError" in names:  # urllib without a status: the reason says whether the network failed
-        reason = getattr(exc, "reason", None)
+        reason = attr(exc, "reason")
         return isinstance(reason, (OSError, socket.timeout))
     return False
 
@@ -248,11 +309,11 @@ def is_transient(exc: BaseException) -> bool:
 def sdk_retries_taken(exc: BaseException) -> int | None:
     """How many times the SDK itself retried the call that raised ``exc`` (the OpenAI and Anthropic SDKs tell it
     in the request's ``x-stainless-retry-count`` header), or None when unknown."""
-    request = getattr(exc, "request", None)
+    request = attr(exc, "request")  # httpx raises here when the error was made without a request
     if request is None:
-        response = getattr(exc, "response", None)
-        request = getattr(response, "request", None) if response is not None else None
-    value = header(getattr(request, "headers", None), "x-stainless-retry-count")
+        response = attr(exc, "response")
+        request = attr(response, "request") if response is not None else None
+    value = header(attr(request, "headers"), "x-stainless-retry-count")
     if value is None or not value.strip().isdigit():
         return None
     return int(value.strip())
@@ -260,7 +321,7 @@ def sdk_retries_taken(exc: BaseException) -> int | None:
 
 def failure_fields(exc: BaseException) -> dict[str, Any]:
     """What a failure's journal line keeps: ``error_type``, and ``status`` and ``request_id`` when known."""
-    out: dict[str, Any] = {"error_type": type(exc).__name__}
+    out: dict[str, Any] = {"error_type": type_name(exc)}
     status = status_of(exc)
     if status is not None:
         out["status"] = status

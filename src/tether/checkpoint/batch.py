@@ -23,7 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tether.checkpoint._http import asked_delay, failure_kind, is_pushback, is_transient, sdk_retries_taken, status_of
+from tether.checkpoint._http import (
+    asked_delay,
+    failure_kind,
+    is_pushback,
+    is_transient,
+    safe_text,
+    sdk_retries_taken,
+    seconds_value,
+    status_of,
+    type_name,
+)
 from tether.checkpoint.journal import Checkpoint, CheckpointWarning, ItemId
 from tether.errors import CheckpointError
 
@@ -39,8 +49,9 @@ class RetryAfter(Exception):
     """
 
     def __init__(self, seconds: float, message: str = "") -> None:
-        super().__init__(message or f"retry after {seconds:g} s")
-        self.retry_after = float(seconds)
+        value = seconds_value(seconds)  # 10**400 is inf (capped by max_retry_after), not an OverflowError
+        super().__init__(message or (f"retry after {value:g} s" if value is not None else "retry later"))
+        self.retry_after = value if value is not None else math.nan
 
 
 @dataclass(frozen=True)
@@ -84,14 +95,14 @@ def _bounded_retry_after(exc: BaseException, cap: float) -> tuple[float | None, 
         return None, None
     if asked < 0:
         return None, (
-            f"{type(exc).__name__} asked for a delay of {asked:g} s ({where}), which is in the past: "
+            f"{type_name(exc)} asked for a delay of {asked:g} s ({where}), which is in the past: "
             "backing off exponentially instead."
         )
     if asked == 0:
         return None, None  # "retry now": an exponential backoff instead, so a server that insists is not hammered
     if asked > cap:
         return cap, (
-            f"{type(exc).__name__} asked to wait {asked:g} s ({where}); waiting {cap:g} s instead (max_retry_after)."
+            f"{type_name(exc)} asked to wait {asked:g} s ({where}); waiting {cap:g} s instead (max_retry_after)."
         )
     return asked, None
 
@@ -156,7 +167,10 @@ def _retrying_clients(fn: Callable[..., Any]) -> list[tuple[str, int]]:
 def _default_cost(item: Any) -> float:
     """Tokens an item costs when ``tpm`` is given without ``cost``: its text length / 4 (about 4 characters
     per token in English)."""
-    text = item if isinstance(item, str) else json.dumps(item, default=str, ensure_ascii=False)
+    try:
+        text = item if isinstance(item, str) else json.dumps(item, default=str, ensure_ascii=False)
+    except Exception:  # nested too deep, or its own code raises: its printed length (capped) will do
+        text = safe_text(item)
     return max(1.0, len(text) / 4.0)
 
 
@@ -342,7 +356,7 @@ class _Threads:
             loop, fut, fn, item = job
             try:
                 outcome: tuple[bool, Any] = (True, fn(item))
-            except BaseException as exc:  # handed to the awaiting coroutine, which re-raises it
+            except BaseException as exc:  # handed to the awaiting coroutine: an Exception as its failure
                 outcome = (False, exc)
             try:
                 loop.call_soon_threadsafe(_settle, fut, outcome)
@@ -359,12 +373,22 @@ class _Threads:
             self._jobs.put(None)
 
 
+def _being_cancelled() -> bool:
+    """Whether someone asked to cancel the current task (Python 3.11+ can tell; before, False)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if callable(cancelling) else False
+
+
 def _settle(fut: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    """Hand a thread's outcome to its future: the (ok, value) pair itself for a result or an Exception (a future
+    cannot carry a StopIteration as its exception: the batch would wait for it forever), and a BaseException
+    such as KeyboardInterrupt or SystemExit as the future's exception, so that it ends the batch."""
     if fut.cancelled():
         return
     ok, value = outcome
-    if ok:
-        fut.set_result(value)
+    if ok or isinstance(value, Exception):
+        fut.set_result(outcome)
     else:
         fut.set_exception(value)
 
@@ -516,6 +540,7 @@ async def arun_batch(
                 continue  # no signal support on this loop (e.g. Windows): Ctrl-C then interrupts as usual
             installed.append((int(sig), previous))
 
+    winding_down: list[bool] = []  # set once the batch cancels its workers
     is_async = inspect.iscoroutinefunction(fn)
     threads = None if is_async else _Threads(min(concurrency, max(len(listed), 1)))
     counts = {"completed": 0, "failed": 0, "calls": 0, "pushbacks": 0}
@@ -547,10 +572,19 @@ async def arun_batch(
             skipped = len(listed) - len(todo)
             bar = _Bar(progress, name, len(listed), skipped)
 
-            async def call(item: T) -> Any:
+            async def call(item: T) -> tuple[bool, Any]:
+                """(True, result) or (False, the Exception the item function raised)."""
                 if threads is None:
-                    return await fn(item)
-                return await threads.run(loop, fn, item)
+                    try:
+                        return True, await fn(item)
+                    except Exception as exc:  # the item's failure, judged by the caller
+                        return False, exc
+                    except asyncio.CancelledError as exc:
+                        if winding_down or _being_cancelled():
+                            raise  # the batch is stopping: this call is abandoned, not failed
+                        return False, exc  # the item's own code raised it (a leaked timeout): its failure
+                outcome: tuple[bool, Any] = await threads.run(loop, fn, item)
+                return outcome
 
             async def attempt_once(item: T, item_tokens: float) -> tuple[bool, Any, int]:
                 """One call under the window, the gate and the rate limits: (ok, result or error, epoch)."""
@@ -572,10 +606,9 @@ async def arun_batch(
                     epoch = window.epoch
                     counts["calls"] += 1
                     began = time.monotonic()
-                    try:
-                        result = await call(item)
-                    except Exception as exc:  # judged by the caller: retried, or recorded as failed
-                        return False, exc, epoch
+                    ok, result = await call(item)
+                    if not ok:  # judged by the caller: retried, or recorded as failed
+                        return False, result, epoch
                     window.success(time.monotonic() - began)
                     return True, result, epoch
                 finally:
@@ -584,7 +617,7 @@ async def arun_batch(
             def fail(item_id: ItemId, error: BaseException | str, attempts: int) -> None:
                 ck.record_failure(item_id, error, attempts=attempts)
                 if isinstance(error, BaseException):
-                    kind = failure_kind(status_of(error), type(error).__name__, "")
+                    kind = failure_kind(status_of(error), type_name(error), "")
                 else:
                     kind = failure_kind(None, "CheckpointError", "")
                 failed_by[kind] = failed_by.get(kind, 0) + 1
@@ -624,7 +657,7 @@ async def arun_batch(
                             once.say(
                                 "stacked",
                                 f"The API client retried this call {taken} times by itself before raising "
-                                f"{type(error).__name__}. {stacked}",
+                                f"{type_name(error)}. {stacked}",
                             )
                         if (stale or attempt < retries) and retryable(error):
                             if delay is not None:
@@ -654,6 +687,7 @@ async def arun_batch(
                         running.discard(task)
                         task.result()  # re-raises a worker's error (e.g. the disk is full)
             finally:
+                winding_down.append(True)
                 stopper.cancel()
                 for task in tasks:
                     task.cancel()

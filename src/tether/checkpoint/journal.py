@@ -16,7 +16,7 @@ from typing import Any, TypeVar, Union
 
 from tether.checkpoint import shard as _shard
 from tether.checkpoint._fs import atomic_write, fsync_dir, publish_locked, utc_iso, write_all
-from tether.checkpoint._http import failure_fields, failure_kind
+from tether.checkpoint._http import describe, failure_fields, failure_kind, safe_text
 from tether.errors import CheckpointError
 
 try:
@@ -35,6 +35,10 @@ RUNBOOK_PARTIAL = "results_partial.json"
 ENV_RESULTS_DIR = "TETHER_RESULTS_DIR"
 
 _NEWLINE_TO_COMMA = bytes.maketrans(b"\n", b",")
+#: The deepest nesting (lists and dicts) a recorded result may have. Deeper values serialize when recorded from a
+#: shallow stack but cannot be read back from a deeper one (json's recursion limit), which would make the whole
+#: journal unreadable; no real result comes near it.
+MAX_RESULT_DEPTH = 400
 
 
 class CheckpointWarning(UserWarning):
@@ -74,8 +78,25 @@ def _dumps_strict(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists/dicts more than ``limit`` deep (an iterative walk: never a RecursionError)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _is_non_finite(exc: ValueError) -> bool:
-    return "Out of range float" in str(exc)
+    return "Out of range float" in safe_text(exc)
 
 
 def _encode_line(text: str) -> bytes:
@@ -456,8 +477,8 @@ class Checkpoint:
             parsed = json.loads(text.translate(_NEWLINE_TO_COMMA))
             if isinstance(parsed, list) and len(parsed) == body_bytes.count(b"\n"):
                 return parsed
-        except ValueError:
-            pass  # a bad line somewhere: the slow path below finds and names it
+        except (ValueError, RecursionError):
+            pass  # a bad line somewhere (or one nested too deep to read): the slow path below finds and names it
         return self._parse_records_slowly(body_bytes)
 
     def _parse_records_slowly(self, body_bytes: bytes) -> list[dict[str, Any]]:
@@ -469,6 +490,8 @@ class Checkpoint:
                 rec = json.loads(raw)
             except ValueError as exc:
                 raise self._corrupt(line_no, f"not valid JSON: {exc}") from exc
+            except RecursionError as exc:  # written by an older tether, which did not bound the depth
+                raise self._corrupt(line_no, "nested too deep to read") from exc
             if not self._valid_record(rec):
                 raise self._corrupt(line_no, 'not a record {"id", "ok", "result" or "error"}')
             out.append(rec)
@@ -641,7 +664,7 @@ class Checkpoint:
         except ValueError as exc:
             if not _is_non_finite(exc):
                 raise CheckpointError(
-                    f"The result for item {key} is not JSON-serializable: {exc}.",
+                    f"The result for item {key} is not JSON-serializable: {describe(exc)}.",
                     hint="Return plain values (str, int, float, bool, None, lists, dicts) from the function.",
                 ) from exc
             raise CheckpointError(
@@ -649,11 +672,18 @@ class Checkpoint:
                 hint="Replace non-finite numbers (e.g. by None or a string; math.isfinite tells them apart) "
                 "before recording.",
             ) from exc
-        except TypeError as exc:
+        except Exception as exc:  # TypeError, RecursionError (nested too deep), or what the result's own code raised
             raise CheckpointError(
-                f"The result for item {key} is not JSON-serializable: {exc}.",
+                f"The result for item {key} is not JSON-serializable: {describe(exc)}.",
                 hint="Return plain values (str, int, float, bool, None, lists, dicts) from the function.",
             ) from exc
+        # Counting brackets is C-fast and bounds the depth from above; only a result with many walks it.
+        if text.count("[") + text.count("{") > MAX_RESULT_DEPTH and _nested_deeper_than(result, MAX_RESULT_DEPTH):
+            raise CheckpointError(
+                f"The result for item {key} is nested more than {MAX_RESULT_DEPTH} deep (lists and dicts); it was "
+                "not recorded, so that the journal stays readable.",
+                hint="Flatten the result (or store the deep part as a JSON string) before returning it.",
+            )
         with self._lock:
             self._require_open()
             self._append_line(key, text, round(time.time(), 3))
@@ -672,7 +702,7 @@ class Checkpoint:
         if isinstance(error, str):
             message = error
         else:
-            message = f"{type(error).__name__}: {error}"
+            message = describe(error)  # never raises, even when the exception's __str__ does
             fields = failure_fields(error)
         if attempts is not None:
             fields["attempts"] = int(attempts)

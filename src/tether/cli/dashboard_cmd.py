@@ -16,7 +16,12 @@ from tether.cli.common import load_project, parse_every, say, warn
     help="Interface to listen on. Anything but loopback exposes the page to your network (the token still guards it).",
 )
 @click.option("--poll", default="30s", show_default=True, help="How often to observe every host (one round trip each).")
-@click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
+@click.option(
+    "--open",
+    "open_browser",
+    is_flag=True,
+    help="Open the page in a browser (through a file only you can read: the token is never on a command line).",
+)
 @click.pass_context
 def dashboard(ctx: click.Context, port: int, host: str, poll: str, open_browser: bool) -> None:
     """Serve a live page of every run, server, GPU and dollar on 127.0.0.1 behind a random token (Ctrl-C stops).
@@ -36,7 +41,9 @@ def dashboard(ctx: click.Context, port: int, host: str, poll: str, open_browser:
         if open_browser:
             import webbrowser
 
-            webbrowser.open(url)
+            opener = board.write_opener()
+            if not webbrowser.open(opener.as_uri()):
+                warn(f"no browser could be started; open {opener.as_uri()} (or the URL above) yourself.")
 
     try:
         board.serve(ready)

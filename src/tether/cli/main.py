@@ -8,7 +8,10 @@ when that command runs (or when ``--help`` lists them all), so ``tether --versio
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import time
+from typing import Any, NoReturn
 
 import click
 
@@ -85,16 +88,16 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the ``tether`` command. Every failure ends here: one sentence (and a hint) on stderr, the exit code, and
     with ``--json`` also the flat ``{"error", "hint", "kind", "exit_code"}`` on stdout (schemas/error.json)."""
+    started = time.time()
     args = sys.argv[1:] if argv is None else argv
     ours = args[: args.index("--")] if "--" in args else args  # what follows `--` belongs to the experiment
     debug = "--debug" in ours
     as_json = "--json" in ours
+    shared: dict[str, Any] = {}  # the commands' ctx.obj: what they tell this edge (e.g. the server being set up)
     try:
-        cli.main(args=args, prog_name="tether", standalone_mode=False)
-    except click.exceptions.Abort:
-        _report("Aborted.", None, 130, as_json, "Aborted", quiet=True)
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
+        cli.main(args=args, prog_name="tether", standalone_mode=False, obj=shared)
+    except click.exceptions.Abort:  # click's form of Ctrl-C
+        _interrupted(as_json, started, shared)
     except click.ClickException as exc:
         hint = None
         if isinstance(exc, click.UsageError) and exc.ctx is not None:
@@ -110,9 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         _report(exc.message, exc.hint, exc.exit_code, as_json, type(exc).__name__)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        _report("Interrupted.", None, 130, as_json, "KeyboardInterrupt", quiet=True)
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
+        _interrupted(as_json, started, shared)
     except OSError as exc:
         if debug:
             import traceback
@@ -126,6 +127,65 @@ def main(argv: list[str] | None = None) -> None:
             type(exc).__name__,
         )
         sys.exit(EXIT_FAILED)
+
+
+def _interrupted(as_json: bool, started: float, shared: dict[str, Any]) -> NoReturn:
+    """Ctrl-C: say what keeps running or billing (servers with their $/hr, runs left running) and the commands that
+    pick each up or stop it, from local state (:mod:`tether.leftovers`); exit 130."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this report short
+    left = None
+    try:
+        from tether.leftovers import Leftovers, gather
+        from tether.paths import tether_home
+        from tether.state import open_state
+
+        if not (tether_home() / "state.db").exists():
+            left = Leftovers()  # tether never recorded anything here: nothing it started can bill
+        else:
+            st = open_state()
+            try:
+                left = gather(st, since=started, pid=os.getpid(), setting_up=shared.get("setting_up"))
+            finally:
+                st.close()
+    except Exception:  # the state cannot be read now: say where to look instead of failing the interruption
+        left = None
+    if left is None:
+        message = "Interrupted; what keeps running or billing could not be read from tether's state."
+        hint: str | None = "See `tether status` for every server and its $/hr, and `tether progress` for runs."
+    else:
+        message = left.sentence()
+        hint = "\n".join(left.lines()) or None
+    if as_json:
+        import json
+
+        doc: dict[str, Any] = {"error": message, "hint": hint, "kind": "Interrupted", "exit_code": 130}
+        doc["left"] = left.to_json() if left is not None else None
+        _write_or_drop(sys.stdout, json.dumps(doc) + "\n")
+    _write_or_drop(sys.stderr, message + "\n" + (hint + "\n" if hint else ""))
+    import threading
+
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        # A job still in flight (a managed run's rental or set-up) would hold the exit until it ends: Ctrl-C
+        # means now. Its work is recorded as it goes (the rental before its create), as for a killed process.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(130)
+
+
+def _write_or_drop(stream: Any, text: str) -> None:
+    """Write and flush; a reader that is gone (Ctrl-C reached the whole pipeline: `tether ... --json | jq`) drops
+    the text, and the stream is pointed at /dev/null so that exiting does not fail on it again."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except (BrokenPipeError, ValueError):  # ValueError: the stream is closed
+        import contextlib
+
+        with contextlib.suppress(OSError, ValueError):  # no descriptor to redirect: nothing more to lose
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def _sentence(text: str) -> str:

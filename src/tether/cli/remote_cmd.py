@@ -41,6 +41,7 @@ def up(
     NAME is a [hosts.NAME] entry, or a server to rent from Vast.ai with --profile/--offer (then tether rents the
     cheapest fitting offer first). Running it twice changes nothing and is fast.
     """
+    ctx.obj["setting_up"] = name  # a Ctrl-C now says `tether up NAME` finishes the set-up
     with context(ctx, needs="the code it uploads (the project's folder)") as c:
         doc = provision.bring_up(
             c,

@@ -5,7 +5,11 @@
 - ``GET /api/events?token=T``: server-sent events, one ``snapshot`` event each time the poller has a new one.
 - ``GET /api/log?token=T&run=ID``: the run's last log lines, as text.
 
-Anything else, or any request without the right token, answers 403 with an empty body. One :class:`Poller`
+Anything else, any request without the right token, any method but GET (HEAD, POST, PUT, DELETE, PATCH,
+OPTIONS, ...), a malformed request, and any request whose Host header names neither the bound address nor
+localhost (DNS rebinding) answers 403 (a malformed request: its 4xx) with an empty body. ``--open`` hands the
+browser a page only this user can read (:meth:`Dashboard.write_opener`) that forwards it to the URL with the
+token, so the token is never on a command line (where every local user could read it). One :class:`Poller`
 thread observes the project every ``poll_s`` seconds (one round trip per host), whatever the number of open pages;
 each page's event stream only waits for the poller's next version, so memory does not grow with time or pages.
 """
@@ -15,7 +19,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import hmac
+import html
+import ipaddress
 import json
+import os
 import secrets
 import threading
 import time
@@ -32,6 +39,7 @@ from tether.context import Ctx
 from tether.dashboard.snapshot import build
 from tether.errors import ConfigError, TetherError
 from tether.hosts import resolve
+from tether.paths import PRIVATE_FILE, private_dir, private_home
 from tether.state import open_state
 
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
@@ -90,13 +98,99 @@ def static_file(name: str) -> bytes | None:
     return ref.read_bytes() if ref.is_file() else None
 
 
-def make_handler(token: str, poller: Poller, project: Project, state_path: Path | None) -> type[BaseHTTPRequestHandler]:
+_WILDCARDS = ("", "0.0.0.0", "::")
+
+
+def _split_host(value: str) -> tuple[str, str | None]:
+    """A Host header's name (lower case, IPv6 without brackets) and port (None when absent)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        name, _, rest = value[1:].partition("]")
+        return name, (rest[1:] if rest.startswith(":") else None)
+    name, colon, port = value.rpartition(":")
+    return (name, port) if colon else (value, None)
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def host_allowed(header_values: list[str], bound: str, port: int) -> bool:
+    """Whether a request's Host headers (all of them) name this server: exactly one Host, whose name is the bound
+    address or localhost (or, on a wildcard address, an IP literal: a rebinding attack needs a domain name) and
+    whose port, when given, is the server's. Anything else (another domain pointed at 127.0.0.1 by DNS
+    rebinding, no Host, two Hosts) is refused."""
+    if len(header_values) != 1:
+        return False
+    name, given_port = _split_host(header_values[0])
+    if given_port is not None and given_port != str(port):
+        return False
+    bound = bound.strip("[]").lower()
+    names = {"localhost", bound}
+    if bound == "localhost":
+        names |= {"127.0.0.1", "::1"}
+    return name in names or (bound in _WILDCARDS and _is_ip(name))
+
+
+def make_handler(
+    token: str,
+    poller: Poller,
+    project: Project,
+    state_path: Path | None,
+    *,
+    bound: str = "127.0.0.1",
+    on_page: Callable[[], None] = lambda: None,
+) -> type[BaseHTTPRequestHandler]:
+    """The request handler; ``bound`` is the address the server listens on (for the Host check), ``on_page``
+    is called each time the page itself is served with the token."""
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "tether-dashboard"
         sys_version = ""
 
         def log_message(self, format: str, *args: Any) -> None:  # requests are not logged (tokens are in URLs)
             return None
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            """A malformed request (400, 414, 431, 505, ...) answers its status with an empty body, never the
+            standard HTML page that echoes the request."""
+            self.close_connection = True
+            self.send_response(code)
+            self.send_header("Content-Length", "0")
+            self.send_header("Connection", "close")
+            self.end_headers()
+
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("do_"):  # any method but GET (POST, PUT, DELETE, PATCH, OPTIONS, FOO): refused
+                return self._refuse
+            raise AttributeError(name)
+
+        def _refuse(self) -> None:
+            self._drain()
+            self._send(HTTPStatus.FORBIDDEN, b"")
+
+        def _drain(self) -> None:
+            """Read (at most 1 MiB of) a refused request's body, so that closing the connection does not reset it
+            before the client has read the answer."""
+            self.close_connection = True
+            try:
+                left = min(int(self.headers.get("Content-Length") or 0), 1 << 20)
+            except ValueError:
+                return
+            self.connection.settimeout(5.0)
+            with contextlib.suppress(OSError):
+                while left > 0:
+                    chunk = self.rfile.read(min(left, 65536))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+
+        def do_HEAD(self) -> None:
+            self._send(HTTPStatus.FORBIDDEN, b"")
 
         def _authorised(self, query: dict[str, list[str]]) -> bool:
             given = (query.get("token") or [""])[0]
@@ -116,12 +210,15 @@ def make_handler(token: str, poller: Poller, project: Project, state_path: Path 
         def do_GET(self) -> None:
             url = urlparse(self.path)
             query = parse_qs(url.query)
-            if not self._authorised(query):
+            address: Any = self.server.server_address
+            host_ok = host_allowed(self.headers.get_all("Host") or [], bound, int(address[1]))
+            if not host_ok or not self._authorised(query):
                 self._send(HTTPStatus.FORBIDDEN, b"")
                 return
             if url.path == "/":
                 page = (static_file("index.html") or b"").replace(b"{{token}}", token.encode())
                 self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
+                on_page()
             elif url.path.startswith("/static/"):
                 name = url.path[len("/static/") :]
                 body = static_file(name)
@@ -181,7 +278,9 @@ class Dashboard:
     ) -> None:
         self.token = token or secrets.token_urlsafe(24)
         self.poller = Poller(project, poll_s, state_path=state_path)
-        handler = make_handler(self.token, self.poller, project, state_path)
+        self.opener: Path | None = None
+        self._opener_lock = threading.Lock()
+        handler = make_handler(self.token, self.poller, project, state_path, bound=host, on_page=self._remove_opener)
         try:
             self.httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -199,6 +298,34 @@ class Dashboard:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/?token={self.token}"
 
+    def write_opener(self) -> Path:
+        """A page that forwards a browser to :attr:`url`, in a file only this user can read (0600, in a 0700
+        folder under tether's home), for ``--open``: the browser is given this file's path, so the token never
+        appears on a command line. The file is removed once the page was served with the token, and when the
+        dashboard stops."""
+        folder = private_dir(private_home() / "dashboard")
+        path = folder / f"open-{self.port}-{secrets.token_hex(8)}.html"
+        target = html.escape(self.url, quote=True)
+        page = (
+            '<!doctype html>\n<html><head><meta charset="utf-8"><meta name="referrer" content="no-referrer">\n'
+            f'<meta http-equiv="refresh" content="0; url={target}">\n<title>tether dashboard</title></head>\n'
+            f'<body><a href="{target}">Open the dashboard</a></body></html>\n'
+        )
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(path, flags, PRIVATE_FILE)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(page)
+        with self._opener_lock:
+            self.opener = path
+        return path
+
+    def _remove_opener(self) -> None:
+        with self._opener_lock:
+            path, self.opener = self.opener, None
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):  # already removed
+                path.unlink()
+
     def start(self) -> Dashboard:
         self.poller.start()
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="tether-dashboard", daemon=True)
@@ -206,6 +333,7 @@ class Dashboard:
         return self
 
     def stop(self) -> None:
+        self._remove_opener()
         self.poller.stop()
         self.httpd.shutdown()
         self.httpd.server_close()
