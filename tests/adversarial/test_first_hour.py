@@ -1,0 +1,235 @@
+"""A researcher's first hour, through the real CLI: options before `--` are tether's and a typo is refused with
+"did you mean", every configuration problem in one report and in words, a starter that runs as written, `logs -f`
+that ends with the run, and the SSH key tether checked on the account being the one ssh uses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Cloud, MakeCloud
+from tests.helpers import tether, tether_json, wait_for, wait_status, write_project
+
+#: An experiment that writes its arguments to its log as JSON, then waits for a file named by --gate (if given).
+ECHO = """\
+import json, os, sys, time
+print("argv", json.dumps(sys.argv[1:]), flush=True)
+if "--gate" in sys.argv:
+    gate = sys.argv[sys.argv.index("--gate") + 1]
+    while not os.path.exists(gate):
+        time.sleep(0.05)
+print("after the gate", flush=True)
+"""
+
+
+def _echo_project(root: Path) -> Path:
+    project = write_project(root, extra='[experiments.echo]\ncommand = "python3 echo.py"\nresults = "r_echo"\n')
+    (project / "echo.py").write_text(ECHO)
+    return project
+
+
+def _runs_dir() -> Path:
+    return Path(os.environ["TETHER_HOME"]) / "local" / ".tether" / "runs"
+
+
+# ------------------------------------------------------------------------------------------ 1. strict options
+
+
+@pytest.mark.parametrize(("typo", "meant"), [("--lcoal", "--local"), ("--folow", "--follow")])
+def test_an_unknown_option_before_the_dashes_is_refused_not_passed_on(tmp_path: Path, typo: str, meant: str) -> None:
+    project = _echo_project(tmp_path / "p")
+    result = tether("run", "echo", "--local", typo, cwd=project)
+    assert result.returncode == 2, result.stderr
+    assert f"No such option '{typo}'. Did you mean '{meant}'?" in result.stderr
+    assert not _runs_dir().exists()  # nothing ran
+    as_json = tether("run", "echo", "--local", typo, "--json", cwd=project)
+    doc = json.loads(as_json.stdout)
+    assert as_json.returncode == 2 and doc["kind"] == "NoSuchOption" and meant in doc["error"]
+
+
+def test_a_stray_word_says_that_the_experiments_arguments_go_after_the_dashes(tmp_path: Path) -> None:
+    project = _echo_project(tmp_path / "p")
+    result = tether("run", "echo", "--local", "fast", cwd=project)
+    assert result.returncode == 2
+    assert "the experiment's own arguments go after `--`" in result.stderr and "echo -- fast" in result.stderr
+    assert not _runs_dir().exists()
+
+
+def test_what_follows_the_dashes_reaches_the_experiment_unchanged(tmp_path: Path) -> None:
+    project = _echo_project(tmp_path / "p")
+    args = ["--lcoal", "--follow", "--", "x y"]
+    result = tether("run", "echo", "--local", "--follow", "--", *args, cwd=project)
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.strip()
+    log = tether("logs", run_id, cwd=project).stdout
+    assert f"argv {json.dumps(args)}" in log
+
+
+def test_an_unknown_command_gets_did_you_mean(tmp_path: Path) -> None:
+    result = tether("prgress", cwd=tmp_path)
+    assert result.returncode == 2 and "No such command 'prgress'. Did you mean 'progress'?" in result.stderr
+    nothing_close = tether("xyzzy", cwd=tmp_path)
+    assert nothing_close.returncode == 2 and "Did you mean" not in nothing_close.stderr
+    project = _echo_project(tmp_path / "p")
+    experiment = tether("run", "ecoh", "--local", cwd=project)
+    assert experiment.returncode == 2 and "Unknown experiment 'ecoh'" in experiment.stderr
+    assert "Did you mean 'echo'?" in experiment.stderr
+
+
+# ------------------------------------------------------------------------------------------ 2. config errors
+
+BAD = """\
+[project]
+name = "bad name"
+
+[experiment.x]
+command = "true"
+
+[experiments.y]
+command = "python3 y.py"
+itmes = 100
+kind = "gpu"
+
+[experiments.z]
+items = -1
+"""
+
+
+def test_every_config_problem_is_in_one_report_with_its_line_and_words(tmp_path: Path) -> None:
+    (tmp_path / "tether.toml").write_text(BAD)
+    result = tether("run", "y", "--local", cwd=tmp_path)
+    assert result.returncode == 2
+    path = tmp_path / "tether.toml"
+    expected = [
+        f"{path}:2: project.name: 'bad name' is not a valid project name: ' ' may not be in it",
+        f"{path}:4: experiment: unknown key; did you mean 'experiments'?",
+        f"{path}:9: experiments.y.itmes: unknown key; did you mean 'items'?",
+        f"{path}:10: experiments.y.kind: Input should be 'api', 'inference', 'finetune' or 'local'",
+        f"{path}:12: experiments.z.command: this key is required",
+        f"{path}:13: experiments.z.items: Input should be greater than or equal to 0",
+    ]
+    assert f"{path} has {len(expected)} problems:" in result.stderr
+    lines = [line.strip() for line in result.stderr.splitlines()]
+    for want in expected:
+        assert any(line.startswith(want) for line in lines), (want, result.stderr)
+    assert "more problem" not in result.stderr and "pattern" not in result.stderr
+    doc = json.loads(tether("run", "y", "--local", "--json", cwd=tmp_path).stdout)
+    assert all(want in doc["error"] for want in expected)
+
+
+def test_init_refuses_a_bad_name_in_words_and_writes_nothing(tmp_path: Path) -> None:
+    result = tether("init", "--name", "bad name", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "'bad name' is not a valid project name: ' ' may not be in it" in result.stderr
+    assert "nothing was written" in result.stderr and "pattern" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+    dashed = tether("init", "--name", "-x", cwd=tmp_path)
+    assert dashed.returncode == 2 and "must start with a letter or a digit" in dashed.stderr
+
+
+# ------------------------------------------------------------------------------------------ 3. the starter
+
+
+def test_the_starter_runs_as_written(tmp_path: Path) -> None:
+    made = tether("init", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "example_experiment.py").is_file()
+    result = tether("run", "example", "--local", "--follow", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert doc["completed"] == doc["total"] == 100
+    # The user's own module is never overwritten, not even by --force.
+    (tmp_path / "example_experiment.py").write_text("# mine\n")
+    again = tether("init", "--force", cwd=tmp_path)
+    assert again.returncode == 0 and "left as it is" in again.stderr
+    assert (tmp_path / "example_experiment.py").read_text() == "# mine\n"
+
+
+# ------------------------------------------------------------------------------------------ 4. logs -f
+
+
+def test_logs_follow_of_a_finished_run_prints_and_exits(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "p", items=3)
+    run_id = tether("run", "exp", "--local", "--follow", cwd=project).stdout.strip()
+    # Before: `tail -F` without a process to watch, forever (this would time out).
+    result = tether("logs", run_id, "-f", cwd=project, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "summary 3 0" in result.stdout and f"Run {run_id} completed (exit code 0)." in result.stderr
+
+
+def test_logs_follow_ends_when_the_run_ends(tmp_path: Path) -> None:
+    project = _echo_project(tmp_path / "p")
+    gate = tmp_path / "gate"
+    run_id = tether_json("run", "echo", "--local", "--", "--gate", str(gate), cwd=project)["run_id"]
+    wait_status(project, run_id, {"running"})
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "tether", "logs", run_id, "-f"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        log = _runs_dir() / run_id / "log"
+        wait_for(lambda: log.is_file() and "argv" in log.read_text(), 60, "the experiment's first line")
+        assert follower.poll() is None  # still following a live run
+        gate.touch()
+        out, err = follower.communicate(timeout=60)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert follower.returncode == 0, err
+    assert "after the gate" in out and f"Run {run_id} completed (exit code 0)." in err
+
+
+# ------------------------------------------------------------------------------------------ 5. the SSH key
+
+
+def _default_key_project(root: Path, cloud: Cloud) -> Path:
+    """A project whose [vast] names no identity_file: tether looks for ~/.ssh/id_*."""
+    extra = f"""
+[policy]
+allow_spending = true
+
+[vast]
+remote_root = "{cloud.base}/instance-{{instance_id}}/root"
+wait_minutes = 1
+ssh_wait_seconds = 3
+poll_seconds = 0.2
+retries = 2
+backoff_seconds = 0.2
+"""
+    return write_project(root, items=3, extra=extra)
+
+
+def test_the_key_checked_on_the_account_is_the_key_ssh_uses(tmp_path: Path, make_cloud: MakeCloud) -> None:
+    cloud = make_cloud()
+    # The account's key lives where tether looks ($HOME/.ssh), which is not where ssh would look by itself (ssh
+    # reads the home directory of the passwd entry, not $HOME): only `-i KEY -o IdentitiesOnly=yes` reaches it.
+    ssh_dir = Path(os.environ["HOME"]) / ".ssh"
+    ssh_dir.mkdir(parents=True, mode=0o700)
+    for name in ("id_ed25519", "id_ed25519.pub"):
+        (ssh_dir / name).write_bytes(cloud.key.with_name(name).read_bytes())
+    (ssh_dir / "id_ed25519").chmod(0o600)
+    cloud.key.unlink()  # only the copy under ~/.ssh remains
+    project = _default_key_project(tmp_path / "proj", cloud)
+    result = tether("up", "box", "--profile", "api", cwd=project, env=cloud.env)
+    assert result.returncode == 0, result.stderr
+    assert len(cloud.emulator.billing_instances()) == 1
+    assert tether("destroy", "box", "--discard-unsynced", cwd=project, env=cloud.env).returncode == 0
+
+
+def test_with_no_key_at_all_up_says_how_to_make_one_and_rents_nothing(tmp_path: Path, make_cloud: MakeCloud) -> None:
+    cloud = make_cloud()
+    project = _default_key_project(tmp_path / "proj", cloud)
+    result = tether("up", "box", "--profile", "api", cwd=project, env=cloud.env)
+    assert result.returncode == 2, result.stderr
+    assert "There is no SSH key" in result.stderr and "nothing was rented" in result.stderr
+    assert "ssh-keygen -t ed25519" in result.stderr and "vastai create ssh-key" in result.stderr
+    assert cloud.emulator.instances == {}
