@@ -233,3 +233,57 @@ def test_with_no_key_at_all_up_says_how_to_make_one_and_rents_nothing(tmp_path: 
     assert "There is no SSH key" in result.stderr and "nothing was rented" in result.stderr
     assert "ssh-keygen -t ed25519" in result.stderr and "vastai create ssh-key" in result.stderr
     assert cloud.emulator.instances == {}
+
+
+# ------------------------------------------------------------------------------------------ 10. words
+
+
+def test_cancel_says_each_fact_once(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "p", items=10_000)
+    run_id = tether_json("run", "exp", "--local", "--", "--delay", "0.05", cwd=project)["run_id"]
+    wait_status(project, run_id, {"running"})
+    first = tether("cancel", run_id, cwd=project)
+    assert first.returncode == 0, first.stderr
+    assert f"Run {run_id} cancelled;" in first.stderr and first.stderr.count("cancelled") == 1
+    again = tether("cancel", run_id, cwd=project)
+    assert again.returncode == 0, again.stderr
+    assert f"Run {run_id} was not cancelled: run is cancelled." in again.stderr and "(now" not in again.stderr
+
+
+def test_a_run_with_nothing_left_to_do_says_so_on_the_terminal(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "p", items=3)
+    assert tether("run", "exp", "--local", "--follow", cwd=project).returncode == 0
+    again = tether("run", "exp", "--local", cwd=project)
+    assert again.returncode == 0, again.stderr
+    run_id = again.stdout.strip()
+    assert f"Run {run_id} of exp on local completed at once." in again.stderr
+    assert "nothing will run again" in again.stderr and "Started" not in again.stderr
+
+
+def test_a_rejected_key_says_where_it_came_from(tmp_path: Path, make_cloud: MakeCloud) -> None:
+    cloud = make_cloud()
+    from_env = tether("offers", cwd=tmp_path, env={**cloud.env, "VAST_API_KEY": "wrong"})
+    assert from_env.returncode == 1 and "rejected the API key" in from_env.stderr
+    assert "VAST_API_KEY's" in from_env.stderr and "Set VAST_API_KEY" not in from_env.stderr
+    key_file = Path(os.environ["XDG_CONFIG_HOME"]) / "vastai" / "vast_api_key"
+    key_file.parent.mkdir(parents=True)
+    key_file.write_text("wrong-too\n")
+    from_file = tether("offers", cwd=tmp_path, env={"VAST_URL": cloud.env["VAST_URL"]})
+    assert from_file.returncode == 1 and f"The key tether used is in {key_file}" in from_file.stderr
+    assert "wrong" not in from_file.stderr + from_env.stderr  # the key itself is never shown
+
+
+def test_down_says_once_and_cost_calls_one_thing_idle(tmp_path: Path, make_cloud: MakeCloud) -> None:
+    cloud = make_cloud()
+    project = _default_key_project(tmp_path / "proj", cloud)
+    (project / "tether.toml").write_text((project / "tether.toml").read_text() + f'identity_file = "{cloud.key}"\n')
+    assert tether("up", "box", "--profile", "api", cwd=project, env=cloud.env).returncode == 0
+    down = tether("down", "box", "--no-more-work", cwd=project, env=cloud.env)
+    assert down.returncode == 0, down.stderr
+    assert down.stderr.count("box: destroy") == 1, down.stderr
+    doc = tether_json("cost", "--no-refresh", cwd=project, env=cloud.env)
+    # No run ever ran on box: all it cost was idle, and both views say the same amount.
+    assert doc["idle_by_server"]["box"] == pytest.approx(doc["by_experiment"]["(idle)"])
+    assert doc["idle_by_server"]["box"] == pytest.approx(doc["total_usd"])
+    table = tether("cost", "--no-refresh", cwd=project, env=cloud.env)
+    assert "of it idle" in table.stdout and "idle-billed" not in table.stdout

@@ -191,13 +191,32 @@ def run(
     if final is not None:
         done = f"{final.completed}/{final.total if final.total is not None else '?'}"
         say(f"Run {rec.id} {final.status} ({done} items, exit code {final.exit_code}).")
+        _say_checkpoint_warnings(target, rec)
         if final.status != vocab.COMPLETED:
             raise RunFailed(f"Run {rec.id} {final.status}.", f"See `tether logs {rec.id}`.")
+        return
+    if vocab.is_final(started.status):
+        # It ended before the start was confirmed: say how, and what the experiment's own library said about it
+        # (e.g. that its results are from an earlier run, so nothing ran again), not only in the log.
+        say(f"Run {rec.id} of {experiment} on {rec.host} {started.status} at once.")
+        if not _say_checkpoint_warnings(target, rec):
+            say(f"Its output: `tether logs {rec.id}`.")
         return
     say(
         f"Started {experiment} on {rec.host} as {rec.id} ({started.status}). "
         f"Follow it with `tether progress`, `tether logs {rec.id} -f` or `tether attach {rec.id}`."
     )
+
+
+def _say_checkpoint_warnings(target: Target, rec: RunRecord) -> bool:
+    """Repeat on the terminal what the checkpoint library warned about in the run's log; whether it warned."""
+    import re
+
+    tail = target.transport.run(["tail", "-n", "200", rec.log_path], check=False).text()
+    found = list(dict.fromkeys(m.group(1).strip() for m in re.finditer(r"CheckpointWarning: (.+)", tail)))
+    for sentence in found:
+        say(f"{rec.id}: {sentence}")
+    return bool(found)
 
 
 def _run_managed(
@@ -438,4 +457,18 @@ def cancel(ctx: click.Context, run_ref: str, as_json: bool) -> None:
     if as_json:
         emit_json(outcome.to_json())
         return
-    say(f"Run {rec.id}: {'cancelled' if outcome.cancelled else outcome.reason} (now {outcome.status}).")
+    say(_cancel_sentence(outcome))
+
+
+def _cancel_sentence(outcome: runs.Cancelled) -> str:
+    """What a cancel did, each fact once (never "cancelled (now cancelled)")."""
+    if not outcome.cancelled:
+        said = outcome.reason or "nothing to stop"
+        return f"Run {outcome.run_id} was not cancelled: {said}" + (
+            "." if outcome.status in said else f"; it is {outcome.status}."
+        )
+    if outcome.status == vocab.CANCELLED:
+        return f"Run {outcome.run_id} cancelled; its finished items stay in the journal."
+    if vocab.is_final(outcome.status):
+        return f"Run {outcome.run_id}: {outcome.reason}; it ended {outcome.status}."
+    return f"Run {outcome.run_id}: {outcome.reason}; it is still {outcome.status} (see `tether progress`)."
