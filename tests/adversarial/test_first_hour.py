@@ -14,6 +14,9 @@ import pytest
 
 from tests.e2e.conftest import Cloud, MakeCloud
 from tests.helpers import tether, tether_json, wait_for, wait_status, write_project
+from tether import config, config_models, rentals
+from tether.errors import ConfigError
+from tether.fmt import did_you_mean
 
 #: An experiment that writes its arguments to its log as JSON, then waits for a file named by --gate (if given).
 ECHO = """\
@@ -122,6 +125,41 @@ def test_every_config_problem_is_in_one_report_with_its_line_and_words(tmp_path:
     assert all(want in doc["error"] for want in expected)
 
 
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ('experiment.x.command = "true"\n\n[project]\nname = "p"\n', 1, "experiment"),
+        ('[project]\nname = "p"\n[experiments]\nx = { command = "true", itmes = 3 }\n', 4, "experiments.x.itmes"),
+        ('[project]\nname = "p"\n[experiment.x]\ncommand = "true"\n', 3, "experiment"),
+        ('[project]\nname = "p"\n[hosts.a]\nadress = "h"\n', 4, "hosts.a.adress"),
+    ],
+)
+def test_every_problem_has_a_line_even_inside_a_table_that_does_not_exist(
+    tmp_path: Path, text: str, line: int, key: str
+) -> None:
+    path = tmp_path / "tether.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        config_models.validate(path)
+    assert f"{path}:{line}: {key}: unknown key; did you mean" in err.value.message
+
+
+def test_one_problem_is_one_sentence_and_a_key_far_from_any_other_gets_the_table_s_keys(tmp_path: Path) -> None:
+    path = tmp_path / "tether.toml"
+    path.write_text('[project]\nname = "p"\n[policy]\nzzz = 1\n')
+    with pytest.raises(ConfigError) as err:
+        config_models.validate(path)
+    assert err.value.message == f"{path}:4: policy.zzz: unknown key."
+    assert err.value.hint is not None and "Known keys in [policy]: idle_stop_minutes" in err.value.hint
+
+
+def test_did_you_mean_names_only_close_words() -> None:
+    assert did_you_mean("prgress", ["progress", "push", "pull"]) == " Did you mean 'progress'?"
+    assert did_you_mean("xyzzy", ["progress", "push"]) == ""
+    assert config.check_project_name("ok-name_1.2") is None
+    assert "may not be in it" in (config.check_project_name("a/b") or "")
+
+
 def test_init_refuses_a_bad_name_in_words_and_writes_nothing(tmp_path: Path) -> None:
     result = tether("init", "--name", "bad name", cwd=tmp_path)
     assert result.returncode == 2
@@ -206,6 +244,21 @@ retries = 2
 backoff_seconds = 0.2
 """
     return write_project(root, items=3, extra=extra)
+
+
+def test_ssh_is_told_the_private_half_of_the_key_found_on_the_account(tmp_path: Path) -> None:
+    project = config.Project(tmp_path, config_models.defaults("p"), None)
+    pub = tmp_path / "id_ed25519.pub"
+    pub.write_text("ssh-ed25519 AAAA user\n")
+    # Only the public half here: the private one lives in an ssh-agent, and `-i KEY.pub` makes ssh ask it for it.
+    assert rentals.identity_of(project, (pub, "ssh-ed25519 AAAA user")) == str(pub)
+    (tmp_path / "id_ed25519").write_text("private\n")
+    assert rentals.identity_of(project, (pub, "ssh-ed25519 AAAA user")) == str(tmp_path / "id_ed25519")
+    assert rentals.identity_of(project, None) is None
+    named = config_models.TetherConfig(
+        project=config_models.ProjectConfig(name="p"), vast=config_models.VastConfig(identity_file="~/k")
+    )
+    assert rentals.identity_of(config.Project(tmp_path, named, None), (pub, "x")) == "~/k"
 
 
 def test_the_key_checked_on_the_account_is_the_key_ssh_uses(tmp_path: Path, make_cloud: MakeCloud) -> None:

@@ -66,6 +66,9 @@ class ExperimentCommand(click.Command):
     unchanged (``ctx.meta[EXPERIMENT_ARGS]``). Before ``--`` an unknown option is a usage error with "did you
     mean" (click's), and a stray word says where the experiment's arguments go."""
 
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return [*super().collect_usage_pieces(ctx), "[-- ARGS...]"]
+
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ours, theirs = (args[: args.index("--")], args[args.index("--") + 1 :]) if "--" in args else (args, [])
         ctx.meta[EXPERIMENT_ARGS] = tuple(theirs)
@@ -132,7 +135,8 @@ def run(
 ) -> None:
     """Start EXPERIMENT detached (in tmux) and print its run id at once.
 
-    Arguments after `--` are appended to the experiment's command. Without --local or --on, tether follows
+    Options up to `--` are tether's (an unknown one is refused); what follows `--` is appended to the
+    experiment's command unchanged. Without --local or --on, tether follows
     `tether plan` for the experiment. With --managed, tether stays and drives the run to its end on rented servers
     (and --on hosts), replacing lost ones and resuming by item id; --shards K spreads it over K servers.
     """
@@ -371,7 +375,7 @@ def logs(ctx: click.Context, run_ref: str, follow: bool, lines: int) -> None:
             )
         click.echo(result.text(), nl=False)
         return
-    record = _record_once_started(target, rec.id)
+    record = _record_once_started(target, rec.id, wait=vocab.is_live(rec.status))
     follow_argv = ["tail", "-n", str(lines), rec.log_path]
     if record is not None and vocab.is_live(record.status):
         # tail stops following when the run's wrapper exits: the run has ended (or died).
@@ -389,12 +393,12 @@ def logs(ctx: click.Context, run_ref: str, follow: bool, lines: int) -> None:
 FOLLOW_START_S = 30.0
 
 
-def _record_once_started(target: Target, run_id: str) -> vocab.RunRecordFile | None:
+def _record_once_started(target: Target, run_id: str, *, wait: bool) -> vocab.RunRecordFile | None:
     """The run's record once its wrapper is known (a pid) or it has ended; None when it never said so in
-    :data:`FOLLOW_START_S`."""
+    :data:`FOLLOW_START_S` (at once unless ``wait``: a run this machine knows has ended has nothing to wait for)."""
     import time
 
-    deadline = time.monotonic() + FOLLOW_START_S
+    deadline = time.monotonic() + (FOLLOW_START_S if wait else 0.0)
     delay = 0.05
     while True:
         record = runs.read_record(target, run_id)
