@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from tests.helpers import tether, tether_json, wait_for, wait_status, write_proj
 from tether import config, config_models, rentals
 from tether.errors import ConfigError
 from tether.fmt import did_you_mean
+from tether.testing.sshd import SshdHost
 
 #: An experiment that writes its arguments to its log as JSON, then waits for a file named by --gate (if given).
 ECHO = """\
@@ -200,30 +202,80 @@ def test_logs_follow_of_a_finished_run_prints_and_exits(tmp_path: Path) -> None:
     assert "summary 3 0" in result.stdout and f"Run {run_id} completed (exit code 0)." in result.stderr
 
 
+class _Follower:
+    """`tether logs RUN -f` in its own process, its stdout lines collected as they come."""
+
+    def __init__(self, run_id: str, cwd: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tether", "logs", run_id, "-f"],
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        self.lines.extend(iter(self.process.stdout.readline, ""))
+
+    def saw(self, word: str) -> bool:
+        return any(word in line for line in list(self.lines))
+
+    def end(self) -> tuple[int, str, str]:
+        """Wait (with a deadline) for it to exit by itself: exit code, stdout, stderr."""
+        try:
+            self.process.wait(timeout=60)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+        self.reader.join(timeout=10)
+        assert self.process.stdout is not None and self.process.stderr is not None
+        err = self.process.stderr.read()
+        self.process.stdout.close()
+        self.process.stderr.close()
+        return self.process.returncode, "".join(self.lines), err
+
+
 def test_logs_follow_ends_when_the_run_ends(tmp_path: Path) -> None:
     project = _echo_project(tmp_path / "p")
     gate = tmp_path / "gate"
     run_id = tether_json("run", "echo", "--local", "--", "--gate", str(gate), cwd=project)["run_id"]
     wait_status(project, run_id, {"running"})
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "tether", "logs", run_id, "-f"],
-        cwd=project,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        log = _runs_dir() / run_id / "log"
-        wait_for(lambda: log.is_file() and "argv" in log.read_text(), 60, "the experiment's first line")
-        assert follower.poll() is None  # still following a live run
-        gate.touch()
-        out, err = follower.communicate(timeout=60)
-    finally:
-        if follower.poll() is None:
-            follower.kill()
-            follower.wait()
-    assert follower.returncode == 0, err
+    follower = _Follower(run_id, project)
+    # It follows the live run: the experiment's first line arrives while the run waits at its gate.
+    wait_for(lambda: follower.saw("argv"), 60, "the experiment's first line")
+    assert follower.process.poll() is None
+    gate.touch()
+    code, out, err = follower.end()
+    assert code == 0, err
     assert "after the gate" in out and f"Run {run_id} completed (exit code 0)." in err
+
+
+def test_logs_follow_on_a_server_ends_when_the_run_ends(tmp_path: Path, sshd_host: SshdHost) -> None:
+    project = _echo_project(tmp_path / "p")
+    with (project / "tether.toml").open("a") as toml:
+        toml.write(
+            f'[hosts.lab1]\naddress = "{sshd_host.address}"\nidentity_file = "{sshd_host.identity_file}"\n'
+            f'remote_root = "{sshd_host.root_dir}"\n'
+        )
+    assert tether("up", "lab1", cwd=project).returncode == 0
+    gate = tmp_path / "gate"  # the test host shares this machine's files
+    run_id = tether_json("run", "echo", "--on", "lab1", "--", "--gate", str(gate), cwd=project)["run_id"]
+    wait_status(project, run_id, {"running"}, host="lab1")
+    follower = _Follower(run_id, project)
+    wait_for(lambda: follower.saw("argv"), 60, "the experiment's first line")
+    assert follower.process.poll() is None
+    gate.touch()
+    code, out, err = follower.end()
+    assert code == 0, err
+    assert "after the gate" in out and f"Run {run_id} completed (exit code 0)." in err
+    finished = tether("logs", run_id, "-f", cwd=project, timeout=60)
+    assert finished.returncode == 0 and "after the gate" in finished.stdout
 
 
 # ------------------------------------------------------------------------------------------ 5. the SSH key
