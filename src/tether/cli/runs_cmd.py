@@ -63,8 +63,9 @@ def init(name: str | None, to_stdout: bool, force: bool) -> None:
 
 class ExperimentCommand(click.Command):
     """A command whose options are tether's up to ``--`` and whose arguments after ``--`` go to the experiment
-    unchanged (``ctx.meta[EXPERIMENT_ARGS]``). Before ``--`` an unknown option is a usage error with "did you
-    mean" (click's), and a stray word says where the experiment's arguments go."""
+    unchanged (``ctx.meta[EXPERIMENT_ARGS]``). Before ``--`` an unknown option is a usage error (with "did you
+    mean", from the error edge in :mod:`tether.cli.main`), and a stray word says where the experiment's arguments
+    go."""
 
     def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
         return [*super().collect_usage_pieces(ctx), "[-- ARGS...]"]
@@ -214,10 +215,7 @@ def run(
 
 def _say_checkpoint_warnings(target: Target, rec: RunRecord) -> bool:
     """Repeat on the terminal what the checkpoint library warned about in the run's log; whether it warned."""
-    import re
-
-    tail = target.transport.run(["tail", "-n", "200", rec.log_path], check=False).text()
-    found = list(dict.fromkeys(m.group(1).strip() for m in re.finditer(r"CheckpointWarning: (.+)", tail)))
+    found = runs.checkpoint_warnings(target, rec)
     for sentence in found:
         say(f"{rec.id}: {sentence}")
     return bool(found)
@@ -375,7 +373,8 @@ def logs(ctx: click.Context, run_ref: str, follow: bool, lines: int) -> None:
             )
         click.echo(result.text(), nl=False)
         return
-    record = _record_once_started(target, rec.id, wait=vocab.is_live(rec.status))
+    # A run this machine knows has ended has no wrapper to wait for.
+    record = runs.record_to_follow(target, rec.id, wait_s=runs.FOLLOW_START_S if vocab.is_live(rec.status) else 0.0)
     follow_argv = ["tail", "-n", str(lines), rec.log_path]
     if record is not None and vocab.is_live(record.status):
         # tail stops following when the run's wrapper exits: the run has ended (or died).
@@ -387,27 +386,6 @@ def logs(ctx: click.Context, run_ref: str, follow: bool, lines: int) -> None:
         exit_code = "" if ended.exit_code is None else f" (exit code {ended.exit_code})"
         say(f"Run {rec.id} {ended.status}{exit_code}.")
     raise SystemExit(code)
-
-
-#: How long ``logs -f`` waits for a just-started run's wrapper to say who it is.
-FOLLOW_START_S = 30.0
-
-
-def _record_once_started(target: Target, run_id: str, *, wait: bool) -> vocab.RunRecordFile | None:
-    """The run's record once its wrapper is known (a pid) or it has ended; None when it never said so in
-    :data:`FOLLOW_START_S` (at once unless ``wait``: a run this machine knows has ended has nothing to wait for)."""
-    import time
-
-    deadline = time.monotonic() + (FOLLOW_START_S if wait else 0.0)
-    delay = 0.05
-    while True:
-        record = runs.read_record(target, run_id)
-        if record is not None and (record.pid or not vocab.is_live(record.status)):
-            return record
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(delay)
-        delay = min(delay * 2, 1.0)
 
 
 @click.command()
