@@ -391,4 +391,5 @@ def test_down_says_once_and_cost_calls_one_thing_idle(tmp_path: Path, make_cloud
     assert doc["idle_by_server"]["box"] == pytest.approx(doc["by_experiment"]["(idle)"])
     assert doc["idle_by_server"]["box"] == pytest.approx(doc["total_usd"])
     table = tether("cost", "--no-refresh", cwd=project, env=cloud.env)
-    assert "of it idle" in table.stdout and "idle-billed" not in table.stdout
+    assert "of it idle" in table.stdout and "idle (no run live) $" in table.stdout
+    assert "idle-billed" not in table.stdout

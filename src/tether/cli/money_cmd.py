@@ -135,11 +135,8 @@ def cost_cmd(ctx: click.Context, since: str | None, no_refresh: bool, as_json: b
         )
     out.print(table)
     if per_exp:
-        out.print(
-            "per experiment: "
-            + ", ".join(f"{k} ${v:.2f}" for k, v in sorted(per_exp.items()))
-            + (" ((idle): billed while no run was live)" if cost.IDLE in per_exp else "")
-        )
+        shown = {cost.IDLE: "idle (no run live)"}
+        out.print("per experiment: " + ", ".join(f"{shown.get(k, k)} ${v:.2f}" for k, v in sorted(per_exp.items())))
     if led.by_day:
         out.print("per day: " + ", ".join(f"{d} ${v:.2f}" for d, v in sorted(led.by_day.items())))
     out.print(
