@@ -75,6 +75,16 @@ def test_what_follows_the_dashes_reaches_the_experiment_unchanged(tmp_path: Path
     assert f"argv {json.dumps(args)}" in log
 
 
+def test_a_detached_managed_controller_s_argv_parses_back() -> None:
+    from tether.cli.runs_cmd import EXPERIMENT_ARGS, run
+
+    argv = ["exp", "--managed", "--shards", "2", "--sync-every", "2m", "--poll", "10s", "--unreachable-after", "5m"]
+    ctx = run.make_context("run", [*argv, "--", "--items", "3", "--managed"])
+    assert ctx.params["managed"] is True and ctx.params["shards"] == 2 and ctx.params["poll"] == "10s"
+    assert ctx.meta[EXPERIMENT_ARGS] == ("--items", "3", "--managed")
+    assert run.make_context("run", [*argv, "--"]).meta[EXPERIMENT_ARGS] == ()
+
+
 def test_an_unknown_command_gets_did_you_mean(tmp_path: Path) -> None:
     result = tether("prgress", cwd=tmp_path)
     assert result.returncode == 2 and "No such command 'prgress'. Did you mean 'progress'?" in result.stderr
