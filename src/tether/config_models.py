@@ -93,6 +93,8 @@ class ExperimentConfig(_Strict):
             if not parts:
                 raise ValueError("command is empty")
             return parts
+        if not isinstance(value, list) or not all(isinstance(part, str) for part in value):
+            raise ValueError("command must be a string (split as a shell would) or a list of strings")
         return value
 
     @field_validator("command")

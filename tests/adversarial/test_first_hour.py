@@ -165,6 +165,14 @@ def test_one_problem_is_one_sentence_and_a_key_far_from_any_other_gets_the_table
     assert err.value.hint is not None and "Known keys in [policy]: idle_stop_minutes" in err.value.hint
 
 
+def test_a_command_of_the_wrong_type_says_what_it_may_be(tmp_path: Path) -> None:
+    path = tmp_path / "tether.toml"
+    path.write_text('[project]\nname = "p"\n[experiments.x]\ncommand = 3\n')
+    with pytest.raises(ConfigError) as err:
+        config_models.validate(path)
+    assert "x.command: command must be a string (split as a shell would) or a list of strings" in err.value.message
+
+
 def test_did_you_mean_names_only_close_words() -> None:
     assert did_you_mean("prgress", ["progress", "push", "pull"]) == " Did you mean 'progress'?"
     assert did_you_mean("xyzzy", ["progress", "push"]) == ""
