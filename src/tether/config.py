@@ -158,8 +158,12 @@ class Project:
         """``table[name]``, or a ConfigError naming the file and what is known."""
         if name in table:
             return table[name]
+        from tether.fmt import did_you_mean
+
         known = ", ".join(sorted(table)) or "none"
-        raise ConfigError(f"Unknown {what} {name!r} in {self.where}.", f"Known {what}s: {known}{advice}.")
+        raise ConfigError(
+            f"Unknown {what} {name!r} in {self.where}.{did_you_mean(name, table)}", f"Known {what}s: {known}{advice}."
+        )
 
     def remote_dir(self, remote_root: str) -> str:
         return self.config.project.remote_dir or f"{remote_root.rstrip('/')}/{self.name}"
@@ -263,11 +267,12 @@ name = "{name}"
 # sync_excludes = ["data/raw"]       # also excluded from `tether push` (.git, caches, venvs, results always are)
 
 # One table per experiment. `command` runs from the project root; args after `--` on `tether run` are appended.
+# `tether init` wrote example_experiment.py next to this file: `tether run example --local --follow` runs it.
 [experiments.example]
 command = "python3 -m example_experiment"
 kind = "local"          # api | inference | finetune | local: picks the GPU profile and where it runs
 items = 100             # how many items one run processes (for plans and ETAs)
-item_seconds = 0.05     # seconds one item takes (for plans and cost estimates)
+item_seconds = 0.01     # seconds one item takes (for plans and cost estimates)
 concurrency = 1         # items in flight at once
 gpu_gb = 0              # GPU memory the run needs; 0 = API-only / CPU
 results = "results"     # folder (inside the project) where the checkpoint library writes
@@ -295,3 +300,61 @@ allow_spending = false          # `tether run` may rent a server only if this is
 
 def starter(name: str) -> str:
     return STARTER.format(name=name)
+
+
+#: The module the starter's [experiments.example] runs (``python3 -m example_experiment`` from the project root).
+EXAMPLE_FILE = "example_experiment.py"
+
+EXAMPLE = '''\
+"""The starter experiment: 100 items, each result checkpointed by tether's library as it arrives.
+
+Run it with `tether run example --local --follow`; kill it at any moment and run it again: finished items are kept.
+Arguments after `--` reach it: `tether run example --local -- --items 20 --delay 0.1`. Replace `work` with your own.
+"""
+
+import argparse
+import os
+import time
+
+from tether.checkpoint import run_batch
+
+
+def work(item, delay):
+    time.sleep(delay)  # stands in for an API call or a model forward pass
+    return {"id": item["id"], "x": item["x"], "square": item["x"] ** 2}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--items", type=int, default=100)
+    parser.add_argument("--delay", type=float, default=0.01)
+    args = parser.parse_args()
+    items = [{"id": "item-%04d" % i, "x": i} for i in range(args.items)]
+    summary = run_batch(
+        lambda item: work(item, args.delay),
+        items,
+        results_dir=os.environ.get("TETHER_RESULTS_DIR", "results"),
+        key=lambda item: item["id"],
+        config={"experiment": "example", "items": args.items},
+    )
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def check_project_name(name: str) -> str | None:
+    """Why ``name`` cannot be a project's name (it names the server folder and labels rentals), or None."""
+    if not name or not (name[0].isascii() and name[0].isalnum()):
+        return f"{name!r} is not a valid project name: it must start with a letter or a digit ({PROJECT_NAME_RULE})"
+    bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "._-"))})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        return f"{name!r} is not a valid project name: {shown} may not be in it ({PROJECT_NAME_RULE})"
+    return None
+
+
+#: What a project name may be, in words (the rule of :func:`check_project_name`).
+PROJECT_NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or a digit"

@@ -16,8 +16,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tether.config import NAME_RULE
+from tether.config import NAME_RULE, check_project_name
 from tether.errors import ConfigError
+from tether.fmt import close_matches
 
 Kind = Literal["api", "inference", "finetune", "local"]
 
@@ -38,6 +39,13 @@ def _valid_name(value: str) -> str:
 Name = Annotated[str, AfterValidator(_valid_name)]
 
 
+def _valid_project_name(value: str) -> str:
+    problem = check_project_name(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
 def _suggest(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip("-").strip(".") or "renamed"
 
@@ -51,7 +59,7 @@ class _Strict(BaseModel):
 
 
 class ProjectConfig(_Strict):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    name: Annotated[str, AfterValidator(_valid_project_name)]
     remote_dir: str | None = None
     env_file: str = ".env"
     sync_excludes: list[str] = []
@@ -85,6 +93,8 @@ class ExperimentConfig(_Strict):
             if not parts:
                 raise ValueError("command is empty")
             return parts
+        if not isinstance(value, list) or not all(isinstance(part, str) for part in value):
+            raise ValueError("command must be a string (split as a shell would) or a list of strings")
         return value
 
     @field_validator("command")
@@ -195,15 +205,15 @@ def _line_of(text: str, loc: tuple[int | str, ...]) -> int | None:
         header = header_re.match(line)
         if header:
             table = _dotted(header.group(1))
-            if table == keys:
-                best = number
+            if table == keys or (best is None and table[: len(keys)] == keys):
+                best = number  # the table itself, else the first table inside it ([experiment.x] for experiment)
             continue
         key = key_re.match(line)
         if key:
             path = table + _dotted(key.group(1))
             if path == keys:
                 return number
-            if best is None and keys[: len(path)] == path:
+            if best is None and (keys[: len(path)] == path or path[: len(keys)] == keys):
                 best = number
     if best is None and len(keys) > 1:
         return _line_of(text, tuple(keys[:-1]))
@@ -238,24 +248,61 @@ def validate(config_path: Path) -> TetherConfig:
     try:
         return TetherConfig.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raw_loc = tuple(first["loc"])
-        loc = tuple(p for p in raw_loc if p != "[key]")  # a bad table name: point at the table itself
-        key = ".".join(_toml_key(str(p)) for p in loc) or "(top level)"
+        problems = _problems(config_path, text, exc)
+    if len(problems) == 1:
+        where, message, hint = problems[0]
+        raise ConfigError(f"{where}: {message}" + ("" if message.endswith("?") else "."), hint) from None
+    lines = "\n".join(f"  {where}: {message}" for where, message, _ in problems)
+    hints = list(dict.fromkeys(hint for _, _, hint in problems if hint != _REFERENCE))
+    raise ConfigError(f"{config_path} has {len(problems)} problems:\n{lines}", " ".join([*hints, _REFERENCE])) from None
+
+
+_REFERENCE = "See the config reference in the README."
+
+#: The model of each table: [project], [policy], [vast], and the entries of [experiments.*], [profiles.*], [hosts.*].
+_SECTIONS: dict[str, type[BaseModel]] = {"project": ProjectConfig, "policy": PolicyConfig, "vast": VastConfig}
+_ENTRIES: dict[str, type[BaseModel]] = {"experiments": ExperimentConfig, "profiles": ProfileConfig, "hosts": HostConfig}
+
+
+def _keys_of(table: tuple[str, ...]) -> list[str]:
+    """The keys the table at ``table`` may hold (for "did you mean"); none when it is not a known table."""
+    if not table:
+        return list(TetherConfig.model_fields)
+    if len(table) == 1 and table[0] in _SECTIONS:
+        return list(_SECTIONS[table[0]].model_fields)
+    if len(table) == 2 and table[0] in _ENTRIES:
+        return list(_ENTRIES[table[0]].model_fields)
+    return []
+
+
+def _problems(config_path: Path, text: str, exc: ValidationError) -> list[tuple[str, str, str]]:
+    """Every problem of the file as (file:line, "key: what is wrong, in words", hint), in the file's order."""
+    found: dict[tuple[str, ...], tuple[int, str, str, str]] = {}
+    for error in exc.errors():
+        raw_loc = tuple(str(p) for p in error["loc"])
+        # A bad table name: point at the table itself. Union members and the like are not keys of the file.
+        loc = tuple(p for p in raw_loc if p != "[key]")
+        if loc in found:
+            continue
+        key = ".".join(_toml_key(p) for p in loc) or "(top level)"
         line = _line_of(text, loc)
-        where = f"{config_path}:{line}" if line else str(config_path)
-        more = len(exc.errors()) - 1
-        extra = f" ({more} more problem{'s' if more > 1 else ''} after this one)" if more else ""
-        message = first["msg"].removeprefix("Value error, ")
-        hint = "See the config reference in the README."
-        if first["type"] == "missing":
+        message = error["msg"].removeprefix("Value error, ")
+        hint = _REFERENCE
+        if error["type"] == "missing":
             message = "this key is required"
-        elif first["type"] == "extra_forbidden":
-            message = "unknown key"
+        elif error["type"] == "extra_forbidden":
+            known = _keys_of(loc[:-1])
+            close = close_matches(loc[-1], known)
+            message = f"unknown key; did you mean {close}?" if close else "unknown key"
+            if known and not close:
+                table = "[" + ".".join(map(_toml_key, loc[:-1])) + "]" if loc[:-1] else "the top level"
+                hint = f"Known keys in {table}: {', '.join(known)}."
         elif "[key]" in raw_loc and len(loc) == 2:
-            table, name = str(loc[0]), str(loc[1])
-            hint = f"Rename [{table}.{_toml_key(name)}] to a name of {NAME_RULE}, e.g. [{table}.{_suggest(name)}]."
-        raise ConfigError(f"{where}: {key}: {message}{extra}.", hint) from None
+            section, name = loc[0], loc[1]
+            hint = f"Rename [{section}.{_toml_key(name)}] to a name of {NAME_RULE}, e.g. [{section}.{_suggest(name)}]."
+        found[loc] = (line or 0, f"{config_path}:{line}" if line else str(config_path), f"{key}: {message}", hint)
+    ordered = sorted(found.values(), key=lambda p: p[0])
+    return [(where, message, hint) for _, where, message, hint in ordered]
 
 
 def defaults(name: str) -> TetherConfig:

@@ -445,17 +445,38 @@ def cost_by_experiment(
     """Each instance's cost attributed to the experiments whose runs were live on it (run ``host`` = instance
     name), split evenly among concurrent runs; time with no live run goes to ``"(idle)"``. A run not ended is
     live until ``now``."""
+    out: dict[str, float] = {}
+    for per_exp in cost_by_instance_and_experiment(events, runs, now, since).values():
+        for exp, usd in per_exp.items():
+            out[exp] = out.get(exp, 0.0) + usd
+    return out
+
+
+def idle_by_instance(
+    events: Iterable[Mapping[str, Any]], runs: Sequence[RunLike], now: float, since: float | None = None
+) -> dict[str, float]:
+    """What each instance cost while no run was live on it: its share of :func:`cost_by_experiment`'s
+    ``"(idle)"`` (the two add up to the same)."""
+    by_instance = cost_by_instance_and_experiment(events, runs, now, since)
+    return {name: per_exp.get(IDLE, 0.0) for name, per_exp in by_instance.items()}
+
+
+def cost_by_instance_and_experiment(
+    events: Iterable[Mapping[str, Any]], runs: Sequence[RunLike], now: float, since: float | None = None
+) -> dict[str, dict[str, float]]:
+    """:func:`cost_by_experiment` for each instance apart: instance -> experiment (or ``"(idle)"``) -> dollars."""
     segs, _ = segments(events, now)
     by_host: dict[str, list[tuple[float, float, str]]] = {}
     for run in runs:
         end = run.ended if run.ended is not None else now
         if end > run.started:
             by_host.setdefault(run.host, []).append((run.started, end, run.experiment))
-    out: dict[str, float] = {}
+    out: dict[str, dict[str, float]] = {}
     for seg in segs:
         part = _clip(seg, since)
         if part is None or part.rate == 0.0:
             continue
+        mine = out.setdefault(part.name, {})
         live = [(max(a, part.start), min(b, part.end), e) for a, b, e in by_host.get(part.name, [])]
         live = [(a, b, e) for a, b, e in live if b > a]
         cuts = sorted({part.start, part.end, *(a for a, _, _ in live), *(b for _, b, _ in live)})
@@ -463,10 +484,10 @@ def cost_by_experiment(
             usd = part.rate * (hi - lo) / 3600.0
             names = [e for a, b, e in live if a <= lo and b >= hi]
             if not names:
-                out[IDLE] = out.get(IDLE, 0.0) + usd
+                mine[IDLE] = mine.get(IDLE, 0.0) + usd
                 continue
             for exp in names:
-                out[exp] = out.get(exp, 0.0) + usd / len(names)
+                mine[exp] = mine.get(exp, 0.0) + usd / len(names)
     return out
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 def duration(seconds: float | None) -> str:
     if seconds is None:
@@ -30,3 +32,18 @@ def iso(ts: float | None) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def close_matches(word: str, choices: Iterable[str]) -> str:
+    """``'x'``, ``'x' or 'y'``, ``'x', 'y' or 'z'``: the choices close to ``word``, closest first; empty when none
+    is."""
+    import difflib
+
+    close = [repr(c) for c in difflib.get_close_matches(word, sorted(set(choices)), n=3, cutoff=0.75)]
+    return (", ".join(close[:-1]) + " or " if len(close) > 1 else "") + close[-1] if close else ""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` Did you mean 'x'?`` for the choices close to ``word`` (:func:`close_matches`); empty when none is."""
+    close = close_matches(word, choices)
+    return f" Did you mean {close}?" if close else ""

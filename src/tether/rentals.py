@@ -284,10 +284,11 @@ def ensure_rented(
         # A first look, before the account key is checked: the exact offer is committed under the rent lock.
         _refuse(commit_refusal(project, st, name, Candidate(cheapest, "renting the cheapest offer"), budget))
         key = check_account_key(project, prov)
+        identity = identity_of(project, key)
         label = label_of(project, name)
         kind = f", bidding (interruptible) from ${cheapest:.4f}/hr" if price_for else ""
         say(f"Renting {name} ({prof.name}): {len(offers)} offers, cheapest ${cheapest:.4f}/hr{kind}.")
-        base_meta = {**_adopted_meta(project), "profile": prof.name}
+        base_meta = {**_adopted_meta(project), "identity_file": identity, "profile": prof.name}
         st.reserve_instance(name, PROVIDER, project.config.vast.remote_root, base_meta)
 
         def commit_offer(offer: Offer, rate: float) -> None:
@@ -305,7 +306,7 @@ def ensure_rented(
             "profile": prof.name,
             "image": prof.image,
             "disk_gb": prof.min_disk_gb,
-            "identity_file": project.config.vast.identity_file,
+            "identity_file": identity,
             "gpu_name": inst.gpu_name,
             "num_gpus": inst.num_gpus,
             "gpu_ram_gb": inst.gpu_ram_gb,
@@ -449,17 +450,28 @@ def _key_body(line: str) -> str:
 
 def check_account_key(project: Project, prov: Provider) -> tuple[Path, str] | None:
     """Before any money is spent: the key tether will log in with must be on the provider's account, since an
-    account key reaches only instances created after it was added. The key (path, line); None when the provider
-    keeps no keys. ProviderError (nothing rented) when it is not there."""
+    account key reaches only instances created after it was added. The key (path of its public half, line); None
+    when the provider keeps no keys. ProviderError (nothing rented) when it is not there; ssh is then told to use
+    exactly this key (:func:`identity_of`)."""
     on_account = prov.account_keys()
     if on_account is None:
         return None
     mine = public_keys(project)
     if not mine:
+        ident = project.config.vast.identity_file
+        if ident:
+            raise ConfigError(
+                f"[vast] identity_file is {ident}, which is not an SSH private key tether can read (nor is there "
+                f"a {ident}.pub); nothing was rented.",
+                "Point it at the private key whose public half is on your Vast.ai account, or make one with "
+                f"`ssh-keygen -t ed25519 -f {shlex.quote(ident)}`. " + KEY_HINT.format(pub=shlex.quote(ident + ".pub")),
+            )
         raise ConfigError(
-            "tether cannot tell which SSH key a rented server must accept: [vast] identity_file is not set and "
-            "there is no ~/.ssh/id_ed25519.pub (nor id_ecdsa.pub, id_rsa.pub).",
-            "Set [vast] identity_file in tether.toml to the private key whose public half is on your Vast.ai account.",
+            "There is no SSH key for a rented server to accept: no ~/.ssh/id_ed25519.pub (nor id_ecdsa.pub, "
+            "id_rsa.pub) and no [vast] identity_file in tether.toml; nothing was rented.",
+            "Make one with `ssh-keygen -t ed25519`, then add it to your account with "
+            '`vastai create ssh-key "$(cat ~/.ssh/id_ed25519.pub)"` or paste it at https://cloud.vast.ai/manage-keys/ '
+            "(Account, SSH Keys), then run `tether up` again.",
         )
     bodies = {_key_body(k) for k in on_account}
     for path, line in mine:
@@ -471,6 +483,19 @@ def check_account_key(project: Project, prov: Provider) -> tuple[Path, str] | No
         "rented.",
         KEY_HINT.format(pub=shlex.quote(str(path))),
     )
+
+
+def identity_of(project: Project, key: tuple[Path, str] | None) -> str | None:
+    """The key ssh must use on a rental (``-i`` with ``IdentitiesOnly``): ``[vast] identity_file``, else the
+    private half of the key :func:`check_account_key` found on the account (its public half when the private one
+    lives only in an ssh-agent: ssh then asks the agent for it), else None (ssh's own choice)."""
+    if project.config.vast.identity_file:
+        return project.config.vast.identity_file
+    if key is None:
+        return None
+    pub = key[0]
+    private = pub.with_name(pub.name.removesuffix(".pub"))
+    return str(private if private != pub and private.is_file() else pub)
 
 
 KEY_HINT = (
@@ -490,7 +515,7 @@ def _wait_for_key(
     assert rec.address is not None and rec.instance_id is not None
     target = parse_address(
         rec.address,
-        identity_file=project.config.vast.identity_file,
+        identity_file=rec.meta.get("identity_file"),
         label=name,
         known_hosts=known_hosts_dir() / f"{rec.provider}-{rec.instance_id}",
     )

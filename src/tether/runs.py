@@ -295,12 +295,32 @@ def cancel(state: State, target: Target, run: RunRecord, *, wait_s: float = CANC
     return Cancelled(run.id, cancelled, str(doc.get("reason") or ""), status)
 
 
-def live_wrapper_pid(target: Target, run_id: str) -> int | None:
-    """The wrapper's pid while the run is live (``logs -f`` stops following when it exits)."""
-    record = read_record(target, run_id)
-    if record is not None and vocab.is_live(record.status):
-        return record.pid or None
-    return None
+#: How long ``logs -f`` waits for a just-started run's wrapper to say who it is.
+FOLLOW_START_S = 30.0
+
+
+def record_to_follow(target: Target, run_id: str, *, wait_s: float = FOLLOW_START_S) -> vocab.RunRecordFile | None:
+    """The run's record once its wrapper is known (a pid: ``logs -f`` follows until that process exits) or the run
+    has ended (nothing to follow); None when it said neither within ``wait_s`` (0: look once)."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.05
+    while True:
+        record = read_record(target, run_id)
+        if record is not None and (record.pid or not vocab.is_live(record.status)):
+            return record
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(delay)  # polling the target's run record; the wrapper writes it from another process
+        delay = min(delay * 2, 1.0)
+
+
+def checkpoint_warnings(target: Target, run: RunRecord, lines: int = 200) -> list[str]:
+    """What the checkpoint library warned about in the end of the run's log (e.g. that its results are from an
+    earlier run, so nothing ran again), each once, in order."""
+    import re
+
+    tail = target.transport.run(["tail", "-n", str(lines), run.log_path], check=False).text()
+    return list(dict.fromkeys(m.group(1).strip() for m in re.finditer(r"CheckpointWarning: (.+)", tail)))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import click
 
 from tether import __version__
 from tether.errors import EXIT_FAILED, TetherError
+from tether.fmt import did_you_mean
 
 #: Every subcommand: its name -> (module under tether.cli, the click command's attribute there).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -61,6 +62,16 @@ class LazyGroup(click.Group):
         self.commands[cmd_name] = command
         return command
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """An unknown command is a usage error that names the close ones (`tether prgress`: did you mean
+        'progress'?)."""
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            ctx.fail(f"No such command {name!r}.{did_you_mean(name, self.list_commands(ctx))}")
+        return super().resolve_command(ctx, args)
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tether")
@@ -98,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=args, prog_name="tether", standalone_mode=False, obj=shared)
     except click.exceptions.Abort:  # click's form of Ctrl-C
         _interrupted(as_json, started, shared)
-    except click.ClickException as exc:
+    except click.ClickException as raised:
+        exc = _with_suggestions(raised)
         hint = None
         if isinstance(exc, click.UsageError) and exc.ctx is not None:
             hint = f"See `{exc.ctx.command_path} --help`."
@@ -186,6 +198,22 @@ def _write_or_drop(stream: Any, text: str) -> None:
 
         with contextlib.suppress(OSError, ValueError):  # no descriptor to redirect: nothing more to lose
             os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+
+def _with_suggestions(exc: click.ClickException) -> click.ClickException:
+    """An unknown option with "did you mean" among the command's own visible options, best match first (click's
+    own list includes hidden options and comes in its own punctuation)."""
+    if not isinstance(exc, click.NoSuchOption) or exc.ctx is None:
+        return exc
+    names = [
+        name
+        for param in exc.ctx.command.get_params(exc.ctx)
+        if isinstance(param, click.Option) and not param.hidden
+        for name in (*param.opts, *param.secondary_opts)
+        if name.startswith("--")
+    ]
+    name = exc.option_name
+    return click.NoSuchOption(name, f"No such option {name!r}.{did_you_mean(name, names)}", ctx=exc.ctx)
 
 
 def _sentence(text: str) -> str:

@@ -107,13 +107,21 @@ def cost_cmd(ctx: click.Context, since: str | None, no_refresh: bool, as_json: b
         now = here.now()
         events = st.event_log()
         led = cost.ledger(events, now, since=start)
-        per_exp = cost.cost_by_experiment(events, st.runs(), now, since=start)
-    doc = {**led.to_json(), "by_experiment": {k: round(v, 6) for k, v in sorted(per_exp.items())}, "problems": problems}
+        runs = st.runs()
+        per_exp = cost.cost_by_experiment(events, runs, now, since=start)
+        idle = cost.idle_by_instance(events, runs, now, since=start)
+    doc = {
+        **led.to_json(),
+        "by_experiment": {k: round(v, 6) for k, v in sorted(per_exp.items())},
+        "idle_by_server": {k: round(v, 6) for k, v in sorted(idle.items())},
+        "problems": problems,
+    }
     if as_json:
         emit_json(doc)
         return
     table = new_table(title="per server")
-    for col in ("server", "state", "$/hr now", "running h", "idle-billed h", "spent"):
+    # "idle" means one thing in both places: billed while no run was live (per server, and "(idle)" per experiment).
+    for col in ("server", "state", "$/hr now", "running h", "storage-billed h", "spent", "of it idle"):
         table.add_column(col)
     for c in led.by_instance.values():
         table.add_row(
@@ -123,10 +131,12 @@ def cost_cmd(ctx: click.Context, since: str | None, no_refresh: bool, as_json: b
             f"{c.running_hours:.2f}",
             f"{c.billed_idle_hours:.2f}",
             f"${c.total_usd:.2f}",
+            f"${idle.get(c.name, 0.0):.2f}",
         )
     out.print(table)
     if per_exp:
-        out.print("per experiment: " + ", ".join(f"{k} ${v:.2f}" for k, v in sorted(per_exp.items())))
+        shown = {cost.IDLE: "idle (no run live)"}
+        out.print("per experiment: " + ", ".join(f"{shown.get(k, k)} ${v:.2f}" for k, v in sorted(per_exp.items())))
     if led.by_day:
         out.print("per day: " + ", ".join(f"{d} ${v:.2f}" for d, v in sorted(led.by_day.items())))
     out.print(
@@ -153,7 +163,8 @@ def down(ctx: click.Context, name: str, more_work: bool | None, as_json: bool) -
     if as_json:
         emit_json(outcome)
         return
-    say(f"{name}: {outcome['action']} ({outcome['reason']})")
+    if outcome["action"] == "none":  # otherwise the act said what it did, once
+        say(f"{name}: nothing to do ({outcome['reason']})")
 
 
 @click.command(name="autopilot")

@@ -39,8 +39,11 @@ if TYPE_CHECKING:
 @click.option("--print", "to_stdout", is_flag=True, help="Print the starter file instead of writing it.")
 @click.option("--force", is_flag=True, help="Overwrite an existing tether.toml.")
 def init(name: str | None, to_stdout: bool, force: bool) -> None:
-    """Write a commented starter tether.toml in the current folder."""
+    """Write a commented starter tether.toml in the current folder, and the example experiment it runs."""
     project_name = name or config.folder_name(Path.cwd())
+    problem = config.check_project_name(project_name)
+    if problem is not None:
+        raise click.BadParameter(problem + "; nothing was written.", param_hint="'--name'")
     text = config.starter(project_name)
     if to_stdout:
         click.echo(text, nl=False)
@@ -49,10 +52,43 @@ def init(name: str | None, to_stdout: bool, force: bool) -> None:
     if path.exists() and not force:
         raise ConfigError(f"{path} exists already; nothing was changed.", "Use --force to overwrite it.")
     path.write_text(text, encoding="utf-8")
-    say(f"Wrote {path}. Edit [experiments.*], then `tether run NAME --local`.")
+    example = Path.cwd() / config.EXAMPLE_FILE
+    try:
+        with example.open("x", encoding="utf-8") as handle:  # never over a file of the user's
+            handle.write(config.EXAMPLE)
+        wrote = f"Wrote {path} and {example}."
+    except FileExistsError:
+        wrote = f"Wrote {path}; {example} exists already and was left as it is."
+    say(f"{wrote} Try `tether run example --local --follow`, then describe your own [experiments.*].")
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
+class ExperimentCommand(click.Command):
+    """A command whose options are tether's up to ``--`` and whose arguments after ``--`` go to the experiment
+    unchanged (``ctx.meta[EXPERIMENT_ARGS]``). Before ``--`` an unknown option is a usage error (with "did you
+    mean", from the error edge in :mod:`tether.cli.main`), and a stray word says where the experiment's arguments
+    go."""
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return [*super().collect_usage_pieces(ctx), "[-- ARGS...]"]
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ours, theirs = (args[: args.index("--")], args[args.index("--") + 1 :]) if "--" in args else (args, [])
+        ctx.meta[EXPERIMENT_ARGS] = tuple(theirs)
+        rest = super().parse_args(ctx, ours)
+        if ctx.args and not ctx.resilient_parsing:
+            words = " ".join(ctx.args)
+            ctx.fail(
+                f"Got unexpected argument(s) {words!r}: the experiment's own arguments go after `--`, as in "
+                f"`{ctx.command_path} {ctx.params.get('experiment') or 'EXP'} -- {words}`."
+            )
+        return rest
+
+
+#: Where :class:`ExperimentCommand` puts the arguments that follow ``--``.
+EXPERIMENT_ARGS = "tether.experiment_args"
+
+
+@click.command(cls=ExperimentCommand, context_settings={"allow_extra_args": True})
 @click.argument("experiment")
 @click.option("--local", is_flag=True, help="Run on this machine.")
 @click.option("--on", "on", metavar="HOST", default=None, help="Run on a configured host or rented server.")
@@ -79,7 +115,6 @@ def init(name: str | None, to_stdout: bool, force: bool) -> None:
 @click.option("--poll", default="10s", hidden=True, help="With --managed: how often the controller looks.")
 @click.option("--unreachable-after", default="5m", hidden=True, help="With --managed: replace a silent server after.")
 @json_option
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -99,15 +134,15 @@ def run(
     poll: str,
     unreachable_after: str,
     as_json: bool,
-    args: tuple[str, ...],
 ) -> None:
     """Start EXPERIMENT detached (in tmux) and print its run id at once.
 
-    Arguments after `--` are appended to the experiment's command. Without --local or --on, tether follows
+    Options up to `--` are tether's (an unknown one is refused); what follows `--` is appended to the
+    experiment's command unchanged. Without --local or --on, tether follows
     `tether plan` for the experiment. With --managed, tether stays and drives the run to its end on rented servers
     (and --on hosts), replacing lost ones and resuming by item id; --shards K spreads it over K servers.
     """
-    extra = list(args[1:] if args[:1] == ("--",) else args)
+    extra = list(ctx.meta.get(EXPERIMENT_ARGS, ()))
     if managed:
         if local:
             raise click.UsageError("--managed runs on servers: give --on HOSTS or nothing, not --local.")
@@ -162,13 +197,29 @@ def run(
     if final is not None:
         done = f"{final.completed}/{final.total if final.total is not None else '?'}"
         say(f"Run {rec.id} {final.status} ({done} items, exit code {final.exit_code}).")
+        _say_checkpoint_warnings(target, rec)
         if final.status != vocab.COMPLETED:
             raise RunFailed(f"Run {rec.id} {final.status}.", f"See `tether logs {rec.id}`.")
+        return
+    if vocab.is_final(started.status):
+        # It ended before the start was confirmed: say how, and what the experiment's own library said about it
+        # (e.g. that its results are from an earlier run, so nothing ran again), not only in the log.
+        say(f"Run {rec.id} of {experiment} on {rec.host} {started.status} at once.")
+        if not _say_checkpoint_warnings(target, rec):
+            say(f"Its output: `tether logs {rec.id}`.")
         return
     say(
         f"Started {experiment} on {rec.host} as {rec.id} ({started.status}). "
         f"Follow it with `tether progress`, `tether logs {rec.id} -f` or `tether attach {rec.id}`."
     )
+
+
+def _say_checkpoint_warnings(target: Target, rec: RunRecord) -> bool:
+    """Repeat on the terminal what the checkpoint library warned about in the run's log; whether it warned."""
+    found = runs.checkpoint_warnings(target, rec)
+    for sentence in found:
+        say(f"{rec.id}: {sentence}")
+    return bool(found)
 
 
 def _run_managed(
@@ -323,12 +374,19 @@ def logs(ctx: click.Context, run_ref: str, follow: bool, lines: int) -> None:
             )
         click.echo(result.text(), nl=False)
         return
-    wrapper_pid = runs.live_wrapper_pid(target, rec.id)
-    follow_argv = ["tail", "-n", str(lines), "-F", rec.log_path]
-    if wrapper_pid:
-        follow_argv.insert(1, f"--pid={wrapper_pid}")
+    # A run this machine knows has ended has no wrapper to wait for.
+    record = runs.record_to_follow(target, rec.id, wait_s=runs.FOLLOW_START_S if vocab.is_live(rec.status) else 0.0)
+    follow_argv = ["tail", "-n", str(lines), rec.log_path]
+    if record is not None and vocab.is_live(record.status):
+        # tail stops following when the run's wrapper exits: the run has ended (or died).
+        follow_argv[1:1] = [f"--pid={record.pid}", "-F"]
     final = follow_argv if target.local else target.transport.interactive_argv(follow_argv)
-    raise SystemExit(subprocess.call(final))
+    code = subprocess.call(final)
+    ended = runs.read_record(target, rec.id)
+    if ended is not None and vocab.is_final(ended.status):
+        exit_code = "" if ended.exit_code is None else f" (exit code {ended.exit_code})"
+        say(f"Run {rec.id} {ended.status}{exit_code}.")
+    raise SystemExit(code)
 
 
 @click.command()
@@ -382,4 +440,18 @@ def cancel(ctx: click.Context, run_ref: str, as_json: bool) -> None:
     if as_json:
         emit_json(outcome.to_json())
         return
-    say(f"Run {rec.id}: {'cancelled' if outcome.cancelled else outcome.reason} (now {outcome.status}).")
+    say(_cancel_sentence(outcome))
+
+
+def _cancel_sentence(outcome: runs.Cancelled) -> str:
+    """What a cancel did, each fact once (never "cancelled (now cancelled)")."""
+    if not outcome.cancelled:
+        said = outcome.reason or "nothing to stop"
+        return f"Run {outcome.run_id} was not cancelled: {said}" + (
+            "." if outcome.status in said else f"; it is {outcome.status}."
+        )
+    if outcome.status == vocab.CANCELLED:
+        return f"Run {outcome.run_id} cancelled; its finished items stay in the journal."
+    if vocab.is_final(outcome.status):
+        return f"Run {outcome.run_id}: {outcome.reason}; it ended {outcome.status}."
+    return f"Run {outcome.run_id}: {outcome.reason}; it is still {outcome.status} (see `tether progress`)."

@@ -51,10 +51,16 @@ def find_api_key(env: Mapping[str, str] | None = None, home: Path | None = None)
     Order: env ``VAST_API_KEY``; ``$XDG_CONFIG_HOME/vastai/vast_api_key`` (default ``~/.config/...``);
     the legacy ``~/.vast_api_key``.
     """
+    found = _find_api_key(env, home)
+    return found[0] if found else None
+
+
+def _find_api_key(env: Mapping[str, str] | None = None, home: Path | None = None) -> tuple[str, str] | None:
+    """The key and where it came from (``VAST_API_KEY`` or the file's path), or None."""
     env = os.environ if env is None else env
     key = env.get("VAST_API_KEY", "").strip()
     if key:
-        return key
+        return key, "VAST_API_KEY"
     home = Path(env.get("HOME", str(Path.home()))) if home is None else home
     xdg = env.get("XDG_CONFIG_HOME") or str(home / ".config")
     for path in (Path(xdg) / "vastai" / "vast_api_key", home / ".vast_api_key"):
@@ -63,8 +69,21 @@ def find_api_key(env: Mapping[str, str] | None = None, home: Path | None = None)
         except (FileNotFoundError, NotADirectoryError, PermissionError):
             continue
         if text:
-            return text
+            return text, str(path)
     return None
+
+
+def rejected_key_hint(source: str | None) -> str:
+    """What to do about a key Vast.ai rejected, given where it came from (never the key itself)."""
+    account = "a key from your account's API keys (https://cloud.vast.ai/manage-keys/)"
+    if source == "VAST_API_KEY":
+        return (
+            f"The key tether used is VAST_API_KEY's: set it to {account}, or unset it to use the key file "
+            "`vastai set api-key` writes."
+        )
+    if source:
+        return f"The key tether used is in {source}: replace it with {account} (`vastai set api-key <key>`)."
+    return f"Use {account}."
 
 
 def _retry_after(resp: httpx.Response, now: Callable[[], float] = time.time) -> float | None:
@@ -150,6 +169,7 @@ class VastClient:
     ) -> None:
         self.base_url = (base_url or os.environ.get("VAST_URL") or DEFAULT_URL).rstrip("/")
         self._api_key = api_key
+        self._key_source: str | None = None  # where a key tether found came from (None: the caller's)
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.max_wait = max_wait
@@ -173,7 +193,9 @@ class VastClient:
 
     def _key(self) -> str:
         if self._api_key is None:
-            self._api_key = find_api_key()
+            found = _find_api_key()
+            if found is not None:
+                self._api_key, self._key_source = found
         if not self._api_key:
             raise AuthError("No Vast.ai API key was found.", KEY_HINT)
         return self._api_key
@@ -226,7 +248,10 @@ class VastClient:
                 continue
             if _is_auth_failure(resp):
                 said = _vast_message(resp)
-                raise AuthError(f"Vast.ai rejected the API key (HTTP {resp.status_code}: {said}).", KEY_HINT)
+                raise AuthError(
+                    f"Vast.ai rejected the API key (HTTP {resp.status_code}: {said}).",
+                    rejected_key_hint(self._key_source),
+                )
             if resp.status_code not in RETRY_STATUSES:
                 return resp
             retry_after = _retry_after(resp)
