@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tether.errors import ConfigError
+from tether.vocab import NAME_RULE
 
 if TYPE_CHECKING:
     # Re-exported (explicitly, for mypy): at run time they come from __getattr__ below.
@@ -54,8 +55,6 @@ __all__ = [
 
 CONFIG_NAME = "tether.toml"
 
-#: What an experiment or host name may be: it becomes part of run ids, folders and file names.
-NAME_RULE = "letters, digits, '.', '_' and '-', not starting with '-'"
 
 #: The models live in :mod:`tether.config_models` and are imported from there on first use.
 _MODELS = (

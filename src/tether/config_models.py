@@ -16,8 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tether.config import NAME_RULE
 from tether.errors import ConfigError
+from tether.vocab import NAME_RULE
 
 Kind = Literal["api", "inference", "finetune", "local"]
 

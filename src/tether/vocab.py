@@ -52,6 +52,11 @@ def is_final(status: str) -> bool:
     return status in FINAL_STATUSES
 
 
+# ------------------------------------------------------------------------------------------ names
+#: What an experiment or host name may be: it becomes part of run ids, folders and file names.
+NAME_RULE = "letters, digits, '.', '_' and '-', not starting with '-'"
+
+
 # ------------------------------------------------------------------------------------------ server layout
 TETHER_DIR = ".tether"
 """tether's own files under a workspace root."""
