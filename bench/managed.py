@@ -26,6 +26,15 @@ object:
   their prices, the least K servers could cost with no renting, set-up, pull or failure (``cost_ratio_clean_k4``
   is the clean K = 4 run's).
 
+- ``setup_s_per_shard_k1`` / ``_k4`` and ``ssh_round_trips_per_shard_k1`` / ``_k4``: per shard start of the clean
+  runs, the seconds from tether's first ssh to the server until the call that starts the run there, and the ssh
+  calls in between (an ``ssh`` first on the CLI's PATH logs each call, rsync's included; ``-O`` control queries are
+  not round trips). Equal round trips and longer seconds at K = 4 are the machine's cores set up four emulated
+  servers at once, not tether doing more work per server.
+
+The emulated account holds the bench's SSH key (``tether.testing.cloud.start_cloud``): tether checks the account's
+key before it rents, as Vast.ai puts account keys on the instances created after them.
+
 Goals (the issue's): complete, recomputed_items <= recompute_bound, speedup_k >= 3.2, wall_ratio <= 1.5,
 cost_ratio <= 1.2.
 """
