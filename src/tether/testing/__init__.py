@@ -9,7 +9,7 @@
 - :data:`FAKES`: a folder holding a fake ``nvidia-smi`` (the driver's real output formats; ``FAKE_NVIDIA_SMI``
   chooses the GPUs); put it first on ``PATH``.
 - :mod:`tether.testing.pytest_plugin`: the fixtures ``sshd_host``, ``sshd_hosts``, ``cut_proxy``, ``make_cloud``,
-  ``cloud``, ``vast_emulator``, ``vast_api_emulator``, ``sleeps``, ``make_provider``, ``gpus``, ``reg_path`` and
+  ``cloud``, ``vast_emulator``, ``vast_api_emulator``, ``gpus``, ``reg_path`` and
   ``registry``.
 """
 

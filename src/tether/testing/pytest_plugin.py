@@ -6,7 +6,7 @@
 - ``make_cloud`` / ``cloud``: the Vast emulator on real time whose instances are real sshd hosts with the vendor's
   auto-tmux login, the user's key on the account (:mod:`tether.testing.cloud`); ``HOME`` points into ``tmp_path``.
 - ``vast_emulator`` (instances are sshd hosts) / ``vast_api_emulator`` (HTTP only): the emulator on its test
-  clock; ``sleeps`` records the waits a client would have slept; ``make_provider(emu, sleeps=None, **options)``.
+  clock (tests of tether's client build it in their own folder: only the provider registry imports it).
 - ``gpus`` (choose the fake nvidia-smi's GPUs: "1x24", "2x48", "8x80", "fail", "garbage" or a file), ``reg_path``
   and ``registry``: an agent registry in ``tmp_path``.
 
@@ -29,7 +29,6 @@ from tether.testing.sshd import SshdHost, find_sshd
 
 if TYPE_CHECKING:  # imported when a fixture runs: a unit test does not pay for the emulator's imports
     from tether.emulator.vast import VastEmulator
-    from tether.providers.vast import VastProvider
     from tether.server.registry import Registry
     from tether.testing.cloud import Cloud
 
@@ -125,13 +124,6 @@ def cloud(make_cloud: MakeCloud) -> Cloud:
     return make_cloud()
 
 
-class Sleeps(list[float]):
-    """A sleep function that records each wait instead of sleeping."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
-
 @pytest.fixture
 def vast_emulator(tmp_path: Path) -> Iterator[VastEmulator]:
     """The emulator on its test clock (30 s of loading) whose instances are real sshd hosts."""
@@ -150,29 +142,6 @@ def vast_api_emulator() -> Iterator[VastEmulator]:
 
     with VastEmulator(load_offer_book(), loading_s=30.0, host_factory=null_host_factory) as emu:
         yield emu
-
-
-@pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
-
-
-@pytest.fixture
-def make_provider() -> Iterator[Callable[..., VastProvider]]:
-    """``make_provider(emu, sleeps=None, **client_options)``: a provider for an emulator, closed after the test."""
-    from tether.providers.vast import VastClient, VastProvider
-
-    made: list[VastProvider] = []
-
-    def make(emu: VastEmulator, sleeps: Sleeps | None = None, **options: Any) -> VastProvider:
-        sleep = sleeps if sleeps is not None else Sleeps()
-        provider = VastProvider(VastClient(emu.api_key, emu.url, sleep=sleep, **options))
-        made.append(provider)
-        return provider
-
-    yield make
-    for p in made:
-        p.close()
 
 
 # ------------------------------------------------------------------------------------------------ the agent registry
