@@ -26,6 +26,15 @@ object:
   their prices, the least K servers could cost with no renting, set-up, pull or failure (``cost_ratio_clean_k4``
   is the clean K = 4 run's).
 
+- ``setup_s_per_shard_k1`` / ``_k4`` and ``ssh_round_trips_per_shard_k1`` / ``_k4``: per shard start of the clean
+  runs, the seconds from tether's first ssh to the server until the call that starts the run there, and the ssh
+  calls in between (an ``ssh`` first on the CLI's PATH logs each call, rsync's included; ``-O`` control queries are
+  not round trips). Equal round trips and longer seconds at K = 4 are the machine's cores set up four emulated
+  servers at once, not tether doing more work per server.
+
+The emulated account holds the bench's SSH key (``tether.testing.cloud.start_cloud``): tether checks the account's
+key before it rents, as Vast.ai puts account keys on the instances created after them.
+
 Goals (the issue's): complete, recomputed_items <= recompute_bound, speedup_k >= 3.2, wall_ratio <= 1.5,
 cost_ratio <= 1.2.
 """
@@ -37,6 +46,9 @@ import contextlib
 import json
 import os
 import random
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,8 +63,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import emit, note
 from tether.checkpoint.shard import shard_of
-from tether.emulator.vast import Clock, HostHandle, VastEmulator, load_offer_book
-from tether.testing.sshd import SshdHost, generate_key
+from tether.emulator.vast import VastEmulator
+from tether.testing.cloud import start_cloud
 
 EXPERIMENT = """\
 import os, sys, time
@@ -97,30 +109,49 @@ allow_spending = true
 """
 
 
-class Cloud:
+SSH_WRAPPER = """#!/bin/sh
+# Counts every ssh tether starts (its own and rsync's): one line per call, then the real ssh.
+printf '%s %s\\n' "$(date +%s.%N)" "$*" >> {log}
+exec {ssh} "$@"
+"""
+
+
+class Bench:
+    """The emulator (``tether.testing.cloud``: real sshd hosts, the bench's key on the account, as rentals check it)
+    and an ``ssh`` first on the CLI's PATH that logs each call (SSH round trips per shard start)."""
+
     def __init__(self, base: Path) -> None:
         self.base = base
-        self.key = generate_key(base / "user-key" / "id_ed25519", "tether-bench-user")
-        self.hosts: dict[int, SshdHost] = {}
-        self.emulator = VastEmulator(
-            load_offer_book(), loading_s=1.0, clock=Clock(realtime=True), host_factory=self._factory
-        )
+        self.cloud = start_cloud(base / "vast-hosts", base / "user-key" / "id_ed25519")
+        self.key = self.cloud.key
+        real_ssh = shutil.which("ssh")
+        if real_ssh is None:
+            raise SystemExit("ssh is not installed")
+        self.bin = base / "bin"
+        self.bin.mkdir()
+        self.ssh_log = base / "ssh.log"
+        wrapper = self.bin / "ssh"
+        wrapper.write_text(SSH_WRAPPER.format(log=shlex.quote(str(self.ssh_log)), ssh=shlex.quote(real_ssh)))
+        wrapper.chmod(0o755)
 
-    def _factory(self, instance_id: int) -> HostHandle:
-        host = SshdHost(self.base / "vast-hosts" / f"instance-{instance_id}")
-        host.authorized_keys.write_text(self.key.with_name("id_ed25519.pub").read_text())
-        host.start()
-        self.hosts[instance_id] = host
-        return host
+    @property
+    def emulator(self) -> VastEmulator:
+        return self.cloud.emulator
 
     def root_of(self, instance_id: int) -> Path:
-        return self.base / "vast-hosts" / f"instance-{instance_id}" / "root"
+        return self.cloud.root_of(instance_id)
+
+    def ssh_calls(self) -> list[tuple[float, str]]:
+        out: list[tuple[float, str]] = []
+        with contextlib.suppress(OSError):
+            for line in self.ssh_log.read_text().splitlines():
+                at, _, argv = line.partition(" ")
+                with contextlib.suppress(ValueError):
+                    out.append((float(at), argv))
+        return out
 
     def close(self) -> None:
-        self.emulator.stop()
-        for host in self.hosts.values():
-            host.kill_tmux()
-            host.stop()
+        self.cloud.close()
 
 
 def kill_runs(root: Path) -> None:
@@ -148,11 +179,11 @@ def ok_ids(path: Path) -> set[str]:
     return out
 
 
-def project(cloud: Cloud, name: str, items: int, ms: float) -> tuple[Path, Path]:
+def project(cloud: Bench, name: str, items: int, ms: float) -> tuple[Path, Path]:
     root = cloud.base / name / "proj"
     root.mkdir(parents=True)
     (root / "work.py").write_text(EXPERIMENT)
-    toml = TOML.format(name=name, items=items, ms=ms, seconds=ms / 1000, key=cloud.key, base=cloud.base / "vast-hosts")
+    toml = TOML.format(name=name, items=items, ms=ms, seconds=ms / 1000, key=cloud.key, base=cloud.cloud.base)
     (root / "tether.toml").write_text(toml)
     home = cloud.base / name / "home"
     home.mkdir()
@@ -160,7 +191,7 @@ def project(cloud: Cloud, name: str, items: int, ms: float) -> tuple[Path, Path]
 
 
 def run(
-    cloud: Cloud, name: str, shards: int, items: int, ms: float, faults: list[tuple[float, str]] | None, seed: int
+    cloud: Bench, name: str, shards: int, items: int, ms: float, faults: list[tuple[float, str]] | None, seed: int
 ) -> dict[str, Any]:
     root, home = project(cloud, name, items, ms)
     env = {
@@ -169,6 +200,7 @@ def run(
         "VAST_URL": cloud.emulator.url,
         "VAST_API_KEY": cloud.emulator.api_key,
         "HOME": str(cloud.base / "home"),
+        "PATH": f"{cloud.bin}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     env.pop("TETHER_AGENT_STATUS", None)
     argv = [
@@ -189,6 +221,7 @@ def run(
         "30s",
     ]
     before = set(cloud.emulator.instances)
+    began = time.time()
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     bound = [0]
@@ -224,7 +257,16 @@ def run(
             with contextlib.suppress(OSError, ValueError, TypeError):
                 rec = json.loads(record.read_text())
                 busy += float(rec["ended"]) - float(rec["started"])
+    calls = cloud.ssh_calls()
+    setups: list[tuple[float, int]] = []
+    for inst in mine:
+        host = cloud.cloud.hosts.get(inst.id)
+        found = setup_of(calls, host.port, began) if host is not None else None
+        if found is not None:
+            setups.append(found)
     return {
+        "setup_s": sum(x[0] for x in setups) / len(setups) if setups else None,
+        "ssh_calls": sum(x[1] for x in setups) / len(setups) if setups else None,
         "busy_s": busy,
         "wall_s": wall,
         "billed_usd": billed,
@@ -240,7 +282,7 @@ def run(
 
 
 def inject(
-    cloud: Cloud,
+    cloud: Bench,
     name: str,
     home: Path,
     t0: float,
@@ -280,6 +322,18 @@ def inject(
         note(f"  injected: {injected[-1]}")
 
 
+def setup_of(calls: list[tuple[float, str]], port: int, since: float) -> tuple[float, int] | None:
+    """(seconds, ssh calls) from tether's first ssh to a server until the call that starts the shard's run there
+    (``tmux new-session``); the calls that only ask a control master (``-O``) are not round trips. None when no run
+    was started there."""
+    mine = [(at, argv) for at, argv in calls if at >= since and re.search(rf"(^| )-p {port}( |$)", argv)]
+    start = next((at for at, argv in mine if "new-session" in argv), None)
+    if not mine or start is None:
+        return None
+    trips = [at for at, argv in mine if at <= start and " -O " not in f" {argv} "]
+    return start - mine[0][0], len(trips)
+
+
 def label_shard(label: str) -> int:
     name = label.rsplit(":", 1)[-1]
     return int(name.rsplit("-", 2)[-2][1:])
@@ -295,6 +349,16 @@ def cheapest_bound(prices: list[float], shards: int, items: int, item_s: float) 
     return sum(busy * price / 3600.0 for busy, price in zip(per_shard, offers[:shards], strict=False))
 
 
+def rounded(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
+
+
+def setup_line(r: dict[str, Any]) -> str:
+    if r["setup_s"] is None:
+        return "set-up not measured"
+    return f"set-up {r['setup_s']:.2f} s and {r['ssh_calls']:.1f} SSH round trips per shard start"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--items", type=int, default=2000)
@@ -302,15 +366,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=7)
     a = p.parse_args()
     base = Path(tempfile.mkdtemp(prefix="tether-bench-managed-"))
-    cloud = Cloud(base)
-    cloud.emulator.start()
+    cloud = Bench(base)
     try:
         note(f"clean K=1: {a.items} items of {a.item_ms:g} ms")
         k1 = run(cloud, "clean-k1", 1, a.items, a.item_ms, None, a.seed)
-        note(f"  {k1['wall_s']:.1f} s, ${k1['billed_usd']:.6f}")
+        note(f"  {k1['wall_s']:.1f} s, ${k1['billed_usd']:.6f}, {setup_line(k1)}")
         note("clean K=4")
         k4 = run(cloud, "clean-k4", 4, a.items, a.item_ms, None, a.seed)
-        note(f"  {k4['wall_s']:.1f} s, ${k4['billed_usd']:.6f}")
+        note(f"  {k4['wall_s']:.1f} s, ${k4['billed_usd']:.6f}, {setup_line(k4)}")
         rng = random.Random(a.seed)
         span = k4["wall_s"]
         moments = sorted(rng.uniform(0.2 * span, 0.75 * span) for _ in range(4))
@@ -350,6 +413,13 @@ def main() -> None:
         "busy_per_item_ms": round(item_s * 1000, 3),
         "cost_ratio": round(bad["billed_usd"] / lower, 3) if lower else None,
         "cost_ratio_clean_k4": round(k4["billed_usd"] / lower, 3) if lower else None,
+        # Set-up per shard start (tether's first ssh to the server -> the run started there), K = 1 against K = 4:
+        # what four emulated set-ups at once cost on this machine's cores, measured rather than assumed.
+        "setup_s_per_shard_k1": rounded(k1["setup_s"]),
+        "setup_s_per_shard_k4": rounded(k4["setup_s"]),
+        "ssh_round_trips_per_shard_k1": rounded(k1["ssh_calls"]),
+        "ssh_round_trips_per_shard_k4": rounded(k4["ssh_calls"]),
+        "cpu_cores": os.cpu_count(),
         "servers_left_billing": bad["left_billing"] + k4["left_billing"] + k1["left_billing"],
     }
     figures["goal_met"] = bool(

@@ -19,8 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from tether.testing import FAKES
+
 ROOT = Path(__file__).resolve().parents[1]
-FAKES = ROOT / "tests" / "fakes"
 WORKER = ROOT / "tests" / "integration" / "registry" / "registry_worker.py"
 SHAPES = {"1x24": ([24564 / 1024], 12.0), "2x48": ([49140 / 1024] * 2, 40.0), "8x80": ([80.0] * 8, 150.0)}
 

@@ -11,8 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-#: The fake nvidia-smi (real output formats; FAKE_NVIDIA_SMI chooses the GPUs) lives here.
-FAKES = Path(__file__).resolve().parent / "fakes"
+from tether.testing import FAKES as FAKES  # the fake nvidia-smi (real output formats; FAKE_NVIDIA_SMI chooses GPUs)
 
 
 def fake_gpu_env(mode: str) -> dict[str, str]:

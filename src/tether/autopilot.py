@@ -24,16 +24,7 @@ from tether.fmt import duration
 from tether.hosts import Target, host_target
 from tether.providers import Provider, provider_for
 from tether.state import InstanceRecord, State
-
-
-def entered_state_at(st: State, rec: InstanceRecord) -> float:
-    """When the instance entered its current state, from the ledger (the first of the last run of equal states)."""
-    since = rec.updated
-    for event in reversed(st.events(rec.name)):
-        if event.state != rec.state or (rec.instance_id and event.instance_id != rec.instance_id):
-            break
-        since = event.ts
-    return since
+from tether.state import entered_state_at as entered_state_at  # its home is the ledger's module
 
 
 def more_work_for(ctx: Ctx, rec: InstanceRecord) -> bool:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tether.errors import ConfigError
+from tether.vocab import NAME_RULE, PROJECT_NAME_RULE, check_project_name
 
 if TYPE_CHECKING:
     # Re-exported (explicitly, for mypy): at run time they come from __getattr__ below.
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONFIG_NAME",
     "NAME_RULE",
+    "PROJECT_NAME_RULE",
     "ExperimentConfig",
     "HostConfig",
     "Kind",
@@ -45,6 +47,7 @@ __all__ = [
     "ProjectConfig",
     "TetherConfig",
     "VastConfig",
+    "check_project_name",
     "discover",
     "find_config",
     "folder_name",
@@ -54,8 +57,6 @@ __all__ = [
 
 CONFIG_NAME = "tether.toml"
 
-#: What an experiment or host name may be: it becomes part of run ids, folders and file names.
-NAME_RULE = "letters, digits, '.', '_' and '-', not starting with '-'"
 
 #: The models live in :mod:`tether.config_models` and are imported from there on first use.
 _MODELS = (
@@ -343,18 +344,3 @@ def main():
 if __name__ == "__main__":
     main()
 '''
-
-
-def check_project_name(name: str) -> str | None:
-    """Why ``name`` cannot be a project's name (it names the server folder and labels rentals), or None."""
-    if not name or not (name[0].isascii() and name[0].isalnum()):
-        return f"{name!r} is not a valid project name: it must start with a letter or a digit ({PROJECT_NAME_RULE})"
-    bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "._-"))})
-    if bad:
-        shown = ", ".join(repr(c) for c in bad)
-        return f"{name!r} is not a valid project name: {shown} may not be in it ({PROJECT_NAME_RULE})"
-    return None
-
-
-#: What a project name may be, in words (the rule of :func:`check_project_name`).
-PROJECT_NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or a digit"

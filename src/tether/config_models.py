@@ -16,9 +16,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tether.config import NAME_RULE, check_project_name
 from tether.errors import ConfigError
 from tether.fmt import close_matches
+from tether.vocab import NAME_RULE, check_project_name
 
 Kind = Literal["api", "inference", "finetune", "local"]
 

@@ -77,11 +77,14 @@ class PlanEntry:
         }
 
 
-def estimate_duration(exp: ExperimentConfig) -> float | None:
-    """Seconds one run takes (``items x item_seconds / concurrency``), or None when a figure is missing."""
-    if exp.items is None or exp.item_seconds is None:
+def estimate_duration(exp: ExperimentConfig, items: int | None = None) -> float | None:
+    """Seconds ``items`` items take (``items x item_seconds / concurrency``; by default the experiment's ``items``:
+    one whole run), or None when a figure is missing. The one duration estimate of tether: plans, ``tether vast
+    offers --for`` and a managed run's shards (``items`` left in a shard) use it."""
+    count = exp.items if items is None else items
+    if count is None or exp.item_seconds is None:
         return None
-    return exp.items * exp.item_seconds / max(1, exp.concurrency)
+    return max(0, count) * exp.item_seconds / max(1, exp.concurrency)
 
 
 def _minutes(seconds: float) -> str:

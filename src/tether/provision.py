@@ -24,6 +24,7 @@ from tether.errors import CommandFailed, ConfigError, RemoteError, SyncError
 from tether.hosts import Target, remote_server_argv
 from tether.paths import tether_home
 from tether.server.notify import NOTIFY_FILE
+from tether.transport.ssh import put_bytes_argv
 
 #: Never pushed: version control, caches, virtualenvs, secrets (uploaded separately), tether's own files. The
 #: ``env_file`` named in ``[project]`` is excluded too (:func:`env_exclude`).
@@ -43,7 +44,7 @@ ALWAYS_EXCLUDED = [
     ".env",
 ]
 IGNORE_FILE = ".tetherignore"
-SERVER_PARTS = ("__init__.py", "errors.py", "vocab.py", "py.typed", "checkpoint", "server")
+SERVER_PARTS = ("__init__.py", "errors.py", "vocab.py", "retry.py", "py.typed", "checkpoint", "server")
 
 
 def _rsync_literal(path: str) -> str:
@@ -189,13 +190,19 @@ def install_server_side(target: Target) -> str:
     return version
 
 
+def setup_argv(path: str) -> list[str]:
+    """Store setup.sh (given on stdin) at ``path`` with mode 0700, atomically, and run it: one round trip."""
+    argv = put_bytes_argv(path, 0o700)
+    argv[2] += '; exec bash -- "$dest"'
+    return argv
+
+
 def run_setup(project: Project, target: Target) -> bool:
     """Run setup.sh on the target; True if it did work, False if it had run before (same script)."""
     script = setup_script.render(project, target.root, target.python, no_auto_tmux=target.rented)
     path = f"{target.root}/{vocab.SETUP_SCRIPT}"
     try:
-        target.transport.put_bytes(script.encode(), path, 0o700)
-        result = target.transport.run(["bash", path], timeout=3600)
+        result = target.transport.run(setup_argv(path), input=script.encode(), timeout=3600)
     except CommandFailed as exc:
         raise _disk_full(exc, target, "setup") or CommandFailed(
             f"setup.sh failed on {target.name}.", (exc.output or "")[-2000:], exc.returncode, exc.output

@@ -20,7 +20,7 @@ from tether import vocab
 from tether.context import Ctx
 from tether.errors import CommandFailed, RemoteError, TetherError
 from tether.hosts import LOCAL, Target, resolve
-from tether.state import RunRecord, State
+from tether.state import RunRecord, State, entered_state_at
 from tether.transport import tmux
 
 if TYPE_CHECKING:
@@ -357,7 +357,6 @@ def _rented_down(ctx: Ctx, name: str) -> HostProgress | None:
     rec = ctx.state.instance(name)
     if rec is None or rec.state in ("running", "gone", "creating") or name in ctx.project.config.hosts:
         return None
-    from tether.autopilot import entered_state_at
     from tether.fmt import iso
 
     since = entered_state_at(ctx.state, rec)

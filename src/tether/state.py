@@ -751,6 +751,16 @@ def _instance(row: sqlite3.Row) -> InstanceRecord:
     )
 
 
+def entered_state_at(st: State, rec: InstanceRecord) -> float:
+    """When the instance entered its current state, from the ledger (the first of the last run of equal states)."""
+    since = rec.updated
+    for event in reversed(st.events(rec.name)):
+        if event.state != rec.state or (rec.instance_id and event.instance_id != rec.instance_id):
+            break
+        since = event.ts
+    return since
+
+
 def _managed_run_row(run: ManagedRunRecord) -> tuple[Any, ...]:
     out = []
     for name in MANAGED_RUN_FIELDS:

@@ -52,6 +52,25 @@ def is_final(status: str) -> bool:
     return status in FINAL_STATUSES
 
 
+# ------------------------------------------------------------------------------------------ names
+#: What an experiment or host name may be: it becomes part of run ids, folders and file names.
+NAME_RULE = "letters, digits, '.', '_' and '-', not starting with '-'"
+
+#: What a project name may be, in words (the rule of :func:`check_project_name`).
+PROJECT_NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or a digit"
+
+
+def check_project_name(name: str) -> str | None:
+    """Why ``name`` cannot be a project's name (it names the server folder and labels rentals), or None."""
+    if not name or not (name[0].isascii() and name[0].isalnum()):
+        return f"{name!r} is not a valid project name: it must start with a letter or a digit ({PROJECT_NAME_RULE})"
+    bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "._-"))})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        return f"{name!r} is not a valid project name: {shown} may not be in it ({PROJECT_NAME_RULE})"
+    return None
+
+
 # ------------------------------------------------------------------------------------------ server layout
 TETHER_DIR = ".tether"
 """tether's own files under a workspace root."""

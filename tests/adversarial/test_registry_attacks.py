@@ -17,11 +17,8 @@ from typing import Any
 import pytest
 
 import tether
-from tests.registry_fixtures import gpus, reg_path, registry
 from tether.errors import NoRoom
 from tether.server.registry import Registry, iso
-
-__all__ = ["gpus", "reg_path", "registry"]
 
 SRC = str(Path(tether.__file__).resolve().parents[1])
 

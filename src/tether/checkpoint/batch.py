@@ -11,7 +11,6 @@ import json
 import math
 import os
 import queue
-import random
 import signal
 import sys
 import threading
@@ -36,6 +35,7 @@ from tether.checkpoint._http import (
 )
 from tether.checkpoint.journal import Checkpoint, CheckpointWarning, ItemId
 from tether.errors import CheckpointError
+from tether.retry import backoff_step, equal_jitter, jitter_up
 
 T = TypeVar("T")
 
@@ -115,9 +115,8 @@ def backoff_delay(
     with equal jitter (between half and all of it). A Retry-After of 0 or in the past backs off exponentially."""
     asked, _ = _bounded_retry_after(exc, max_retry_after)
     if asked is not None:
-        return asked * (1.0 + 0.1 * random.random())
-    step = min(cap, base * (2.0**attempt))
-    return step / 2 + random.uniform(0, step / 2)
+        return jitter_up(asked)
+    return equal_jitter(backoff_step(attempt, base, cap))
 
 
 def without_sdk_retries(client: Any) -> Any:
@@ -661,7 +660,7 @@ async def arun_batch(
                             )
                         if (stale or attempt < retries) and retryable(error):
                             if delay is not None:
-                                wait = delay * (1.0 + 0.1 * random.random())
+                                wait = jitter_up(delay)
                             else:
                                 wait = backoff_delay(error, attempt, backoff, max_backoff, max_retry_after)
                             await asyncio.sleep(wait)

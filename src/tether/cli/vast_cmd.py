@@ -8,13 +8,14 @@ import click
 
 from tether import autopilot, rentals
 from tether import status as status_core
-from tether.autopilot import entered_state_at
 from tether.cli.common import context, duration, emit_json, json_option, load_project, new_table, out, say, state, warn
 from tether.cost import rate_kind
 from tether.errors import ConfigError
 from tether.fmt import iso
+from tether.plan import estimate_duration
 from tether.profiles import estimate_cost
 from tether.providers import provider_for
+from tether.state import entered_state_at
 
 
 @click.command()
@@ -43,12 +44,13 @@ def offers(
     hours: float | None = None
     if for_exp:
         exp = project.experiment(for_exp)
-        if exp.items is None or exp.item_seconds is None:
+        seconds = estimate_duration(exp)
+        if seconds is None:
             raise ConfigError(
                 f"Experiment {for_exp!r} has no items or item_seconds, so its cost cannot be estimated.",
                 f"Add items = N and item_seconds = S under [experiments.{for_exp}].",
             )
-        hours = exp.items * exp.item_seconds / exp.concurrency / 3600
+        hours = seconds / 3600
         if profile is None and query is None:
             from tether.profiles import profile_for_kind
 

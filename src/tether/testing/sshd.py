@@ -99,6 +99,10 @@ def _wait_gone(pid: int, deadline: float) -> bool:
     return False
 
 
+class _PortTaken(Exception):
+    """sshd could not bind the port this host chose: another process took it first."""
+
+
 class SshdHost:
     """One real sshd on 127.0.0.1 with its own keys and its own root directory.
 
@@ -119,6 +123,7 @@ class SshdHost:
         self.host = "127.0.0.1"
         self.user = user or getpass.getuser()
         self.port = port or free_port()
+        self._own_port = port is None  # a port this host chose may be taken by the time sshd binds it: choose again
         self.root_dir = base_dir / "root"
         self.etc_dir = base_dir / "sshd"
         self.host_key = self.etc_dir / "ssh_host_ed25519_key"
@@ -234,11 +239,24 @@ class SshdHost:
             self._write_login_hook()
 
     def start(self) -> None:
-        """Start sshd and wait (with a deadline) until it answers with an SSH banner."""
+        """Start sshd and wait (with a deadline) until it answers with an SSH banner. When the port this host chose
+        was taken in the meantime (another test process may bind the same free port first), it chooses another."""
+        for _ in range(5):
+            try:
+                self._start_once()
+                return
+            except _PortTaken:
+                old = self.port
+                while self.port == old:
+                    self.port = free_port()
+        self._start_once()
+
+    def _start_once(self) -> None:
         if self.pid is not None:
             return
         Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
         self._write_config()
+        logged = self.log_file.stat().st_size if self.log_file.exists() else 0
         with self.log_file.open("ab") as log:
             self._proc = subprocess.Popen(
                 [self.sshd, "-D", "-e", "-f", str(self.config_file)],
@@ -249,9 +267,16 @@ class SshdHost:
             )
         deadline = time.monotonic() + START_DEADLINE
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
+            code = self._proc.poll()
+            if code is not None:
+                self._proc = None
+                with self.log_file.open("rb") as log:
+                    log.seek(logged)
+                    said = log.read().decode(errors="replace")
+                if self._own_port and "Address already in use" in said:
+                    raise _PortTaken(self.port)
                 raise TetherError(
-                    f"sshd on port {self.port} exited at start with code {self._proc.returncode}.",
+                    f"sshd on port {self.port} exited at start with code {code}.",
                     hint=f"See its log: {self.log_file}",
                 )
             if self._banner():

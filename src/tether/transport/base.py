@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tether.errors import CommandFailed
+from tether.retry import Backoff as Backoff  # the one retry schedule; named here for the transports
 
 #: How many bytes of a failed command's output are kept on the error.
 OUTPUT_TAIL_BYTES = 4000
@@ -186,19 +187,6 @@ def command_failed(argv: Sequence[str], result: Completed, where: str) -> Comman
         returncode=result.returncode,
         output=tail,
     )
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """A bounded retry schedule: ``retries`` extra attempts, waiting ``first``, ``first*factor``, … (capped)."""
-
-    retries: int = 3
-    first: float = 1.0
-    factor: float = 2.0
-    cap: float = 15.0
-
-    def delays(self) -> list[float]:
-        return [min(self.cap, self.first * self.factor**i) for i in range(self.retries)]
 
 
 def sleep_before_retry(seconds: float) -> None:

@@ -20,6 +20,7 @@ counts as success: everything else arrived, and the next pull brings the new fil
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -50,10 +51,22 @@ def _dir(path: str) -> str:
 
 
 def push_argv(
-    local_dir: Path, dest: str, *, rsh: str | None = None, excludes: Sequence[str] = (), delete: bool = False
+    local_dir: Path,
+    dest: str,
+    *,
+    rsh: str | None = None,
+    excludes: Sequence[str] = (),
+    delete: bool = False,
+    make_dir: str | None = None,
 ) -> list[str]:
-    """rsync argv copying the contents of ``local_dir`` into ``dest`` (``host:path`` or a local path)."""
+    """rsync argv copying the contents of ``local_dir`` into ``dest`` (``host:path`` or a local path).
+
+    ``make_dir``: a remote folder the receiving side makes (``mkdir -p``) before its rsync starts, in the same
+    connection (``--rsync-path``), so a push to a new folder is one round trip, not two.
+    """
     argv = _common(rsh)
+    if make_dir is not None:
+        argv.append(f"--rsync-path=mkdir -p -- {shlex.quote(make_dir)} && rsync")
     if delete:
         argv.append("--delete-delay")
     argv += [f"--exclude={pattern}" for pattern in excludes]

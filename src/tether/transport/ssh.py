@@ -399,13 +399,13 @@ class SSHTransport:
     def push(
         self, local_dir: Path, remote_dir: str, *, excludes: Sequence[str] = (), delete: bool = False
     ) -> SyncStats:
-        self.run(["mkdir", "-p", "--", remote_dir])
         argv = rsync_mod.push_argv(
             local_dir.absolute(),
             self._rsync_spec(remote_dir),
             rsh=self._rsh(),
             excludes=excludes,
             delete=delete,
+            make_dir=remote_dir,  # made by the receiving side in the same connection: one round trip
         )
         return self._rsync(argv, "push")
 

@@ -74,11 +74,14 @@ def test_huge_retry_after_is_capped_and_said_once(server: FakeLLMServer, tmp_pat
 
 
 def test_http_date_retry_after_is_honoured(server: FakeLLMServer, tmp_path: Path) -> None:
-    when = email.utils.formatdate(time.time() + 2, usegmt=True)  # whole seconds: 1 to 2 s from now
+    # A minute away: still ahead when the answer is read, however slow this machine (a date a second or two away
+    # may have passed by then); the cap makes the wait short and the warning says what the date asked for.
+    when = email.utils.formatdate(time.time() + 60, usegmt=True)
     server.configure(script=[(429, {"retry-after": when})])
-    summary = batch(server.url, [1], tmp_path, backoff=0.01)
+    with pytest.warns(CheckpointWarning, match=r"asked to wait \d+(\.\d+)? s .* waiting 0.3 s instead"):
+        summary = batch(server.url, [1], tmp_path, backoff=0.01, max_retry_after=0.3)
     assert summary.completed == 1
-    assert gaps(server)[0] >= 0.9  # not the 0.01 s backoff: the date was read
+    assert gaps(server)[0] >= 0.3  # not the 0.01 s backoff: the date was read (a sleep never ends early)
 
 
 def test_garbage_retry_after_is_ignored(server: FakeLLMServer, tmp_path: Path) -> None:
@@ -138,13 +141,20 @@ def test_a_client_in_the_closure_that_retries_is_seen_before_any_call(server: Fa
     assert summary.completed == 1
 
 
-def test_adaptive_concurrency_rejects_fewer_calls_than_a_fixed_one(server: FakeLLMServer, tmp_path: Path) -> None:
-    rejected: dict[bool, int] = {}
+def test_adaptive_concurrency_shrinks_under_pushback_and_a_fixed_one_does_not(
+    server: FakeLLMServer, tmp_path: Path
+) -> None:
+    # Counts only: the provider refuses exactly the first eight calls, whatever the pace of this machine (how many
+    # calls a rate limit refuses depends on timing; bench/ratelimit.py prints that ratio). Eight retries: no item
+    # can run out of them, however the refusals fall.
     for adaptive in (True, False):
-        server.configure(rps=40, latency_s=0.1)  # a few calls in flight fill it
-        summary = batch(server.url, range(120), tmp_path / str(adaptive), concurrency=32, adaptive=adaptive)
-        rejected[adaptive] = server.stats()["by_status"].get("429", 0)
+        server.configure(script=[(429, {"retry-after": "0"})] * 8)
+        summary = batch(
+            server.url, range(60), tmp_path / str(adaptive), concurrency=32, adaptive=adaptive, backoff=0.01, retries=8
+        )
+        assert summary.completed == 60 and summary.failed == 0
+        assert summary.pushbacks == server.stats()["by_status"]["429"] == 8
         if adaptive:
-            assert summary.completed == 120 and summary.failed == 0
-            assert summary.min_concurrency < 32 and summary.pushbacks == rejected[True]
-    assert rejected[True] * 2 < rejected[False]
+            assert summary.min_concurrency < 32
+        else:
+            assert summary.min_concurrency == summary.concurrency == 32

@@ -165,3 +165,14 @@ def test_sha256_of_pulled_files_match(sshd_host: SshdHost, connect: Connect) -> 
             hashlib.sha256((local / name).read_bytes()).digest()
             == hashlib.sha256((remote / name).read_bytes()).digest()
         )
+
+
+def test_a_push_to_a_new_folder_is_one_round_trip(sshd_host: SshdHost, connect: Connect, recorder: Any) -> None:
+    code = sshd_host.base_dir / "code"
+    (code / "pkg").mkdir(parents=True)
+    (code / "pkg" / "m.py").write_text("x = 1\n")
+    remote = sshd_host.root_dir / "new deep" / "proj"
+    t = connect(sshd_host, runner=recorder)
+    t.push(code, str(remote))
+    assert (remote / "pkg" / "m.py").read_text() == "x = 1\n"
+    assert [argv[0] for argv in recorder.argvs if "-O" not in argv] == ["rsync"]  # no `mkdir` call before it

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.errors import SSHError
+from tether.errors import SSHError, TetherError
 from tether.testing.proxy import CutProxy
 from tether.testing.sshd import SshdHost
 from tether.transport.base import Backoff
@@ -72,3 +72,30 @@ def test_cut_proxy_forwards_and_cuts(cut_proxy: Callable[[int], CutProxy], tmp_p
     assert proxy.cuts == 1
     for sock in (client, upstream, server):
         sock.close()
+
+
+def test_a_host_whose_chosen_port_was_taken_starts_on_another(tmp_path: Path, connect: Connect) -> None:
+    # Test processes side by side (pytest -n) may pick the same free port: the one that binds second moves on.
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))  # bound, not listening: sshd cannot bind it and nothing answers there
+    host = SshdHost(tmp_path / "h")
+    host.port = taken.getsockname()[1]
+    try:
+        host.start()
+        assert host.port != taken.getsockname()[1] and host.pid is not None
+        assert connect(host).run(["echo", "moved"]).text() == "moved\n"
+    finally:
+        host.stop()
+        taken.close()
+
+
+def test_a_port_given_by_the_caller_is_kept_or_refused(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    host = SshdHost(tmp_path / "h", port=taken.getsockname()[1])
+    try:
+        with pytest.raises(TetherError, match="exited at start"):
+            host.start()
+    finally:
+        host.stop()
+        taken.close()

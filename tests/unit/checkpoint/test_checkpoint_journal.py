@@ -290,12 +290,13 @@ def test_progress_file_is_readable_from_outside_and_final_replaces_it(tmp_path: 
 
 
 def test_progress_not_rewritten_on_every_item(tmp_path: Path) -> None:
-    ck = Checkpoint(tmp_path).open()  # default: at most every second
+    # An interval no run of this test reaches, however loaded the machine: the count does not depend on its pace.
+    ck = Checkpoint(tmp_path, progress_interval=3600).open()
     for i in range(200):
         ck.record(i, i)
     written = ck.stats["progress_bytes"]
     one = len((tmp_path / "results.progress.json").read_bytes())
-    assert written < 5 * one
+    assert written <= one
     ck.close()
 
 

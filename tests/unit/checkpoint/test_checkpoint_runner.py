@@ -237,14 +237,30 @@ def test_python_version_floor_is_honoured_by_the_sources() -> None:
     import ast
 
     import tether.checkpoint as pkg
+    import tether.retry
 
-    for path in Path(pkg.__file__).parent.glob("*.py"):
+    for path in [*Path(pkg.__file__).parent.glob("*.py"), Path(tether.retry.__file__)]:
         tree = ast.parse(path.read_text(), feature_version=(3, 8))
         for node in ast.walk(tree):
             assert not isinstance(node, ast.Match), path
             if isinstance(node, ast.ImportFrom):
                 assert (
                     node.module is None
-                    or node.module.startswith(("tether.checkpoint", "tether.errors"))
+                    or node.module.startswith(("tether.checkpoint", "tether.errors", "tether.retry"))
                     or (node.module.split(".")[0] in sys.stdlib_module_names)
                 ), (path, node.module)
+
+
+def test_every_tether_module_the_library_imports_is_copied_to_servers() -> None:
+    import ast
+
+    import tether.checkpoint as pkg
+    from tether.provision import server_lib_stage
+
+    stage, _ = server_lib_stage()
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tether."):
+                parts = node.module.split(".")
+                module = stage.joinpath(*parts)
+                assert module.with_suffix(".py").is_file() or (module / "__init__.py").is_file(), (path, node.module)

@@ -34,6 +34,15 @@ def test_duration_is_items_times_seconds_over_concurrency() -> None:
     assert estimate_duration(exp(items=10)) is None
 
 
+def test_duration_of_some_items_is_the_same_estimate() -> None:
+    # What a managed run's shard has left: the same rule for any number of items (never below zero).
+    e = exp(items=1000, item_seconds=6, concurrency=4)
+    assert estimate_duration(e, 250) == pytest.approx(375.0)
+    assert estimate_duration(e, -3) == 0.0
+    assert estimate_duration(exp(item_seconds=2.0), 10) == pytest.approx(20.0)  # no items in tether.toml
+    assert estimate_duration(exp(items=10), 10) is None
+
+
 @pytest.mark.parametrize(
     ("e", "busy", "where", "profile", "fragment"),
     [

@@ -32,6 +32,13 @@ def test_push_argv_exact() -> None:
     ]  # fmt: skip
 
 
+def test_push_argv_makes_the_remote_folder_in_the_same_connection() -> None:
+    argv = push_argv(Path("/src/proj"), "h:/w/my proj", rsh=RSH, make_dir="/w/my proj")
+    assert "--rsync-path=mkdir -p -- '/w/my proj' && rsync" in argv
+    assert argv[-2:] == ["/src/proj/", "h:/w/my proj/"]
+    assert not any(a.startswith("--rsync-path") for a in push_argv(Path("/a"), "h:/b", rsh=RSH))
+
+
 def test_push_argv_local_without_delete() -> None:
     assert push_argv(Path("/a"), "/b/") == [
         "rsync", "-a", "--partial-dir=.rsync-partial", "--delay-updates", "--stats", "/a/", "/b/",

@@ -19,7 +19,6 @@ status, means gone. The key never appears in logs, reprs or exception messages.
 from __future__ import annotations
 
 import os
-import random
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import httpx
 
 from tether.errors import AuthError, NoCapacity, NoCredit, ProviderError, RateLimited
+from tether.retry import backoff_step, jitter_up
 
 DEFAULT_URL = "https://console.vast.ai"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -201,8 +201,7 @@ class VastClient:
         return self._api_key
 
     def _backoff(self, attempt: int) -> float:
-        wait: float = min(self.max_wait, self.backoff_base * (2**attempt))
-        return wait * (1.0 + random.uniform(0.0, 0.1))
+        return jitter_up(backoff_step(attempt, self.backoff_base, self.max_wait))
 
     def request(
         self,
