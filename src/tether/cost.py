@@ -497,7 +497,7 @@ def check_budget(policy: PolicyConfig, spent: Ledger, new_dph: float) -> None:
 
 # ------------------------------------------------------------------------------------------ policies
 
-Action = Literal["none", "stop", "destroy"]
+Action = vocab.Action  # the one type of what a controller decides (the idle policies use none, stop, destroy)
 
 
 @dataclass(frozen=True)

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Unpack
 
 from tether import cost, rentals, runs, vocab
-from tether.checkpoint import shard as shard_lib
 from tether.context import Ctx
 from tether.errors import (
     CheckpointError,
@@ -23,25 +20,40 @@ from tether.errors import (
     TetherError,
 )
 from tether.hosts import resolve
-from tether.managed.jobs import Acquired, _remote_results, acquire_job, final_job, retire_job, watching
-from tether.managed.local import _place, apply_sync, have_args, run_dir, shard_dir
+from tether.managed.jobs import (
+    Acquired,
+    _remote_results,
+    acquire_job,
+    final_job,
+    release_job,
+    retire_job,
+    watching,
+)
+from tether.managed.local import Together, apply_sync, bring_together, have_args, run_dir, shard_dir
 from tether.managed.rules import (
-    MAX_FINAL_ATTEMPTS,
+    JOB_OF,
     MAX_PROVISION_ATTEMPTS,
     RENTAL_OVERHEAD_S,
     START_GRACE_S,
-    Action,
+    Decision,
+    Ending,
+    JobKind,
+    JobResult,
+    Observation,
     Options,
     budget_refusal,
+    decide,
     failure_signature,
-    recovery_action,
-    server_name,
+    on_job,
+    retry_delay,
+    run_next,
     shard_seconds_left,
 )
 from tether.managed.views import shard_json
 from tether.providers import Instance, Provider, provider_for
 from tether.renting import observe as observe_instance
-from tether.state import ManagedRunRecord, ManagedShardRecord
+from tether.state import ManagedRunRecord, ManagedShardRecord, ShardUpdate
+from tether.vocab import Action
 
 # ------------------------------------------------------------------------------------------ the controller
 
@@ -79,8 +91,34 @@ class _Cancelled(Exception):
 JOB_KINDS = ("acquire", "final", "retire")
 
 
+def job_result(kind: JobKind, fut: Future[Any]) -> JobResult:
+    """How a job ended, as the rules read it (an exception becomes the error it says; a bug is reported, never
+    left to leave a server unwatched)."""
+    try:
+        result = fut.result()
+    except PolicyRefusal as exc:
+        return JobResult(kind, False, f"{exc.message} {exc.hint or ''}".strip(), refused=True)
+    except CommandFailed as exc:
+        if kind == "acquire" and exc.message.startswith("Run "):
+            # The experiment failed at once on its new server: a failure of the experiment, not of the server.
+            signature = failure_signature(exc.returncode, vocab.FAILED, exc.output)
+            return JobResult(kind, False, exc.message, run_failure=signature, log_tail=exc.output)
+        return JobResult(kind, False, exc.message)
+    except CheckpointError as exc:
+        return JobResult(kind, False, exc.message, permanent=True)
+    except TetherError as exc:
+        return JobResult(kind, False, exc.message)
+    except Exception as exc:
+        return JobResult(kind, False, f"{type(exc).__name__}: {exc}")
+    if isinstance(result, Acquired):
+        return JobResult(kind, True, adopted=result.adopted, server=result.server)
+    return JobResult(kind, True)
+
+
 class Controller:
-    """The loop of one managed run (see the module docstring). ``tick()`` is one look at everything."""
+    """The loop of one managed run (see the package docstring). ``tick()`` is one look at everything: it gathers
+    observations, asks :mod:`tether.managed.rules` for a decision per shard, and applies each in :meth:`apply`,
+    the one place where records change and actions run. The clock is the context's."""
 
     def __init__(self, ctx: Ctx, run: ManagedRunRecord, opts: Options) -> None:
         self.ctx = ctx
@@ -90,9 +128,9 @@ class Controller:
         self.opts = opts
         self.exp = ctx.project.experiment(run.experiment)
         self.pool = ThreadPoolExecutor(max_workers=max(2, run.shards), thread_name_prefix="managed")
-        self.jobs: dict[int, tuple[str, Future[Any]]] = {}
+        self.jobs: dict[int, tuple[JobKind, Future[Any]]] = {}
         self._provider: Provider | None = None
-        self._last_sync = 0.0
+        self._last_sync: float | None = None
         self._said: dict[int, str] = {}
         self._offer_dph: tuple[float, float] | None = None  # (when, cheapest $/hr)
 
@@ -102,6 +140,9 @@ class Controller:
         rec = self.st.managed_run(self.id)
         assert rec is not None
         return rec
+
+    def now(self) -> float:
+        return self.ctx.now()
 
     def provider(self) -> Provider:
         if self._provider is None:
@@ -114,22 +155,22 @@ class Controller:
             self._provider.close()
             self._provider = None
 
+    def say(self, text: str) -> None:
+        self.ctx.say(f"{self.id}: {text}")
+
     def say_once(self, shard: int, text: str) -> None:
         if self._said.get(shard) != text:
             self._said[shard] = text
-            self.ctx.say(text)
+            self.say(text)
 
     def shard(self, i: int) -> ManagedShardRecord:
         return next(s for s in self.st.managed_shards(self.id) if s.shard == i)
 
-    def update(self, i: int, **changes: Any) -> ManagedShardRecord:
+    def update(self, i: int, **changes: Unpack[ShardUpdate]) -> ManagedShardRecord:
         return self.st.update_managed_shard(self.id, i, **changes)
 
-    def submit(self, i: int, kind: str, fn: Callable[..., Any], *args: Any) -> None:
-        self.jobs[i] = (kind, self.pool.submit(fn, self.project, self.st.path, self.ctx.say, *args))
-
     def spent(self) -> float:
-        led = cost.ledger(self.st.event_log(), time.time())
+        led = cost.ledger(self.st.event_log(), self.now())
         prefix = self.id + "-s"
         return sum(c.total_usd for name, c in led.by_instance.items() if name.startswith(prefix))
 
@@ -148,10 +189,10 @@ class Controller:
                 except _Cancelled:
                     return self.stop_all(started, cancelled=True)
                 shards = self.st.managed_shards(self.id)
-                if all(s.status in vocab.SHARD_FINAL for s in shards) and not self.jobs:
+                nxt = run_next(shards, len(self.jobs), cancel_requested=False)
+                if nxt == "finish":
                     return self.finish(started)
-                live = [s for s in shards if s.status not in vocab.SHARD_FINAL and s.status != vocab.SHARD_PAUSED]
-                if not live and not self.jobs:
+                if nxt == "pause":
                     return self.pause(started, shards)
                 pending = [f for _kind, f in self.jobs.values()]
                 if pending:
@@ -162,28 +203,58 @@ class Controller:
             self.close()
 
     def tick(self) -> None:
-        """One look at everything: harvest finished jobs, observe servers, act, sync journals when due."""
+        """One look at everything: harvest finished jobs, observe servers, decide and act, sync when due."""
         if self.run.cancel_requested:
             raise _Cancelled
         self.harvest()
         observed = self.observe_instances()
-        now = time.time()
+        now = self.now()
         for sh in self.st.managed_shards(self.id):
-            if sh.shard in self.jobs or sh.status in vocab.SHARD_FINAL:
+            if sh.shard in self.jobs or sh.status in vocab.SHARD_FINAL or sh.status == vocab.SHARD_PAUSED:
                 continue
             if sh.retry_at is not None and now < sh.retry_at:
                 continue
             try:
-                self.step(sh, observed, now)
+                obs = self.observe(sh, observed, now)
             except _Skip:
                 continue
-        if time.monotonic() - self._last_sync >= self.run.sync_every:
-            self._last_sync = time.monotonic()
+            self.apply(sh, decide(sh, obs, now, self.opts))
+        if self._last_sync is None or now - self._last_sync >= self.run.sync_every:
+            self._last_sync = now
             self.sync_all()
         self.st.update_managed_run(self.id, cost_usd=self.spent())
 
-    def observe_instances(self) -> dict[str, Instance]:
-        """The provider's view of every server of this run (one call), keyed by server name; {} without one."""
+    def observe(self, sh: ManagedShardRecord, observed: dict[str, Instance] | None, now: float) -> Observation:
+        """What the rules need to decide about ``sh`` (the provider's view, one scan of its server when it runs,
+        the budget before a rental). Raises _Skip when the shard waits for the next tick."""
+        run_id = runs.new_run_id(self.run.experiment) + f"-s{sh.shard}"
+        inst = observed.get(sh.server) if observed is not None and sh.server else None
+        state = None if sh.own_host or inst is None else inst.state
+        obs = Observation(instance=state, provider_asked=observed is not None, run_id=run_id)
+        if sh.status == vocab.SHARD_PENDING and not sh.own_host:
+            return replace(obs, budget=self.budget_check(sh))
+        if sh.status == vocab.SHARD_FINISHING and sh.server is not None:
+            last = self.st.last_pull(sh.server)
+            home = last is not None and last.verified and last.ts >= (sh.last_seen or 0.0)
+            return replace(obs, home=home)
+        if sh.status != vocab.SHARD_RUNNING or sh.server is None:
+            return obs
+        if not sh.own_host and state != "running":
+            return obs
+        try:
+            target = watching(resolve(self.project, sh.server, self.st))
+            found = runs.observe(self.st, target).run(sh.run or "")
+        except TetherError:
+            return obs
+        young = False
+        if found is None:
+            rec = next((r for r in self.st.runs(host=sh.server) if r.id == sh.run), None)
+            young = rec is not None and now - rec.started < START_GRACE_S
+        return replace(obs, answered=True, run=found, run_young=young)
+
+    def observe_instances(self) -> dict[str, Instance] | None:
+        """The provider's view of every server of this run (one call), keyed by server name; None when the
+        provider could not be asked."""
         names = {
             s.server
             for s in self.st.managed_shards(self.id)
@@ -194,8 +265,8 @@ class Controller:
         try:
             listed = self.provider().list_instances(rentals.label_prefix(self.project) + self.id + "-s")
         except TetherError as exc:
-            self.say_once(-1, f"{self.id}: could not ask the provider for its servers ({exc.message}); retrying.")
-            return {}
+            self.say_once(-1, f"could not ask the provider for its servers ({exc.message}); retrying.")
+            return None
         by_id = {i.id: i for i in listed}
         out: dict[str, Instance] = {}
         for name in names:
@@ -213,112 +284,59 @@ class Controller:
             out[name] = inst
         return out
 
-    # ----------------------------------------------------------------------------------------- jobs done
+    # ----------------------------------------------------------------------------------------- acting
+    def apply(self, sh: ManagedShardRecord, decision: Decision) -> None:
+        """The one place a decision takes effect: the record first (so a controller killed next is picked up from
+        it), then what to say, then the actions (sync and destroy-after-failure here; the rest as jobs)."""
+        if decision.update:
+            sh = self.update(sh.shard, **decision.update)
+        if decision.say:
+            if decision.update or decision.actions:
+                self.say(decision.say)
+            else:
+                self.say_once(sh.shard, decision.say)
+        for action in decision.actions:
+            if action == "sync":
+                self.sync_one(sh)
+            elif action == "say":
+                continue
+            elif action == "destroy":
+                assert sh.server is not None
+                with contextlib.suppress(TetherError):
+                    retire_job(self.project, self.st.path, self.ctx.say, sh.server)
+            else:
+                self.start_job(sh, action)
+
+    def start_job(self, sh: ManagedShardRecord, action: Action) -> None:
+        kind, how = JOB_OF[action]
+        run = self.run
+        args: tuple[Any, ...]
+        fn: Callable[..., Any]
+        if kind == "acquire":
+            fn, args = acquire_job, (run, sh, how)
+        elif kind == "pull":
+            fn, args = final_job, (run, sh)
+        elif kind == "release":
+            assert sh.server is not None
+            fn, args = release_job, (sh.server,)
+        else:
+            assert sh.server is not None
+            fn, args = retire_job, (sh.server,)
+        self.jobs[sh.shard] = (kind, self.pool.submit(fn, self.project, self.st.path, self.ctx.say, *args))
+
     def harvest(self) -> None:
         for i, (kind, fut) in list(self.jobs.items()):
             if not fut.done():
                 continue
             del self.jobs[i]
-            sh = self.shard(i)
-            try:
-                result = fut.result()
-            except PolicyRefusal as exc:
-                self.on_paused(sh, f"{exc.message} {exc.hint or ''}".strip())
-                continue
-            except TetherError as exc:
-                self.on_job_failed(sh, kind, exc)
-                continue
-            except Exception as exc:  # a bug must not leave a server unwatched: it is reported, the shard retried
-                self.on_job_failed(sh, kind, TetherError(f"{type(exc).__name__}: {exc}"))
-                continue
-            if kind == "acquire":
-                assert isinstance(result, Acquired)
-                how = "found running" if result.adopted else "started"
-                self.ctx.say(f"{self.id}: shard {i} {how} on {result.server} (run {result.run}).")
-                self.update(i, status=vocab.SHARD_RUNNING, last_seen=time.time(), retry_at=None, reason=None)
-            elif kind == "final":
-                self.ctx.say(f"{self.id}: shard {i} is home and verified.")
-                self.update(i, status=vocab.SHARD_COMPLETED, reason=None, completed=sh.total or sh.completed)
-            elif kind == "retire":
-                self.update(i, status=vocab.SHARD_PENDING, server=None, run=None, reason=sh.reason)
-
-    def on_paused(self, sh: ManagedShardRecord, why: str) -> None:
-        self.ctx.say(f"{self.id}: shard {sh.shard} paused: {why}")
-        status = vocab.SHARD_PAUSED
-        if sh.server and not sh.own_host and sh.status == vocab.SHARD_PROVISIONING:
-            # The reservation was dropped (nothing rented); forget the name so a resume rents afresh.
-            self.update(sh.shard, status=status, reason=why, server=None, run=None)
-        else:
-            self.update(sh.shard, status=status, reason=why)
-
-    def on_job_failed(self, sh: ManagedShardRecord, kind: str, exc: TetherError) -> None:
-        i = sh.shard
-        if kind == "acquire" and isinstance(exc, CommandFailed) and exc.message.startswith("Run "):
-            # The experiment failed at once on its new server: a failure of the experiment, not of the server.
-            self.on_run_failed(sh, failure_signature(exc.returncode, vocab.FAILED, exc.output), exc.output)
-            return
-        if kind == "final":
-            failures = sh.failures + 1
-            if failures >= MAX_FINAL_ATTEMPTS:
-                self.fail(sh, f"its results could not be brought home: {exc.message}")
-                return
-            self.ctx.say(f"{self.id}: shard {i}'s final pull failed ({exc.message}); looking at its server again.")
-            self.update(i, status=vocab.SHARD_RUNNING, failures=failures, retry_at=None)
-            return
-        failures = sh.failures + 1
-        delay = min(60.0, 2.0 * 2 ** (failures - 1))
-        if failures >= MAX_PROVISION_ATTEMPTS:
-            self.on_paused(sh, f"{exc.message} (after {failures} attempts)")
-            return
-        self.ctx.say(f"{self.id}: shard {i}: {exc.message} Retrying in {delay:.0f} s.")
-        if kind == "retire":
-            self.update(i, failures=failures, retry_at=time.time() + delay)
-        elif kind == "acquire" and sh.status == vocab.SHARD_RESTARTING:
-            # The stopped server did not come back: destroy it (verified) and rent another.
-            self.update(i, status=vocab.SHARD_RETIRING, failures=failures, restarts=sh.restarts + 1)
-        elif kind == "acquire" and not sh.own_host:
-            self.update(i, status=vocab.SHARD_RETIRING, failures=failures, retry_at=time.time() + delay)
-        else:
-            self.update(i, status=vocab.SHARD_PENDING, failures=failures, retry_at=time.time() + delay)
-
-    # ----------------------------------------------------------------------------------------- one shard
-    def step(self, sh: ManagedShardRecord, observed: dict[str, Instance], now: float) -> None:
-        status = sh.status
-        if status == vocab.SHARD_PENDING:
-            self.give_server(sh)
-        elif status == vocab.SHARD_PROVISIONING:
-            kind = "own" if sh.own_host else "rent"
-            self.submit(sh.shard, "acquire", acquire_job, self.run, sh, kind)
-        elif status == vocab.SHARD_RESTARTING:
-            self.submit(sh.shard, "acquire", acquire_job, self.run, sh, "restart")
-        elif status == vocab.SHARD_RETIRING:
-            assert sh.server is not None
-            self.submit(sh.shard, "retire", retire_job, sh.server)
-        elif status == vocab.SHARD_FINISHING:
-            self.submit(sh.shard, "final", final_job, self.run, sh)
-        elif status == vocab.SHARD_RUNNING:
-            self.watch(sh, observed, now)
-
-    def give_server(self, sh: ManagedShardRecord) -> None:
-        """A pending shard: its own host, or a rental checked against the budget first."""
-        run = self.run
-        attempt = sh.attempt + (0 if sh.own_host else 1)
-        name = sh.server if sh.own_host else server_name(run.id, sh.shard, attempt)
-        if not sh.own_host:
-            why = self.budget_check(sh)
-            if why is not None:
-                self.on_paused(sh, why)
-                return
-        run_id = runs.new_run_id(run.experiment) + f"-s{sh.shard}"
-        self.update(sh.shard, status=vocab.SHARD_PROVISIONING, server=name, run=run_id, attempt=attempt)
-        sh = self.shard(sh.shard)
-        self.submit(sh.shard, "acquire", acquire_job, self.run, sh, "own" if sh.own_host else "rent")
+            self.apply(self.shard(i), on_job(self.shard(i), job_result(kind, fut), self.now()))
 
     def budget_check(self, sh: ManagedShardRecord) -> str | None:
+        """The budget before a rental (the one place it is checked here; the rent path may still refuse)."""
         run = self.run
         if run.max_usd is None:
             return None
-        now = time.time()
+        now = self.now()
         if self._offer_dph is None or now - self._offer_dph[0] > 60:
             try:
                 prof = rentals.profile_for(self.project, run.profile or "api")
@@ -336,122 +354,17 @@ class Controller:
                 left = shard_seconds_left(self.exp, run.shards, other.completed)
                 committed.append((rec.dph_total, (left + RENTAL_OVERHEAD_S) / 3600))
         hours = (shard_seconds_left(self.exp, run.shards, sh.synced) + RENTAL_OVERHEAD_S) / 3600
-        why = budget_refusal(run.max_usd, self.spent(), committed, dph, hours)
-        return None if why is None else f"{why}; nothing was rented for shard {sh.shard}"
+        return budget_refusal(run.max_usd, self.spent(), committed, dph, hours)
 
     def _provider_hiccup(self, sh: ManagedShardRecord, exc: TetherError) -> NoReturn:
         failures = sh.failures + 1
         if failures >= MAX_PROVISION_ATTEMPTS:
-            self.on_paused(sh, f"the provider kept failing ({exc.message}, {failures} attempts)")
+            why = Ending.PROVIDER.said(f"{exc.message}, {failures} attempts")
+            self.apply(sh, Decision(ShardUpdate(status=vocab.SHARD_PAUSED, reason=why), (), f"shard paused: {why}"))
             raise _Skip
-        self.ctx.say(f"{self.id}: shard {sh.shard}: {exc.message} Retrying.")
-        self.update(sh.shard, failures=failures, retry_at=time.time() + min(60.0, 2.0 * 2 ** (failures - 1)))
+        self.say(f"shard {sh.shard}: {exc.message} Retrying.")
+        self.update(sh.shard, failures=failures, retry_at=self.now() + retry_delay(failures))
         raise _Skip
-
-    def watch(self, sh: ManagedShardRecord, observed: dict[str, Instance], now: float) -> None:
-        """A running shard: is its server there, does it answer, how far is its run?"""
-        assert sh.server is not None
-        inst = observed.get(sh.server)
-        state = None if sh.own_host else (inst.state if inst is not None else None)
-        if not sh.own_host and state is None:
-            return  # the provider could not be asked this tick
-        found: vocab.RunInfo | None = None
-        answered = False
-        if state in (None, "running"):
-            try:
-                target = watching(resolve(self.project, sh.server, self.st))
-                found = runs.observe(self.st, target).run(sh.run or "")
-                answered = True
-            except TetherError:
-                answered = False
-        if answered:
-            self.update(sh.shard, last_seen=now)
-            sh = replace(sh, last_seen=now)
-        reachable_for = None if answered else now - (sh.last_seen or sh.updated)
-        action = recovery_action(state, sh.restarts > 0, reachable_for, self.opts.unreachable_after_s, sh.own_host)
-        if action == "wait":
-            if not answered:
-                self.say_once(sh.shard, f"{self.id}: shard {sh.shard}: {sh.server} does not answer; waiting.")
-            return
-        if action != "ok":
-            self.recover(sh, action, state or "unreachable")
-            return
-        if found is None:
-            rec = next((r for r in self.st.runs(host=sh.server) if r.id == sh.run), None)
-            if rec is not None and time.time() - rec.started < START_GRACE_S:
-                return  # just started: its wrapper has not written its record yet
-            self.on_run_failed(sh, "its run never started on the server (no run record)", None)
-            return
-        self.update(sh.shard, completed=found.completed, total=found.total)
-        if found.status == vocab.COMPLETED:
-            self.update(sh.shard, status=vocab.SHARD_FINISHING, failures=0)
-            self.submit(sh.shard, "final", final_job, self.run, self.shard(sh.shard))
-        elif found.final:
-            self.sync_one(sh)
-            self.on_run_failed(sh, failure_signature(found.exit_code, found.status, found.log_tail), found.log_tail)
-
-    def recover(self, sh: ManagedShardRecord, action: Action, state: str) -> None:
-        i = sh.shard
-        why = {"gone": "vanished", "preempted": "was preempted", "stopped": "was stopped"}.get(state, state)
-        self.ctx.say(f"{self.id}: shard {i}'s server {sh.server} {why}; recovering ({action}).")
-        if action == "restart":
-            run_id = runs.new_run_id(self.run.experiment) + f"-s{i}"
-            self.update(
-                i, status=vocab.SHARD_RESTARTING, run=run_id, recoveries=sh.recoveries + 1, reason=f"server {why}"
-            )
-            self.submit(i, "acquire", acquire_job, self.run, self.shard(i), "restart")
-        elif action == "replace":
-            self.update(
-                i,
-                status=vocab.SHARD_PENDING,
-                server=None,
-                run=None,
-                recoveries=sh.recoveries + 1,
-                restarts=0,
-                reason=f"server {why}",
-            )
-        else:
-            self.update(
-                i, status=vocab.SHARD_RETIRING, recoveries=sh.recoveries + 1, restarts=0, reason=f"server {why}"
-            )
-            assert sh.server is not None
-            self.submit(i, "retire", retire_job, sh.server)
-
-    def on_run_failed(self, sh: ManagedShardRecord, signature: str, log_tail: str | None) -> None:
-        """The experiment itself failed: once, it goes to another server; the same way twice, the shard stops."""
-        i = sh.shard
-        if sh.last_failure == signature:
-            tail = (log_tail or "").rstrip()
-            self.fail(
-                sh,
-                f"it failed the same way on two servers in a row: {signature}"
-                + (f"\nIts log ends with:\n{tail}" if tail else ""),
-            )
-            return
-        self.ctx.say(f"{self.id}: shard {i} {signature} on {sh.server}; trying it on another server.")
-        if sh.own_host:
-            run_id = runs.new_run_id(self.run.experiment) + f"-s{i}"
-            self.update(
-                i, status=vocab.SHARD_PROVISIONING, run=run_id, last_failure=signature, recoveries=sh.recoveries + 1
-            )
-            return
-        self.update(
-            i,
-            status=vocab.SHARD_RETIRING,
-            last_failure=signature,
-            recoveries=sh.recoveries + 1,
-            restarts=0,
-            reason=signature,
-        )
-        assert sh.server is not None
-        self.submit(i, "retire", retire_job, sh.server)
-
-    def fail(self, sh: ManagedShardRecord, why: str) -> None:
-        self.ctx.say(f"{self.id}: shard {sh.shard} stopped: {why}")
-        self.update(sh.shard, status=vocab.SHARD_FAILED, reason=why)
-        if sh.server and not sh.own_host:
-            with contextlib.suppress(TetherError):
-                retire_job(self.project, self.st.path, self.ctx.say, sh.server)
 
     # ----------------------------------------------------------------------------------------- syncing
     def sync_all(self) -> None:
@@ -478,26 +391,39 @@ class Controller:
                 synced = sh.completed
         except (TetherError, ValueError, OSError):
             return False
-        self.update(sh.shard, synced=synced, last_sync=time.time())
+        self.update(sh.shard, synced=synced, last_sync=self.now())
         return True
 
     # ----------------------------------------------------------------------------------------- the end
     def finish(self, started: float) -> Outcome:
+        """Every shard is final: destroy what is left (verified), and bring what finished together in the project's
+        results folder, whatever each shard ended in."""
         shards = self.st.managed_shards(self.id)
         self.destroy_all()
         failed = [s for s in shards if s.status == vocab.SHARD_FAILED]
-        results: str | None = None
-        reason: str | None = None
+        reasons = [f"shard {s.shard}: {s.reason}" for s in failed]
+        try:
+            together = self.bring_together()
+        except TetherError as exc:
+            reasons.append(exc.message)
+            return self.close_run(vocab.MANAGED_FAILED, "; ".join(reasons), str(run_dir(self.id)), started)
+        if together.complete and not failed:
+            return self.close_run(vocab.MANAGED_COMPLETED, None, str(together.path), started)
         if not failed:
-            try:
-                results = str(self.merge())
-            except TetherError as exc:
-                reason = exc.message
+            reasons.append(Ending.ITEMS_FAILED.said(together.summary))
         else:
-            reason = "; ".join(f"shard {s.shard}: {s.reason}" for s in failed)
-            results = self.keep_partial()
-        status = vocab.MANAGED_COMPLETED if results and not failed and reason is None else vocab.MANAGED_FAILED
-        return self.close_run(status, reason, results, started)
+            reasons.append(together.summary)
+        self.say(together.summary + ".")
+        return self.close_run(vocab.MANAGED_FAILED, "; ".join(reasons), str(together.path), started)
+
+    def bring_together(self) -> Together:
+        rel = self.exp.results.strip("/")
+        folders = [shard_dir(self.id, i) / rel for i in range(self.run.shards)]
+        sharded = self.run.shards > 1 and self.run.mode == "journal"
+        together = bring_together(self.project.root / rel, folders, self.id, sharded=sharded)
+        if together.complete and sharded:
+            self.say(f"merged {self.run.shards} shards into {together.path}.")
+        return together
 
     def close_run(self, status: str, reason: str | None, results: str | None, started: float) -> Outcome:
         spent = self.spent()
@@ -506,7 +432,7 @@ class Controller:
             status=status,
             reason=reason,
             results_path=results,
-            ended=time.time(),
+            ended=self.now(),
             cost_usd=spent,
             controller_pid=None,
         )
@@ -517,7 +443,7 @@ class Controller:
             reason=reason,
             results_path=results,
             cost_usd=spent,
-            wall_s=(rec.ended or time.time()) - rec.started,
+            wall_s=(rec.ended or self.now()) - rec.started,
             shards=[shard_json(s) for s in self.st.managed_shards(self.id)],
         )
 
@@ -544,64 +470,6 @@ class Controller:
             if rec is not None and rec.state != "gone":
                 retire_job(self.project, self.st.path, self.ctx.say, name)
 
-    def merge(self) -> Path:
-        """The shards' final files as the project's ``results`` (one ``<name>.json`` per checkpoint name, in item
-        order); a file already there that differs is moved aside first, never overwritten."""
-        rel = self.exp.results.strip("/")
-        dest = self.project.root / rel
-        dest.mkdir(parents=True, exist_ok=True)
-        folders = [shard_dir(self.id, i) / rel for i in range(self.run.shards)]
-        if self.run.shards == 1:
-            written: Path | None = None
-            for path in sorted(folders[0].rglob("*")):
-                if path.is_file() and not path.is_symlink():
-                    out = dest / path.relative_to(folders[0])
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    _place(out, path.read_bytes(), self.id)
-                    if path.name == "results.json" or written is None:
-                        written = out
-            return written or dest
-        names = sorted(p.name[: -len(".shard.json")] for p in folders[0].glob("*.shard.json"))
-        if not names:
-            raise CheckpointError(f"Shard 0 of {self.id} has no shard file; nothing was merged.")
-        first: Path | None = None
-        for name in names:
-            data = shard_lib.merge_shards(folders, name)
-            out = dest / f"{name}.json"
-            _place(out, data, self.id)
-            first = first or out
-        assert first is not None
-        self.ctx.say(f"{self.id}: merged {self.run.shards} shards into {first}.")
-        return first
-
-    def keep_partial(self) -> str | None:
-        """What finished so far, as one journal in the project's results folder (a later run resumes from it),
-        unless a journal or final file is there already; the shard copies stay under $TETHER_HOME either way."""
-        rel = self.exp.results.strip("/")
-        dest = self.project.root / rel
-        copies = [shard_dir(self.id, i) / rel for i in range(self.run.shards)]
-        for name in sorted({p.name for c in copies for p in c.glob("*.journal.jsonl")}):
-            lines: list[bytes] = []
-            header: bytes | None = None
-            for folder in copies:
-                path = folder / name
-                if not path.is_file():
-                    continue
-                data = path.read_bytes().splitlines(keepends=True)
-                if data:
-                    header = header or data[0]
-                    lines += data[1:]
-            target = dest / name
-            if header is None or target.exists() or (dest / name.replace(".journal.jsonl", ".json")).exists():
-                continue
-            dest.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{name}.tmp")
-            tmp.write_bytes(header + b"".join(lines))
-            os.replace(tmp, target)
-            self.ctx.say(f"{self.id}: kept {len(lines)} journaled results in {target} (a later run resumes them).")
-            return str(target)
-        return str(run_dir(self.id))
-
     def stop_all(self, started: float, *, cancelled: bool) -> Outcome:
         """Cancel: wait for jobs in flight, stop every shard's run, bring its journal home, destroy the rented
         servers (verified), keep the results."""
@@ -622,8 +490,11 @@ class Controller:
                 self.sync_one(sh)
             self.update(sh.shard, status=vocab.SHARD_CANCELLED, reason="cancelled")
         self.destroy_all()
-        kept = self.keep_partial()
-        return self.close_run(vocab.MANAGED_CANCELLED, "cancelled", kept, started)
+        try:
+            together = self.bring_together()
+        except TetherError:
+            return self.close_run(vocab.MANAGED_CANCELLED, "cancelled", str(run_dir(self.id)), started)
+        return self.close_run(vocab.MANAGED_CANCELLED, f"cancelled; {together.summary}", str(together.path), started)
 
 
 class _Skip(Exception):

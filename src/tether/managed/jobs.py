@@ -90,7 +90,7 @@ def acquire_job(
                 provision.up(ctx, target)
             else:
                 provision.ensure_pushed(ctx, target)
-            if shard.recoveries == 0 and shard.synced == 0:
+            if shard.recoveries == 0 and shard.last_sync is None:
                 _refuse_foreign_results(target, exp, run)
         if kind in ("rent", "own"):
             _push_synced(target, exp, run, shard)
@@ -171,24 +171,23 @@ class Finished:
 def final_job(
     project: Project, state_path: Path, say: Callable[[str], None], run: ManagedRunRecord, shard: ManagedShardRecord
 ) -> Finished:
-    """Pull the shard's results folder, verify it against the server's manifest, then destroy the rented server
-    (verified gone). A failure raises and leaves the server as it is."""
+    """Pull the shard's results folder into its local copy with the one verified pull (:func:`tether.pull.pull`:
+    checked against the server's manifest, never written through a link). A failure raises and leaves the server
+    as it is; the server is destroyed by the next step (``release``), once the shard's record says its results are
+    home."""
     assert shard.server is not None
     ctx = _job_ctx(project, state_path, say)
     try:
         exp = project.experiment(run.experiment)
         target = resolve(project, shard.server, ctx.state)
-        say(f"{run.id}: shard {shard.shard} completed on {shard.server}; pulling its results.")
         rel = exp.results.strip("/")
         home = shard_dir(run.id, shard.shard)
-        manifest = pull.remote_manifest(target, target.code_dir, [rel]).files or {}
-        (home / rel).mkdir(parents=True, exist_ok=True)
-        target.transport.pull(f"{target.code_dir}/{rel}", home / rel, excludes=[".*.tmp"])
-        bad = pull.verify_local(home, manifest)
-        ctx.state.add_pull(target.name, [rel], manifest, 0, not bad)
-        if bad:
+        (home / rel).parent.mkdir(parents=True, exist_ok=True)
+        report = pull.pull(ctx, target, [run.experiment], into=home)
+        if not report.verified:
             raise CommandFailed(
-                f"Shard {shard.shard}'s results from {shard.server} did not verify ({len(bad)} files differ).",
+                f"Shard {shard.shard}'s results from {shard.server} did not verify "
+                f"({len(report.mismatched)} files differ).",
                 "The pull is tried again.",
             )
         if run.shards > 1 and run.mode == "journal" and not list((home / rel).glob("*.shard.json")):
@@ -197,12 +196,21 @@ def final_job(
                 "instead of its shard's (it does not take its items from tether.checkpoint's pending).",
                 f"Its results are kept in {home / rel}; run the experiment with --managed alone.",
             )
-        if not shard.own_host:
-            target.transport.close()  # release the shared connection first: the server is going away
-            rentals.destroy(project, ctx.state, shard.server)
-        return Finished(True, len(manifest))
+        return Finished(report.verified, report.files)
     finally:
         ctx.state.close()
+
+
+def release_job(project: Project, state_path: Path, say: Callable[[str], None], name: str) -> None:
+    """Destroy the server of a shard whose results are home (verified gone): its shared connection is released
+    first, as the server is going away."""
+    ctx = _job_ctx(project, state_path, say)
+    try:
+        with contextlib.suppress(TetherError):
+            resolve(project, name, ctx.state).transport.close()
+    finally:
+        ctx.state.close()
+    retire_job(project, state_path, say, name)
 
 
 def retire_job(project: Project, state_path: Path, say: Callable[[str], None], name: str) -> None:

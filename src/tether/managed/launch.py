@@ -21,7 +21,7 @@ from tether.errors import (
     TetherError,
 )
 from tether.managed.controller import Controller, Outcome
-from tether.managed.local import controller_lock
+from tether.managed.local import controller_lock, seed_from_kept, shard_dir
 from tether.managed.rules import Options, new_id
 from tether.managed.views import shard_json
 from tether.paths import private_dir, tether_home
@@ -162,7 +162,7 @@ def prepare(ctx: Ctx, experiment: str, opts: Options) -> ManagedRunRecord:
         return rec
     mode = _validate(ctx, experiment, opts)
     profile = opts.profile or _plan_profile(ctx, experiment)
-    now = time.time()
+    now = ctx.now()
     rec = ManagedRunRecord(
         id=new_id(experiment),
         experiment=experiment,
@@ -209,6 +209,15 @@ def prepare(ctx: Ctx, experiment: str, opts: Options) -> ManagedRunRecord:
     ]
     st.add_managed_run(rec, shards)
     ctx.say(f"Managed run {rec.id}: {experiment} on {opts.shards} server(s) ({profile}).")
+    if mode == "journal":
+        rel = ctx.project.experiment(experiment).results.strip("/")
+        copies = [shard_dir(rec.id, i) / rel for i in range(opts.shards)]
+        seeded = seed_from_kept(ctx.project.root / rel, copies, opts.shards)
+        for i, count in enumerate(seeded):
+            if count:
+                st.update_managed_shard(rec.id, i, synced=count)
+        if any(seeded):
+            ctx.say(f"Resuming from the {sum(seeded)} results kept in {ctx.project.root / rel} by an earlier run.")
     return rec
 
 
@@ -320,7 +329,7 @@ def cancel(ctx: Ctx, rec: ManagedRunRecord, *, wait_s: float = 300.0) -> Outcome
                 now.reason,
                 now.results_path,
                 now.cost_usd or 0.0,
-                (now.ended or time.time()) - now.started,
+                (now.ended or ctx.now()) - now.started,
                 [shard_json(s) for s in ctx.state.managed_shards(now.id)],
             )
         time.sleep(0.5)  # the controller (another process) is stopping the shards

@@ -9,10 +9,13 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tether.checkpoint import shard as shard_lib
+from tether.errors import CheckpointError
 from tether.paths import private_dir, tether_home
 
 # ------------------------------------------------------------------------------------------ paths and locks
@@ -144,3 +147,96 @@ def _place(path: Path, data: bytes, run_id: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Together:
+    """What :func:`bring_together` put in the project's results folder."""
+
+    path: Path
+    """The merged final file (or the kept journal, or the folder) to name to the user."""
+    complete: bool
+    """Every item has a result."""
+    summary: str
+    """One sentence: what is there, and how a later run goes on from it."""
+
+
+def bring_together(dest: Path, folders: Sequence[Path], run_id: str, *, sharded: bool) -> Together:
+    """Put what the shards finished (their local copies ``folders``) into the project's results folder ``dest``.
+
+    Sharded (``*.shard.json`` in the copies): per checkpoint name, the shards' final files merged in item order,
+    byte for byte what one run writes; when items failed or are missing, the finished ones merged all the same
+    (``"failed": n``, as ``finalize(allow_failures=True)``) plus a journal of every finished result and failure
+    beside it, from which the same command resumes. Not sharded (one shard, or code without tether.checkpoint):
+    the copy's files as they are. A file already there that differs is moved aside first, never overwritten.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    if not sharded:
+        written: Path | None = None
+        complete = False
+        for path in sorted(folders[0].rglob("*")) if folders[0].is_dir() else []:
+            if path.is_file() and not path.is_symlink() and not path.name.startswith("."):
+                out = dest / path.relative_to(folders[0])
+                out.parent.mkdir(parents=True, exist_ok=True)
+                _place(out, path.read_bytes(), run_id)
+                if path.name == "results.json" or written is None:
+                    written = out
+                complete = complete or path.name == "results.json"
+        journals = sorted(p for p in dest.glob("*.journal.jsonl"))
+        if journals and not complete:
+            return Together(journals[0], False, f"its journal is kept in {journals[0]} (the same command resumes it)")
+        return Together(written or dest, complete, f"results in {written or dest}")
+    names = sorted({p.name[: -len(".shard.json")] for f in folders for p in f.glob("*.shard.json")})
+    if not names:
+        raise CheckpointError(f"No shard of {run_id} left a shard file; nothing was merged.")
+    first: Together | None = None
+    for name in names:
+        together = shard_lib.gather_shards(folders, name)
+        out = dest / f"{name}.json"
+        kept = dest / f"{name}.journal.jsonl"
+        if together.complete:
+            _place(out, shard_lib.merge_shards(folders, name), run_id)
+            _drop_subsumed_journal(kept, out)
+            done = Together(out, True, f"results in {out}")
+        else:
+            _place(out, together.final, run_id)
+            if together.journal is not None:
+                _place(kept, together.journal, run_id)
+            failed = f", {together.failed} failed" if together.failed else ""
+            resume = f"; the same command resumes from {kept}" if together.journal is not None else ""
+            done = Together(
+                out, False, f"{together.completed} of {together.total} items finished{failed}: in {out}{resume}"
+            )
+        first = first or done
+    assert first is not None
+    return first
+
+
+def _drop_subsumed_journal(journal: Path, final: Path) -> None:
+    """A journal a failed run kept beside its results (and a later run resumed from) goes once every result it
+    holds is in the final file; one with anything else is left."""
+    if not journal.is_file():
+        return
+    _head, records = shard_lib._journal_records(journal)
+    try:
+        merged = json.loads(final.read_bytes()).get("results") or []
+    except (OSError, ValueError, AttributeError):
+        return
+    have = {json.dumps(r, sort_keys=True) for r in merged}
+    if all(rec.get("ok") is True and json.dumps(rec.get("result"), sort_keys=True) in have for rec in records):
+        journal.unlink()
+
+
+def seed_from_kept(dest: Path, local_copies: Sequence[Path], shards: int) -> list[int]:
+    """Give a new run's shards the journals a failed run kept in the project's results folder ``dest`` (each
+    shard only its items' lines), so their servers resume by item id; returns the results each shard got."""
+    got = [0] * len(local_copies)
+    for kept in sorted(dest.glob("*.journal.jsonl")) if dest.is_dir() else []:
+        data = kept.read_bytes()
+        for i, copy in enumerate(local_copies):
+            part, done = shard_lib.split_journal(data, i, max(shards, 1))
+            if done:
+                copy.mkdir(parents=True, exist_ok=True)
+                (copy / kept.name).write_bytes(part)
+                got[i] += done
+    return got

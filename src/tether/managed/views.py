@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +69,7 @@ def views(ctx: Ctx, *, finished_within_s: float = 86400.0) -> list[ManagedView]:
     """Every unfinished managed run and those that ended within ``finished_within_s``, oldest first."""
     st = ctx.state
     now = ctx.now()
-    led = cost.ledger(st.event_log(), time.time())
+    led = cost.ledger(st.event_log(), now)
     out: list[ManagedView] = []
     for rec in st.managed_runs():
         if rec.status in vocab.MANAGED_FINAL and rec.ended is not None and now - rec.ended > finished_within_s:
