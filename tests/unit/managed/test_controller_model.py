@@ -219,19 +219,22 @@ class ManagedModel(RuleBasedStateMachine):
             self.final = "paused"
 
     @precondition(lambda self: bool(self.jobs) and self.final is None)
-    @rule(data=st.data(), ok=st.booleans())
-    def job_ends(self, data: st.DataObject, ok: bool) -> None:
-        i = data.draw(st.sampled_from(sorted(self.jobs)))
-        action, happened = self.jobs.pop(i)
-        result = self.effect(i, action, ok or happened)
-        self.apply(i, rules.on_job(self.shards[i], result, self.now))
+    @rule(oks=st.lists(st.sampled_from([True, False]), min_size=K, max_size=K))
+    def jobs_end_then_tick(self, oks: list[bool]) -> None:
+        """The jobs in flight end (each as drawn: done, or failed), then the controller looks again."""
+        for n, i in enumerate(sorted(self.jobs)):
+            action, happened = self.jobs.pop(i)
+            result = self.effect(i, action, oks[n % K] or happened)
+            self.apply(i, rules.on_job(self.shards[i], result, self.now))
+        self.tick()
 
     @precondition(lambda self: self.final is None)
-    @rule(data=st.data(), effects=st.booleans())
-    def controller_killed_and_restarted(self, data: st.DataObject, effects: bool) -> None:
-        """The controller dies: a job in flight may or may not have done its work; nothing of it is recorded."""
-        for i, (action, _happened) in list(self.jobs.items()):
-            if effects:
+    @rule(effects=st.lists(st.sampled_from([True, False]), min_size=K, max_size=K))
+    def controller_killed_and_restarted(self, effects: list[bool]) -> None:
+        """The controller dies at any step: each job in flight may or may not have done its work (a destroy sent,
+        a pull that verified); nothing of it is recorded. The next controller starts from the records."""
+        for n, (i, (action, _happened)) in enumerate(sorted(self.jobs.items())):
+            if effects[n % K]:
                 self.effect(i, action, True)
         self.jobs.clear()
 
@@ -241,15 +244,19 @@ class ManagedModel(RuleBasedStateMachine):
         self.now += seconds
 
     # ------------------------------------------------------------------------------------------ the world
-    @rule(data=st.data())
-    def work(self, data: st.DataObject) -> None:
-        """A running server computes one of its shard's items (it fails when the item is a bad one)."""
+    @rule(data=st.data(), count=st.integers(1, ITEMS))
+    def work(self, data: st.DataObject, count: int) -> None:
+        """A running server computes some of its shard's items (an item fails when it is a bad one)."""
         busy = [s for s in self.alive() if s.state == "running" and s.run and s.run_status == "running"]
         if not busy:
             return
-        srv = data.draw(st.sampled_from(busy))
+        srv = data.draw(st.sampled_from(sorted(busy, key=lambda s: s.name)))
+        for _ in range(count):
+            self.compute_one(srv)
+
+    def compute_one(self, srv: Server) -> None:
         left = [x for x in SHARD_IDS[srv.shard] if x not in srv.done and x not in srv.failed]
-        if not left:
+        if not left or srv.run_status != "running":
             return
         item = left[0]
         assert item not in self.home(srv.shard) or item in self.synced_failed[srv.shard], (
@@ -262,12 +269,19 @@ class ManagedModel(RuleBasedStateMachine):
             srv.done.add(item)
         self._maybe_complete(srv)
 
-    @rule(item=st.sampled_from(IDS))
-    def an_item_fails(self, item: str) -> None:
-        self.bad_items.add(item)
-
-    @rule(data=st.data(), how=st.sampled_from(["stopped", "gone", "exited", "unreachable", "pull_broken"]))
+    @rule(
+        data=st.data(),
+        how=st.sampled_from(["stopped", "gone", "exited", "unreachable", "pull_broken", "provider", "bad_item"]),
+    )
     def fault(self, data: st.DataObject, how: str) -> None:
+        """Preemption, a vanished host, an exited one, no answer, a final pull that always fails, the provider
+        down (or back), an item the experiment records as failed."""
+        if how == "provider":
+            self.provider_down = not self.provider_down
+            return
+        if how == "bad_item":
+            self.bad_items.add(data.draw(st.sampled_from(IDS)))
+            return
         live = self.alive()
         if not live:
             return
@@ -278,14 +292,10 @@ class ManagedModel(RuleBasedStateMachine):
             srv.pull_broken = True
         else:
             srv.state = how
-            if srv.run_status == "running":
-                srv.run_status = "failed" if how == "exited" else srv.run_status
+            if srv.run_status == "running" and how == "exited":
+                srv.run_status = "failed"
             if how == "gone":
                 srv.done, srv.failed = set(), set()
-
-    @rule()
-    def provider_flaps(self) -> None:
-        self.provider_down = not self.provider_down
 
     # ------------------------------------------------------------------------------------------ the end
     def finish(self, tmp: Path | None = None) -> None:
@@ -364,11 +374,7 @@ class ManagedModel(RuleBasedStateMachine):
                 self.apply(i, rules.on_job(self.shards[i], self.effect(i, action, True), self.now))
             for srv in self.alive():
                 while srv.state == "running" and srv.run and srv.run_status == "running":
-                    before = len(srv.done) + len(srv.failed)
-                    left = [x for x in SHARD_IDS[srv.shard] if x not in srv.done and x not in srv.failed]
-                    (srv.failed if left[0] in self.bad_items else srv.done).add(left[0])
-                    self._maybe_complete(srv)
-                    assert len(srv.done) + len(srv.failed) > before
+                    self.compute_one(srv)
             self.tick()
             self.at_most_k_servers_and_one_per_shard()
             self.nothing_billing_once_final_or_paused()
@@ -378,8 +384,8 @@ class ManagedModel(RuleBasedStateMachine):
 
 
 ManagedModel.TestCase.settings = settings(
-    max_examples=150,
-    stateful_step_count=40,
+    max_examples=200,
+    stateful_step_count=50,
     derandomize=True,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
