@@ -563,6 +563,14 @@ class State:
                 (name, provider, remote_root, now, now, json.dumps(meta)),
             )
 
+    def set_instance_owner(self, name: str, owner: str | None) -> None:
+        """Record who acts on a server (``managed:<run id>``: a managed run's controller) in its ``meta.owner``;
+        the autopilot, ``stop`` and ``destroy`` leave it alone while that owner is live."""
+        with self.tx() as db:
+            db.execute(
+                "UPDATE instances SET meta=json_set(COALESCE(meta, '{}'), '$.owner', ?) WHERE name=?", (owner, name)
+            )
+
     def drop_reservation(self, name: str) -> None:
         """Forget a ``creating`` record whose create made nothing (a record with an instance is never dropped)."""
         with self.tx() as db:

@@ -20,7 +20,7 @@ from tether.errors import (
     TetherError,
 )
 from tether.hosts import Target, resolve
-from tether.managed.local import shard_dir
+from tether.managed.local import owner_of, shard_dir
 from tether.providers import provider_for
 from tether.renting import observe as observe_instance
 from tether.renting import wait_running
@@ -76,6 +76,7 @@ def acquire_job(
         if kind == "rent":
             _await_adopted(project, ctx.state, name, say)
             rentals.ensure_rented(project, ctx.state, name, profile=run.profile or "api", say=say)
+            ctx.state.set_instance_owner(name, owner_of(run.id))  # the autopilot, stop and destroy leave it alone
         elif kind == "restart":
             rentals.start(project, ctx.state, name, say=say)
         target = resolve(project, name, ctx.state)

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tether import vocab
 from tether.checkpoint import shard as shard_lib
 from tether.errors import CheckpointError
 from tether.paths import private_dir, tether_home
+from tether.state import ManagedRunRecord, State
 
 # ------------------------------------------------------------------------------------------ paths and locks
 
@@ -56,6 +58,33 @@ def controller_lock(experiment: str) -> Iterator[tuple[bool, str]]:
             yield True, ""
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+OWNER_PREFIX = "managed:"
+
+
+def owner_of(run_id: str) -> str:
+    """The owner a managed run writes on the instance record of every server it rents."""
+    return OWNER_PREFIX + run_id
+
+
+def live_owner(st: State, name: str) -> ManagedRunRecord | None:
+    """The unfinished managed run whose live controller owns server ``name`` (by the owner on its instance record,
+    or a shard of an unfinished run naming it while the rental is still being made), else None."""
+    rec = st.instance(name)
+    owner = rec.meta.get("owner") if rec is not None else None
+    run: ManagedRunRecord | None = None
+    if isinstance(owner, str) and owner.startswith(OWNER_PREFIX):
+        run = st.managed_run(owner[len(OWNER_PREFIX) :])
+    if run is None:
+        for candidate in st.managed_runs():
+            if candidate.status not in vocab.MANAGED_FINAL and any(
+                s.server == name for s in st.managed_shards(candidate.id)
+            ):
+                run = candidate
+    if run is None or run.status in vocab.MANAGED_FINAL or not controller_alive(run.experiment):
+        return None
+    return run
 
 
 def controller_alive(experiment: str) -> bool:
