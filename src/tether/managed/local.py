@@ -247,7 +247,7 @@ def bring_together(dest: Path, folders: Sequence[Path], run_id: str, *, sharded:
 
 def _drop_subsumed_journal(journal: Path, final: Path) -> None:
     """A journal a failed run kept beside its results (and a later run resumed from) goes once every result it
-    holds is in the final file; one with anything else is left."""
+    holds is in the (complete) final file; one with any other result is left."""
     if not journal.is_file():
         return
     _head, records = shard_lib._journal_records(journal)
@@ -256,7 +256,8 @@ def _drop_subsumed_journal(journal: Path, final: Path) -> None:
     except (OSError, ValueError, AttributeError):
         return
     have = {json.dumps(r, sort_keys=True) for r in merged}
-    if all(rec.get("ok") is True and json.dumps(rec.get("result"), sort_keys=True) in have for rec in records):
+    # The final file is complete here, so an item that had failed has its result now.
+    if all(json.dumps(rec.get("result"), sort_keys=True) in have for rec in records if rec.get("ok") is True):
         journal.unlink()
 
 
