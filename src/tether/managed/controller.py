@@ -448,7 +448,11 @@ class Controller:
         )
 
     def pause(self, started: float, shards: Sequence[ManagedShardRecord]) -> Outcome:
+        """Nothing runs any more: nothing may bill either (a paused shard's server is destroyed, verified; what it
+        journaled is home, and the same command resumes from it)."""
         why = "; ".join(f"shard {s.shard}: {s.reason}" for s in shards if s.status == vocab.SHARD_PAUSED)
+        with contextlib.suppress(TetherError):
+            self.destroy_all()
         rec = self.st.update_managed_run(
             self.id, status=vocab.MANAGED_PAUSED, reason=why, controller_pid=None, cost_usd=self.spent()
         )

@@ -22,7 +22,7 @@ from tether.errors import (
 )
 from tether.managed.controller import Controller, Outcome
 from tether.managed.local import controller_lock, seed_from_kept, shard_dir
-from tether.managed.rules import Options, new_id
+from tether.managed.rules import Options, new_id, resume_paused
 from tether.managed.views import shard_json
 from tether.paths import private_dir, tether_home
 from tether.state import ManagedRunRecord, ManagedShardRecord, State
@@ -157,7 +157,9 @@ def prepare(ctx: Ctx, experiment: str, opts: Options) -> ManagedRunRecord:
         rec = st.update_managed_run(found.id, **changes)
         for sh in st.managed_shards(found.id):
             if sh.status == vocab.SHARD_PAUSED:
-                st.update_managed_shard(found.id, sh.shard, status=vocab.SHARD_PENDING, reason=None, failures=0)
+                inst = st.instance(sh.server) if sh.server else None
+                exists = inst is not None and inst.state != "gone"
+                st.update_managed_shard(found.id, sh.shard, **resume_paused(sh, exists))
         ctx.say(f"Picking up managed run {rec.id} ({rec.shards} shards).")
         return rec
     mode = _validate(ctx, experiment, opts)

@@ -363,10 +363,13 @@ def _failed(sh: ManagedShardRecord, why: str, update: ShardUpdate | None = None)
     return Decision(update, actions, f"shard {sh.shard} stopped: {why}")
 
 
-def _paused(sh: ManagedShardRecord, why: str) -> Decision:
+def _paused(sh: ManagedShardRecord, why: str, *, nothing_rented: bool = False) -> Decision:
+    """The shard waits for the same command again. ``nothing_rented``: the rental was refused before it was made
+    (its name is forgotten, a resume rents afresh); otherwise a server under its name may exist, and a resume
+    destroys it first (:func:`resume_paused`)."""
     update = ShardUpdate(status=vocab.SHARD_PAUSED, reason=why)
-    if sh.server and not sh.own_host and sh.status in (vocab.SHARD_PENDING, vocab.SHARD_PROVISIONING):
-        update.update({"server": None, "run": None})  # nothing was rented under the name: a resume rents afresh
+    if nothing_rented and sh.server and not sh.own_host:
+        update.update({"server": None, "run": None})
     return Decision(update, (), f"shard {sh.shard} paused: {why}")
 
 
@@ -388,7 +391,7 @@ def on_job(sh: ManagedShardRecord, job: JobResult, now: float) -> Decision:
             return Decision(ShardUpdate(status=vocab.SHARD_COMPLETED, failures=0, retry_at=None))
         return Decision(ShardUpdate(status=vocab.SHARD_PENDING, server=None, run=None, failures=0, retry_at=None))
     if job.refused:
-        return _paused(sh, job.error)
+        return _paused(sh, job.error, nothing_rented=job.kind == "acquire" and sh.status == vocab.SHARD_PROVISIONING)
     if job.kind == "acquire" and job.run_failure is not None:
         return _run_failed(sh, job.run_failure, job.log_tail, Observation(run_id=sh.run or ""), ShardUpdate())
     failures = sh.failures + 1
@@ -421,6 +424,19 @@ def on_job(sh: ManagedShardRecord, job: JobResult, now: float) -> Decision:
     if not sh.own_host:
         return Decision(ShardUpdate(status=vocab.SHARD_RETIRING, failures=failures, retry_at=now + delay), (), said)
     return Decision(ShardUpdate(status=vocab.SHARD_PENDING, failures=failures, retry_at=now + delay), (), said)
+
+
+def resume_paused(sh: ManagedShardRecord, server_exists: bool) -> ShardUpdate:
+    """A paused shard picked up by the same command (pure): one whose results are home only destroys its server;
+    one whose server may still exist destroys it (verified) before another is rented; the rest need a server."""
+    update = ShardUpdate(reason=None, failures=0, retry_at=None)
+    if (sh.reason or "").startswith(Ending.RELEASE.value):
+        update["status"] = vocab.SHARD_RELEASING
+    elif sh.server and not sh.own_host and server_exists:
+        update["status"] = vocab.SHARD_RETIRING
+    else:
+        update["status"] = vocab.SHARD_PENDING
+    return update
 
 
 RunNext = Literal["go", "finish", "pause", "cancel"]

@@ -160,13 +160,14 @@ class ManagedModel(RuleBasedStateMachine):
         self.synced[i] = {x: {"id": x} for x in srv.done}
         self.synced_failed[i] = set(srv.failed)
 
-    def effect(self, i: int, action: vocab.Action, ok: bool) -> rules.JobResult:
+    def effect(self, i: int, action: vocab.Action, ok: bool | None) -> rules.JobResult:
+        """``ok``: the job does its work (True), fails (False), or fails after its rental was made (None)."""
         """What a job does to the world; returns how it ended."""
         sh = self.shards[i]
         kind, how = rules.JOB_OF[action]
         srv = self.server_of(i)
         if kind == "acquire":
-            if not ok:
+            if ok is False:
                 return rules.JobResult(kind, False, "the provider answered 503.")
             if how == "rent":
                 assert sh.server is not None
@@ -176,6 +177,8 @@ class ManagedModel(RuleBasedStateMachine):
                     srv.failed = set()
                 elif srv.state != "running":
                     return rules.JobResult(kind, False, f"{srv.name} is {srv.state}.")
+            if ok is None:  # rented, then its set-up failed
+                return rules.JobResult(kind, False, "the set-up failed.")
             elif srv is None or srv.state not in ("running", "stopped"):
                 return rules.JobResult(kind, False, "it did not start.")
             srv.state = "running"
@@ -195,7 +198,7 @@ class ManagedModel(RuleBasedStateMachine):
             return rules.JobResult(kind, True)
         if ok and srv is not None:
             srv.state = "gone"
-        return rules.JobResult(kind, ok, "" if ok else "the destroy was not confirmed")
+        return rules.JobResult(kind, bool(ok), "" if ok else "the destroy was not confirmed")
 
     def _maybe_complete(self, srv: Server) -> None:
         if srv.run_status == "running" and len(srv.done) + len(srv.failed) >= len(SHARD_IDS[srv.shard]):
@@ -215,16 +218,18 @@ class ManagedModel(RuleBasedStateMachine):
         nxt = rules.run_next(list(self.shards.values()), len(self.jobs), cancel_requested=False)
         if nxt == "finish":
             self.finish()
-        elif nxt == "pause":
+        elif nxt == "pause":  # the controller destroys what is left (verified): nothing bills while paused
+            for srv in self.alive():
+                srv.state = "gone"
             self.final = "paused"
 
     @precondition(lambda self: bool(self.jobs) and self.final is None)
-    @rule(oks=st.lists(st.sampled_from([True, False]), min_size=K, max_size=K))
-    def jobs_end_then_tick(self, oks: list[bool]) -> None:
+    @rule(oks=st.lists(st.sampled_from([True, False, None]), min_size=K, max_size=K))
+    def jobs_end_then_tick(self, oks: list[bool | None]) -> None:
         """The jobs in flight end (each as drawn: done, or failed), then the controller looks again."""
         for n, i in enumerate(sorted(self.jobs)):
             action, happened = self.jobs.pop(i)
-            result = self.effect(i, action, oks[n % K] or happened)
+            result = self.effect(i, action, True if happened else oks[n % K])
             self.apply(i, rules.on_job(self.shards[i], result, self.now))
         self.tick()
 

@@ -107,3 +107,15 @@ def test_the_run_finishes_pauses_or_goes_on_only_when_no_job_is_in_flight() -> N
 def test_retries_share_one_bounded_backoff() -> None:
     delays = [rules.retry_delay(n) for n in range(1, 10)]
     assert delays == [2.0, 4.0, 8.0, 16.0] + [32.0] * 5  # bounded: the last delay holds
+
+
+def test_a_paused_shard_picked_up_again_never_holds_two_servers_nor_rents_what_is_home() -> None:
+    home = shard(vocab.SHARD_PAUSED, reason=rules.Ending.RELEASE.said("exp-m1-s0-1: 503"))
+    assert rules.resume_paused(home, server_exists=False)["status"] == vocab.SHARD_RELEASING
+    set_up_failed = shard(vocab.SHARD_PAUSED, reason="the set-up failed (after 5 attempts)")
+    assert rules.resume_paused(set_up_failed, server_exists=True)["status"] == vocab.SHARD_RETIRING
+    assert rules.resume_paused(set_up_failed, server_exists=False)["status"] == vocab.SHARD_PENDING
+    # a set-up that failed after the rental was made keeps the server's name, so the resume can destroy it
+    provisioning = shard(vocab.SHARD_PROVISIONING, failures=rules.MAX_PROVISION_ATTEMPTS - 1)
+    paused = on_job(provisioning, JobResult("acquire", False, "the set-up failed."), 200.0)
+    assert paused.update["status"] == vocab.SHARD_PAUSED and "server" not in paused.update
