@@ -203,8 +203,9 @@ class Gathered:
         return self.completed == self.total
 
 
-def _journal_records(path: Path) -> tuple[bytes | None, list[dict[str, Any]]]:
-    """A journal copy's header line and its records (a torn or unreadable line is skipped)."""
+def journal_records(path: Path) -> tuple[bytes | None, list[dict[str, Any]]]:
+    """A journal copy's header line and its records (a torn or unreadable line is skipped): what a managed run's
+    controller reads of the journals it brings home."""
     try:
         lines = path.read_bytes().splitlines(keepends=True)
     except OSError:
@@ -241,7 +242,7 @@ def gather_shards(shard_dirs: Sequence[str | os.PathLike[str]], name: str = "res
         for item_id, pos in zip(meta["ids"], meta["positions"]):
             if isinstance(pos, int):
                 ids_at[pos] = item_id
-        head, records = _journal_records(Path(folder) / f"{name}.journal.jsonl")
+        head, records = journal_records(Path(folder) / f"{name}.journal.jsonl")
         header = header or head
         try:
             doc = json.loads((Path(folder) / f"{name}.json").read_bytes())

@@ -15,6 +15,7 @@ from tether.context import Ctx
 from tether.errors import (
     CheckpointError,
     CommandFailed,
+    NoCapacity,
     PolicyRefusal,
     ProviderError,
     TetherError,
@@ -52,6 +53,7 @@ from tether.managed.rules import (
 from tether.managed.views import shard_json
 from tether.providers import Instance, Provider, provider_for
 from tether.renting import observe as observe_instance
+from tether.renting import rental_cost
 from tether.state import ManagedRunRecord, ManagedShardRecord, ShardUpdate
 from tether.vocab import Action
 
@@ -338,12 +340,16 @@ class Controller:
             return None
         now = self.now()
         if self._offer_dph is None or now - self._offer_dph[0] > 60:
-            try:
+            try:  # the price a rental is billed at, as the rent path reckons it (the bid for bid offers)
                 prof = rentals.profile_for(self.project, run.profile or "api")
                 offers = rentals.search(self.provider(), prof)
+                price_for = rentals.bid_pricing(prof, offers)
+                if not offers:
+                    raise NoCapacity(f"No offer matches profile {prof.name} now.")
+                cheapest = min(rental_cost(o, price_for(o) if price_for else None) for o in offers)
             except ProviderError as exc:
                 self._provider_hiccup(sh, exc)
-            self._offer_dph = (now, min(o.dph_total for o in offers))
+            self._offer_dph = (now, cheapest)
         dph = self._offer_dph[1]
         committed = []
         for other in self.st.managed_shards(self.id):

@@ -106,21 +106,9 @@ def _head_sha(path: Path) -> str:
 
 
 def _record_count(path: Path) -> int:
-    """Items with a result in a journal copy (``"ok": true`` records, by id)."""
-    done: set[Any] = set()
-    try:
-        with open(path, "rb") as fh:
-            fh.readline()
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict) and rec.get("ok") is True:
-                    done.add(json.dumps(rec.get("id")))
-    except OSError:
-        return 0
-    return len(done)
+    """Items with a result in a journal copy (``"ok": true`` records, by id; the format is tether.checkpoint's)."""
+    _head, records = shard_lib.journal_records(path)
+    return len({json.dumps(rec["id"]) for rec in records if rec["ok"] is True})
 
 
 def apply_sync(local_dir: Path, doc: dict[str, Any]) -> int:
@@ -250,7 +238,7 @@ def _drop_subsumed_journal(journal: Path, final: Path) -> None:
     holds is in the (complete) final file; one with any other result is left."""
     if not journal.is_file():
         return
-    _head, records = shard_lib._journal_records(journal)
+    _head, records = shard_lib.journal_records(journal)
     try:
         merged = json.loads(final.read_bytes()).get("results") or []
     except (OSError, ValueError, AttributeError):
