@@ -189,18 +189,28 @@ def bring_together(dest: Path, folders: Sequence[Path], run_id: str, *, sharded:
     """
     dest.mkdir(parents=True, exist_ok=True)
     if not sharded:
+        copy = sorted(folders[0].rglob("*")) if folders[0].is_dir() else []
+        finals = {
+            p for p in copy if p.name.endswith(".json") and not p.name.endswith((".shard.json", ".progress.json"))
+        }
         written: Path | None = None
-        complete = False
-        for path in sorted(folders[0].rglob("*")) if folders[0].is_dir() else []:
-            if path.is_file() and not path.is_symlink() and not path.name.startswith("."):
-                out = dest / path.relative_to(folders[0])
-                out.parent.mkdir(parents=True, exist_ok=True)
-                _place(out, path.read_bytes(), run_id)
-                if path.name == "results.json" or written is None:
-                    written = out
-                complete = complete or path.name == "results.json"
+        for path in copy:
+            if not path.is_file() or path.is_symlink() or path.name.startswith("."):
+                continue
+            base = path.name.removesuffix(".journal.jsonl").removesuffix(".progress.json")
+            if base != path.name and path.with_name(base + ".json") in finals:
+                continue  # a copy synced before its checkpoint finished: the final file holds it all
+            out = dest / path.relative_to(folders[0])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _place(out, path.read_bytes(), run_id)
+            if path.name == "results.json" or written is None:
+                written = out
+        for final in finals:
+            out = dest / final.relative_to(folders[0])
+            _drop_subsumed_journal(out.with_name(final.name[: -len(".json")] + ".journal.jsonl"), out)
         journals = sorted(p for p in dest.glob("*.journal.jsonl"))
-        if journals and not complete:
+        complete = bool(finals) and not journals
+        if journals:
             return Together(journals[0], False, f"its journal is kept in {journals[0]} (the same command resumes it)")
         return Together(written or dest, complete, f"results in {written or dest}")
     names = sorted({p.name[: -len(".shard.json")] for f in folders for p in f.glob("*.shard.json")})
