@@ -1,6 +1,7 @@
 """A managed run keeps what finished, through the CLI on the Vast emulator: failed items do not throw a run away
 (its finished results come home merged, the message says where, and the same command resumes from every finished
-item), and a controller killed while its final destroy is in flight rents nothing twice."""
+item), a controller killed while its final destroy is in flight rents nothing twice, and the final pull is the one
+verified pull that never writes through a link."""
 
 from __future__ import annotations
 
@@ -11,9 +12,15 @@ from typing import Any
 
 import pytest
 
+from tests.adversarial.test_trust_boundary import set_up
 from tests.e2e.conftest import Cloud, vast_project
 from tests.e2e.managed_helpers import FAST, expected_results, start_tether
 from tests.helpers import tether, wait_for
+from tether import managed
+from tether.config import load
+from tether.errors import SyncError
+from tether.state import ManagedRunRecord, ManagedShardRecord, open_state
+from tether.testing.sshd import SshdHost
 
 REFUSALS = '''\
 """An eval where the model refuses an item while refuse.txt is there (the normal case: a few refusals)."""
@@ -100,3 +107,71 @@ def test_a_controller_killed_while_its_final_destroy_is_in_flight_rents_nothing_
     results = json.loads((project / "results" / "results.json").read_text())
     assert results == {"completed": 20, "total": 20, "results": expected_results(20)}
     assert cloud.emulator.billing_instances() == []
+
+
+def test_the_final_pull_is_the_one_verified_pull_and_never_writes_through_a_link(
+    tmp_path: Path, sshd_host: SshdHost
+) -> None:
+    """A shard's final pull is ``tether pull``'s: verified against the server's manifest, and refused (nothing
+    copied) where the shard's local copy lies behind a link, instead of writing through it."""
+    project_root, code = set_up(tmp_path, sshd_host)
+    (code / "results" / "results.json").write_text('{"completed": 1, "total": 1, "results": [\n{"id": 1}\n]}\n')
+    project = load(project_root / "tether.toml")
+    run = ManagedRunRecord(
+        id="exp-mlink",
+        experiment="exp",
+        shards=1,
+        args=[],
+        profile=None,
+        hosts=["lab1"],
+        max_usd=None,
+        sync_every=60.0,
+        mode="journal",
+        status="running",
+        reason=None,
+        started=1.0,
+        ended=None,
+        results_path=None,
+        cost_usd=0.0,
+        controller_pid=None,
+        cancel_requested=False,
+        updated=1.0,
+    )
+    shard = ManagedShardRecord(
+        run_id=run.id,
+        shard=0,
+        status="finishing",
+        server="lab1",
+        own_host=True,
+        run="r1",
+        attempt=0,
+        recoveries=0,
+        restarts=0,
+        completed=1,
+        total=1,
+        synced=0,
+        last_sync=None,
+        last_seen=None,
+        last_failure=None,
+        failures=0,
+        reason=None,
+        retry_at=None,
+        updated=1.0,
+    )
+    with open_state() as st:
+        st.add_managed_run(run, [shard])
+        state_path = st.path
+    home = managed.shard_dir(run.id, 0)
+    beside = tmp_path / "X"
+    beside.mkdir()
+    home.mkdir(parents=True)
+    (home / "results").symlink_to(beside)  # a pull through it would write tmp_path/X/results.json
+    with pytest.raises(SyncError, match="never pulls through a link"):
+        managed.final_job(project, state_path, lambda _s: None, run, shard)
+    assert list(beside.iterdir()) == []
+    (home / "results").unlink()
+    done = managed.final_job(project, state_path, lambda _s: None, run, shard)
+    assert (
+        done.verified
+        and (home / "results" / "results.json").read_bytes() == (code / "results" / "results.json").read_bytes()
+    )
