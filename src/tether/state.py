@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
+from tether import vocab
 from tether.errors import ConfigError, StateError
 from tether.paths import private_dir, private_file, tether_home
 
@@ -268,7 +269,7 @@ class ManagedRunRecord:
     sync_every: float
     mode: str
     """``journal`` (the experiment uses tether.checkpoint: journals sync incrementally) or ``folder``."""
-    status: str
+    status: vocab.ManagedStatus
     reason: str | None
     started: float
     ended: float | None
@@ -285,7 +286,7 @@ class ManagedShardRecord:
 
     run_id: str
     shard: int
-    status: str
+    status: vocab.ShardStatus
     server: str | None
     own_host: bool
     run: str | None
@@ -310,7 +311,7 @@ class ManagedShardRecord:
 class ShardUpdate(TypedDict, total=False):
     """A typed partial update of a :class:`ManagedShardRecord` (what a managed run's rules decide to change)."""
 
-    status: str
+    status: vocab.ShardStatus
     server: str | None
     run: str | None
     attempt: int
@@ -330,7 +331,7 @@ class ShardUpdate(TypedDict, total=False):
 class RunUpdate(TypedDict, total=False):
     """A typed partial update of a :class:`ManagedRunRecord`."""
 
-    status: str
+    status: vocab.ManagedStatus
     reason: str | None
     ended: float | None
     results_path: str | None

@@ -431,7 +431,9 @@ class Controller:
             self.say(f"merged {self.run.shards} shards into {together.path}.")
         return together
 
-    def close_run(self, status: str, reason: str | None, results: str | None, started: float) -> Outcome:
+    def close_run(
+        self, status: vocab.ManagedStatus, reason: str | None, results: str | None, started: float
+    ) -> Outcome:
         spent = self.spent()
         rec = self.st.update_managed_run(
             self.id,

@@ -13,7 +13,7 @@ from tether.state import ManagedShardRecord
 OPTS = rules.Options(shards=2, unreachable_after_s=300.0)
 
 
-def shard(status: str = vocab.SHARD_RUNNING, **changes: object) -> ManagedShardRecord:
+def shard(status: vocab.ShardStatus = vocab.SHARD_RUNNING, **changes: object) -> ManagedShardRecord:
     base = ManagedShardRecord(
         run_id="exp-m1",
         shard=0,

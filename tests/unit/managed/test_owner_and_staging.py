@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import write_project
-from tether import autopilot, provision
+from tether import autopilot, provision, vocab
 from tether.config import load
 from tether.context import Ctx
 from tether.errors import PolicyRefusal
@@ -18,7 +18,7 @@ from tether.managed.local import controller_lock, live_owner, owner_of
 from tether.state import InstanceRecord, ManagedRunRecord, open_state
 
 
-def _run(run_id: str, status: str = "running") -> ManagedRunRecord:
+def _run(run_id: str, status: vocab.ManagedStatus = "running") -> ManagedRunRecord:
     return ManagedRunRecord(
         id=run_id,
         experiment="exp",
