@@ -70,6 +70,7 @@ class ManagedModel(RuleBasedStateMachine):
         self.runs = 0
         self.told: set[str] = set()  # servers a paused reason names
         self.merged: dict[str, Any] | None = None
+        self.cancel_requested = False
 
     # ------------------------------------------------------------------------------------------ the applier
     def _record(self, i: int) -> ManagedShardRecord:
@@ -215,8 +216,16 @@ class ManagedModel(RuleBasedStateMachine):
         for i in range(K):
             if self.shards[i].status == vocab.SHARD_RUNNING and i not in self.jobs:
                 self.sync(i)
-        nxt = rules.run_next(list(self.shards.values()), len(self.jobs), cancel_requested=False)
-        if nxt == "finish":
+        nxt = rules.run_next(list(self.shards.values()), len(self.jobs), cancel_requested=self.cancel_requested)
+        if nxt == "cancel":  # as the controller's stop_all: wait for the jobs, bring journals home, destroy, merge
+            for i, (action, _happened) in sorted(self.jobs.items()):
+                self.effect(i, action, True)
+            self.jobs.clear()
+            for i in range(K):
+                self.sync(i)
+            self.finish()
+            self.final = "cancelled"
+        elif nxt == "finish":
             self.finish()
         elif nxt == "pause":  # the controller destroys what is left (verified): nothing bills while paused
             for srv in self.alive():
@@ -276,11 +285,16 @@ class ManagedModel(RuleBasedStateMachine):
 
     @rule(
         data=st.data(),
-        how=st.sampled_from(["stopped", "gone", "exited", "unreachable", "pull_broken", "provider", "bad_item"]),
+        how=st.sampled_from(
+            ["stopped", "gone", "exited", "unreachable", "pull_broken", "provider", "bad_item", "cancel"]
+        ),
     )
     def fault(self, data: st.DataObject, how: str) -> None:
         """Preemption, a vanished host, an exited one, no answer, a final pull that always fails, the provider
-        down (or back), an item the experiment records as failed."""
+        down (or back), an item the experiment records as failed, ``tether cancel`` (seen at the next look)."""
+        if how == "cancel":
+            self.cancel_requested = self.cancel_requested or self.now > 2000.0  # once the run got going
+            return
         if how == "provider":
             self.provider_down = not self.provider_down
             return
