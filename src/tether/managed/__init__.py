@@ -9,10 +9,18 @@ the last sync, one round trip: ``python3 -m tether.server journal``). When a ser
 started again (its disk holds the journal; faster and cheaper than a new one); when it exited, vanished, or stays
 unreachable past ``unreachable_after_s``, it is destroyed (verified gone) and a new one is rented, set up, given
 the code and the last synced journal, and the shard resumes by item id. A shard whose experiment fails the same
-way on two servers in a row stops with its log tail; the others go on. When every shard is complete each shard's
-results folder has been pulled and verified against the server's manifest (and its server destroyed, verified),
-and the shards' final files are merged into one ``results.json`` in item order, byte for byte what a single run
-writes.
+way on two servers in a row stops with its log tail; the others go on. A completed shard's results folder is pulled
+with the one verified pull (:func:`tether.pull.pull`), the shard is recorded home (``releasing``), and only then is
+its server destroyed (verified). When every shard is final, what they finished is merged into the project's
+results folder in item order, byte for byte what a single run writes; with failed or missing items, the finished
+ones all the same (``"failed": n``) plus a journal from which the same command resumes every finished item.
+
+Decide, then act: :mod:`.rules` holds the pure decisions (one per shard status, and one per ended job) over
+typed statuses, updates and actions; :class:`Controller` gathers observations and applies decisions in one place;
+:mod:`.jobs` are the I/O jobs it runs in threads; :mod:`.local` the files on this machine and the lock;
+:mod:`.launch` creating, picking up and cancelling runs; :mod:`.views` what progress and status show. Every
+server a run rents carries the run as its owner (``meta.owner``): the autopilot, ``stop`` and ``destroy`` leave it
+alone while that run's controller lives.
 
 Safety: a rental is checked against ``--max-usd`` (and ``[policy]``) before it is made, replacements included; a
 rental that would cross it pauses the shard with the reason instead (the run then stops when nothing else runs,
