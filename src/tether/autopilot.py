@@ -143,6 +143,7 @@ def _stale(st: State, name: str, now: float, why: str) -> list[str]:
 
 def guard_destroy(ctx: Ctx, name: str, *, discard_unsynced: bool) -> Facts:
     """Refuse (PolicyRefusal, exit 3) to destroy while a run or agent is alive or results are not verified home."""
+    refuse_managed(ctx, name)
     facts = gather(ctx, name, ctx.now(), more_work=False)
     if facts.errors and not discard_unsynced:
         raise PolicyRefusal(
@@ -213,8 +214,22 @@ def act(
     return outcome
 
 
+def refuse_managed(ctx: Ctx, name: str) -> None:
+    """Refuse (exit 3) to act on a server that a live managed run's controller owns: it stops and destroys its own
+    servers (verified), and a stop or destroy behind its back would cost a recovery."""
+    from tether.managed.local import live_owner
+
+    run = live_owner(ctx.state, name)
+    if run is not None:
+        raise PolicyRefusal(
+            f"{name} belongs to managed run {run.id}, whose controller is running; nothing was done.",
+            f"The controller destroys it when its shard is home; to stop the run, `tether cancel {run.id}`.",
+        )
+
+
 def guard_stop(ctx: Ctx, name: str) -> None:
     """Refuse (exit 3) to stop a running server while a run or agent is alive on it (a stop kills them)."""
+    refuse_managed(ctx, name)
     facts = gather(ctx, name, ctx.now())
     _refuse_unreadable(facts, name)
     _refuse_in_use(facts, name, "a stop would kill it.")
@@ -237,6 +252,8 @@ def _refuse_unreadable(facts: Facts, name: str) -> None:
 
 def tick(ctx: Ctx, *, dry_run: bool = False, now: float | None = None) -> list[dict[str, Any]]:
     """One pass of the autopilot over every rented instance that still exists."""
+    from tether.managed.local import live_owner
+
     project, st = ctx.project, ctx.state
     provider = provider_for(project)
     results: list[dict[str, Any]] = []
@@ -248,6 +265,11 @@ def tick(ctx: Ctx, *, dry_run: bool = False, now: float | None = None) -> list[d
             ctx.say(f"could not list this project's instances: {exc}")
         for rec in st.instances():
             if rec.provider != rentals.PROVIDER or rec.state in ("gone", "creating") or not rec.instance_id:
+                continue
+            owner = live_owner(st, rec.name)
+            if owner is not None:  # its controller acts on it: left alone, not even looked at
+                why = f"managed run {owner.id}'s controller owns it"
+                results.append({"name": rec.name, "action": "none", "reason": why, "done": False, "error": None})
                 continue
             try:
                 rentals.observe(project, st, rec.name, provider=provider)
@@ -313,9 +335,11 @@ def stop(ctx: Ctx, name: str, *, no_pull: bool = False) -> tuple[InstanceRecord,
 
 
 def destroy(ctx: Ctx, name: str, *, discard_unsynced: bool = False) -> tuple[InstanceRecord, Facts | None]:
-    """``tether destroy``: idempotent; refused (exit 3) while anything on the server is alive or not home."""
+    """``tether destroy``: idempotent; refused (exit 3) while anything on the server is alive or not home, or while
+    a live managed run's controller owns it."""
     rec = rentals.rented(ctx.state, name)
     if rec.state == "gone":
         return rec, None
+    refuse_managed(ctx, name)
     facts = guard_destroy(ctx, name, discard_unsynced=discard_unsynced)
     return rentals.destroy(ctx.project, ctx.state, name), facts

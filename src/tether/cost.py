@@ -493,7 +493,7 @@ def cost_by_instance_and_experiment(
 
 # ------------------------------------------------------------------------------------------ policies
 
-Action = Literal["none", "stop", "destroy"]
+Action = vocab.Action  # the one type of what a controller decides (the idle policies use none, stop, destroy)
 
 
 @dataclass(frozen=True)

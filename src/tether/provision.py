@@ -6,10 +6,12 @@ is :mod:`tether.pull`.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -135,15 +137,22 @@ def server_lib_stage() -> tuple[Path, str]:
     version = digest.hexdigest()[:16]
     stage = tether_home() / "serverlib" / version
     if not (stage / "tether" / ".complete").exists():
-        tmp = stage.with_name(f".{version}.{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        for path in files:
-            dest = tmp / "tether" / path.relative_to(package)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, dest)
-        (tmp / "tether" / ".complete").write_text(version)
-        shutil.rmtree(stage, ignore_errors=True)
-        os.replace(tmp, stage)
+        # A folder of its own per staging (several set-ups run side by side in one process: the managed
+        # controller's shards), and a complete stage is never removed: the first one there is used by all.
+        stage.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=stage.parent))
+        try:
+            for path in files:
+                dest = tmp / "tether" / path.relative_to(package)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, dest)
+            (tmp / "tether" / ".complete").write_text(version)
+            if stage.exists() and not (stage / "tether" / ".complete").exists():
+                shutil.rmtree(stage, ignore_errors=True)  # an unfinished stage an older tether left
+            with contextlib.suppress(OSError):  # another staging got there first: its stage is the same
+                os.replace(tmp, stage)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return stage, version
 
 

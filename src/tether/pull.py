@@ -164,14 +164,18 @@ def results_paths(project: Project, experiments: Sequence[str] = ()) -> list[str
     return [f for f in folders if not any(f.startswith(outer + "/") for outer in folders)]
 
 
-def pull(ctx: Ctx, target: Target, experiments: Sequence[str] = (), *, attempts: int = 3) -> PullReport:
+def pull(
+    ctx: Ctx, target: Target, experiments: Sequence[str] = (), *, attempts: int = 3, into: Path | None = None
+) -> PullReport:
     """Bring the results folders home by rsync and verify them against the server's manifest.
 
     A local file is never replaced by a partial one (rsync's delayed updates); a cut connection is retried by the
     transport. Files that change on the server while we pull (a live journal) are pulled again, a bounded number of
-    times; the report says whether every file arrived whole.
+    times; the report says whether every file arrived whole. ``into``: the folder that stands for the project here
+    (a managed shard's local copy): the results folders are pulled under it, never through a link, always in full.
     """
     project, state = ctx.project, ctx.state
+    root = into if into is not None else project.root
     paths = results_paths(project, experiments)
     report = PullReport(host=target.name, paths=paths)
     if target.local:
@@ -179,7 +183,7 @@ def pull(ctx: Ctx, target: Target, experiments: Sequence[str] = (), *, attempts:
         return report
     last = state.last_pull(target.name)
     before = {rel: sha for rel, (_s, _m, sha) in (last.manifest if last else {}).items()}
-    previous = _last_verified(state, target.name, paths)
+    previous = _last_verified(state, target.name, paths) if into is None else None
     manifest: dict[str, list[Any]] = {}
     for attempt in range(attempts):
         fresh = remote_manifest(
@@ -194,16 +198,16 @@ def pull(ctx: Ctx, target: Target, experiments: Sequence[str] = (), *, attempts:
             return report
         manifest = fresh.files or {}
         wanted = [p for p in paths if any(rel == p or rel.startswith(p + "/") for rel in manifest)]
-        _refuse_local_links(project.root, wanted, target.name)
+        _refuse_local_links(root, wanted, target.name)
         for rel in wanted:
-            local = project.root / rel
+            local = root / rel
             try:
                 stats = target.transport.pull(f"{target.code_dir}/{rel}", local, excludes=[".*.tmp"])
             except SyncError as exc:
                 raise _pull_failed(exc, rel, target.name) from None
             report.files += stats.files_transferred
             report.bytes_transferred += stats.bytes_transferred
-        report.mismatched = verify_local(project.root, manifest)
+        report.mismatched = verify_local(root, manifest)
         if not report.mismatched:
             break
         if attempt + 1 < attempts:

@@ -27,8 +27,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
+from tether import vocab
 from tether.errors import ConfigError, StateError
 from tether.paths import private_dir, private_file, tether_home
 
@@ -277,7 +278,7 @@ class ManagedRunRecord:
     sync_every: float
     mode: str
     """``journal`` (the experiment uses tether.checkpoint: journals sync incrementally) or ``folder``."""
-    status: str
+    status: vocab.ManagedStatus
     reason: str | None
     started: float
     ended: float | None
@@ -294,7 +295,7 @@ class ManagedShardRecord:
 
     run_id: str
     shard: int
-    status: str
+    status: vocab.ShardStatus
     server: str | None
     own_host: bool
     run: str | None
@@ -314,6 +315,43 @@ class ManagedShardRecord:
     reason: str | None
     retry_at: float | None
     updated: float
+
+
+class ShardUpdate(TypedDict, total=False):
+    """A typed partial update of a :class:`ManagedShardRecord` (what a managed run's rules decide to change)."""
+
+    status: vocab.ShardStatus
+    server: str | None
+    run: str | None
+    attempt: int
+    recoveries: int
+    restarts: int
+    completed: int
+    total: int | None
+    synced: int
+    last_sync: float | None
+    last_seen: float | None
+    last_failure: str | None
+    failures: int
+    reason: str | None
+    retry_at: float | None
+
+
+class RunUpdate(TypedDict, total=False):
+    """A typed partial update of a :class:`ManagedRunRecord`."""
+
+    status: vocab.ManagedStatus
+    reason: str | None
+    ended: float | None
+    results_path: str | None
+    cost_usd: float | None
+    controller_pid: int | None
+    cancel_requested: bool
+    max_usd: float | None
+    sync_every: float
+    args: list[str]
+    hosts: list[str]
+    profile: str | None
 
 
 MANAGED_RUN_FIELDS = [f.name for f in fields(ManagedRunRecord)]
@@ -535,6 +573,14 @@ class State:
                 (name, provider, remote_root, now, now, json.dumps(meta)),
             )
 
+    def set_instance_owner(self, name: str, owner: str | None) -> None:
+        """Record who acts on a server (``managed:<run id>``: a managed run's controller) in its ``meta.owner``;
+        the autopilot, ``stop`` and ``destroy`` leave it alone while that owner is live."""
+        with self.tx() as db:
+            db.execute(
+                "UPDATE instances SET meta=json_set(COALESCE(meta, '{}'), '$.owner', ?) WHERE name=?", (owner, name)
+            )
+
     def drop_reservation(self, name: str) -> None:
         """Forget a ``creating`` record whose create made nothing (a record with an instance is never dropped)."""
         with self.tx() as db:
@@ -656,9 +702,9 @@ class State:
             rows = self._rows("SELECT * FROM managed_runs WHERE experiment=? ORDER BY started", (experiment,))
         return [_managed_run(r) for r in rows]
 
-    def update_managed_run(self, run_id: str, **changes: Any) -> ManagedRunRecord:
+    def update_managed_run(self, run_id: str, **changes: Unpack[RunUpdate]) -> ManagedRunRecord:
         """Change the columns given (``args``/``hosts`` as lists, ``cancel_requested`` as bool) and return the run."""
-        self._update("managed_runs", MANAGED_RUN_FIELDS, "id=?", (run_id,), changes)
+        self._update("managed_runs", MANAGED_RUN_FIELDS, "id=?", (run_id,), dict(changes))
         rec = self.managed_run(run_id)
         assert rec is not None
         return rec
@@ -667,8 +713,8 @@ class State:
         rows = self._rows("SELECT * FROM managed_shards WHERE run_id=? ORDER BY shard", (run_id,))
         return [_managed_shard(r) for r in rows]
 
-    def update_managed_shard(self, run_id: str, shard: int, **changes: Any) -> ManagedShardRecord:
-        self._update("managed_shards", MANAGED_SHARD_FIELDS, "run_id=? AND shard=?", (run_id, shard), changes)
+    def update_managed_shard(self, run_id: str, shard: int, **changes: Unpack[ShardUpdate]) -> ManagedShardRecord:
+        self._update("managed_shards", MANAGED_SHARD_FIELDS, "run_id=? AND shard=?", (run_id, shard), dict(changes))
         row = self._row("SELECT * FROM managed_shards WHERE run_id=? AND shard=?", (run_id, shard))
         assert row is not None
         return _managed_shard(row)

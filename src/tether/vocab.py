@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Final, Literal, Tuple
 
 STARTING = "starting"
 RUNNING = "running"
@@ -327,29 +327,54 @@ ManifestFiles = Dict[str, Tuple[int, float, str]]
 # ------------------------------------------------------------------------------------------ managed runs
 # A managed run (``tether run EXP --managed``) and its shards, as local state, ``progress``, ``status`` and the
 # dashboard name them. Client side only, but kept here with the other statuses.
-MANAGED_RUNNING = "running"
+ManagedStatus = Literal["running", "paused", "completed", "failed", "cancelled"]
+"""Where a managed run stands."""
+ShardStatus = Literal[
+    "pending",
+    "provisioning",
+    "running",
+    "restarting",
+    "retiring",
+    "finishing",
+    "releasing",
+    "completed",
+    "failed",
+    "paused",
+    "cancelled",
+]
+"""Where one shard of a managed run stands (each value's meaning is on its constant below)."""
+Action = Literal["none", "stop", "destroy", "rent", "start", "restart", "sync", "pull", "retire", "release", "say"]
+"""What a controller (the autopilot's policies, a managed run's rules) decides to do about a server; one type for
+the whole project. ``none``/``stop``/``destroy`` are the idle policies' (:mod:`tether.cost`); a managed shard's rules
+add ``rent`` (a server for it), ``start`` (its run on a host the user owns), ``restart`` (its stopped server),
+``sync`` (its journal home), ``pull`` (its results home, verified), ``retire`` (destroy its server, verified, before
+another), ``release`` (destroy the server of a shard whose results are home) and ``say``."""
+
+MANAGED_RUNNING: Final = "running"
 """A controller drives it (or drove it last: ``tether run EXP --managed`` again picks it up)."""
-MANAGED_PAUSED = "paused"
+MANAGED_PAUSED: Final = "paused"
 """A shard needs a server that the budget (or the provider) does not allow now; the others went on."""
-MANAGED_COMPLETED = "completed"
-MANAGED_FAILED = "failed"
-"""A shard failed the same way on two servers in a row (its log tail is the reason); the rest is kept."""
-MANAGED_CANCELLED = "cancelled"
+MANAGED_COMPLETED: Final = "completed"
+MANAGED_FAILED: Final = "failed"
+"""A shard failed the same way on two servers in a row, or items failed; what finished is kept and merged."""
+MANAGED_CANCELLED: Final = "cancelled"
 MANAGED_FINAL = frozenset({MANAGED_COMPLETED, MANAGED_FAILED, MANAGED_CANCELLED})
 
-SHARD_PENDING = "pending"
+SHARD_PENDING: Final = "pending"
 """Needs a server (first start, or after its server was lost)."""
-SHARD_PROVISIONING = "provisioning"
+SHARD_PROVISIONING: Final = "provisioning"
 """Renting (or adopting) a server, setting it up, pushing code and the last synced journal, starting the shard."""
-SHARD_RUNNING = "running"
-SHARD_RESTARTING = "restarting"
+SHARD_RUNNING: Final = "running"
+SHARD_RESTARTING: Final = "restarting"
 """Its stopped (preempted) server is being started again: its disk still holds the journal."""
-SHARD_RETIRING = "retiring"
+SHARD_RETIRING: Final = "retiring"
 """Its old server is being destroyed (verified) before another is rented: never two servers for one shard."""
-SHARD_FINISHING = "finishing"
-"""Completed on its server: final pull, verification, then the server is destroyed."""
-SHARD_COMPLETED = "completed"
-SHARD_FAILED = "failed"
-SHARD_PAUSED = "paused"
-SHARD_CANCELLED = "cancelled"
+SHARD_FINISHING: Final = "finishing"
+"""Completed on its server: the final pull, verified against the server's manifest (bounded retries)."""
+SHARD_RELEASING: Final = "releasing"
+"""Its results are home and verified; its server is being destroyed (a controller killed here only destroys it)."""
+SHARD_COMPLETED: Final = "completed"
+SHARD_FAILED: Final = "failed"
+SHARD_PAUSED: Final = "paused"
+SHARD_CANCELLED: Final = "cancelled"
 SHARD_FINAL = frozenset({SHARD_COMPLETED, SHARD_FAILED, SHARD_CANCELLED})

@@ -24,6 +24,7 @@ from tests.e2e.managed_helpers import (
 )
 from tests.helpers import tether, wait_for
 from tether import managed
+from tether.checkpoint.shard import shard_of
 from tether.config import load
 from tether.context import Ctx
 from tether.state import open_state
@@ -213,6 +214,14 @@ def test_a_shard_that_fails_the_same_way_twice_stops_with_its_log_tail_and_the_o
     assert by_shard == {0: "completed", 1: "failed"}
     assert rented_ever(cloud) == 3  # shard 1 on two servers, then no more
     assert cloud.emulator.billing_instances() == []
+    # What finished is home, merged: every item of the shard that completed, and the other's journaled ones; the
+    # journal beside it is what the same command resumes from.
+    kept = json.loads((project / "results" / "results.json").read_text())
+    ids = [r["id"] for r in kept["results"]]
+    assert ids == sorted(ids) and kept["completed"] == len(ids) < kept["total"] == 40
+    assert {f"i{n:03d}" for n in range(40) if shard_of(f"i{n:03d}", 2) == 0} <= set(ids)
+    journal = (project / "results" / "results.journal.jsonl").read_text().splitlines()[1:]
+    assert sorted(json.loads(line)["id"] for line in journal if '"ok":true' in line) == ids
 
 
 def test_a_preemption_during_the_final_pull_loses_nothing(

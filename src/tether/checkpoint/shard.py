@@ -182,3 +182,126 @@ def merge_shards(shard_dirs: Sequence[str | os.PathLike[str]], name: str = "resu
         return doc_text.encode("utf-8")
     except UnicodeEncodeError:
         return json.dumps(json.loads(doc_text), separators=(",", ":")).encode("ascii")
+
+
+class Gathered:
+    """What the shards of a run finished, together (:func:`gather_shards`)."""
+
+    def __init__(self, final: bytes, journal: bytes | None, completed: int, failed: int, total: int) -> None:
+        self.final = final
+        """``<name>.json`` as ``finalize(allow_failures=True, allow_missing=True)`` writes it: the finished results
+        in item order, ``"failed": n`` when items failed (failed and missing items are absent)."""
+        self.journal = journal
+        """A journal holding every finished result and every failure (None when every item finished, or when no
+        shard left a journal to take the header from): a later run resumes from it by item id."""
+        self.completed = completed
+        self.failed = failed
+        self.total = total
+
+    @property
+    def complete(self) -> bool:
+        return self.completed == self.total
+
+
+def journal_records(path: Path) -> tuple[bytes | None, list[dict[str, Any]]]:
+    """A journal copy's header line and its records (a torn or unreadable line is skipped): what a managed run's
+    controller reads of the journals it brings home."""
+    try:
+        lines = path.read_bytes().splitlines(keepends=True)
+    except OSError:
+        return None, []
+    if not lines or not lines[0].endswith(b"\n"):
+        return None, []
+    records: list[dict[str, Any]] = []
+    for line in lines[1:]:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and "id" in rec and rec.get("ok") in (True, False):
+            records.append(rec)
+    return lines[0], records
+
+
+def gather_shards(shard_dirs: Sequence[str | os.PathLike[str]], name: str = "results") -> Gathered:
+    """Everything the shards finished, whatever state each ended in: a shard's final file when it holds a result
+    for each of its items, else its journal copy (results, and failures marked failed). A shard with no shard file
+    (it never started) contributes nothing; its items are missing. Never refuses for failed or missing items."""
+    results: dict[int, str] = {}
+    failures: dict[int, bytes] = {}
+    ids_at: dict[int, Any] = {}
+    header: bytes | None = None
+    total: int | None = None
+    for folder in shard_dirs:
+        try:
+            meta = read_shard_file(shard_path(folder, name))
+        except CheckpointError:
+            continue
+        total = meta["total"] if total is None else total
+        pos_of = {_dumps(i): p for i, p in zip(meta["ids"], meta["positions"]) if isinstance(p, int)}
+        for item_id, pos in zip(meta["ids"], meta["positions"]):
+            if isinstance(pos, int):
+                ids_at[pos] = item_id
+        head, records = journal_records(Path(folder) / f"{name}.journal.jsonl")
+        header = header or head
+        try:
+            doc = json.loads((Path(folder) / f"{name}.json").read_bytes())
+        except (OSError, ValueError):
+            doc = None
+        final = doc.get("results") if isinstance(doc, dict) else None
+        if isinstance(final, list) and len(final) == len(meta["ids"]):
+            for pos, value in zip(meta["positions"], final):
+                results[pos] = _dumps(value)
+            continue
+        for rec in records:
+            pos = pos_of.get(_dumps(rec["id"]))
+            if pos is None:
+                continue
+            if rec["ok"] is True and "result" in rec:
+                results[pos] = _dumps(rec["result"])
+                failures.pop(pos, None)
+            elif rec["ok"] is False and pos not in results:
+                failures[pos] = (_dumps(rec) + "\n").encode("utf-8")
+    if total is None:
+        raise CheckpointError("No shard left a shard file; there is nothing to gather.")
+    texts = [results[pos] for pos in sorted(results)]
+    head_text = '{"completed": ' + str(len(texts)) + ', "total": ' + str(total) + ", "
+    if failures:
+        head_text += '"failed": ' + str(len(failures)) + ", "
+    body = '"results": [\n' + ",\n".join(texts) + "\n]}\n" if texts else '"results": []}\n'
+    final_bytes = (head_text + body).encode("utf-8", "surrogatepass")
+    journal: bytes | None = None
+    if len(results) < total and header is not None:
+        try:
+            head_doc = json.loads(header)
+            head_doc["total"] = total
+            header = (_dumps(head_doc) + "\n").encode("utf-8")
+        except (ValueError, TypeError):
+            pass  # kept as it was
+        lines = [header]
+        for pos in sorted(results):
+            lines.append(('{"id":' + _dumps(ids_at[pos]) + ',"ok":true,"result":' + results[pos] + "}\n").encode())
+        lines += [failures[pos] for pos in sorted(failures)]
+        journal = b"".join(lines)
+    return Gathered(final_bytes, journal, len(results), len(failures), total)
+
+
+def split_journal(data: bytes, index: int, count: int) -> tuple[bytes, int]:
+    """The lines of a journal (``data``) whose items belong to shard ``index`` of ``count``, under its header,
+    and how many of them are results: what a shard's new server is given so that it resumes by item id."""
+    lines = data.splitlines(keepends=True)
+    if not lines:
+        return b"", 0
+    out = [lines[0]]
+    done = 0
+    for line in lines[1:]:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(rec, dict) or "id" not in rec or not line.endswith(b"\n"):
+            continue
+        if shard_of(rec["id"], count) == index:
+            out.append(line)
+            done += rec.get("ok") is True
+    return b"".join(out), done

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tether.checkpoint import Checkpoint, CheckpointError, run_batch
-from tether.checkpoint.shard import merge_shards, parse_shard, shard_of
+from tether.checkpoint.shard import gather_shards, merge_shards, parse_shard, shard_of, split_journal
 
 
 def items(n: int) -> list[dict[str, Any]]:
@@ -77,3 +77,43 @@ def test_merge_refuses_a_missing_shard_and_a_shard_with_failures(
         merge_shards(folders[:1])
     with pytest.raises(CheckpointError, match=r"Shard 1 has \d+ results for its \d+ items"):
         merge_shards(folders)
+
+
+def test_what_shards_finished_gathers_with_failures_marked_and_the_kept_journal_resumes_only_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard that finished and one whose item failed (no final file, as run_batch leaves it): the finished
+    results come together in item order with the failure counted, exactly as one run's finalize(allow_failures=
+    True) writes them, and each shard's part of the kept journal resumes every finished item."""
+    given = items(30)
+    key = lambda it: it["id"]  # noqa: E731
+    failing = next(it["id"] for it in given if shard_of(it["id"], 2) == 1)
+    with Checkpoint(tmp_path / "single") as one:
+        for it in one.pending(given, key=key):
+            one.record_failure(it["id"], "refused") if it["id"] == failing else one.record(it["id"], work(it))
+        single = one.finalize(allow_failures=True).read_bytes()
+    folders = []
+    for k in range(2):
+        monkeypatch.setenv("TETHER_SHARD", f"{k}/2")
+        folder = tmp_path / f"s{k}"
+        with Checkpoint(folder, total=len(given)) as ck:
+            for it in ck.pending(given, key=key):
+                ck.record_failure(it["id"], "refused") if it["id"] == failing else ck.record(it["id"], work(it))
+            if k == 0:
+                ck.finalize()
+        folders.append(folder)
+    monkeypatch.delenv("TETHER_SHARD")
+    got = gather_shards(folders)
+    assert (got.completed, got.failed, got.total, got.complete) == (29, 1, 30, False)
+    assert got.final == single
+    assert got.journal is not None
+    for k in range(2):
+        part, done = split_journal(got.journal, k, 2)
+        monkeypatch.setenv("TETHER_SHARD", f"{k}/2")
+        folder = tmp_path / f"again{k}"
+        folder.mkdir()
+        (folder / "results.journal.jsonl").write_bytes(part)
+        with Checkpoint(folder, total=len(given)) as ck:
+            left = [it["id"] for it in ck.pending(given, key=key)]
+        assert left == ([failing] if k == 1 else [])
+        assert done == sum(1 for it in given if shard_of(it["id"], 2) == k and it["id"] != failing)
