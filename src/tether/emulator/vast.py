@@ -76,6 +76,15 @@ Test hooks (Python: ``emu.preempt(id)``, ``emu.vanish(id)``, ``emu.set_status(id
 next_state == "stopped"``), make its host disappear with it, put it in any vendor status, add an account key, set
 the account's credit.
 
+Inside an instance (what the vendor's containers carry): its start script (``onstart``, at creation and at every
+start) runs with ``CONTAINER_ID`` (the instance id), ``CONTAINER_API_KEY`` (a key issued for that instance),
+``PUBLIC_IPADDR``, ``VAST_TCP_PORT_22``, ``GPU_COUNT`` and the create body's ``env`` entries in its environment.
+SSH sessions do not get them (on the service a container's variables reach SSH sessions only when the start
+script exports them, e.g. to ``/etc/environment``): what a process on the server needs, the start script must
+keep. An instance key may show, stop and start its own instance and nothing else: any other request with it
+answers 403 ``forbidden`` (another instance, search, create, destroy, labels, the instance list, account keys);
+once its instance is destroyed it is an unknown key (401). ``emu.instances[id].container_key`` gives it to tests.
+
 Other admin endpoints (no auth, never faulted): ``POST /_emulator/clock {"advance": s}``,
 ``GET /_emulator/state`` → ``{"now", "total_cost", "instances": [...]}``.
 """
@@ -84,6 +93,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import shutil
 import socket
 import tempfile
@@ -387,6 +397,24 @@ class EmuInstance:
     """SSH public keys on this instance: the account's at creation, and those attached to it since."""
     proxy: Any = None
     """The loopback forwarder playing the service's SSH proxy (``ssh_host:ssh_port``), apart from the direct port."""
+    container_key: str = ""
+    """``CONTAINER_API_KEY``: the key issued for this instance alone (show, stop and start it; nothing else)."""
+
+    def container_env(self) -> dict[str, str]:
+        """The variables the service puts in the container's environment (what its start script sees)."""
+        env = {str(k): str(v) for k, v in self.env.items() if not str(k).startswith("-")}  # "-p 80:80" are port maps
+        port = self.host.port if self.host is not None else None
+        env.update(
+            {
+                "CONTAINER_ID": str(self.id),
+                "CONTAINER_API_KEY": self.container_key,
+                "PUBLIC_IPADDR": "127.0.0.1",
+                "GPU_COUNT": str(int(_num(self.offer.get("num_gpus"), 0))),
+            }
+        )
+        if port is not None:
+            env["VAST_TCP_PORT_22"] = str(port)
+        return env
 
     @property
     def dph_total(self) -> float:
@@ -678,7 +706,7 @@ class VastEmulator:
             inst.proxy.target = (inst.host.host, inst.host.port)
         runner = getattr(inst.host, "run_onstart", None)
         if inst.onstart and runner is not None:
-            runner(inst.onstart)
+            runner(inst.onstart, env=inst.container_env())
 
     def account_total(self) -> float:
         """Dollars accrued by every instance ever rented, up to the clock's now."""
@@ -799,6 +827,7 @@ class VastEmulator:
                 history=["loading"],
                 price=price,
                 keys=[k["public_key"] for k in self.ssh_keys],
+                container_key="ck_" + secrets.token_hex(20),
             )
             if oci:
                 inst.state, inst.history, inst.status_msg = "created", ["created"], OCI_FAILURE
@@ -840,7 +869,7 @@ class VastEmulator:
             return
         runner = getattr(host, "run_onstart", None)
         if inst.onstart and runner is not None:
-            runner(inst.onstart)
+            runner(inst.onstart, env=inst.container_env())
 
     def list_page(self, after: str | None, limit: int) -> dict[str, Any]:
         self.settle()
@@ -1024,12 +1053,41 @@ class VastEmulator:
         auth = headers.get("Authorization") or headers.get("authorization") or ""
         if not auth.startswith("Bearer "):
             return 401, {}, {"success": False, "error": "auth_error", "msg": "Please log in or sign up"}, delay
-        if auth[len("Bearer ") :] != self.api_key:
+        given = auth[len("Bearer ") :]
+        owner = self._instance_of_key(given) if given != self.api_key else None
+        if owner is not None:
+            own_status, own_answer = self._container_api(owner, method, path, body if isinstance(body, dict) else {})
+            return own_status, {}, own_answer, delay
+        if given != self.api_key:
             # What the service answers for a wrong or deleted key (its OpenAPI spec and the vendor's CLI).
             refusal: dict[str, Any] = {"success": False, "error": "auth_error", "msg": "Invalid user key"}
             return self.bad_key_status, {}, refusal, delay
         status, answer = self._api(method, path, query, body if isinstance(body, dict) else {})
         return status, {}, answer, delay
+
+    def _instance_of_key(self, key: str) -> int | None:
+        """The live instance whose ``CONTAINER_API_KEY`` this is, or None."""
+        if not key:
+            return None
+        with self._lock:
+            for inst in self.instances.values():
+                if inst.state != "destroyed" and secrets.compare_digest(inst.container_key, key):
+                    return inst.id
+        return None
+
+    def _container_api(self, own: int, method: str, path: str, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A request made with an instance's own key: show, stop or start that instance; 403 for anything else."""
+        segs = [s for s in path.split("/") if s]
+        mine = len(segs) == 4 and segs[:3] == ["api", "v0", "instances"] and segs[3] == str(own)
+        if mine and method == "GET":
+            return 200, {"instances": self.instance_json(own)}
+        if mine and method == "PUT" and set(body) == {"state"} and body.get("state") in ("stopped", "running"):
+            return self.change(own, body)
+        return 403, {
+            "success": False,
+            "error": "forbidden",
+            "msg": f"This key was issued for instance {own}: it may show, stop and start that instance only.",
+        }
 
     def _api(
         self, method: str, path: str, query: Mapping[str, str], body: Mapping[str, Any]

@@ -149,10 +149,11 @@ class SshdHost:
         tmp.write_text("\n".join(lines) + "\n")
         os.replace(tmp, self.authorized_keys)
 
-    def run_onstart(self, script: str, timeout: float = 60.0) -> int:
+    def run_onstart(self, script: str, timeout: float = 60.0, env: dict[str, str] | None = None) -> int:
         """Run a start script on the host, as the container's start would (cwd: the root, HOME: the host's home when
-        it has one); its output goes to ``sshd/onstart.log``. The exit code."""
-        env = dict(os.environ)
+        it has one, ``env`` added to the environment: the container's variables); its output goes to
+        ``sshd/onstart.log``. The exit code."""
+        env = {**os.environ, **(env or {})}
         if self.auto_tmux:
             env["HOME"] = str(self.home_dir)
         with (self.etc_dir / "onstart.log").open("ab") as log:
