@@ -144,6 +144,9 @@ class HostConfig(_Strict):
 
 class PolicyConfig(_Strict):
     idle_stop_minutes: Annotated[float, Field(gt=0)] = 30
+    # The server's own watchdog (README "Laptop-free"): minutes with no run, no agent and no tether command on a
+    # server before it stops itself (rented) or says so (owned); "never" turns it off; unset: idle_stop_minutes.
+    idle_stop: Annotated[float, Field(gt=0)] | Literal["never"] | None = None
     destroy_after_idle_hours: Annotated[float, Field(gt=0)] = 24
     more_work_within_hours: Annotated[float, Field(ge=0)] = 24
     # The learned idle timers (README "Money"): what a stop and a later start, or a destroy and a later re-rental,

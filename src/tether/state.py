@@ -509,6 +509,34 @@ class State:
                 (rec.name, rec.instance_id, rec.updated, rec.state, rec.dph_total, rec.storage_dph, source),
             )
 
+    def merge_instance_meta(
+        self, name: str, meta: dict[str, Any], *, stopped_at: tuple[float, str] | None = None
+    ) -> None:
+        """Merge ``meta`` into the instance's record; with ``stopped_at=(ts, source)``, also put a stop that happened
+        at ``ts`` (learned later, e.g. from the server's watchdog) in the ledger at its own time."""
+        with self.tx() as db:
+            row = db.execute(
+                "SELECT instance_id, meta, dph_total, storage_dph FROM instances WHERE name=?", (name,)
+            ).fetchone()
+            if row is None:
+                return
+            merged = {**json.loads(row["meta"] or "{}"), **meta}
+            db.execute("UPDATE instances SET meta=? WHERE name=?", (json.dumps(merged), name))
+            if stopped_at is not None:
+                db.execute(
+                    "INSERT INTO instance_events(name, instance_id, ts, state, dph_total, storage_dph, source)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (
+                        name,
+                        row["instance_id"],
+                        stopped_at[0],
+                        "stopped",
+                        row["dph_total"],
+                        row["storage_dph"],
+                        stopped_at[1],
+                    ),
+                )
+
     def reserve_instance(self, name: str, provider: str, remote_root: str, meta: dict[str, Any]) -> None:
         """Record a rental about to be created (state ``creating``, no instance id yet), before any money is spent.
 

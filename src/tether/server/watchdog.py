@@ -339,17 +339,33 @@ def _daemonize(root: str) -> bool:
     return True
 
 
-USAGE = "usage: python3 -m tether.server watchdog --root DIR [--daemon | --once]"
+USAGE = "usage: python3 -m tether.server watchdog --root DIR [--settings -] [--daemon | --once]"
+
+
+def write_settings(root: str, data: bytes) -> None:
+    """Store the settings ``tether up`` sent (a JSON object on stdin) as ``.tether/watchdog.json``, mode 0600."""
+    doc = json.loads(data.decode("utf-8"))
+    if not isinstance(doc, dict):
+        raise ValueError("the watchdog's settings must be a JSON object")
+    path = os.path.join(tether_dir(root), SETTINGS)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str]) -> int:
     root: str | None = None
-    daemon = once = False
+    daemon = once = settings = False
     args = list(argv)
     while args:
         flag = args.pop(0)
         if flag == "--root" and args:
             root = args.pop(0)
+        elif flag == "--settings" and args and args[0] == "-":
+            args.pop(0)
+            settings = True
         elif flag == "--daemon":
             daemon = True
         elif flag == "--once":
@@ -361,6 +377,12 @@ def main(argv: list[str]) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     os.makedirs(tether_dir(root), exist_ok=True)
+    if settings:
+        try:
+            write_settings(root, sys.stdin.buffer.read())
+        except ValueError as exc:
+            print(f"tether.server watchdog: {exc}", file=sys.stderr)
+            return 2
     if daemon and not _daemonize(root):
         return 0
     fd = _lock(root)

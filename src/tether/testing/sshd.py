@@ -293,6 +293,25 @@ class SshdHost:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)
+        self.end_watchdogs()
+
+    def end_watchdogs(self) -> None:
+        """End the server-side watchdogs watching a folder of this host (they detach from sshd, as on a real server,
+        where a stopped container takes them down with it)."""
+        bases = {str(self.base_dir), str(self.base_dir.resolve())}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+            except OSError:
+                continue
+            if "tether.server" not in argv or "watchdog" not in argv or "--root" not in argv:
+                continue
+            root = argv[argv.index("--root") + 1] if argv.index("--root") + 1 < len(argv) else ""
+            if any(root == base or root.startswith(base + os.sep) for base in bases):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(entry.name), signal.SIGTERM)
 
     def restart(self, new_port: bool = False) -> None:
         """Stop and start again, on a fresh port if ``new_port`` (existing connections are cut)."""
