@@ -359,6 +359,78 @@ FULL_RATE = frozenset({"running", "frozen", "rebooting"})
 
 
 @dataclass
+class MachineTrouble:
+    """What a bad machine of the marketplace does to every instance rented on it (``emu.bad_machine(machine_id,
+    ...)``): the offer promised one thing, the host shows another."""
+
+    gpus_shown: int | None = None
+    """nvidia-smi shows this many GPUs (fewer than the offer's ``num_gpus``)."""
+    cuda: str | None = None
+    """The driver's CUDA version nvidia-smi shows (older than the offer's ``cuda_max_good``)."""
+    disk_free_gb: float | None = None
+    """``df`` shows this much free space on the workspace (a nearly full disk)."""
+    loading_s: float | None = None
+    """Seconds of the clock in ``loading`` before running (a slow image pull), instead of the emulator's own."""
+    vanish_after_s: float | None = None
+    """Seconds of the clock after it first runs, then the machine is gone with the instance (no longer listed)."""
+
+
+def nvidia_smi_script(offer: Mapping[str, Any], trouble: MachineTrouble | None) -> str:
+    """A stand-in ``nvidia-smi`` for an emulated host: the offer's GPUs (or fewer), its driver, its CUDA version,
+    answering the plain call and ``--query-gpu`` in the driver's CSV format."""
+    shown = int(_num(offer.get("num_gpus"), 0))
+    if trouble is not None and trouble.gpus_shown is not None:
+        shown = trouble.gpus_shown
+    name = str(offer.get("gpu_name") or "GPU")
+    mib = int(_num(offer.get("gpu_ram"), 0))
+    driver = str(offer.get("driver_version") or "550.54.15")
+    cuda = trouble.cuda if trouble is not None and trouble.cuda else f"{_num(offer.get('cuda_max_good'), 12.4):.1f}"
+    rows = "\n".join(f"{i}, GPU-emu-{i:04d}, {name}, {mib}, 0, {driver}" for i in range(shown))
+    return "\n".join(
+        [
+            "#!/bin/sh",
+            "# The emulator's nvidia-smi: what this machine shows (not always what its offer promised).",
+            f"if [ {shown} -eq 0 ]; then echo 'No devices were found'; exit 6; fi",
+            'case "$*" in',
+            "  *--query-compute-apps=*) exit 0 ;;",
+            "  *--query-gpu=*)",
+            '    fields=$(printf "%s\n" "$@" | sed -n "s/^--query-gpu=//p")',
+            f"    printf '%s\\n' '{rows}' | while IFS=',' read -r idx uuid gname total used drv; do",
+            '      out=""',
+            '      for f in $(echo "$fields" | tr "," " "); do',
+            '        case "$f" in',
+            "          index) v=$idx ;; uuid) v=$uuid ;; name) v=$gname ;; memory.total) v=$total ;;",
+            '          memory.used) v=$used ;; driver_version) v=$drv ;; *) v="[N/A]" ;;',
+            "        esac",
+            '        v=$(echo "$v" | sed "s/^ *//")',
+            '        out="${out:+$out, }$v"',
+            "      done",
+            '      echo "$out"',
+            "    done",
+            "    exit 0 ;;",
+            "esac",
+            f"echo '| NVIDIA-SMI {driver}    Driver Version: {driver}    CUDA Version: {cuda}     |'",
+            f"echo '|   0  {name}  On  |  {shown} GPU(s) |'",
+            "",
+        ]
+    )
+
+
+def df_script(free_gb: float) -> str:
+    """A stand-in ``df`` that shows ``free_gb`` free on every file system (a nearly full disk), POSIX format."""
+    free_k = int(free_gb * 1024 * 1024)
+    return "\n".join(
+        [
+            "#!/bin/sh",
+            "# The emulator's df: this machine's disk is nearly full.",
+            "echo 'Filesystem     1024-blocks      Used Available Capacity Mounted on'",
+            f'echo "overlay        104857600 {104857600 - free_k} {free_k} 99% /"',
+            "",
+        ]
+    )
+
+
+@dataclass
 class EmuInstance:
     """One rented instance as the emulator keeps it.
 
@@ -399,6 +471,8 @@ class EmuInstance:
     """The loopback forwarder playing the service's SSH proxy (``ssh_host:ssh_port``), apart from the direct port."""
     container_key: str = ""
     """``CONTAINER_API_KEY``: the key issued for this instance alone (show, stop and start it; nothing else)."""
+    trouble: MachineTrouble | None = None
+    """What its machine does wrong (see :class:`MachineTrouble`), or None for a machine as its offer says."""
 
     def container_env(self) -> dict[str, str]:
         """The variables the service puts in the container's environment (what its start script sees)."""
@@ -625,6 +699,8 @@ class VastEmulator:
         """What a wrong key gets: 401 as the service answers; 404 with ``auth_error`` as some routes have."""
         self.credit: float | None = None
         """The account's credit in dollars (None: unlimited); a create that it cannot cover for an hour is refused."""
+        self.troubles: dict[int, MachineTrouble] = {}
+        """Bad machines by ``machine_id`` (:meth:`bad_machine`)."""
         self._next_key_id = 1
         self._next_id = first_instance_id
         self._lock = threading.RLock()
@@ -690,12 +766,23 @@ class VastEmulator:
     def settle(self) -> None:
         now = self.clock.now()
         began: list[EmuInstance] = []
+        gone: list[EmuInstance] = []
         with self._lock:
             for inst in self.instances.values():
                 if inst.settle(now):
                     began.append(inst)
+                after = inst.trouble.vanish_after_s if inst.trouble is not None else None
+                running_since = inst.running_since if inst.state == "running" else None
+                if after is not None and running_since is not None and now >= running_since + after:
+                    inst._accrue(running_since + after)
+                    inst._set("destroyed")  # the machine left the market with it: not listed, not billed
+                    inst.ready_at = None
+                    gone.append(inst)
         for inst in began:
             self._bring_up(inst, new_port=self.faults.new_port_after_restart)
+        for inst in gone:
+            if inst.host is not None:
+                inst.host.stop()
 
     def _bring_up(self, inst: EmuInstance, new_port: bool = False) -> None:
         """(Re)start an instance's host: sshd back up, the proxy aimed at it, the onstart script run."""
@@ -820,7 +907,7 @@ class VastEmulator:
                 dph_base=base,
                 storage_total_cost=storage,
                 host=None,
-                ready_at=None if (stuck or oci or low_bid) else now + self.loading_s,
+                ready_at=None if (stuck or oci or low_bid) else now + self._loading_s(offer),
                 will_exit=will_exit,
                 status_msg="Pulling image " + image,
                 last_t=now,
@@ -828,6 +915,7 @@ class VastEmulator:
                 price=price,
                 keys=[k["public_key"] for k in self.ssh_keys],
                 container_key="ck_" + secrets.token_hex(20),
+                trouble=self.troubles.get(int(_num(offer.get("machine_id"), -1))),
             )
             if oci:
                 inst.state, inst.history, inst.status_msg = "created", ["created"], OCI_FAILURE
@@ -853,6 +941,11 @@ class VastEmulator:
         from tether.testing.proxy import CutProxy
 
         inst.proxy = CutProxy(host.port, host.host)
+        install = getattr(host, "install_bin", None)
+        if install is not None:
+            install("nvidia-smi", nvidia_smi_script(inst.offer, inst.trouble))
+            if inst.trouble is not None and inst.trouble.disk_free_gb is not None:
+                install("df", df_script(inst.trouble.disk_free_gb))
         authorize = getattr(host, "authorize", None)
         if authorize is not None:
             late = self.faults.take_key_refusal()
@@ -928,7 +1021,7 @@ class VastEmulator:
                     message = "state change queued: the GPU is in use"
                 else:
                     inst._set("loading")
-                    inst.ready_at = self.clock.now() + self.loading_s
+                    inst.ready_at = self.clock.now() + self._loading_s(inst.offer)
                     inst.will_exit = False
                     inst.status_msg = "starting"
                     if inst.host is not None:
@@ -996,6 +1089,18 @@ class VastEmulator:
                 inst.status_msg = msg
             if actual_status == "frozen":
                 inst.intended = "frozen"
+
+    def _loading_s(self, offer: Mapping[str, Any]) -> float:
+        trouble = self.troubles.get(int(_num(offer.get("machine_id"), -1)))
+        return trouble.loading_s if trouble is not None and trouble.loading_s is not None else self.loading_s
+
+    def bad_machine(self, machine_id: int, **trouble: Any) -> MachineTrouble:
+        """Make a machine of the book bad for every instance rented on it from now on (see :class:`MachineTrouble`:
+        ``gpus_shown``, ``cuda``, ``disk_free_gb``, ``loading_s``, ``vanish_after_s``)."""
+        made = MachineTrouble(**trouble)
+        with self._lock:
+            self.troubles[int(machine_id)] = made
+        return made
 
     def add_ssh_key(self, public_key: str) -> int:
         """Put a public key on the account (what ``vastai create ssh-key`` does); instances created from now on get
@@ -1152,6 +1257,11 @@ class VastEmulator:
             if method == "POST" and path == "/_emulator/credit/":
                 raw = (body or {}).get("usd")
                 self.credit = None if raw is None else _num(raw)
+                return 200, {}, {"success": True}
+            if method == "POST" and path == "/_emulator/bad_machine/":
+                b = dict(body or {})
+                machine = int(_num(b.pop("machine_id", None), -1))
+                self.bad_machine(machine, **b)
                 return 200, {}, {"success": True}
             if method == "POST" and path == "/_emulator/vanish/":
                 self.vanish(int(_num((body or {}).get("id"), -1)))

@@ -1,6 +1,6 @@
 """Entry point of the server side: ``python3 -m tether.server COMMAND ...``.
 
-Commands: run, cancel, progress, manifest, journal, agents, watchdog, version.
+Commands: run, cancel, progress, manifest, journal, agents, watchdog, preflight, version.
 
 Every command but ``watchdog`` marks the server as touched by tether (``<root>/.tether/touched``, when this package
 runs from a server's ``<root>/.tether/lib``): the watchdog does not stop a server a tether command is using.
@@ -26,7 +26,8 @@ def _touch() -> None:
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(
-            "usage: python3 -m tether.server {run,cancel,progress,manifest,journal,agents,watchdog,version} ...",
+            "usage: python3 -m tether.server"
+            " {run,cancel,progress,manifest,journal,agents,watchdog,preflight,version} ...",
             file=sys.stderr,
         )
         return 2 if not argv else 0
@@ -60,6 +61,10 @@ def main(argv: list[str]) -> int:
         from tether.server import registry_cli
 
         return registry_cli.main(rest)
+    if command == "preflight":
+        from tether.server import preflight
+
+        return preflight.main(rest)
     if command == "version":
         import tether
 
