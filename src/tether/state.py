@@ -6,7 +6,8 @@ brought home, with a manifest of path, size, mtime and sha256, which tells later
 ``decisions`` (what the autopilot did and why) and ``hosts`` (what tether set up on each server: the server side's
 version, the interpreter's real path, the last pushed code fingerprint, whether `.env` uploads are off), and
 ``managed_runs`` / ``managed_shards`` (schema 4: each managed run, its options and status, and each shard's server,
-current run, sync point and recoveries; :mod:`tether.managed`).
+current run, sync point and recoveries; :mod:`tether.managed`), ``machine_outcomes`` (schema 5: how each rental on
+a provider's machine went; :mod:`tether.machines`).
 The schema is versioned with ``PRAGMA user_version``; migrations run on open, in one transaction each (schema 3
 moved the old ``kv`` facts ``up:NAME``, ``push:NAME``, ``python:NAME`` into ``hosts`` columns).
 Every record comes back as a frozen dataclass; every INSERT names its columns.
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.errors import ConfigError, StateError
+from tether.machines import Outcome
 from tether.paths import private_dir, private_file, tether_home
 
 MIGRATIONS: list[str] = [
@@ -157,6 +159,21 @@ MIGRATIONS: list[str] = [
         updated REAL NOT NULL,
         PRIMARY KEY (run_id, shard)
     );
+    """,
+    """
+    CREATE TABLE machine_outcomes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        machine_id INTEGER NOT NULL,
+        provider TEXT NOT NULL,
+        ts REAL NOT NULL,
+        outcome TEXT NOT NULL,
+        why TEXT,
+        instance TEXT,
+        minutes_to_running REAL,
+        setup_minutes REAL,
+        forgotten INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX machine_outcomes_machine ON machine_outcomes(provider, machine_id, ts);
     """,
 ]
 
@@ -714,6 +731,52 @@ class State:
                 "INSERT INTO decisions(ts, name, action, reason, done) VALUES (?,?,?,?,?)",
                 (ts if ts is not None else time.time(), name, action, reason, int(done)),
             )
+
+    # --- the memory of machines (tether.machines) --------------------------------------------------------------
+    def add_machine_outcome(self, outcome: Outcome) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO machine_outcomes(machine_id, provider, ts, outcome, why, instance, minutes_to_running,"
+                " setup_minutes) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    outcome.machine_id,
+                    outcome.provider,
+                    outcome.ts,
+                    outcome.outcome,
+                    outcome.why,
+                    outcome.instance,
+                    outcome.minutes_to_running,
+                    outcome.setup_minutes,
+                ),
+            )
+
+    def machine_outcomes(self, provider: str = "vast") -> list[Outcome]:
+        """Every remembered outcome (``forget`` hides a machine's past), oldest first."""
+        rows = self._rows(
+            "SELECT * FROM machine_outcomes WHERE provider=? AND forgotten=0 ORDER BY ts, seq", (provider,)
+        )
+        return [
+            Outcome(
+                machine_id=int(r["machine_id"]),
+                provider=r["provider"],
+                ts=float(r["ts"]),
+                outcome=r["outcome"],
+                why=r["why"],
+                instance=r["instance"],
+                minutes_to_running=r["minutes_to_running"],
+                setup_minutes=r["setup_minutes"],
+            )
+            for r in rows
+        ]
+
+    def forget_machine(self, machine_id: int, provider: str = "vast") -> int:
+        """Forget what happened on a machine (it is no longer avoided); how many outcomes were forgotten."""
+        with self.tx() as db:
+            cur = db.execute(
+                "UPDATE machine_outcomes SET forgotten=1 WHERE provider=? AND machine_id=? AND forgotten=0",
+                (provider, machine_id),
+            )
+            return int(cur.rowcount)
 
     def decisions(self) -> list[DecisionRecord]:
         return [

@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "autopilot": ("money_cmd", "autopilot_cmd"),
     "status": ("money_cmd", "status"),
     "dashboard": ("dashboard_cmd", "dashboard"),
+    "machines": ("machines_cmd", "machines_cmd"),
 }
 
 

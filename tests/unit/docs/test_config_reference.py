@@ -46,7 +46,16 @@ def _defaults(model: type[BaseModel]) -> dict[str, Any]:
 
 
 # Keys whose README value is an example, not the default (the default is None or depends on the project).
-EXAMPLES = {"max_total_usd", "max_hourly_usd", "url", "identity_file", "name", "remote_dir", "sync_excludes"}
+EXAMPLES = {
+    "max_total_usd",
+    "idle_stop",
+    "max_hourly_usd",
+    "url",
+    "identity_file",
+    "name",
+    "remote_dir",
+    "sync_excludes",
+}
 
 
 @pytest.mark.parametrize(

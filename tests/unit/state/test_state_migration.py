@@ -61,7 +61,7 @@ def test_processes_opening_a_new_state_at_once_all_succeed(tmp_path: Path) -> No
 
     code = (
         "import sys, time; from pathlib import Path; from tether.state import open_state\n"
-        "time.sleep(float(sys.argv[2]) - time.time())\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
         "st = open_state(Path(sys.argv[1])); st.close()\n"
     )
     for trial in range(5):
