@@ -143,6 +143,9 @@ class VastConfig(_Strict):
     retries: Annotated[int, Field(ge=0, le=20)] = 5
     backoff_seconds: Annotated[float, Field(gt=0)] = 1.0
     ssh_wait_seconds: Annotated[float, Field(gt=0)] = 90
+    # A machine whose rental failed its preflight, vanished or never came up is skipped this many days (README
+    # "Rent hosts that work"); `tether machines forget ID` clears one.
+    avoid_days: Annotated[float, Field(ge=0)] = 7
 
 
 class HostConfig(_Strict):
@@ -154,6 +157,9 @@ class HostConfig(_Strict):
 
 class PolicyConfig(_Strict):
     idle_stop_minutes: Annotated[float, Field(gt=0)] = 30
+    # The server's own watchdog (README "Laptop-free"): minutes with no run, no agent and no tether command on a
+    # server before it stops itself (rented) or says so (owned); "never" turns it off; unset: idle_stop_minutes.
+    idle_stop: Annotated[float, Field(gt=0)] | Literal["never"] | None = None
     destroy_after_idle_hours: Annotated[float, Field(gt=0)] = 24
     more_work_within_hours: Annotated[float, Field(ge=0)] = 24
     # The learned idle timers (README "Money"): what a stop and a later start, or a destroy and a later re-rental,

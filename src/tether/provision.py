@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import tether
-from tether import setup_script, vocab
+from tether import setup_script, vocab, watchdogs
 from tether.config import Project
 from tether.context import Ctx
 from tether.errors import CommandFailed, ConfigError, RemoteError, SyncError
@@ -296,6 +296,7 @@ def up(ctx: Ctx, target: Target, *, env: bool = True) -> dict[str, Any]:
     env_uploaded = upload_env(project, target) if env else False
     # Remembered: later pushes and `run --on` hold the .env back until `up` without --no-env or `push --env`.
     state.set_host_facts(target.name, server_version=version, no_env=not env)
+    dog = None if target.local else watchdogs.start(project, target)
     return {
         "host": target.name,
         "python": python,
@@ -303,6 +304,7 @@ def up(ctx: Ctx, target: Target, *, env: bool = True) -> dict[str, Any]:
         "server_side": version,
         "push": pushed,
         "env": ENV_UPLOADED if env_uploaded else ("none" if env else "not uploaded (--no-env, remembered for pushes)"),
+        "watchdog": dog,
         "seconds": round(time.monotonic() - t0, 2),
     }
 

@@ -97,6 +97,9 @@ def record(
     ts = now if now is not None else time.time()
     merged = dict(old.meta) if old else {}
     merged.update(meta or {})
+    if stopped_by_others(old.state if old else None, inst.state, source):
+        # Not tether's stop: its watchdog's (learned when tether next reaches the server) or someone's by hand.
+        merged["last_stop"] = {"by": None, "seen": ts, "at": None}
     address = old.address if old else None
     if inst.state == "running" and inst.ssh_host and inst.ssh_port:
         address = address_of(inst)
@@ -128,6 +131,12 @@ def _price(seen: float, state: str, known: float | None, committed: Any) -> floa
     if known is not None and valid_price(known):
         return known
     return committed if valid_price(committed) else None
+
+
+def stopped_by_others(old_state: str | None, new_state: str, source: str) -> bool:
+    """Whether a server tether last saw running was stopped by someone other than tether (pure): its watchdog,
+    or a person in the provider's console. A preemption is its own state."""
+    return old_state == "running" and new_state == "stopped" and source not in ("stop", "start-cancelled")
 
 
 def project_root_for(instance_id: str, template: str) -> str:
@@ -383,8 +392,27 @@ def _offer_of(offers: list[Offer], inst: Instance) -> Offer:
     return next((o for o in offers if machine is not None and o.machine_id == machine), offers[0])
 
 
-#: The start script every rental gets: it turns off the image's auto-tmux login before anyone logs in.
-ONSTART = f"touch ~/{vocab.NO_AUTO_TMUX}\n"
+def onstart_script(project: Project) -> str:
+    """The start script every rental gets (it runs at creation and at every start): it turns off the image's
+    auto-tmux login before anyone logs in, keeps the instance's own ``CONTAINER_ID`` / ``CONTAINER_API_KEY`` for
+    the watchdog in ``<root>/.tether/container.env`` (mode 0600; the service gives them to this script only), and
+    starts the watchdog again after a restart once ``tether up`` installed it."""
+    template = project.config.vast.remote_root
+    head, _sep, tail = template.partition("{instance_id}")
+    root = shlex.quote(head) + ('"${CONTAINER_ID}"' + shlex.quote(tail) if _sep else "")
+    lib = f'"$root"/{vocab.TETHER_DIR}/lib'
+    return "\n".join(
+        [
+            f"touch ~/{vocab.NO_AUTO_TMUX}",
+            f"root={root}",
+            f'mkdir -p "$root"/{vocab.TETHER_DIR}',
+            f"(umask 077; env | grep -E '^CONTAINER_(ID|API_KEY)=' > \"$root\"/{vocab.TETHER_DIR}/container.env)",
+            f'if [ -f "$root"/{vocab.TETHER_DIR}/watchdog.json ] && [ -d {lib} ]; then',
+            f'  PYTHONPATH={lib} python3 -S -m tether.server watchdog --root "$root" --daemon || true',
+            "fi",
+            "",
+        ]
+    )
 
 
 def _rent(
@@ -405,7 +433,7 @@ def _rent(
         image=prof.image,
         disk_gb=prof.min_disk_gb,
         label=label,
-        onstart=ONSTART,
+        onstart=onstart_script(project),
         max_price=max_price,
         price_for=price_for,
         commit=commit_offer,

@@ -7,7 +7,8 @@ brought home, with a manifest of path, size, mtime and sha256, which tells later
 version, the interpreter's real path, the last pushed code fingerprint, whether `.env` uploads are off), and
 ``managed_runs`` / ``managed_shards`` (schema 4: each managed run, its options and status, and each shard's server,
 current run, sync point and recoveries; :mod:`tether.managed`); ``notifications`` (schema 5: each event announced,
-by key, so no event is sent twice; :mod:`tether.notify`).
+by key, so no event is sent twice; :mod:`tether.notify`), ``machine_outcomes``
+(schema 6: how each rental on a provider's machine went; :mod:`tether.machines`).
 The schema is versioned with ``PRAGMA user_version``; migrations run on open, in one transaction each (schema 3
 moved the old ``kv`` facts ``up:NAME``, ``push:NAME``, ``python:NAME`` into ``hosts`` columns).
 Every record comes back as a frozen dataclass; every INSERT names its columns.
@@ -31,6 +32,7 @@ from typing import Any, TypedDict, Unpack
 
 from tether import vocab
 from tether.errors import ConfigError, StateError
+from tether.machines import Outcome
 from tether.paths import private_dir, private_file, tether_home
 
 MIGRATIONS: list[str] = [
@@ -167,6 +169,21 @@ MIGRATIONS: list[str] = [
         subject TEXT NOT NULL,
         sent REAL NOT NULL
     );
+    """,
+    """
+    CREATE TABLE machine_outcomes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        machine_id INTEGER NOT NULL,
+        provider TEXT NOT NULL,
+        ts REAL NOT NULL,
+        outcome TEXT NOT NULL,
+        why TEXT,
+        instance TEXT,
+        minutes_to_running REAL,
+        setup_minutes REAL,
+        forgotten INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX machine_outcomes_machine ON machine_outcomes(provider, machine_id, ts);
     """,
 ]
 
@@ -556,6 +573,34 @@ class State:
                 (rec.name, rec.instance_id, rec.updated, rec.state, rec.dph_total, rec.storage_dph, source),
             )
 
+    def merge_instance_meta(
+        self, name: str, meta: dict[str, Any], *, stopped_at: tuple[float, str] | None = None
+    ) -> None:
+        """Merge ``meta`` into the instance's record; with ``stopped_at=(ts, source)``, also put a stop that happened
+        at ``ts`` (learned later, e.g. from the server's watchdog) in the ledger at its own time."""
+        with self.tx() as db:
+            row = db.execute(
+                "SELECT instance_id, meta, dph_total, storage_dph FROM instances WHERE name=?", (name,)
+            ).fetchone()
+            if row is None:
+                return
+            merged = {**json.loads(row["meta"] or "{}"), **meta}
+            db.execute("UPDATE instances SET meta=? WHERE name=?", (json.dumps(merged), name))
+            if stopped_at is not None:
+                db.execute(
+                    "INSERT INTO instance_events(name, instance_id, ts, state, dph_total, storage_dph, source)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (
+                        name,
+                        row["instance_id"],
+                        stopped_at[0],
+                        "stopped",
+                        row["dph_total"],
+                        row["storage_dph"],
+                        stopped_at[1],
+                    ),
+                )
+
     def reserve_instance(self, name: str, provider: str, remote_root: str, meta: dict[str, Any]) -> None:
         """Record a rental about to be created (state ``creating``, no instance id yet), before any money is spent.
 
@@ -752,6 +797,52 @@ class State:
                 "INSERT INTO decisions(ts, name, action, reason, done) VALUES (?,?,?,?,?)",
                 (ts if ts is not None else time.time(), name, action, reason, int(done)),
             )
+
+    # --- the memory of machines (tether.machines) --------------------------------------------------------------
+    def add_machine_outcome(self, outcome: Outcome) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO machine_outcomes(machine_id, provider, ts, outcome, why, instance, minutes_to_running,"
+                " setup_minutes) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    outcome.machine_id,
+                    outcome.provider,
+                    outcome.ts,
+                    outcome.outcome,
+                    outcome.why,
+                    outcome.instance,
+                    outcome.minutes_to_running,
+                    outcome.setup_minutes,
+                ),
+            )
+
+    def machine_outcomes(self, provider: str = "vast") -> list[Outcome]:
+        """Every remembered outcome (``forget`` hides a machine's past), oldest first."""
+        rows = self._rows(
+            "SELECT * FROM machine_outcomes WHERE provider=? AND forgotten=0 ORDER BY ts, seq", (provider,)
+        )
+        return [
+            Outcome(
+                machine_id=int(r["machine_id"]),
+                provider=r["provider"],
+                ts=float(r["ts"]),
+                outcome=r["outcome"],
+                why=r["why"],
+                instance=r["instance"],
+                minutes_to_running=r["minutes_to_running"],
+                setup_minutes=r["setup_minutes"],
+            )
+            for r in rows
+        ]
+
+    def forget_machine(self, machine_id: int, provider: str = "vast") -> int:
+        """Forget what happened on a machine (it is no longer avoided); how many outcomes were forgotten."""
+        with self.tx() as db:
+            cur = db.execute(
+                "UPDATE machine_outcomes SET forgotten=1 WHERE provider=? AND machine_id=? AND forgotten=0",
+                (provider, machine_id),
+            )
+            return int(cur.rowcount)
 
     def decisions(self) -> list[DecisionRecord]:
         return [

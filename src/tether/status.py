@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether import agents, autopilot, cost, managed, notify, rentals, runs, vocab
+from tether import agents, autopilot, cost, managed, notify, rentals, runs, vocab, watchdogs
 from tether.context import Ctx
 from tether.errors import TetherError
 from tether.fmt import duration, iso
@@ -179,6 +179,11 @@ def report(ctx: Ctx) -> Report:
                 decision=cost.decide(view, now, policy),
             )
         )
+        stopped_by = watchdogs.describe(rec.meta, rec.state)
+        if stopped_by:
+            out.warnings.append(
+                f"{rec.name} was {stopped_by}: its results stay on its disk; `tether start {rec.name}`."
+            )
         if rec.state == "preempted":
             out.warnings.append(
                 f"{rec.name} was preempted (outbid) at {iso(view.since)}: its disk is kept and billed; "

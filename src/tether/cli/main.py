@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("money_cmd", "status"),
     "dashboard": ("dashboard_cmd", "dashboard"),
     "notify": ("notify_cmd", "notify"),
+    "machines": ("machines_cmd", "machines_cmd"),
 }
 
 

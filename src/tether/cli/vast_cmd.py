@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
-from tether import autopilot, rentals
+from tether import autopilot, rentals, watchdogs
 from tether import status as status_core
-from tether.cli.common import context, duration, emit_json, json_option, load_project, new_table, out, say, state, warn
+from tether.cli.common import context, duration, emit_json, json_option, load_project, new_table, out, say, warn
 from tether.cost import rate_kind
 from tether.errors import ConfigError
 from tether.fmt import iso
@@ -124,6 +124,7 @@ def ls_cmd(ctx: click.Context, refresh: bool, as_json: bool) -> None:
                     "hourly_now": hourly,
                     "created": r.created,
                     "age_s": now - r.created,
+                    "stopped_by": watchdogs.describe(r.meta, r.state),
                     "offer_type": r.meta.get("offer_type") or "on-demand",
                     "bid_usd": r.meta.get("bid_usd"),
                     **{k: r.meta.get(k) for k in ("profile", "gpu_name", "num_gpus")},
@@ -159,6 +160,8 @@ def ls_cmd(ctx: click.Context, refresh: bool, as_json: bool) -> None:
         )
     out.print(table)
     for row in rows:
+        if row["stopped_by"]:
+            say(f"{row['name']} was {row['stopped_by']}: its results stay on its disk; `tether start {row['name']}`.")
         if row["state"] == "preempted":
             say(
                 f"{row['name']} was preempted (outbid) at {iso(row['since'])}: its disk is kept and billed; "
@@ -202,9 +205,12 @@ def stop(ctx: click.Context, name: str, no_pull: bool, as_json: bool) -> None:
 @click.pass_context
 def start(ctx: click.Context, name: str, as_json: bool) -> None:
     """Start a stopped rented server and re-read its SSH address (it changes across a restart)."""
-    project = load_project(ctx)
-    with state() as st:
-        doc = rentals.start(project, st, name, say=say)
+    with context(ctx) as c:
+        doc = rentals.start(c.project, c.state, name, say=say)
+        learned = watchdogs.learn_stop(c, name)
+    if learned:
+        say(learned)
+        doc["stopped_by_watchdog"] = learned
     if as_json:
         emit_json({"name": name, **doc})
 

@@ -76,6 +76,15 @@ Test hooks (Python: ``emu.preempt(id)``, ``emu.vanish(id)``, ``emu.set_status(id
 next_state == "stopped"``), make its host disappear with it, put it in any vendor status, add an account key, set
 the account's credit.
 
+Inside an instance (what the vendor's containers carry): its start script (``onstart``, at creation and at every
+start) runs with ``CONTAINER_ID`` (the instance id), ``CONTAINER_API_KEY`` (a key issued for that instance),
+``PUBLIC_IPADDR``, ``VAST_TCP_PORT_22``, ``GPU_COUNT`` and the create body's ``env`` entries in its environment.
+SSH sessions do not get them (on the service a container's variables reach SSH sessions only when the start
+script exports them, e.g. to ``/etc/environment``): what a process on the server needs, the start script must
+keep. An instance key may show, stop and start its own instance and nothing else: any other request with it
+answers 403 ``forbidden`` (another instance, search, create, destroy, labels, the instance list, account keys);
+once its instance is destroyed it is an unknown key (401). ``emu.instances[id].container_key`` gives it to tests.
+
 Other admin endpoints (no auth, never faulted): ``POST /_emulator/clock {"advance": s}``,
 ``GET /_emulator/state`` → ``{"now", "total_cost", "instances": [...]}``.
 """
@@ -84,6 +93,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import shutil
 import socket
 import tempfile
@@ -349,6 +359,78 @@ FULL_RATE = frozenset({"running", "frozen", "rebooting"})
 
 
 @dataclass
+class MachineTrouble:
+    """What a bad machine of the marketplace does to every instance rented on it (``emu.bad_machine(machine_id,
+    ...)``): the offer promised one thing, the host shows another."""
+
+    gpus_shown: int | None = None
+    """nvidia-smi shows this many GPUs (fewer than the offer's ``num_gpus``)."""
+    cuda: str | None = None
+    """The driver's CUDA version nvidia-smi shows (older than the offer's ``cuda_max_good``)."""
+    disk_free_gb: float | None = None
+    """``df`` shows this much free space on the workspace (a nearly full disk)."""
+    loading_s: float | None = None
+    """Seconds of the clock in ``loading`` before running (a slow image pull), instead of the emulator's own."""
+    vanish_after_s: float | None = None
+    """Seconds of the clock after it first runs, then the machine is gone with the instance (no longer listed)."""
+
+
+def nvidia_smi_script(offer: Mapping[str, Any], trouble: MachineTrouble | None) -> str:
+    """A stand-in ``nvidia-smi`` for an emulated host: the offer's GPUs (or fewer), its driver, its CUDA version,
+    answering the plain call and ``--query-gpu`` in the driver's CSV format."""
+    shown = int(_num(offer.get("num_gpus"), 0))
+    if trouble is not None and trouble.gpus_shown is not None:
+        shown = trouble.gpus_shown
+    name = str(offer.get("gpu_name") or "GPU")
+    mib = int(_num(offer.get("gpu_ram"), 0))
+    driver = str(offer.get("driver_version") or "550.54.15")
+    cuda = trouble.cuda if trouble is not None and trouble.cuda else f"{_num(offer.get('cuda_max_good'), 12.4):.1f}"
+    rows = "\n".join(f"{i}, GPU-emu-{i:04d}, {name}, {mib}, 0, {driver}" for i in range(shown))
+    return "\n".join(
+        [
+            "#!/bin/sh",
+            "# The emulator's nvidia-smi: what this machine shows (not always what its offer promised).",
+            f"if [ {shown} -eq 0 ]; then echo 'No devices were found'; exit 6; fi",
+            'case "$*" in',
+            "  *--query-compute-apps=*) exit 0 ;;",
+            "  *--query-gpu=*)",
+            '    fields=$(printf "%s\n" "$@" | sed -n "s/^--query-gpu=//p")',
+            f"    printf '%s\\n' '{rows}' | while IFS=',' read -r idx uuid gname total used drv; do",
+            '      out=""',
+            '      for f in $(echo "$fields" | tr "," " "); do',
+            '        case "$f" in',
+            "          index) v=$idx ;; uuid) v=$uuid ;; name) v=$gname ;; memory.total) v=$total ;;",
+            '          memory.used) v=$used ;; driver_version) v=$drv ;; *) v="[N/A]" ;;',
+            "        esac",
+            '        v=$(echo "$v" | sed "s/^ *//")',
+            '        out="${out:+$out, }$v"',
+            "      done",
+            '      echo "$out"',
+            "    done",
+            "    exit 0 ;;",
+            "esac",
+            f"echo '| NVIDIA-SMI {driver}    Driver Version: {driver}    CUDA Version: {cuda}     |'",
+            f"echo '|   0  {name}  On  |  {shown} GPU(s) |'",
+            "",
+        ]
+    )
+
+
+def df_script(free_gb: float) -> str:
+    """A stand-in ``df`` that shows ``free_gb`` free on every file system (a nearly full disk), POSIX format."""
+    free_k = int(free_gb * 1024 * 1024)
+    return "\n".join(
+        [
+            "#!/bin/sh",
+            "# The emulator's df: this machine's disk is nearly full.",
+            "echo 'Filesystem     1024-blocks      Used Available Capacity Mounted on'",
+            f'echo "overlay        104857600 {104857600 - free_k} {free_k} 99% /"',
+            "",
+        ]
+    )
+
+
+@dataclass
 class EmuInstance:
     """One rented instance as the emulator keeps it.
 
@@ -387,6 +469,26 @@ class EmuInstance:
     """SSH public keys on this instance: the account's at creation, and those attached to it since."""
     proxy: Any = None
     """The loopback forwarder playing the service's SSH proxy (``ssh_host:ssh_port``), apart from the direct port."""
+    container_key: str = ""
+    """``CONTAINER_API_KEY``: the key issued for this instance alone (show, stop and start it; nothing else)."""
+    trouble: MachineTrouble | None = None
+    """What its machine does wrong (see :class:`MachineTrouble`), or None for a machine as its offer says."""
+
+    def container_env(self) -> dict[str, str]:
+        """The variables the service puts in the container's environment (what its start script sees)."""
+        env = {str(k): str(v) for k, v in self.env.items() if not str(k).startswith("-")}  # "-p 80:80" are port maps
+        port = self.host.port if self.host is not None else None
+        env.update(
+            {
+                "CONTAINER_ID": str(self.id),
+                "CONTAINER_API_KEY": self.container_key,
+                "PUBLIC_IPADDR": "127.0.0.1",
+                "GPU_COUNT": str(int(_num(self.offer.get("num_gpus"), 0))),
+            }
+        )
+        if port is not None:
+            env["VAST_TCP_PORT_22"] = str(port)
+        return env
 
     @property
     def dph_total(self) -> float:
@@ -597,6 +699,8 @@ class VastEmulator:
         """What a wrong key gets: 401 as the service answers; 404 with ``auth_error`` as some routes have."""
         self.credit: float | None = None
         """The account's credit in dollars (None: unlimited); a create that it cannot cover for an hour is refused."""
+        self.troubles: dict[int, MachineTrouble] = {}
+        """Bad machines by ``machine_id`` (:meth:`bad_machine`)."""
         self._next_key_id = 1
         self._next_id = first_instance_id
         self._lock = threading.RLock()
@@ -662,12 +766,23 @@ class VastEmulator:
     def settle(self) -> None:
         now = self.clock.now()
         began: list[EmuInstance] = []
+        gone: list[EmuInstance] = []
         with self._lock:
             for inst in self.instances.values():
                 if inst.settle(now):
                     began.append(inst)
+                after = inst.trouble.vanish_after_s if inst.trouble is not None else None
+                running_since = inst.running_since if inst.state == "running" else None
+                if after is not None and running_since is not None and now >= running_since + after:
+                    inst._accrue(running_since + after)
+                    inst._set("destroyed")  # the machine left the market with it: not listed, not billed
+                    inst.ready_at = None
+                    gone.append(inst)
         for inst in began:
             self._bring_up(inst, new_port=self.faults.new_port_after_restart)
+        for inst in gone:
+            if inst.host is not None:
+                inst.host.stop()
 
     def _bring_up(self, inst: EmuInstance, new_port: bool = False) -> None:
         """(Re)start an instance's host: sshd back up, the proxy aimed at it, the onstart script run."""
@@ -678,7 +793,7 @@ class VastEmulator:
             inst.proxy.target = (inst.host.host, inst.host.port)
         runner = getattr(inst.host, "run_onstart", None)
         if inst.onstart and runner is not None:
-            runner(inst.onstart)
+            runner(inst.onstart, env=inst.container_env())
 
     def account_total(self) -> float:
         """Dollars accrued by every instance ever rented, up to the clock's now."""
@@ -792,13 +907,15 @@ class VastEmulator:
                 dph_base=base,
                 storage_total_cost=storage,
                 host=None,
-                ready_at=None if (stuck or oci or low_bid) else now + self.loading_s,
+                ready_at=None if (stuck or oci or low_bid) else now + self._loading_s(offer),
                 will_exit=will_exit,
                 status_msg="Pulling image " + image,
                 last_t=now,
                 history=["loading"],
                 price=price,
                 keys=[k["public_key"] for k in self.ssh_keys],
+                container_key="ck_" + secrets.token_hex(20),
+                trouble=self.troubles.get(int(_num(offer.get("machine_id"), -1))),
             )
             if oci:
                 inst.state, inst.history, inst.status_msg = "created", ["created"], OCI_FAILURE
@@ -824,6 +941,11 @@ class VastEmulator:
         from tether.testing.proxy import CutProxy
 
         inst.proxy = CutProxy(host.port, host.host)
+        install = getattr(host, "install_bin", None)
+        if install is not None:
+            install("nvidia-smi", nvidia_smi_script(inst.offer, inst.trouble))
+            if inst.trouble is not None and inst.trouble.disk_free_gb is not None:
+                install("df", df_script(inst.trouble.disk_free_gb))
         authorize = getattr(host, "authorize", None)
         if authorize is not None:
             late = self.faults.take_key_refusal()
@@ -840,7 +962,7 @@ class VastEmulator:
             return
         runner = getattr(host, "run_onstart", None)
         if inst.onstart and runner is not None:
-            runner(inst.onstart)
+            runner(inst.onstart, env=inst.container_env())
 
     def list_page(self, after: str | None, limit: int) -> dict[str, Any]:
         self.settle()
@@ -899,7 +1021,7 @@ class VastEmulator:
                     message = "state change queued: the GPU is in use"
                 else:
                     inst._set("loading")
-                    inst.ready_at = self.clock.now() + self.loading_s
+                    inst.ready_at = self.clock.now() + self._loading_s(inst.offer)
                     inst.will_exit = False
                     inst.status_msg = "starting"
                     if inst.host is not None:
@@ -968,6 +1090,18 @@ class VastEmulator:
             if actual_status == "frozen":
                 inst.intended = "frozen"
 
+    def _loading_s(self, offer: Mapping[str, Any]) -> float:
+        trouble = self.troubles.get(int(_num(offer.get("machine_id"), -1)))
+        return trouble.loading_s if trouble is not None and trouble.loading_s is not None else self.loading_s
+
+    def bad_machine(self, machine_id: int, **trouble: Any) -> MachineTrouble:
+        """Make a machine of the book bad for every instance rented on it from now on (see :class:`MachineTrouble`:
+        ``gpus_shown``, ``cuda``, ``disk_free_gb``, ``loading_s``, ``vanish_after_s``)."""
+        made = MachineTrouble(**trouble)
+        with self._lock:
+            self.troubles[int(machine_id)] = made
+        return made
+
     def add_ssh_key(self, public_key: str) -> int:
         """Put a public key on the account (what ``vastai create ssh-key`` does); instances created from now on get
         it. Its id."""
@@ -1024,12 +1158,41 @@ class VastEmulator:
         auth = headers.get("Authorization") or headers.get("authorization") or ""
         if not auth.startswith("Bearer "):
             return 401, {}, {"success": False, "error": "auth_error", "msg": "Please log in or sign up"}, delay
-        if auth[len("Bearer ") :] != self.api_key:
+        given = auth[len("Bearer ") :]
+        owner = self._instance_of_key(given) if given != self.api_key else None
+        if owner is not None:
+            own_status, own_answer = self._container_api(owner, method, path, body if isinstance(body, dict) else {})
+            return own_status, {}, own_answer, delay
+        if given != self.api_key:
             # What the service answers for a wrong or deleted key (its OpenAPI spec and the vendor's CLI).
             refusal: dict[str, Any] = {"success": False, "error": "auth_error", "msg": "Invalid user key"}
             return self.bad_key_status, {}, refusal, delay
         status, answer = self._api(method, path, query, body if isinstance(body, dict) else {})
         return status, {}, answer, delay
+
+    def _instance_of_key(self, key: str) -> int | None:
+        """The live instance whose ``CONTAINER_API_KEY`` this is, or None."""
+        if not key:
+            return None
+        with self._lock:
+            for inst in self.instances.values():
+                if inst.state != "destroyed" and secrets.compare_digest(inst.container_key, key):
+                    return inst.id
+        return None
+
+    def _container_api(self, own: int, method: str, path: str, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A request made with an instance's own key: show, stop or start that instance; 403 for anything else."""
+        segs = [s for s in path.split("/") if s]
+        mine = len(segs) == 4 and segs[:3] == ["api", "v0", "instances"] and segs[3] == str(own)
+        if mine and method == "GET":
+            return 200, {"instances": self.instance_json(own)}
+        if mine and method == "PUT" and set(body) == {"state"} and body.get("state") in ("stopped", "running"):
+            return self.change(own, body)
+        return 403, {
+            "success": False,
+            "error": "forbidden",
+            "msg": f"This key was issued for instance {own}: it may show, stop and start that instance only.",
+        }
 
     def _api(
         self, method: str, path: str, query: Mapping[str, str], body: Mapping[str, Any]
@@ -1094,6 +1257,11 @@ class VastEmulator:
             if method == "POST" and path == "/_emulator/credit/":
                 raw = (body or {}).get("usd")
                 self.credit = None if raw is None else _num(raw)
+                return 200, {}, {"success": True}
+            if method == "POST" and path == "/_emulator/bad_machine/":
+                b = dict(body or {})
+                machine = int(_num(b.pop("machine_id", None), -1))
+                self.bad_machine(machine, **b)
                 return 200, {}, {"success": True}
             if method == "POST" and path == "/_emulator/vanish/":
                 self.vanish(int(_num((body or {}).get("id"), -1)))

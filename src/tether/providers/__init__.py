@@ -8,6 +8,7 @@ This module is the only importer of ``tether.providers.vast`` outside that packa
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from tether.config import Project
@@ -68,6 +69,17 @@ def provider_for(project: Project, name: str = DEFAULT) -> Provider:
         return VastProvider(VastClient(base_url=vast.url, max_retries=vast.retries, backoff_base=vast.backoff_seconds))
     provider_class(name)  # raises for an unknown name
     raise AssertionError(f"provider {name!r} is registered but cannot be built")
+
+
+def api_url(project: Project, name: str = DEFAULT) -> str:
+    """The provider API a server of this project reaches to stop itself (Vast.ai: ``[vast] url``, else
+    ``VAST_URL``, else the service's own address)."""
+    if name == "vast":
+        from tether.providers.vast.api import DEFAULT_URL
+
+        return (project.config.vast.url or os.environ.get("VAST_URL") or DEFAULT_URL).rstrip("/")
+    provider_class(name)
+    raise AssertionError(f"provider {name!r} is registered but has no API address")
 
 
 def check_query(text: str, order: str, provider: str = DEFAULT) -> None:

@@ -135,6 +135,7 @@ class SshdHost:
         self.auto_tmux = auto_tmux
         self.home_dir = base_dir / "home"
         self.login_hook = self.etc_dir / "login-hook.sh"
+        self.bin_dir = base_dir / "bin"
         self.vendor_tmux_socket = f"vast-auto-{self.port}-{os.getpid()}"
         self._proc: subprocess.Popen[bytes] | None = None
         self.root_dir.mkdir(parents=True, exist_ok=True)
@@ -154,12 +155,24 @@ class SshdHost:
         tmp.write_text("\n".join(lines) + "\n")
         os.replace(tmp, self.authorized_keys)
 
-    def run_onstart(self, script: str, timeout: float = 60.0) -> int:
+    def install_bin(self, name: str, script: str) -> None:
+        """Put an executable ``name`` first on the PATH of this host's sessions (hosts with the vendor's login, as
+        the emulator's are): the emulator gives each host the ``nvidia-smi`` (and, on a bad machine, the ``df``)
+        that its machine shows."""
+        self.bin_dir.mkdir(parents=True, exist_ok=True)
+        path = self.bin_dir / name
+        path.write_text(script)
+        path.chmod(0o755)
+
+    def run_onstart(self, script: str, timeout: float = 60.0, env: dict[str, str] | None = None) -> int:
         """Run a start script on the host, as the container's start would (cwd: the root, HOME: the host's home when
-        it has one); its output goes to ``sshd/onstart.log``. The exit code."""
-        env = dict(os.environ)
+        it has one, ``env`` added to the environment: the container's variables); its output goes to
+        ``sshd/onstart.log``. The exit code."""
+        env = {**os.environ, **(env or {})}
         if self.auto_tmux:
             env["HOME"] = str(self.home_dir)
+        if self.bin_dir.is_dir():
+            env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
         with (self.etc_dir / "onstart.log").open("ab") as log:
             done = subprocess.run(
                 ["/bin/sh", "-c", script],
@@ -183,6 +196,7 @@ class SshdHost:
                     "# The Vast emulator's auto-tmux login (a model of the vendor's): unless ~/.no_auto_tmux exists, a",
                     "# login with a terminal lands in the vendor's tmux session instead of the command it asked for.",
                     f"export HOME={home}",
+                    f'export PATH={shlex.quote(str(self.bin_dir))}:"$PATH"',
                     'cd "$HOME" || exit 1',
                     'if [ ! -e "$HOME/.no_auto_tmux" ]; then',
                     '  if [ -n "$SSH_TTY" ]; then',
@@ -317,6 +331,25 @@ class SshdHost:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)
+        self.end_watchdogs()
+
+    def end_watchdogs(self) -> None:
+        """End the server-side watchdogs watching a folder of this host (they detach from sshd, as on a real server,
+        where a stopped container takes them down with it)."""
+        bases = {str(self.base_dir), str(self.base_dir.resolve())}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+            except OSError:
+                continue
+            if "tether.server" not in argv or "watchdog" not in argv or "--root" not in argv:
+                continue
+            root = argv[argv.index("--root") + 1] if argv.index("--root") + 1 < len(argv) else ""
+            if any(root == base or root.startswith(base + os.sep) for base in bases):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(entry.name), signal.SIGTERM)
 
     def restart(self, new_port: bool = False) -> None:
         """Stop and start again, on a fresh port if ``new_port`` (existing connections are cut)."""

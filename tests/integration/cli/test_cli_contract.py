@@ -67,12 +67,16 @@ def test_a_changed_tether_toml_is_checked_again(tmp_path: Path) -> None:
 def test_every_command_is_loaded_lazily_and_listed_in_help(tmp_path: Path) -> None:
     modules = {module for module, _ in COMMANDS.values()}
     found = {
-        (module, name)
+        (module, name): value
         for module in modules
         for name, value in vars(importlib.import_module(f"tether.cli.{module}")).items()
         if isinstance(value, click.Command)
     }
-    assert found == set(COMMANDS.values())
+    # A group's subcommands are reached through their group, not listed at the top.
+    nested = {
+        key for key, cmd in found.items() if any(cmd in getattr(g, "commands", {}).values() for g in found.values())
+    }
+    assert set(found) - nested == set(COMMANDS.values())
     shown = tether("--help", cwd=tmp_path).stdout
     assert all(f"  {name} " in shown for name in COMMANDS)
 

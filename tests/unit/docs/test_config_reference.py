@@ -48,6 +48,7 @@ def _defaults(model: type[BaseModel]) -> dict[str, Any]:
 # Keys whose README value is an example, not the default (the default is None or depends on the project).
 EXAMPLES = {
     "max_total_usd",
+    "idle_stop",
     "max_hourly_usd",
     "max_daily_usd",
     "url",
