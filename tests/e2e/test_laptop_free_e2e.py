@@ -12,10 +12,17 @@ from pathlib import Path
 from tests.e2e.conftest import Cloud, vast_project
 from tests.helpers import tether, tether_json, wait_for, wait_status
 from tether.state import open_state
+from tether.testing.webhook import WebhookReceiver
 
 
 def test_the_server_stops_itself_when_nothing_runs_and_tether_learns_it(tmp_path: Path, cloud: Cloud) -> None:
-    project = vast_project(tmp_path, cloud, items=5, policy="idle_stop = 0.2")  # 12 s
+    with WebhookReceiver() as hook:
+        _laptop_closed(tmp_path, cloud, hook)
+
+
+def _laptop_closed(tmp_path: Path, cloud: Cloud, hook: WebhookReceiver) -> None:
+    notify = f'[notify]\nurls = ["json://127.0.0.1:{hook.port}/hook"]\n'
+    project = vast_project(tmp_path, cloud, items=5, policy="idle_stop = 0.2", profiles=notify)  # 12 s
     env = cloud.env
     emu = cloud.emulator
     up = tether_json("up", "box", "--profile", "api", cwd=project, env=env)
@@ -28,6 +35,11 @@ def test_the_server_stops_itself_when_nothing_runs_and_tether_learns_it(tmp_path
     wait_for(final.is_file, timeout=60, what="the run to finish on the server")
     wait_for(lambda: emu_state(cloud, iid) == "stopped", timeout=90, what="the server to stop itself")
 
+    # Both ends were announced by the server itself, once each, with no tether process running here.
+    got = hook.wait(2, timeout=30)
+    titles = [r.json()["title"] for r in got]
+    assert titles == ["tether proj: run completed", "tether proj: server stopped"], titles
+    assert run_id in got[0].json()["message"] and "stopped itself" in got[1].json()["message"]
     inst = emu.instances[iid]
     assert inst.intended == "stopped" and not inst.preempted  # a stop asked for, not an outbid
     assert json.loads(final.read_text())["completed"] == 5  # its results are intact on its disk
@@ -64,6 +76,7 @@ def test_the_server_stops_itself_when_nothing_runs_and_tether_learns_it(tmp_path
     assert progress["hosts"][0]["runs"][0]["id"] == run_id
     assert tether_json("destroy", "box", cwd=project, env=env)["state"] == "gone"
     assert emu.billing_instances() == []
+    assert len(hook.requests) == 2  # tether's own commands announced neither end again
 
 
 def test_idle_stop_never_leaves_the_server_up(tmp_path: Path, cloud: Cloud) -> None:

@@ -303,7 +303,7 @@ def _put_state(api_url: str, instance_id: str, key: str, state: str) -> int:
 
 def _notify(root: str, kind: str, text: str) -> None:
     try:
-        from tether.server import notify  # type: ignore[attr-defined,unused-ignore]
+        from tether.server import notify
     except ImportError:
         return
     try:
