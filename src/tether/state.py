@@ -22,7 +22,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -462,21 +462,43 @@ class State:
             args.append(experiment)
         return [_run(row) for row in self._rows(query + " ORDER BY started", args)]
 
-    def find_run(self, ref: str) -> RunRecord:
-        """A run by id, by a unique prefix of one, or (an experiment's name) that experiment's latest run."""
-        rows = [_run(r) for r in self._rows("SELECT * FROM runs WHERE id LIKE ? ORDER BY started", (ref + "%",))]
-        exact = [r for r in rows if r.id == ref]
+    def resolve_run(self, ref: str, experiments: Collection[str] = ()) -> RunRecord | ManagedRunRecord:
+        """The one resolver of a run reference (``logs``, ``attach``, ``cancel``, managed runs): a plain or managed run.
+
+        In this order: an exact run id (plain or managed); an exact experiment name (one of ``experiments``, or one
+        with runs): that experiment's latest run (a managed run, or a plain run that is not a managed run's shard);
+        a prefix of exactly one run id. A prefix of several is refused with the candidates, as is a name with no
+        run: a usage error (exit 2), never a guess.
+        """
+        every: list[RunRecord | ManagedRunRecord] = [*self.runs(), *self.managed_runs()]
+        exact = [r for r in every if r.id == ref]
         if exact:
             return exact[0]
-        if len(rows) == 1:
-            return rows[0]
-        latest = [_run(r) for r in self._rows("SELECT * FROM runs WHERE experiment=? ORDER BY started", (ref,))]
-        if latest:
-            return latest[-1]
-        if not rows:
+        named = [r for r in every if r.experiment == ref and not (isinstance(r, RunRecord) and is_shard_run(r.id))]
+        if named:
+            return max(named, key=lambda r: r.started)
+        if ref in experiments:
+            raise ConfigError(f"Experiment {ref!r} has no runs here.", f"Start one with `tether run {ref}`.")
+        prefixed = sorted((r for r in every if ref and r.id.startswith(ref)), key=lambda r: r.started)
+        if len(prefixed) == 1:
+            return prefixed[0]
+        if not prefixed:
             raise ConfigError(f"No run {ref!r} is known here.", "`tether progress` lists the runs.")
+        names = ", ".join(r.id for r in prefixed[:8]) + (" ..." if len(prefixed) > 8 else "")
         raise ConfigError(
-            f"{ref!r} matches {len(rows)} runs.", "Give more of the run id: " + ", ".join(r.id for r in rows[:5])
+            f"{ref!r} is the start of {len(prefixed)} run ids, so it names none of them.",
+            f"Give a whole run id or an experiment's name: {names}.",
+        )
+
+    def find_run(self, ref: str, experiments: Collection[str] = ()) -> RunRecord:
+        """:meth:`resolve_run` for a command that needs one run on one host (``logs``, ``attach``)."""
+        found = self.resolve_run(ref, experiments)
+        if isinstance(found, RunRecord):
+            return found
+        shards = [s.run for s in self.managed_shards(found.id) if s.run]
+        raise ConfigError(
+            f"{ref!r} is managed run {found.id}, which runs as one run per shard.",
+            "Give a shard's run id: " + (", ".join(shards) if shards else "none has started yet") + ".",
         )
 
     # --- instances and the cost ledger --------------------------------------------------------------------------
@@ -692,6 +714,12 @@ class State:
             DecisionRecord(r["seq"], r["ts"], r["name"], r["action"], r["reason"], bool(r["done"]))
             for r in self._rows("SELECT * FROM decisions ORDER BY ts, seq")
         ]
+
+
+def is_shard_run(run_id: str) -> bool:
+    """Whether ``run_id`` is a managed run's shard run (``<experiment>-<stamp>-<hex>-s<i>``)."""
+    head, sep, tail = run_id.rpartition("-s")
+    return bool(sep and head and tail.isdigit())
 
 
 def _statements(script: str) -> list[str]:
