@@ -1267,8 +1267,7 @@ def _place(path: Path, data: bytes, run_id: str) -> None:
     if path.exists():
         if path.read_bytes() == data:
             return
-        aside = path.with_name(f"{path.name}.before-{run_id}")
-        os.replace(path, aside)
+        pull.keep_aside(path, hashlib.sha256(data).hexdigest(), run_id)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)

@@ -1,6 +1,12 @@
 """Bringing results home: rsync the results folders, then prove every file arrived whole against the server's
 sha256 manifest; and telling which results on a server are not home yet (the destroy guard's question).
 
+Results belong to their run. Local state remembers, per local result file, the host and run whose pull brought it
+and its sha256 (``result_files``). A pull that would replace a local file that the same run on the same host did
+not bring as it is now (another run's result, one nobody pulled, or one edited here) first moves it aside to
+``<name>.before-<run id>`` (:func:`keep_aside`, which the managed merge uses too) and lists it in ``kept_aside``.
+The run that brings a file is the latest run tether started on that host whose results folder holds it.
+
 A pull writes only inside the results folders. Symbolic links are never followed, on either side: the server's
 manifest reports links as links (nothing behind one is hashed), rsync does not make a link here that points outside
 the folder being pulled (``--safe-links``), a results folder is never pulled through a link on this machine, and a
@@ -41,6 +47,9 @@ class PullReport:
     """Symbolic links the server has in the results folders (path -> target); never followed."""
     skipped_links: list[str] = field(default_factory=list)
     """Those of ``links`` that point outside their results folder, so were not made here."""
+    kept_aside: list[dict[str, Any]] = field(default_factory=list)
+    """Local files this pull would have replaced that another run made (or nobody pulled): each moved beside the
+    new one (:func:`keep_aside`): ``{"path", "kept_as", "made_by", "made_on", "replaced_by"}``."""
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -127,6 +136,124 @@ def local_link_on_the_way(root: Path, rel: str) -> Path | None:
     return root / found if found is not None else None
 
 
+def keep_aside(path: Path, new_sha: str, run_label: str) -> Path | None:
+    """The one keep-aside rule (pulls and the managed merge): a file at ``path`` about to be replaced by one of
+    sha256 ``new_sha``, brought by run ``run_label``, is moved to ``<name>.before-<run_label>`` (``-2``, ``-3``...
+    when that name is taken) and that path returned. Nothing moves (None) when no regular file is there or it holds
+    those bytes already."""
+    try:
+        if not path.is_file() or path.is_symlink() or sha256_file(str(path)) == new_sha:
+            return None
+    except OSError:
+        return None
+    base = f"{path.name}.before-{run_label}"
+    aside = path.with_name(base)
+    n = 1
+    while aside.exists() or aside.is_symlink():
+        n += 1
+        aside = path.with_name(f"{base}-{n}")
+    os.replace(path, aside)
+    return aside
+
+
+def _stats(root: Path, folders: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+    """Every regular file under ``folders`` (relative to ``root``) with its size, mtime (ns) and inode."""
+    out: dict[str, tuple[int, int, int]] = {}
+    for folder in folders:
+        for dirpath, dirnames, filenames in os.walk(root / folder):
+            dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
+            for name in filenames:
+                full = Path(dirpath) / name
+                try:
+                    st = full.lstat()
+                except OSError:
+                    continue
+                if full.is_file() and not full.is_symlink():
+                    out[full.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns, st.st_ino)
+    return out
+
+
+class _Provenance:
+    """Which run brings each result file from one host, and which local files this pull has written."""
+
+    def __init__(self, state: State, target: Target) -> None:
+        self.state, self.host = state, target.name
+        prefix = target.code_dir.rstrip("/") + "/"
+        self.folders = sorted(
+            (
+                (r.results_dir[len(prefix) :].strip("/"), r.started, r.id)
+                for r in state.runs(host=target.name)
+                if r.results_dir.startswith(prefix)
+            ),
+            key=lambda t: (len(t[0]), t[1]),
+        )
+        self.before: dict[str, tuple[int, int, int]] = {}
+        self.seen: set[str] = set()
+
+    def run_of(self, rel: str) -> str | None:
+        """The run that made ``rel`` on the host: the latest run whose results folder holds it (the innermost)."""
+        found = [(len(f), started, rid) for f, started, rid in self.folders if rel.startswith(f + "/")]
+        return max(found)[2] if found else None
+
+    def remember(self, root: Path, folders: Sequence[str]) -> None:
+        """What the local folders held before this pull first wrote into them."""
+        fresh = [f for f in folders if f not in self.seen]
+        self.seen.update(fresh)
+        self.before.update(_stats(root, fresh))
+
+    def written(self, rel: str, now: dict[str, tuple[int, int, int]]) -> bool:
+        return rel in now and self.before.get(rel) != now[rel]
+
+    def keep_earlier(self, root: Path, manifest: dict[str, list[Any]], report: PullReport) -> None:
+        """Move aside every local file the coming rsync would replace that this run did not bring (see module)."""
+        now = _stats(root, sorted(self.seen))
+        for rel, (size, mtime, sha) in sorted(manifest.items()):
+            local = root / rel
+            if rel not in now or self.written(rel, now):
+                continue  # nothing there, or this pull brought it already (a file that changed while pulled)
+            try:
+                st = local.lstat()
+                if st.st_size == size and abs(st.st_mtime - float(mtime)) < 1e-3:
+                    continue  # what the server has (rsync keeps mtimes): rsync leaves it as it is
+                local_sha = sha256_file(str(local))
+            except OSError:
+                continue
+            if local_sha == sha:
+                continue
+            run = self.run_of(rel)
+            prov = self.state.result_file(local.absolute())
+            ours = prov is not None and prov.sha256 == local_sha
+            if ours and prov is not None and prov.host == self.host and prov.run_id == run:
+                continue  # the same run updating the file it brought: no earlier result to keep
+            label = run or f"{self.host}-{time.strftime('%Y%m%d-%H%M%S')}"
+            aside = keep_aside(local, sha, label)
+            if aside is not None:
+                report.kept_aside.append(
+                    {
+                        "path": shown(rel),
+                        "kept_as": shown(aside.relative_to(root).as_posix()),
+                        "made_by": prov.run_id if ours and prov is not None else None,
+                        "made_on": prov.host if ours and prov is not None else None,
+                        "replaced_by": run,
+                    }
+                )
+
+    def record(self, root: Path, manifest: dict[str, list[Any]]) -> None:
+        """Remember where every local file this pull wrote came from, by the bytes it wrote (a live file may have
+        changed on the server since the manifest), and any pulled file not known yet."""
+        now = _stats(root, sorted(self.seen))
+        files: list[tuple[Path, str | None, str]] = []
+        for rel in now:
+            path = (root / rel).absolute()
+            if self.written(rel, now) or (rel in manifest and self.state.result_file(path) is None):
+                try:
+                    files.append((path, self.run_of(rel), sha256_file(str(path))))
+                except OSError:
+                    continue
+        if files:
+            self.state.set_result_files(self.host, files)
+
+
 def _last_verified(state: State, host: str, paths: Sequence[str]) -> dict[str, list[Any]] | None:
     last = state.last_pull(host)
     if last and last.verified and sorted(last.paths) == sorted(paths):
@@ -180,6 +307,7 @@ def pull(ctx: Ctx, target: Target, experiments: Sequence[str] = (), *, attempts:
     last = state.last_pull(target.name)
     before = {rel: sha for rel, (_s, _m, sha) in (last.manifest if last else {}).items()}
     previous = _last_verified(state, target.name, paths)
+    provenance = _Provenance(state, target)
     manifest: dict[str, list[Any]] = {}
     for attempt in range(attempts):
         fresh = remote_manifest(
@@ -195,6 +323,8 @@ def pull(ctx: Ctx, target: Target, experiments: Sequence[str] = (), *, attempts:
         manifest = fresh.files or {}
         wanted = [p for p in paths if any(rel == p or rel.startswith(p + "/") for rel in manifest)]
         _refuse_local_links(project.root, wanted, target.name)
+        provenance.remember(project.root, wanted)
+        provenance.keep_earlier(project.root, manifest, report)
         for rel in wanted:
             local = project.root / rel
             try:
@@ -211,6 +341,7 @@ def pull(ctx: Ctx, target: Target, experiments: Sequence[str] = (), *, attempts:
     report.total_bytes = sum(int(v[0]) for v in manifest.values())
     report.verified = not report.mismatched
     report.changed = sorted(shown(rel) for rel, v in manifest.items() if before.get(rel) != v[2])
+    provenance.record(project.root, manifest)
     state.add_pull(target.name, paths, manifest, report.bytes_transferred, report.verified)
     report.mismatched = [shown(rel) for rel in report.mismatched]
     return report

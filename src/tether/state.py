@@ -1,10 +1,12 @@
 """Local state: one SQLite file under ``$TETHER_HOME`` (``state.db``).
 
-Tables: ``runs`` (every run tether started, wherever it runs), ``instances`` (servers tether rented or knows),
-``instance_events`` (every observed state and price of an instance: the cost ledger), ``pulls`` (what each pull
-brought home, with a manifest of path, size, mtime and sha256, which tells later whether results are unsynced),
-``decisions`` (what the autopilot did and why) and ``hosts`` (what tether set up on each server: the server side's
-version, the interpreter's real path, the last pushed code fingerprint, whether `.env` uploads are off), and
+Tables: ``runs`` (every run tether started, wherever it runs; schema 5: an ended run's frozen counts),
+``instances`` (servers tether rented or knows), ``instance_events`` (every observed state and price of an instance:
+the cost ledger), ``pulls`` (what each pull brought home, with a manifest of path, size, mtime and sha256, which
+tells later whether results are unsynced), ``result_files`` (schema 5: per local result file, the host and run whose
+pull last brought it and its sha256), ``decisions`` (what the autopilot did and why) and ``hosts`` (what tether set
+up on each server: the server side's version, the interpreter's real path, the last pushed code fingerprint,
+whether `.env` uploads are off), and
 ``managed_runs`` / ``managed_shards`` (schema 4: each managed run, its options and status, and each shard's server,
 current run, sync point and recoveries; :mod:`tether.managed`).
 The schema is versioned with ``PRAGMA user_version``; migrations run on open, in one transaction each (schema 3
@@ -158,6 +160,19 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, shard)
     );
     """,
+    """
+    ALTER TABLE runs ADD COLUMN completed INTEGER;
+    ALTER TABLE runs ADD COLUMN failed INTEGER;
+    ALTER TABLE runs ADD COLUMN total INTEGER;
+    ALTER TABLE runs ADD COLUMN frozen REAL;
+    CREATE TABLE result_files (
+        path BLOB PRIMARY KEY,
+        host TEXT NOT NULL,
+        run_id TEXT,
+        sha256 TEXT NOT NULL,
+        ts REAL NOT NULL
+    );
+    """,
 ]
 
 
@@ -175,9 +190,27 @@ class RunRecord:
     ended: float | None
     exit_code: int | None
     status: str
+    completed: int | None = None
+    """The counts the run ended with (``frozen`` set): from its own record, never read again from a results folder
+    that later runs reuse."""
+    failed: int | None = None
+    total: int | None = None
+    frozen: float | None = None
+    """When tether first saw the run final and froze its status, exit code, end and counts (None: not yet)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """Where a local result file came from: the host and run whose pull last brought it, and its sha256 then."""
+
+    path: Path
+    host: str
+    run_id: str | None
+    sha256: str
+    ts: float
 
 
 @dataclass(frozen=True)
@@ -445,11 +478,33 @@ class State:
             )
 
     def update_run(self, run_id: str, *, status: str, ended: float | None, exit_code: int | None) -> None:
+        """Record what a run's target says now; a frozen run (one that ended) never changes again."""
         with self.tx() as db:
             db.execute(
-                "UPDATE runs SET status=?, ended=?, exit_code=? WHERE id=?",
+                "UPDATE runs SET status=?, ended=?, exit_code=? WHERE id=? AND frozen IS NULL",
                 (status, ended, exit_code, run_id),
             )
+
+    def freeze_run(
+        self,
+        run_id: str,
+        *,
+        status: str,
+        ended: float | None,
+        exit_code: int | None,
+        completed: int,
+        failed: int,
+        total: int | None,
+    ) -> RunRecord:
+        """Freeze a run that ended: its status, end, exit code and counts, once (a second call changes nothing)."""
+        with self.tx() as db:
+            db.execute(
+                "UPDATE runs SET status=?, ended=?, exit_code=?, completed=?, failed=?, total=?, frozen=?"
+                " WHERE id=? AND frozen IS NULL",
+                (status, ended, exit_code, completed, failed, total, time.time(), run_id),
+            )
+        rows = self._rows("SELECT * FROM runs WHERE id=?", (run_id,))
+        return _run(rows[0])
 
     def runs(self, host: str | None = None, experiment: str | None = None) -> list[RunRecord]:
         query = "SELECT * FROM runs WHERE 1=1"
@@ -608,6 +663,24 @@ class State:
             verified=bool(row["verified"]),
         )
 
+    def result_file(self, path: Path) -> ResultFile | None:
+        """Where the local result file ``path`` (absolute) last came from, or None when no pull brought it."""
+        row = self._row("SELECT * FROM result_files WHERE path=?", (os.fsencode(path),))
+        if row is None:
+            return None
+        return ResultFile(Path(os.fsdecode(row["path"])), row["host"], row["run_id"], row["sha256"], row["ts"])
+
+    def set_result_files(self, host: str, files: Sequence[tuple[Path, str | None, str]]) -> None:
+        """Record that a pull from ``host`` brought each ``(absolute path, run id, sha256)``."""
+        now = time.time()
+        with self.tx() as db:
+            for path, run_id, sha in files:
+                db.execute(
+                    "INSERT INTO result_files(path, host, run_id, sha256, ts) VALUES (?,?,?,?,?) ON CONFLICT(path)"
+                    " DO UPDATE SET host=excluded.host, run_id=excluded.run_id, sha256=excluded.sha256, ts=excluded.ts",
+                    (os.fsencode(path), host, run_id, sha, now),
+                )
+
     # --- what tether set up on each server ----------------------------------------------------------------------
     def host_facts(self, name: str) -> HostFacts:
         row = self._row("SELECT * FROM hosts WHERE name=?", (name,))
@@ -740,6 +813,10 @@ def _run(row: sqlite3.Row) -> RunRecord:
         ended=row["ended"],
         exit_code=row["exit_code"],
         status=row["status"],
+        completed=row["completed"],
+        failed=row["failed"],
+        total=row["total"],
+        frozen=row["frozen"],
     )
 
 

@@ -99,6 +99,16 @@ def pull(ctx: click.Context, host: str | None, experiments: tuple[str, ...], as_
     for r in reports:
         status = "verified" if r["verified"] else f"NOT verified ({len(r['mismatched'])} files differ)"
         say(f"{r['host']}: {len(r['changed'])} files changed, {r['bytes_transferred']} bytes moved, {status}.")
+        for kept in r["kept_aside"]:
+            made = (
+                f"run {kept['made_by']} on {kept['made_on']}"
+                if kept["made_by"]
+                else "a run tether did not pull it from"
+            )
+            say(
+                f"{r['host']}: kept the earlier {kept['path']} (made by {made}) as {kept['kept_as']}: "
+                f"{kept['replaced_by'] or 'this pull'} brought a different one."
+            )
         skipped = r["skipped_links"]
         if skipped:
             names = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
