@@ -11,7 +11,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -206,22 +206,56 @@ def scan(target: Target) -> vocab.Scan:
         ) from None
 
 
-def refresh(state: State, target: Target, found: vocab.Scan) -> None:
-    """Copy the statuses a scan found into local state."""
+def refresh(state: State, target: Target, found: vocab.Scan) -> vocab.Scan:
+    """Copy the statuses a scan found into local state and return the scan as the views show it.
+
+    A run seen ended (any final status but ``broken``, which a repaired run.json can undo) is frozen the first
+    time: its status, end, exit code and counts as its own record says (the wrapper froze them into run.json).
+    From then on the views show the frozen record, never what its results folder (reused by later runs) says.
+    """
     known = {r.id: r for r in state.runs(host=target.name)}
+    shown: list[vocab.RunInfo] = []
     for run in found.runs:
         rec = known.get(run.id)
-        if rec is None:
-            continue
-        if rec.status != run.status or rec.exit_code != run.exit_code:
+        if rec is not None and rec.frozen is None and run.final and run.status != vocab.BROKEN:
+            rec = state.freeze_run(
+                rec.id,
+                status=run.status,
+                ended=run.ended,
+                exit_code=run.exit_code,
+                completed=run.completed,
+                failed=run.failed,
+                total=run.total,
+            )
+        elif rec is not None and rec.frozen is None and (rec.status != run.status or rec.exit_code != run.exit_code):
             state.update_run(rec.id, status=run.status, ended=run.ended, exit_code=run.exit_code)
+        shown.append(frozen_view(rec, run) if rec is not None else run)
+    return replace(found, runs=shown)
+
+
+def frozen_view(rec: RunRecord, run: vocab.RunInfo) -> vocab.RunInfo:
+    """``run`` as the views show it: a frozen run's own record (status, end, exit code, counts) over the scan's."""
+    if rec.frozen is None:
+        return run
+    same = run.failed == rec.failed and run.completed == rec.completed
+    return replace(
+        run,
+        status=rec.status,
+        ended=rec.ended,
+        exit_code=rec.exit_code,
+        completed=rec.completed or 0,
+        failed=rec.failed or 0,
+        total=rec.total,
+        rate_per_s=None,
+        eta_s=None,
+        failed_by=run.failed_by if same else {},
+        wrapper_alive=None,
+    )
 
 
 def observe(state: State, target: Target) -> vocab.Scan:
     """Scan ``target`` and record what was found: what ``progress``, ``--follow``, ``cancel`` and ``status`` see."""
-    found = scan(target)
-    refresh(state, target, found)
-    return found
+    return refresh(state, target, scan(target))
 
 
 def follow(

@@ -259,6 +259,9 @@ class RunRecordFile:
     log: str | None = None
     results_dir: str | None = None
     reason: str | None = None
+    counts: dict[str, Any] | None = None
+    """Frozen by the wrapper when the run ended: ``{"completed", "failed", "total", "failed_by"}`` of the
+    checkpoints this run wrote (later runs that reuse its results folder never change them)."""
 
     @classmethod
     def from_json(cls, doc: Any, run_id: str) -> RunRecordFile:
@@ -290,7 +293,24 @@ class RunRecordFile:
             log=_str(doc.get("log")),
             results_dir=_str(doc.get("results_dir")),
             reason=_str(doc.get("reason")),
+            counts=_counts(doc.get("counts")),
         )
+
+
+def _counts(doc: Any) -> dict[str, Any] | None:
+    """A run's frozen counts, read defensively (None when absent or not counts)."""
+    if not isinstance(doc, dict):
+        return None
+    completed, failed, total = _int(doc.get("completed")), _int(doc.get("failed")), _int(doc.get("total"))
+    if completed is None or failed is None or completed < 0 or failed < 0 or (total is not None and total < 0):
+        return None
+    failed_by = doc.get("failed_by")
+    kinds = (
+        {str(k): n for k, n in failed_by.items() if isinstance(n, int) and not isinstance(n, bool)}
+        if isinstance(failed_by, dict)
+        else {}
+    )
+    return {"completed": completed, "failed": failed, "total": total, "failed_by": kinds}
 
 
 ManifestFiles = Dict[str, Tuple[int, float, str]]

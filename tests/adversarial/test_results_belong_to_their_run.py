@@ -174,3 +174,71 @@ def test_a_pull_never_silently_replaces_another_runs_result(
     assert tether_json("cancel", slow, cwd=project)["status"] == "cancelled"
     assert _pull(project, "b")["kept_aside"] == []
     assert sorted(p.name for p in (project / "slow_results").iterdir() if ".before-" in p.name) == []
+
+
+NAMED = """\
+import argparse, time
+from tether.checkpoint import run_batch
+
+p = argparse.ArgumentParser()
+p.add_argument("--name", default="results")
+p.add_argument("--items", type=int, default=6)
+p.add_argument("--delay", type=float, default=0.0)
+p.add_argument("--fail", default="")
+a = p.parse_args()
+fail = set(a.fail.split(",")) if a.fail else set()
+
+def work(item):
+    time.sleep(a.delay)
+    if item["id"] in fail:
+        raise ValueError("bad item " + item["id"])
+    return {"id": item["id"]}
+
+items = [{"id": "i%03d" % n} for n in range(a.items)]
+run_batch(work, items, key=lambda it: it["id"], name=a.name, config={"items": a.items}, concurrency=2,
+          progress=False, retries=0, allow_failures=True)
+"""
+SHARED = '[experiments.named]\ncommand = "python3 named.py"\nresults = "shared"\n'
+
+
+def _runs(project: Path) -> dict[str, dict[str, Any]]:
+    doc = tether_checked("progress", "--local", schema="progress", cwd=project)
+    return {r["id"]: r for h in doc["hosts"] for r in h["runs"]}
+
+
+def _counts(run: dict[str, Any]) -> tuple[str, int, int, int | None]:
+    return run["status"], run["completed"], run["failed"], run["total"]
+
+
+def test_a_finished_runs_record_never_changes_when_later_runs_share_its_folder(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "proj", extra=SHARED)
+    (project / "named.py").write_text(NAMED)
+
+    # A finished run with failures shows its own final counts, failures included.
+    first = tether_json("run", "named", "--local", "--", "--name", "a", "--fail", "i001,i002", cwd=project)["run_id"]
+    wait_status(project, first, {"completed"})
+    assert json.loads((project / "shared" / "a.json").read_text())["failed"] == 2
+    assert _counts(_runs(project)[first]) == ("completed", 4, 2, 6)
+
+    # A live run in the same folder: its progress is its own, and the finished run's record does not move.
+    second = tether_json(
+        "run", "named", "--local", "--", "--name", "b", "--items", "400", "--delay", "0.05", cwd=project
+    )["run_id"]
+    live = wait_for(lambda: (r := _runs(project)[second])["completed"] >= 4 and r, 60, "the second run to progress")
+    assert live["status"] == "running" and live["total"] == 400 and live["failed"] == 0, live
+    assert _counts(_runs(project)[first]) == ("completed", 4, 2, 6)
+    cancelled = tether_json("cancel", second, cwd=project)
+    assert cancelled["status"] == "cancelled"
+    stopped = _counts(_runs(project)[second])
+    assert stopped[0] == "cancelled" and 4 <= stopped[1] < 400 and stopped[3] == 400, stopped
+
+    # A third run resumes the second's journal and finishes it: only the third shows 400/400.
+    third = tether_json("run", "named", "--local", "--", "--name", "b", "--items", "400", cwd=project)["run_id"]
+    wait_status(project, third, {"completed"}, timeout=120)
+    shown = _runs(project)
+    assert _counts(shown[third]) == ("completed", 400, 0, 400)
+    assert _counts(shown[second]) == stopped
+    assert _counts(shown[first]) == ("completed", 4, 2, 6)
+    assert shown[second]["rate_per_s"] is None and shown[second]["eta_s"] is None
+    status = {r["id"]: r for r in tether_checked("status", schema="status", cwd=project)["runs"]}
+    assert _counts(status[second]) == stopped and _counts(status[first]) == ("completed", 4, 2, 6)

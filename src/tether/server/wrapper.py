@@ -137,6 +137,14 @@ class _Run:
 
     def finish(self, status: str, code: int) -> int:
         self.record.update(status=status, exit_code=code, ended=time.time())
+        try:
+            # The run's own counts, frozen now: later runs that reuse its results folder never change them.
+            from tether.server import progress
+
+            record = vocab.RunRecordFile.from_json(self.record, self.args.run_id)
+            self.record["counts"] = progress.run_counts(self.args.root, record)
+        except Exception as exc:  # the outcome must be recorded even if the results folder cannot be read
+            self.log(f"could not count this run's results: {exc}")
         self.save()
         self.stop.set()
         if self.registry is not None:
