@@ -16,6 +16,7 @@ outer one. File names that are not UTF-8 travel as ``surrogateescape`` strings a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -147,13 +148,27 @@ def keep_aside(path: Path, new_sha: str, run_label: str) -> Path | None:
     except OSError:
         return None
     base = f"{path.name}.before-{run_label}"
-    aside = path.with_name(base)
-    n = 1
-    while aside.exists() or aside.is_symlink():
-        n += 1
-        aside = path.with_name(f"{base}-{n}")
-    os.replace(path, aside)
-    return aside
+    for n in range(1, 10_000):
+        aside = path.with_name(base if n == 1 else f"{base}-{n}")
+        try:
+            # A hard link never replaces a name another pull (or the managed merge) took meanwhile.
+            os.link(path, aside, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            return None  # another process moved it aside first
+        except OSError:
+            if aside.exists() or aside.is_symlink():  # no hard links here: the best check there is
+                continue
+            try:
+                os.replace(path, aside)
+            except FileNotFoundError:
+                return None
+            return aside
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return aside
+    raise SyncError(f"{path} has too many earlier versions kept beside it.", "Move the .before-* files away.")
 
 
 def _stats(root: Path, folders: Sequence[str]) -> dict[str, tuple[int, int, int]]:
@@ -245,11 +260,20 @@ class _Provenance:
         files: list[tuple[Path, str | None, str]] = []
         for rel in now:
             path = (root / rel).absolute()
-            if self.written(rel, now) or (rel in manifest and self.state.result_file(path) is None):
-                try:
-                    files.append((path, self.run_of(rel), sha256_file(str(path))))
-                except OSError:
-                    continue
+            written = self.written(rel, now)
+            if not written and rel not in manifest:
+                continue
+            prov = None if written else self.state.result_file(path)
+            if prov is not None and prov.sha256 == manifest[rel][2]:
+                continue  # known, and what the server has
+            try:
+                sha = sha256_file(str(path))
+            except OSError:
+                continue
+            if written or sha == manifest[rel][2]:
+                # Written by this pull, or what the server has but not known as such (a pull killed before it
+                # could record what it brought): this run's file now.
+                files.append((path, self.run_of(rel), sha))
         if files:
             self.state.set_result_files(self.host, files)
 

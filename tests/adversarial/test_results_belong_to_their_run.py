@@ -5,12 +5,15 @@ record never changes when later runs reuse its results folder."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from tests.helpers import tether, tether_checked, tether_json, wait_for, wait_status, write_project
 from tether import vocab
+from tether.paths import local_root
 from tether.state import ManagedRunRecord, ManagedShardRecord, open_state
 from tether.testing.sshd import SshdHost
 
@@ -175,6 +178,57 @@ def test_a_pull_never_silently_replaces_another_runs_result(
     assert _pull(project, "b")["kept_aside"] == []
     assert sorted(p.name for p in (project / "slow_results").iterdir() if ".before-" in p.name) == []
 
+    # A second run on the same host replaces the first one's file there: the first one's is kept here.
+    on_b = b.root_dir / "proj" / "results" / "results.json"
+    from_b = local.read_bytes()
+    on_b.unlink()
+    run_b2 = tether_json("run", "exp", "--on", "b", "--", "--items", "7", cwd=project)["run_id"]
+    wait_status(project, run_b2, {"completed"}, host="b")
+    assert _pull(project, "b")["kept_aside"] == [
+        {
+            "path": "results/results.json",
+            "kept_as": f"results/results.json.before-{run_b2}",
+            "made_by": run_b,
+            "made_on": "b",
+            "replaced_by": run_b2,
+        }
+    ]
+    assert (project / "results" / f"results.json.before-{run_b2}").read_bytes() == from_b
+    assert json.loads(local.read_bytes())["completed"] == 7
+
+    # A pulled file edited here is not what the run brought: the next change from that run keeps the edit aside.
+    local.write_bytes(local.read_bytes() + b"\n")
+    edited = local.read_bytes()
+    on_b.write_bytes(on_b.read_bytes().replace(b'"total": 7', b'"total": 8'))
+    (kept,) = _pull(project, "b")["kept_aside"]
+    assert kept["made_by"] is None and kept["replaced_by"] == run_b2, kept
+    assert kept["kept_as"] == f"results/results.json.before-{run_b2}-2"
+    assert (project / kept["kept_as"]).read_bytes() == edited and local.read_bytes() == on_b.read_bytes()
+    # Every earlier result is still here: A's, B's first, and the edit.
+    assert len(list((project / "results").glob("results.json.before-*"))) == 3
+
+    # Two pulls at once (a `sync` beside a `pull`) after the file changed here and there: both succeed, the
+    # local edit survives beside the new file whoever moves it, and no earlier file is overwritten.
+    local.write_bytes(local.read_bytes() + b" ")
+    edited_again = local.read_bytes()
+    earlier = {p.name: p.read_bytes() for p in (project / "results").glob("results.json.before-*")}
+    on_b.write_bytes(on_b.read_bytes().replace(b'"total": 8', b'"total": 9'))
+    racing = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tether", "pull", "b", "--json"],
+            cwd=project,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=120) for p in racing]
+    assert [p.returncode for p in racing] == [0, 0], outputs
+    kept_now = {p.name: p.read_bytes() for p in (project / "results").glob("results.json.before-*")}
+    assert all(kept_now[name] == data for name, data in earlier.items())
+    assert edited_again in kept_now.values() and local.read_bytes() == on_b.read_bytes()
+
 
 NAMED = """\
 import argparse, time
@@ -242,3 +296,17 @@ def test_a_finished_runs_record_never_changes_when_later_runs_share_its_folder(t
     assert shown[second]["rate_per_s"] is None and shown[second]["eta_s"] is None
     status = {r["id"]: r for r in tether_checked("status", schema="status", cwd=project)["runs"]}
     assert _counts(status[second]) == stopped and _counts(status[first]) == ("completed", 4, 2, 6)
+
+    # A record rewritten later on the server (live again, other counts) does not move what was frozen; a run.json
+    # with malformed counts is read without them, and breaks nothing.
+    runs_dir = local_root() / ".tether" / "runs"
+    record = json.loads((runs_dir / second / "run.json").read_text())
+    assert record["counts"]["completed"] == stopped[1]
+    record.update(status="running", ended=None, counts={"completed": 999, "failed": 0, "total": 999})
+    (runs_dir / second / "run.json").write_text(json.dumps(record))
+    odd = dict(record, id="odd", status="completed", counts={"completed": "lots", "failed": -1})
+    (runs_dir / "odd").mkdir()
+    (runs_dir / "odd" / "run.json").write_text(json.dumps(odd))
+    shown = _runs(project)
+    assert _counts(shown[second]) == stopped and _counts(shown[first]) == ("completed", 4, 2, 6)
+    assert shown["odd"]["status"] == "completed" and shown["odd"]["completed"] < 999
