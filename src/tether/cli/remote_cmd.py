@@ -139,6 +139,8 @@ def sync(ctx: click.Context, host: str | None, every: str, once: bool, as_json: 
                 else:
                     changed = ", ".join(r["changed"][:5]) + (" ..." if len(r["changed"]) > 5 else "")
                     say(f"{stamp} {r['host']}: {len(r['changed'])} changed {changed}".rstrip())
+                    for kept in r["kept_aside"]:
+                        say(f"{stamp} {r['host']}: kept the earlier {kept['path']} as {kept['kept_as']}.")
         if once:
             if any("error" in r for r in tick):
                 raise SyncError("At least one pull failed.", "See the lines above.")
