@@ -164,6 +164,11 @@ def keep_aside(path: Path, new_sha: str, run_label: str) -> Path | None:
                 os.replace(path, aside)
             except FileNotFoundError:
                 return None
+            except OSError as exc:
+                raise SyncError(
+                    f"Could not keep the earlier {path} aside as {aside.name}: {exc.strerror or exc}.",
+                    "Nothing replaced it. Move it away yourself, then run the command again.",
+                ) from None
             return aside
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

@@ -310,3 +310,28 @@ def test_a_finished_runs_record_never_changes_when_later_runs_share_its_folder(t
     shown = _runs(project)
     assert _counts(shown[second]) == stopped and _counts(shown[first]) == ("completed", 4, 2, 6)
     assert shown["odd"]["status"] == "completed" and shown["odd"]["completed"] < 999
+
+
+def test_two_live_runs_sharing_a_folder_each_show_only_their_own_progress(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "proj", extra=SHARED)
+    (project / "named.py").write_text(NAMED)
+    slow = ["--delay", "0.05"]
+    first = tether_json("run", "named", "--local", "--", "--name", "a", "--items", "300", *slow, cwd=project)["run_id"]
+    second = tether_json("run", "named", "--local", "--", "--name", "b", "--items", "500", *slow, cwd=project)["run_id"]
+
+    def both_going() -> dict[str, dict[str, Any]] | None:
+        shown = _runs(project)
+        return (
+            shown
+            if all(shown[r]["status"] == "running" and shown[r]["completed"] >= 2 for r in (first, second))
+            else None
+        )
+
+    shown = wait_for(both_going, 60, "both runs to make progress")
+    assert shown[first]["total"] == 300 and shown[second]["total"] == 500, (shown[first], shown[second])
+    assert [c["name"] for c in shown[first]["checkpoints"]] == ["a"]
+    assert [c["name"] for c in shown[second]["checkpoints"]] == ["b"]
+    for run_id in (first, second):
+        assert tether_json("cancel", run_id, cwd=project)["status"] == "cancelled"
+    ended = _runs(project)
+    assert ended[first]["total"] == 300 and ended[second]["total"] == 500
