@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.e2e.conftest import Cloud, vast_project
+from tests.e2e.managed_helpers import FAST, running_instance, start_tether
 from tests.helpers import tether, tether_checked, tether_json, wait_for, wait_status, write_project
 from tether import vocab
 from tether.paths import local_root
@@ -335,3 +337,34 @@ def test_two_live_runs_sharing_a_folder_each_show_only_their_own_progress(tmp_pa
         assert tether_json("cancel", run_id, cwd=project)["status"] == "cancelled"
     ended = _runs(project)
     assert ended[first]["total"] == 300 and ended[second]["total"] == 500
+
+
+def test_cancel_of_an_experiment_never_reaches_a_managed_run_of_another(tmp_path: Path, cloud: Cloud) -> None:
+    project = vast_project(tmp_path, cloud, items=200)
+    text = (project / "tether.toml").read_text()
+    head, sep, tail = text.partition("\n[vast]")
+    big = '\n[experiments.exp_big]\ncommand = "python3 exp.py --items 200"\nkind = "api"\nresults = "results_big"\n'
+    (project / "tether.toml").write_text(head + big + sep + tail)
+    ctl = start_tether("run", "exp_big", "--managed", *FAST, "--", "--delay", "0.1", cwd=project, env=cloud.env)
+    try:
+        server = running_instance(cloud, 0)
+        with open_state() as st:
+            (managed_big,) = st.managed_runs("exp_big")
+        assert managed_big.id.startswith("exp")
+        mine = tether_json("run", "exp", "--local", "--", "--delay", "0.1", cwd=project)["run_id"]
+        cancelled = tether("cancel", "exp", "--json", cwd=project, env=cloud.env)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert json.loads(cancelled.stdout)["id"] == mine
+        assert _managed_status(managed_big.id) == vocab.MANAGED_RUNNING and ctl.poll() is None
+        assert cloud.emulator.instances[server.id].state == "running"
+        several = tether("cancel", "exp", "x", cwd=project, env=cloud.env)
+        assert several.returncode == 2  # usage: one RUN
+        stopped = tether("cancel", "exp_big", "--json", cwd=project, env=cloud.env, timeout=300)
+        assert stopped.returncode == 0, stopped.stderr
+        assert json.loads(stopped.stdout)["id"] == managed_big.id
+        ctl.communicate(timeout=120)
+        assert cloud.emulator.billing_instances() == []
+    finally:
+        if ctl.poll() is None:
+            ctl.kill()
+            ctl.communicate()
