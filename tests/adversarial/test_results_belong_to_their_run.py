@@ -15,7 +15,6 @@ from tests.e2e.conftest import Cloud, vast_project
 from tests.e2e.managed_helpers import FAST, running_instance, start_tether
 from tests.helpers import tether, tether_checked, tether_json, wait_for, wait_status, write_project
 from tether import vocab
-from tether.paths import local_root
 from tether.state import ManagedRunRecord, ManagedShardRecord, open_state
 from tether.testing.sshd import SshdHost
 
@@ -257,8 +256,8 @@ run_batch(work, items, key=lambda it: it["id"], name=a.name, config={"items": a.
 SHARED = '[experiments.named]\ncommand = "python3 named.py"\nresults = "shared"\n'
 
 
-def _runs(project: Path) -> dict[str, dict[str, Any]]:
-    doc = tether_checked("progress", "--local", schema="progress", cwd=project)
+def _runs(project: Path, host: str = "--local") -> dict[str, dict[str, Any]]:
+    doc = tether_checked("progress", host, schema="progress", cwd=project)
     return {r["id"]: r for h in doc["hosts"] for r in h["runs"]}
 
 
@@ -266,32 +265,37 @@ def _counts(run: dict[str, Any]) -> tuple[str, int, int, int | None]:
     return run["status"], run["completed"], run["failed"], run["total"]
 
 
-def test_a_finished_runs_record_never_changes_when_later_runs_share_its_folder(tmp_path: Path) -> None:
-    project = write_project(tmp_path / "proj", extra=SHARED)
+def test_a_finished_runs_record_never_changes_when_later_runs_share_its_folder(
+    tmp_path: Path, sshd_host: SshdHost
+) -> None:
+    project = write_project(tmp_path / "proj", extra=SHARED + _host_block("lab", sshd_host))
     (project / "named.py").write_text(NAMED)
+    assert tether("up", "lab", cwd=project).returncode == 0
+    shared = sshd_host.root_dir / "proj" / "shared"
 
     # A finished run with failures shows its own final counts, failures included.
-    first = tether_json("run", "named", "--local", "--", "--name", "a", "--fail", "i001,i002", cwd=project)["run_id"]
-    wait_status(project, first, {"completed"})
-    assert json.loads((project / "shared" / "a.json").read_text())["failed"] == 2
-    assert _counts(_runs(project)[first]) == ("completed", 4, 2, 6)
+    on_lab = ("run", "named", "--on", "lab", "--")
+    first = tether_json(*on_lab, "--name", "a", "--fail", "i001,i002", cwd=project)["run_id"]
+    wait_status(project, first, {"completed"}, host="lab")
+    assert json.loads((shared / "a.json").read_text())["failed"] == 2
+    assert _counts(_runs(project, "lab")[first]) == ("completed", 4, 2, 6)
 
     # A live run in the same folder: its progress is its own, and the finished run's record does not move.
     second = tether_json(
-        "run", "named", "--local", "--", "--name", "b", "--items", "400", "--delay", "0.05", cwd=project
+        "run", "named", "--on", "lab", "--", "--name", "b", "--items", "400", "--delay", "0.05", cwd=project
     )["run_id"]
-    live = wait_for(lambda: (r := _runs(project)[second])["completed"] >= 4 and r, 60, "the second run to progress")
+    live = wait_for(lambda: (r := _runs(project, "lab")[second])["completed"] >= 4 and r, 60, "the second to progress")
     assert live["status"] == "running" and live["total"] == 400 and live["failed"] == 0, live
-    assert _counts(_runs(project)[first]) == ("completed", 4, 2, 6)
+    assert _counts(_runs(project, "lab")[first]) == ("completed", 4, 2, 6)
     cancelled = tether_json("cancel", second, cwd=project)
     assert cancelled["status"] == "cancelled"
-    stopped = _counts(_runs(project)[second])
+    stopped = _counts(_runs(project, "lab")[second])
     assert stopped[0] == "cancelled" and 4 <= stopped[1] < 400 and stopped[3] == 400, stopped
 
     # A third run resumes the second's journal and finishes it: only the third shows 400/400.
-    third = tether_json("run", "named", "--local", "--", "--name", "b", "--items", "400", cwd=project)["run_id"]
-    wait_status(project, third, {"completed"}, timeout=120)
-    shown = _runs(project)
+    third = tether_json("run", "named", "--on", "lab", "--", "--name", "b", "--items", "400", cwd=project)["run_id"]
+    wait_status(project, third, {"completed"}, host="lab", timeout=120)
+    shown = _runs(project, "lab")
     assert _counts(shown[third]) == ("completed", 400, 0, 400)
     assert _counts(shown[second]) == stopped
     assert _counts(shown[first]) == ("completed", 4, 2, 6)
@@ -301,7 +305,7 @@ def test_a_finished_runs_record_never_changes_when_later_runs_share_its_folder(t
 
     # A record rewritten later on the server (live again, other counts) does not move what was frozen; a run.json
     # with malformed counts is read without them, and breaks nothing.
-    runs_dir = local_root() / ".tether" / "runs"
+    runs_dir = sshd_host.root_dir / ".tether" / "runs"
     record = json.loads((runs_dir / second / "run.json").read_text())
     assert record["counts"]["completed"] == stopped[1]
     record.update(status="running", ended=None, counts={"completed": 999, "failed": 0, "total": 999})
@@ -309,7 +313,7 @@ def test_a_finished_runs_record_never_changes_when_later_runs_share_its_folder(t
     odd = dict(record, id="odd", status="completed", counts={"completed": "lots", "failed": -1})
     (runs_dir / "odd").mkdir()
     (runs_dir / "odd" / "run.json").write_text(json.dumps(odd))
-    shown = _runs(project)
+    shown = _runs(project, "lab")
     assert _counts(shown[second]) == stopped and _counts(shown[first]) == ("completed", 4, 2, 6)
     assert shown["odd"]["status"] == "completed" and shown["odd"]["completed"] < 999
 
