@@ -14,7 +14,9 @@ from typing import Any
 from tests.e2e.conftest import Cloud, vast_project
 from tests.e2e.managed_helpers import FAST, running_instance, start_tether
 from tests.helpers import tether, tether_checked, tether_json, wait_for, wait_status, write_project
-from tether import vocab
+from tether import config, vocab
+from tether.context import Ctx
+from tether.dashboard.snapshot import build
 from tether.state import ManagedRunRecord, ManagedShardRecord, open_state
 from tether.testing.sshd import SshdHost
 
@@ -287,6 +289,11 @@ def test_a_finished_runs_record_never_changes_when_later_runs_share_its_folder(
     live = wait_for(lambda: (r := _runs(project, "lab")[second])["completed"] >= 4 and r, 60, "the second to progress")
     assert live["status"] == "running" and live["total"] == 400 and live["failed"] == 0, live
     assert _counts(_runs(project, "lab")[first]) == ("completed", 4, 2, 6)
+    with open_state() as st:  # the dashboard's data: the finished run's row is its own, not the live run's
+        board = build(Ctx(config.load(project / "tether.toml"), st))
+    rows = {r["id"]: r for group in board["runs"] for r in group["runs"]}
+    assert _counts(rows[first]) == ("completed", 4, 2, 6) and rows[first]["rate_per_s"] is None
+    assert rows[second]["total"] == 400
     cancelled = tether_json("cancel", second, cwd=project)
     assert cancelled["status"] == "cancelled"
     stopped = _counts(_runs(project, "lab")[second])
