@@ -147,7 +147,8 @@ def keep_aside(path: Path, new_sha: str, run_label: str) -> Path | None:
             return None
     except OSError:
         return None
-    base = f"{path.name}.before-{run_label}"
+    label = "".join(c if c.isalnum() or c in "._-" else "_" for c in run_label)
+    base = f"{path.name}.before-{label}"
     for n in range(1, 10_000):
         aside = path.with_name(base if n == 1 else f"{base}-{n}")
         try:
@@ -359,7 +360,7 @@ def pull(ctx: Ctx, target: Target, experiments: Sequence[str] = (), *, attempts:
             try:
                 stats = target.transport.pull(f"{target.code_dir}/{rel}", local, excludes=[".*.tmp"])
             except SyncError as exc:
-                raise _pull_failed(exc, rel, target.name) from None
+                raise _pull_failed(exc, rel, target.name, report.kept_aside) from None
             report.files += stats.files_transferred
             report.bytes_transferred += stats.bytes_transferred
         report.mismatched = verify_local(project.root, manifest)
@@ -389,14 +390,18 @@ def _refuse_local_links(root: Path, wanted: Sequence[str], host: str) -> None:
             )
 
 
-def _pull_failed(exc: SyncError, rel: str, host: str) -> SyncError:
-    """The transport's error, naming the folder once: ``Pulling results from lab1 failed ...``."""
+def _pull_failed(exc: SyncError, rel: str, host: str, kept: Sequence[dict[str, Any]] = ()) -> SyncError:
+    """The transport's error, naming the folder once: ``Pulling results from lab1 failed ...``; and what was kept
+    aside before the copy began."""
     said = f"Pulling from {host}"
     if exc.message.startswith(said):
         message = f"Pulling {rel} from {host}{exc.message[len(said) :]}"
     else:
         message = f"Pulling {rel} from {host} failed: {exc.message}"
     hint = exc.hint or "Run `tether pull` again."
+    if kept:
+        moved = ", ".join(f"{k['path']} as {k['kept_as']}" for k in kept)
+        return SyncError(message, f"Earlier results were kept aside first ({moved}); nothing else changed. {hint}")
     return SyncError(message, f"The local copy was left as it was. {hint}")
 
 
