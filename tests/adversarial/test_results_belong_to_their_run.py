@@ -5,6 +5,8 @@ record never changes when later runs reuse its results folder."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,6 +19,8 @@ from tests.helpers import tether, tether_checked, tether_json, wait_for, wait_st
 from tether import config, vocab
 from tether.context import Ctx
 from tether.dashboard.snapshot import build
+from tether.paths import local_root
+from tether.server import procinfo
 from tether.state import ManagedRunRecord, ManagedShardRecord, open_state
 from tether.testing.sshd import SshdHost
 
@@ -379,3 +383,28 @@ def test_cancel_of_an_experiment_never_reaches_a_managed_run_of_another(tmp_path
         if ctl.poll() is None:
             ctl.kill()
             ctl.communicate()
+
+
+def test_a_killed_run_keeps_its_counts_when_the_next_run_writes_over_its_checkpoint(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "proj", extra=SHARED)
+    (project / "named.py").write_text(NAMED)
+    args = ("--name", "b", "--items", "300")
+    killed = tether_json("run", "named", "--local", "--", *args, "--delay", "0.05", cwd=project)["run_id"]
+    seen = wait_for(lambda: (r := _runs(project)[killed])["completed"] >= 4 and r, 60, "the run to progress")
+    record = json.loads((local_root() / ".tether" / "runs" / killed / "run.json").read_text())
+    # The machine loses both processes at once: no end is recorded, nobody looks before the next run starts.
+    os.kill(int(record["pid"]), signal.SIGKILL)
+    os.killpg(int(record["child_pid"]), signal.SIGKILL)
+
+    def gone() -> bool:
+        return not any(procinfo.is_alive(int(record[k]), None, None) for k in ("pid", "child_pid"))
+
+    wait_for(gone, 30, "the processes to die")
+    last = json.loads((project / "shared" / "b.progress.json").read_text())["completed"]
+    assert last >= seen["completed"]
+
+    resumed = tether_json("run", "named", "--local", "--", *args, cwd=project)["run_id"]
+    wait_status(project, resumed, {"completed"}, timeout=120)
+    shown = _runs(project)
+    assert _counts(shown[resumed]) == ("completed", 300, 0, 300)
+    assert _counts(shown[killed]) == ("dead", last, 0, 300), shown[killed]

@@ -211,6 +211,33 @@ def run_counts(root: str, record: vocab.RunRecordFile) -> dict[str, Any]:
     return counts(owned(record, scan_results(record.results_dir or ""), folder_runs, spans))
 
 
+def freeze_killed(root: str, results_dir: str, starting: str) -> list[str]:
+    """Before run ``starting`` writes into ``results_dir``: every other run of that folder that was killed (no
+    process left, no end recorded) gets its counts frozen into its run.json now, while its checkpoints are still
+    its own. Returns the ids frozen."""
+    frozen = []
+    for run_id in _run_ids(root):
+        if run_id == starting:
+            continue
+        rec = _read(root, run_id)
+        if not isinstance(rec, vocab.RunRecordFile) or rec.results_dir != results_dir or rec.counts is not None:
+            continue
+        if rec.ended is not None or _liveness(rec)[0] != vocab.DEAD:
+            continue
+        path = vocab.run_record_path(root, run_id)
+        raw = _load(path)
+        if not isinstance(raw, dict):
+            continue
+        raw["counts"] = run_counts(root, rec)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(raw, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+        frozen.append(run_id)
+    return frozen
+
+
 def _entry(
     record: vocab.RunRecordFile,
     folder_runs: list[vocab.RunRecordFile],

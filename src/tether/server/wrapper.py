@@ -243,6 +243,14 @@ class _Run:
         env.update(agent_env)
         self.log(f"run {self.args.run_id}: {' '.join(self.argv)}")
         try:
+            # A killed run of this results folder keeps the counts it had: this run is about to write over them.
+            from tether.server import progress
+
+            for killed in progress.freeze_killed(self.args.root, self.record["results_dir"], self.args.run_id):
+                self.log(f"run {killed} was killed: its counts are frozen in its record")
+        except Exception as exc:  # never keep this run from starting
+            self.log(f"could not freeze the counts of killed runs: {exc}")
+        try:
             with open(self.log_path, "ab") as log:
                 self.child = subprocess.Popen(
                     self.argv,
