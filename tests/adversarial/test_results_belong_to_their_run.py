@@ -408,3 +408,55 @@ def test_a_killed_run_keeps_its_counts_when_the_next_run_writes_over_its_checkpo
     shown = _runs(project)
     assert _counts(shown[resumed]) == ("completed", 300, 0, 300)
     assert _counts(shown[killed]) == ("dead", last, 0, 300), shown[killed]
+
+
+def test_the_managed_merge_keeps_every_earlier_file_through_the_one_keep_aside_rule(tmp_path: Path) -> None:
+    from tether import managed
+
+    out = tmp_path / "results.json"
+    out.write_bytes(b"made here")
+    managed._place(out, b"first merge", "exp-mabc")
+    managed._place(out, b"first merge", "exp-mabc")  # the same bytes again: nothing moves
+    managed._place(out, b"second merge", "exp-mabc")  # merged again under the same id: the first is kept too
+    assert out.read_bytes() == b"second merge"
+    assert (tmp_path / "results.json.before-exp-mabc").read_bytes() == b"made here"
+    assert (tmp_path / "results.json.before-exp-mabc-2").read_bytes() == b"first merge"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "results.json",
+        "results.json.before-exp-mabc",
+        "results.json.before-exp-mabc-2",
+    ]
+
+
+def test_pulls_racing_to_keep_one_file_aside_move_it_once_and_lose_nothing(tmp_path: Path) -> None:
+    import hashlib
+    import threading
+
+    from tether.pull import keep_aside
+
+    path = tmp_path / "results.json"
+    path.write_bytes(b"earlier")
+    (tmp_path / "results.json.before-r1").write_bytes(b"taken by another pull")
+    new_sha = hashlib.sha256(b"newer").hexdigest()
+    start = threading.Barrier(8)
+    moved: list[Path | None] = []
+    errors: list[BaseException] = []
+
+    def race() -> None:
+        start.wait()
+        try:
+            moved.append(keep_aside(path, new_sha, "r1"))
+        except BaseException as exc:  # any error is the finding
+            errors.append(exc)
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    (aside,) = [m for m in moved if m is not None]
+    assert aside.name == "results.json.before-r1-2" and aside.read_bytes() == b"earlier"
+    assert (tmp_path / "results.json.before-r1").read_bytes() == b"taken by another pull"
+    assert not path.exists()
+    assert keep_aside(aside, hashlib.sha256(b"earlier").hexdigest(), "r2") is None  # same bytes: nothing moves
