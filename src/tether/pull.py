@@ -171,10 +171,30 @@ def keep_aside(path: Path, new_sha: str, run_label: str) -> Path | None:
                     "Nothing replaced it. Move it away yourself, then run the command again.",
                 ) from None
             return aside
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        return aside
+        return aside if _drop_original(path, aside) else None
     raise SyncError(f"{path} has too many earlier versions kept beside it.", "Move the .before-* files away.")
+
+
+def _drop_original(path: Path, aside: Path) -> bool:
+    """After ``aside`` was made a second name of ``path``: remove ``path`` and say True; or, when another process
+    moved that file aside meanwhile (``path`` is gone), remove this second name and say False (one copy is kept)."""
+    try:
+        here, kept = os.lstat(path), os.lstat(aside)
+    except FileNotFoundError:
+        with contextlib.suppress(FileNotFoundError):
+            if path.exists() or path.is_symlink():
+                return True  # the name we made vanished: nothing of ours to undo
+            os.unlink(aside)
+        return False
+    if (here.st_ino, here.st_dev) != (kept.st_ino, kept.st_dev):
+        return True  # a new file took the name already: the earlier one lives on as ``aside``
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(aside)
+        return False
+    return True
 
 
 def _stats(root: Path, folders: Sequence[str]) -> dict[str, tuple[int, int, int]]:
@@ -372,6 +392,12 @@ def pull(ctx: Ctx, target: Target, experiments: Sequence[str] = (), *, attempts:
     report.verified = not report.mismatched
     report.changed = sorted(shown(rel) for rel, v in manifest.items() if before.get(rel) != v[2])
     provenance.record(project.root, manifest)
+    for kept in report.kept_aside:  # every caller says it: pull, sync, and the pull before a stop or destroy
+        made = f"run {kept['made_by']} on {kept['made_on']}" if kept["made_by"] else "no run tether pulled"
+        ctx.say(
+            f"{target.name}: kept the earlier {kept['path']} (made by {made}) as {kept['kept_as']}: "
+            f"{'run ' + kept['replaced_by'] if kept['replaced_by'] else 'this pull'} brought a different one."
+        )
     state.add_pull(target.name, paths, manifest, report.bytes_transferred, report.verified)
     report.mismatched = [shown(rel) for rel in report.mismatched]
     return report

@@ -191,7 +191,10 @@ def test_a_pull_never_silently_replaces_another_runs_result(
     on_b.unlink()
     run_b2 = tether_json("run", "exp", "--on", "b", "--", "--items", "7", cwd=project)["run_id"]
     wait_status(project, run_b2, {"completed"}, host="b")
-    assert _pull(project, "b")["kept_aside"] == [
+    result = tether("pull", "b", "--json", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert f"kept the earlier results/results.json (made by run {run_b} on b) as" in result.stderr  # says so
+    assert json.loads(result.stdout)["pulls"][0]["kept_aside"] == [
         {
             "path": "results/results.json",
             "kept_as": f"results/results.json.before-{run_b2}",
@@ -434,29 +437,32 @@ def test_pulls_racing_to_keep_one_file_aside_move_it_once_and_lose_nothing(tmp_p
 
     from tether.pull import keep_aside
 
-    path = tmp_path / "results.json"
-    path.write_bytes(b"earlier")
-    (tmp_path / "results.json.before-r1").write_bytes(b"taken by another pull")
     new_sha = hashlib.sha256(b"newer").hexdigest()
-    start = threading.Barrier(8)
-    moved: list[Path | None] = []
-    errors: list[BaseException] = []
+    for round_no in range(20):  # many rounds: each interleaving of link and unlink must keep exactly one copy
+        folder = tmp_path / f"round{round_no}"
+        folder.mkdir()
+        path = folder / "results.json"
+        path.write_bytes(b"earlier")
+        (folder / "results.json.before-r1").write_bytes(b"taken by another pull")
+        start = threading.Barrier(8)
+        moved: list[Path | None] = []
+        errors: list[BaseException] = []
 
-    def race() -> None:
-        start.wait()
-        try:
-            moved.append(keep_aside(path, new_sha, "r1"))
-        except BaseException as exc:  # any error is the finding
-            errors.append(exc)
+        def race(path: Path, start: threading.Barrier, moved: list[Path | None], errors: list[BaseException]) -> None:
+            start.wait()
+            try:
+                moved.append(keep_aside(path, new_sha, "r1"))
+            except BaseException as exc:  # any error is the finding
+                errors.append(exc)
 
-    threads = [threading.Thread(target=race) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    (aside,) = [m for m in moved if m is not None]
-    assert aside.name == "results.json.before-r1-2" and aside.read_bytes() == b"earlier"
-    assert (tmp_path / "results.json.before-r1").read_bytes() == b"taken by another pull"
-    assert not path.exists()
-    assert keep_aside(aside, hashlib.sha256(b"earlier").hexdigest(), "r2") is None  # same bytes: nothing moves
+        threads = [threading.Thread(target=race, args=(path, start, moved, errors)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        (aside,) = [m for m in moved if m is not None]
+        assert aside.name.startswith("results.json.before-r1-") and aside.read_bytes() == b"earlier"
+        assert sorted(p.name for p in folder.iterdir()) == sorted(["results.json.before-r1", aside.name])
+        assert (folder / "results.json.before-r1").read_bytes() == b"taken by another pull"
+        assert keep_aside(aside, hashlib.sha256(b"earlier").hexdigest(), "r2") is None  # same bytes: nothing moves

@@ -99,16 +99,6 @@ def pull(ctx: click.Context, host: str | None, experiments: tuple[str, ...], as_
     for r in reports:
         status = "verified" if r["verified"] else f"NOT verified ({len(r['mismatched'])} files differ)"
         say(f"{r['host']}: {len(r['changed'])} files changed, {r['bytes_transferred']} bytes moved, {status}.")
-        for kept in r["kept_aside"]:
-            made = (
-                f"run {kept['made_by']} on {kept['made_on']}"
-                if kept["made_by"]
-                else "a run tether did not pull it from"
-            )
-            say(
-                f"{r['host']}: kept the earlier {kept['path']} (made by {made}) as {kept['kept_as']}: "
-                f"{kept['replaced_by'] or 'this pull'} brought a different one."
-            )
         skipped = r["skipped_links"]
         if skipped:
             names = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
@@ -139,8 +129,6 @@ def sync(ctx: click.Context, host: str | None, every: str, once: bool, as_json: 
                 else:
                     changed = ", ".join(r["changed"][:5]) + (" ..." if len(r["changed"]) > 5 else "")
                     say(f"{stamp} {r['host']}: {len(r['changed'])} changed {changed}".rstrip())
-                    for kept in r["kept_aside"]:
-                        say(f"{stamp} {r['host']}: kept the earlier {kept['path']} as {kept['kept_as']}.")
         if once:
             if any("error" in r for r in tick):
                 raise SyncError("At least one pull failed.", "See the lines above.")
