@@ -210,14 +210,16 @@ def refresh(state: State, target: Target, found: vocab.Scan) -> vocab.Scan:
     """Copy the statuses a scan found into local state and return the scan as the views show it.
 
     A run seen ended (any final status but ``broken``, which a repaired run.json can undo) is frozen the first
-    time: its status, end, exit code and counts as its own record says (the wrapper froze them into run.json).
+    time: its status, end, exit code and counts as its own record says (the wrapper froze them into run.json). A
+    server side older than that (``attributed`` false: it sums a shared results folder) freezes nothing until
+    ``tether up`` installs the current one.
     From then on the views show the frozen record, never what its results folder (reused by later runs) says.
     """
     known = {r.id: r for r in state.runs(host=target.name)}
     shown: list[vocab.RunInfo] = []
     for run in found.runs:
         rec = known.get(run.id)
-        if rec is not None and rec.frozen is None and run.final and run.status != vocab.BROKEN:
+        if rec is not None and rec.frozen is None and run.final and run.status != vocab.BROKEN and found.attributed:
             rec = state.freeze_run(
                 rec.id,
                 status=run.status,

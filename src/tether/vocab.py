@@ -222,6 +222,9 @@ class Scan:
     host: str
     time: float
     runs: list[RunInfo]
+    attributed: bool = False
+    """The server side gives each run only the checkpoints it wrote (an older one sums its whole results folder:
+    its counts of an ended run are not frozen)."""
 
     def run(self, run_id: str) -> RunInfo | None:
         return next((r for r in self.runs if r.id == run_id), None)
@@ -235,10 +238,16 @@ class Scan:
             host=_str(doc.get("host")) or "?",
             time=_num(doc.get("time")) or 0.0,
             runs=[RunInfo.from_json(r) for r in runs] if isinstance(runs, list) else [],
+            attributed=doc.get("attributed") is True,
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {"host": self.host, "time": self.time, "runs": [r.to_json() for r in self.runs]}
+        return {
+            "host": self.host,
+            "time": self.time,
+            "runs": [r.to_json() for r in self.runs],
+            "attributed": self.attributed,
+        }
 
 
 @dataclass(frozen=True)

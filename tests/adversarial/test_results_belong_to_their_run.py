@@ -466,3 +466,30 @@ def test_pulls_racing_to_keep_one_file_aside_move_it_once_and_lose_nothing(tmp_p
         assert sorted(p.name for p in folder.iterdir()) == sorted(["results.json.before-r1", aside.name])
         assert (folder / "results.json.before-r1").read_bytes() == b"taken by another pull"
         assert keep_aside(aside, hashlib.sha256(b"earlier").hexdigest(), "r2") is None  # same bytes: nothing moves
+
+
+def test_an_older_server_side_that_sums_a_shared_folder_freezes_nothing(tmp_path: Path) -> None:
+    from tether import runs
+    from tether.hosts import local_target
+    from tether.state import RunRecord
+
+    project = config.load(write_project(tmp_path / "proj") / "tether.toml")
+    target = local_target(project)
+    with open_state() as st:
+        st.add_run(
+            RunRecord("r1", "exp", target.name, ["x"], "/p", "/p/results", "log", "s", 1.0, None, None, "running")
+        )
+        summed = vocab.RunInfo(id="r1", experiment="exp", status="completed", exit_code=0, completed=120, total=120)
+        old = vocab.Scan.from_json({"host": "h", "time": 2.0, "runs": [summed.to_json()]})
+        assert old.attributed is False
+        runs.refresh(st, target, old)
+        (rec,) = st.runs()
+        assert rec.frozen is None and rec.status == "completed"  # the status is copied, the summed counts are not
+        own = vocab.RunInfo(id="r1", experiment="exp", status="completed", exit_code=0, completed=53, total=60)
+        runs.refresh(
+            st, target, vocab.Scan.from_json({"host": "h", "time": 3.0, "attributed": True, "runs": [own.to_json()]})
+        )
+        later = runs.refresh(st, target, old)  # an older server side again: the frozen record stands
+        (rec,) = st.runs()
+        assert rec.frozen is not None and (rec.completed, rec.total) == (53, 60)
+        assert (later.runs[0].completed, later.runs[0].total) == (53, 60)

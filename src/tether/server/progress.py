@@ -303,7 +303,7 @@ def scan(root: str, tail_lines: int = 20) -> dict[str, Any]:
             runs.append(_entry(entry, folders[folder], spans, contents[folder], tail_lines))
         elif entry is not None:
             runs.append(entry)
-    return {"host": os.uname().nodename, "time": time.time(), "runs": runs}
+    return {"host": os.uname().nodename, "time": time.time(), "attributed": True, "runs": runs}
 
 
 def main(argv: list[str]) -> int:
