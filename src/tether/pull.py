@@ -1,6 +1,12 @@
 """Bringing results home: rsync the results folders, then prove every file arrived whole against the server's
 sha256 manifest; and telling which results on a server are not home yet (the destroy guard's question).
 
+Results belong to their run. Local state remembers, per local result file, the host and run whose pull brought it
+and its sha256 (``result_files``). A pull that would replace a local file that the same run on the same host did
+not bring as it is now (another run's result, one nobody pulled, or one edited here) first moves it aside to
+``<name>.before-<run id>`` (:func:`keep_aside`, which the managed merge uses too) and lists it in ``kept_aside``.
+The run that brings a file is the latest run tether started on that host whose results folder holds it.
+
 A pull writes only inside the results folders. Symbolic links are never followed, on either side: the server's
 manifest reports links as links (nothing behind one is hashed), rsync does not make a link here that points outside
 the folder being pulled (``--safe-links``), a results folder is never pulled through a link on this machine, and a
@@ -10,6 +16,7 @@ outer one. File names that are not UTF-8 travel as ``surrogateescape`` strings a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -41,6 +48,9 @@ class PullReport:
     """Symbolic links the server has in the results folders (path -> target); never followed."""
     skipped_links: list[str] = field(default_factory=list)
     """Those of ``links`` that point outside their results folder, so were not made here."""
+    kept_aside: list[dict[str, Any]] = field(default_factory=list)
+    """Local files this pull would have replaced that another run made (or nobody pulled): each moved beside the
+    new one (:func:`keep_aside`): ``{"path", "kept_as", "made_by", "made_on", "replaced_by"}``."""
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -127,6 +137,173 @@ def local_link_on_the_way(root: Path, rel: str) -> Path | None:
     return root / found if found is not None else None
 
 
+def keep_aside(path: Path, new_sha: str, run_label: str) -> Path | None:
+    """The one keep-aside rule (pulls and the managed merge): a file at ``path`` about to be replaced by one of
+    sha256 ``new_sha``, brought by run ``run_label``, is moved to ``<name>.before-<run_label>`` (``-2``, ``-3``...
+    when that name is taken) and that path returned. Nothing moves (None) when no regular file is there or it holds
+    those bytes already."""
+    try:
+        if not path.is_file() or path.is_symlink() or sha256_file(str(path)) == new_sha:
+            return None
+    except OSError:
+        return None
+    label = "".join(c if c.isalnum() or c in "._-" else "_" for c in run_label)
+    base = f"{path.name}.before-{label}"
+    for n in range(1, 10_000):
+        aside = path.with_name(base if n == 1 else f"{base}-{n}")
+        try:
+            # A hard link never replaces a name another pull (or the managed merge) took meanwhile.
+            os.link(path, aside, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            return None  # another process moved it aside first
+        except OSError:
+            if aside.exists() or aside.is_symlink():  # no hard links here: the best check there is
+                continue
+            try:
+                os.replace(path, aside)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise SyncError(
+                    f"Could not keep the earlier {path} aside as {aside.name}: {exc.strerror or exc}.",
+                    "Nothing replaced it. Move it away yourself, then run the command again.",
+                ) from None
+            return aside
+        return aside if _drop_original(path, aside) else None
+    raise SyncError(f"{path} has too many earlier versions kept beside it.", "Move the .before-* files away.")
+
+
+def _drop_original(path: Path, aside: Path) -> bool:
+    """After ``aside`` was made a second name of ``path``: remove ``path`` and say True; or, when another process
+    moved that file aside meanwhile (``path`` is gone), remove this second name and say False (one copy is kept)."""
+    try:
+        here, kept = os.lstat(path), os.lstat(aside)
+    except FileNotFoundError:
+        with contextlib.suppress(FileNotFoundError):
+            if path.exists() or path.is_symlink():
+                return True  # the name we made vanished: nothing of ours to undo
+            os.unlink(aside)
+        return False
+    if (here.st_ino, here.st_dev) != (kept.st_ino, kept.st_dev):
+        return True  # a new file took the name already: the earlier one lives on as ``aside``
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(aside)
+        return False
+    return True
+
+
+def _stats(root: Path, folders: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+    """Every regular file under ``folders`` (relative to ``root``) with its size, mtime (ns) and inode."""
+    out: dict[str, tuple[int, int, int]] = {}
+    for folder in folders:
+        for dirpath, dirnames, filenames in os.walk(root / folder):
+            dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
+            for name in filenames:
+                full = Path(dirpath) / name
+                try:
+                    st = full.lstat()
+                except OSError:
+                    continue
+                if full.is_file() and not full.is_symlink():
+                    out[full.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns, st.st_ino)
+    return out
+
+
+class _Provenance:
+    """Which run brings each result file from one host, and which local files this pull has written."""
+
+    def __init__(self, state: State, target: Target) -> None:
+        self.state, self.host = state, target.name
+        prefix = target.code_dir.rstrip("/") + "/"
+        self.folders = sorted(
+            (
+                (r.results_dir[len(prefix) :].strip("/"), r.started, r.id)
+                for r in state.runs(host=target.name)
+                if r.results_dir.startswith(prefix)
+            ),
+            key=lambda t: (len(t[0]), t[1]),
+        )
+        self.before: dict[str, tuple[int, int, int]] = {}
+        self.seen: set[str] = set()
+
+    def run_of(self, rel: str) -> str | None:
+        """The run that made ``rel`` on the host: the latest run whose results folder holds it (the innermost)."""
+        found = [(len(f), started, rid) for f, started, rid in self.folders if rel.startswith(f + "/")]
+        return max(found)[2] if found else None
+
+    def remember(self, root: Path, folders: Sequence[str]) -> None:
+        """What the local folders held before this pull first wrote into them."""
+        fresh = [f for f in folders if f not in self.seen]
+        self.seen.update(fresh)
+        self.before.update(_stats(root, fresh))
+
+    def written(self, rel: str, now: dict[str, tuple[int, int, int]]) -> bool:
+        return rel in now and self.before.get(rel) != now[rel]
+
+    def keep_earlier(self, root: Path, manifest: dict[str, list[Any]], report: PullReport) -> None:
+        """Move aside every local file the coming rsync would replace that this run did not bring (see module)."""
+        now = _stats(root, sorted(self.seen))
+        for rel, (size, mtime, sha) in sorted(manifest.items()):
+            local = root / rel
+            if rel not in now or self.written(rel, now):
+                continue  # nothing there, or this pull brought it already (a file that changed while pulled)
+            try:
+                st = local.lstat()
+                if st.st_size == size and abs(st.st_mtime - float(mtime)) < 1e-3:
+                    continue  # what the server has (rsync keeps mtimes): rsync leaves it as it is
+                local_sha = sha256_file(str(local))
+            except OSError:
+                continue
+            if local_sha == sha:
+                continue
+            run = self.run_of(rel)
+            prov = self.state.result_file(local.absolute())
+            ours = prov is not None and prov.sha256 == local_sha
+            if ours and prov is not None and prov.host == self.host and prov.run_id == run:
+                continue  # the same run updating the file it brought: no earlier result to keep
+            label = run or f"{self.host}-{time.strftime('%Y%m%d-%H%M%S')}"
+            aside = keep_aside(local, sha, label)
+            if aside is not None:
+                report.kept_aside.append(
+                    {
+                        "path": shown(rel),
+                        "kept_as": shown(aside.relative_to(root).as_posix()),
+                        "made_by": prov.run_id if ours and prov is not None else None,
+                        "made_on": prov.host if ours and prov is not None else None,
+                        "replaced_by": run,
+                    }
+                )
+
+    def record(self, root: Path, manifest: dict[str, list[Any]]) -> None:
+        """Remember where every local file this pull wrote came from, by the bytes it wrote (a live file may have
+        changed on the server since the manifest), and any pulled file not known yet."""
+        now = _stats(root, sorted(self.seen))
+        files: list[tuple[Path, str | None, str]] = []
+        for rel in now:
+            path = (root / rel).absolute()
+            written = self.written(rel, now)
+            if not written and rel not in manifest:
+                continue
+            prov = None if written else self.state.result_file(path)
+            if prov is not None and prov.sha256 == manifest[rel][2]:
+                continue  # known, and what the server has
+            try:
+                sha = sha256_file(str(path))
+            except OSError:
+                continue
+            if written or sha == manifest[rel][2]:
+                # Written by this pull, or what the server has but not known as such (a pull killed before it
+                # could record what it brought): this run's file now.
+                files.append((path, self.run_of(rel), sha))
+        if files:
+            self.state.set_result_files(self.host, files)
+
+
 def _last_verified(state: State, host: str, paths: Sequence[str]) -> dict[str, list[Any]] | None:
     last = state.last_pull(host)
     if last and last.verified and sorted(last.paths) == sorted(paths):
@@ -184,6 +361,8 @@ def pull(
     last = state.last_pull(target.name)
     before = {rel: sha for rel, (_s, _m, sha) in (last.manifest if last else {}).items()}
     previous = _last_verified(state, target.name, paths) if into is None else None
+    # A managed shard's private copy has no earlier result of another run to keep: provenance is the project's.
+    provenance = _Provenance(state, target) if into is None else None
     manifest: dict[str, list[Any]] = {}
     for attempt in range(attempts):
         fresh = remote_manifest(
@@ -199,12 +378,15 @@ def pull(
         manifest = fresh.files or {}
         wanted = [p for p in paths if any(rel == p or rel.startswith(p + "/") for rel in manifest)]
         _refuse_local_links(root, wanted, target.name)
+        if provenance is not None:
+            provenance.remember(project.root, wanted)
+            provenance.keep_earlier(project.root, manifest, report)
         for rel in wanted:
             local = root / rel
             try:
                 stats = target.transport.pull(f"{target.code_dir}/{rel}", local, excludes=[".*.tmp"])
             except SyncError as exc:
-                raise _pull_failed(exc, rel, target.name) from None
+                raise _pull_failed(exc, rel, target.name, report.kept_aside) from None
             report.files += stats.files_transferred
             report.bytes_transferred += stats.bytes_transferred
         report.mismatched = verify_local(root, manifest)
@@ -215,6 +397,14 @@ def pull(
     report.total_bytes = sum(int(v[0]) for v in manifest.values())
     report.verified = not report.mismatched
     report.changed = sorted(shown(rel) for rel, v in manifest.items() if before.get(rel) != v[2])
+    if provenance is not None:
+        provenance.record(project.root, manifest)
+    for kept in report.kept_aside:  # every caller says it: pull, sync, and the pull before a stop or destroy
+        made = f"run {kept['made_by']} on {kept['made_on']}" if kept["made_by"] else "no run tether pulled"
+        ctx.say(
+            f"{target.name}: kept the earlier {kept['path']} (made by {made}) as {kept['kept_as']}: "
+            f"{'run ' + kept['replaced_by'] if kept['replaced_by'] else 'this pull'} brought a different one."
+        )
     state.add_pull(target.name, paths, manifest, report.bytes_transferred, report.verified)
     report.mismatched = [shown(rel) for rel in report.mismatched]
     return report
@@ -233,14 +423,18 @@ def _refuse_local_links(root: Path, wanted: Sequence[str], host: str) -> None:
             )
 
 
-def _pull_failed(exc: SyncError, rel: str, host: str) -> SyncError:
-    """The transport's error, naming the folder once: ``Pulling results from lab1 failed ...``."""
+def _pull_failed(exc: SyncError, rel: str, host: str, kept: Sequence[dict[str, Any]] = ()) -> SyncError:
+    """The transport's error, naming the folder once: ``Pulling results from lab1 failed ...``; and what was kept
+    aside before the copy began."""
     said = f"Pulling from {host}"
     if exc.message.startswith(said):
         message = f"Pulling {rel} from {host}{exc.message[len(said) :]}"
     else:
         message = f"Pulling {rel} from {host} failed: {exc.message}"
     hint = exc.hint or "Run `tether pull` again."
+    if kept:
+        moved = ", ".join(f"{k['path']} as {k['kept_as']}" for k in kept)
+        return SyncError(message, f"Earlier results were kept aside first ({moved}); nothing else changed. {hint}")
     return SyncError(message, f"The local copy was left as it was. {hint}")
 
 

@@ -12,7 +12,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -216,32 +216,75 @@ def scan(target: Target) -> vocab.Scan:
         ) from None
 
 
-def refresh(state: State, target: Target, found: vocab.Scan) -> list[vocab.RunInfo]:
-    """Copy the statuses a scan found into local state; returns the runs first seen ended here."""
+def refresh(state: State, target: Target, found: vocab.Scan) -> vocab.Scan:
+    """Copy the statuses a scan found into local state and return the scan as the views show it
+    (:func:`refresh_ended` also says which runs were first seen ended here).
+
+    A run seen ended (any final status but ``broken``, which a repaired run.json can undo) is frozen the first
+    time: its status, end, exit code and counts as its own record says (the wrapper froze them into run.json). A
+    server side older than that (``attributed`` false: it sums a shared results folder) freezes nothing until
+    ``tether up`` installs the current one.
+    From then on the views show the frozen record, never what its results folder (reused by later runs) says.
+    """
+    return refresh_ended(state, target, found)[0]
+
+
+def refresh_ended(state: State, target: Target, found: vocab.Scan) -> tuple[vocab.Scan, list[vocab.RunInfo]]:
+    """:func:`refresh`, and the runs first seen ended here (what the notifications announce)."""
     known = {r.id: r for r in state.runs(host=target.name)}
+    shown: list[vocab.RunInfo] = []
     ended: list[vocab.RunInfo] = []
     for run in found.runs:
         rec = known.get(run.id)
-        if rec is None:
-            continue
-        if rec.status != run.status or rec.exit_code != run.exit_code:
+        if rec is not None and run.final and not vocab.is_final(rec.status):
+            ended.append(run)
+        if rec is not None and rec.frozen is None and run.final and run.status != vocab.BROKEN and found.attributed:
+            rec = state.freeze_run(
+                rec.id,
+                status=run.status,
+                ended=run.ended,
+                exit_code=run.exit_code,
+                completed=run.completed,
+                failed=run.failed,
+                total=run.total,
+            )
+        elif rec is not None and rec.frozen is None and (rec.status != run.status or rec.exit_code != run.exit_code):
             state.update_run(rec.id, status=run.status, ended=run.ended, exit_code=run.exit_code)
-            if run.final and not vocab.is_final(rec.status):
-                ended.append(run)
-    return ended
+        shown.append(frozen_view(rec, run) if rec is not None else run)
+    return replace(found, runs=shown), ended
+
+
+def frozen_view(rec: RunRecord, run: vocab.RunInfo) -> vocab.RunInfo:
+    """``run`` as the views show it: a frozen run's own record (status, end, exit code, counts) over the scan's."""
+    if rec.frozen is None:
+        return run
+    same = run.failed == rec.failed and run.completed == rec.completed
+    return replace(
+        run,
+        status=rec.status,
+        ended=rec.ended,
+        exit_code=rec.exit_code,
+        completed=rec.completed or 0,
+        failed=rec.failed or 0,
+        total=rec.total,
+        rate_per_s=None,
+        eta_s=None,
+        failed_by=run.failed_by if same else {},
+        wrapper_alive=None,
+    )
 
 
 def observe(state: State, target: Target, *, ctx: Ctx | None = None) -> vocab.Scan:
-    """Scan ``target`` and record what was found: what ``progress``, ``--follow``, ``cancel`` and ``status`` see.
-    With ``ctx`` (its project's notification URLs), the runs first seen ended here are announced
-    (:func:`tether.notify.announce_run_ends`: once, and not again what the server announced)."""
-    found = scan(target)
-    ended = refresh(state, target, found)
+    """Scan ``target`` and record what was found: what ``progress``, ``--follow``, ``cancel`` and ``status`` see
+    (a finished run as its frozen record). With ``ctx`` (its project's notification URLs), the runs first seen
+    ended here are announced (:func:`tether.notify.announce_run_ends`: once, and not again what the server
+    announced)."""
+    shown, ended = refresh_ended(state, target, scan(target))
     if ended and ctx is not None:
         from tether import notify
 
         notify.announce_run_ends(ctx, target.name, ended)
-    return found
+    return shown
 
 
 def follow(

@@ -1,10 +1,12 @@
 """Local state: one SQLite file under ``$TETHER_HOME`` (``state.db``).
 
-Tables: ``runs`` (every run tether started, wherever it runs), ``instances`` (servers tether rented or knows),
-``instance_events`` (every observed state and price of an instance: the cost ledger), ``pulls`` (what each pull
-brought home, with a manifest of path, size, mtime and sha256, which tells later whether results are unsynced),
-``decisions`` (what the autopilot did and why) and ``hosts`` (what tether set up on each server: the server side's
-version, the interpreter's real path, the last pushed code fingerprint, whether `.env` uploads are off), and
+Tables: ``runs`` (every run tether started, wherever it runs; schema 7: an ended run's frozen counts),
+``instances`` (servers tether rented or knows), ``instance_events`` (every observed state and price of an instance:
+the cost ledger), ``pulls`` (what each pull brought home, with a manifest of path, size, mtime and sha256, which
+tells later whether results are unsynced), ``result_files`` (schema 7: per local result file, the host and run whose
+pull last brought it and its sha256), ``decisions`` (what the autopilot did and why) and ``hosts`` (what tether set
+up on each server: the server side's version, the interpreter's real path, the last pushed code fingerprint,
+whether `.env` uploads are off), and
 ``managed_runs`` / ``managed_shards`` (schema 4: each managed run, its options and status, and each shard's server,
 current run, sync point and recoveries; :mod:`tether.managed`); ``notifications`` (schema 5: each event announced,
 by key, so no event is sent twice; :mod:`tether.notify`), ``machine_outcomes``
@@ -24,7 +26,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -185,6 +187,19 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX machine_outcomes_machine ON machine_outcomes(provider, machine_id, ts);
     """,
+    """
+    ALTER TABLE runs ADD COLUMN completed INTEGER;
+    ALTER TABLE runs ADD COLUMN failed INTEGER;
+    ALTER TABLE runs ADD COLUMN total INTEGER;
+    ALTER TABLE runs ADD COLUMN frozen REAL;
+    CREATE TABLE result_files (
+        path BLOB PRIMARY KEY,
+        host TEXT NOT NULL,
+        run_id TEXT,
+        sha256 TEXT NOT NULL,
+        ts REAL NOT NULL
+    );
+    """,
 ]
 
 
@@ -202,9 +217,27 @@ class RunRecord:
     ended: float | None
     exit_code: int | None
     status: str
+    completed: int | None = None
+    """The counts the run ended with (``frozen`` set): from its own record, never read again from a results folder
+    that later runs reuse."""
+    failed: int | None = None
+    total: int | None = None
+    frozen: float | None = None
+    """When tether first saw the run final and froze its status, exit code, end and counts (None: not yet)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """Where a local result file came from: the host and run whose pull last brought it, and its sha256 then."""
+
+    path: Path
+    host: str
+    run_id: str | None
+    sha256: str
+    ts: float
 
 
 @dataclass(frozen=True)
@@ -509,11 +542,33 @@ class State:
             )
 
     def update_run(self, run_id: str, *, status: str, ended: float | None, exit_code: int | None) -> None:
+        """Record what a run's target says now; a frozen run (one that ended) never changes again."""
         with self.tx() as db:
             db.execute(
-                "UPDATE runs SET status=?, ended=?, exit_code=? WHERE id=?",
+                "UPDATE runs SET status=?, ended=?, exit_code=? WHERE id=? AND frozen IS NULL",
                 (status, ended, exit_code, run_id),
             )
+
+    def freeze_run(
+        self,
+        run_id: str,
+        *,
+        status: str,
+        ended: float | None,
+        exit_code: int | None,
+        completed: int,
+        failed: int,
+        total: int | None,
+    ) -> RunRecord:
+        """Freeze a run that ended: its status, end, exit code and counts, once (a second call changes nothing)."""
+        with self.tx() as db:
+            db.execute(
+                "UPDATE runs SET status=?, ended=?, exit_code=?, completed=?, failed=?, total=?, frozen=?"
+                " WHERE id=? AND frozen IS NULL",
+                (status, ended, exit_code, completed, failed, total, time.time(), run_id),
+            )
+        rows = self._rows("SELECT * FROM runs WHERE id=?", (run_id,))
+        return _run(rows[0])
 
     def runs(self, host: str | None = None, experiment: str | None = None) -> list[RunRecord]:
         query = "SELECT * FROM runs WHERE 1=1"
@@ -526,21 +581,43 @@ class State:
             args.append(experiment)
         return [_run(row) for row in self._rows(query + " ORDER BY started", args)]
 
-    def find_run(self, ref: str) -> RunRecord:
-        """A run by id, by a unique prefix of one, or (an experiment's name) that experiment's latest run."""
-        rows = [_run(r) for r in self._rows("SELECT * FROM runs WHERE id LIKE ? ORDER BY started", (ref + "%",))]
-        exact = [r for r in rows if r.id == ref]
+    def resolve_run(self, ref: str, experiments: Collection[str] = ()) -> RunRecord | ManagedRunRecord:
+        """The one resolver of a run reference (``logs``, ``attach``, ``cancel``, managed runs): a plain or managed run.
+
+        In this order: an exact run id (plain or managed); an exact experiment name (one of ``experiments``, or one
+        with runs): that experiment's latest run (a managed run, or a plain run that is not a managed run's shard);
+        a prefix of exactly one run id. A prefix of several is refused with the candidates, as is a name with no
+        run: a usage error (exit 2), never a guess.
+        """
+        every: list[RunRecord | ManagedRunRecord] = [*self.runs(), *self.managed_runs()]
+        exact = [r for r in every if r.id == ref]
         if exact:
             return exact[0]
-        if len(rows) == 1:
-            return rows[0]
-        latest = [_run(r) for r in self._rows("SELECT * FROM runs WHERE experiment=? ORDER BY started", (ref,))]
-        if latest:
-            return latest[-1]
-        if not rows:
+        named = [r for r in every if r.experiment == ref and not (isinstance(r, RunRecord) and is_shard_run(r.id))]
+        if named:
+            return max(named, key=lambda r: r.started)
+        if ref in experiments:
+            raise ConfigError(f"Experiment {ref!r} has no runs here.", f"Start one with `tether run {ref}`.")
+        prefixed = sorted((r for r in every if ref and r.id.startswith(ref)), key=lambda r: r.started)
+        if len(prefixed) == 1:
+            return prefixed[0]
+        if not prefixed:
             raise ConfigError(f"No run {ref!r} is known here.", "`tether progress` lists the runs.")
+        names = ", ".join(r.id for r in prefixed[:8]) + (" ..." if len(prefixed) > 8 else "")
         raise ConfigError(
-            f"{ref!r} matches {len(rows)} runs.", "Give more of the run id: " + ", ".join(r.id for r in rows[:5])
+            f"{ref!r} is the start of {len(prefixed)} run ids, so it names none of them.",
+            f"Give a whole run id or an experiment's name: {names}.",
+        )
+
+    def find_run(self, ref: str, experiments: Collection[str] = ()) -> RunRecord:
+        """:meth:`resolve_run` for a command that needs one run on one host (``logs``, ``attach``)."""
+        found = self.resolve_run(ref, experiments)
+        if isinstance(found, RunRecord):
+            return found
+        shards = [s.run for s in self.managed_shards(found.id) if s.run]
+        raise ConfigError(
+            f"{ref!r} is managed run {found.id}, which runs as one run per shard.",
+            "Give a shard's run id: " + (", ".join(shards) if shards else "none has started yet") + ".",
         )
 
     # --- instances and the cost ledger --------------------------------------------------------------------------
@@ -685,6 +762,24 @@ class State:
             bytes=row["bytes"],
             verified=bool(row["verified"]),
         )
+
+    def result_file(self, path: Path) -> ResultFile | None:
+        """Where the local result file ``path`` (absolute) last came from, or None when no pull brought it."""
+        row = self._row("SELECT * FROM result_files WHERE path=?", (os.fsencode(path),))
+        if row is None:
+            return None
+        return ResultFile(Path(os.fsdecode(row["path"])), row["host"], row["run_id"], row["sha256"], row["ts"])
+
+    def set_result_files(self, host: str, files: Sequence[tuple[Path, str | None, str]]) -> None:
+        """Record that a pull from ``host`` brought each ``(absolute path, run id, sha256)``."""
+        now = time.time()
+        with self.tx() as db:
+            for path, run_id, sha in files:
+                db.execute(
+                    "INSERT INTO result_files(path, host, run_id, sha256, ts) VALUES (?,?,?,?,?) ON CONFLICT(path)"
+                    " DO UPDATE SET host=excluded.host, run_id=excluded.run_id, sha256=excluded.sha256, ts=excluded.ts",
+                    (os.fsencode(path), host, run_id, sha, now),
+                )
 
     # --- what tether set up on each server ----------------------------------------------------------------------
     def host_facts(self, name: str) -> HostFacts:
@@ -851,6 +946,12 @@ class State:
         ]
 
 
+def is_shard_run(run_id: str) -> bool:
+    """Whether ``run_id`` is a managed run's shard run (``<experiment>-<stamp>-<hex>-s<i>``)."""
+    head, sep, tail = run_id.rpartition("-s")
+    return bool(sep and head and tail.isdigit())
+
+
 def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
@@ -869,6 +970,10 @@ def _run(row: sqlite3.Row) -> RunRecord:
         ended=row["ended"],
         exit_code=row["exit_code"],
         status=row["status"],
+        completed=row["completed"],
+        failed=row["failed"],
+        total=row["total"],
+        frozen=row["frozen"],
     )
 
 

@@ -246,6 +246,9 @@ class Scan:
     host: str
     time: float
     runs: list[RunInfo]
+    attributed: bool = False
+    """The server side gives each run only the checkpoints it wrote (an older one sums its whole results folder:
+    its counts of an ended run are not frozen)."""
 
     def run(self, run_id: str) -> RunInfo | None:
         return next((r for r in self.runs if r.id == run_id), None)
@@ -259,10 +262,16 @@ class Scan:
             host=_str(doc.get("host")) or "?",
             time=_num(doc.get("time")) or 0.0,
             runs=[RunInfo.from_json(r) for r in runs] if isinstance(runs, list) else [],
+            attributed=doc.get("attributed") is True,
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {"host": self.host, "time": self.time, "runs": [r.to_json() for r in self.runs]}
+        return {
+            "host": self.host,
+            "time": self.time,
+            "runs": [r.to_json() for r in self.runs],
+            "attributed": self.attributed,
+        }
 
 
 @dataclass(frozen=True)
@@ -285,6 +294,9 @@ class RunRecordFile:
     reason: str | None = None
     announced_by: str | None = None
     """``"server"``: the wrapper announces this run's end itself (written with the final status)."""
+    counts: dict[str, Any] | None = None
+    """Frozen by the wrapper when the run ended: ``{"completed", "failed", "total", "failed_by"}`` of the
+    checkpoints this run wrote (later runs that reuse its results folder never change them)."""
 
     @classmethod
     def from_json(cls, doc: Any, run_id: str) -> RunRecordFile:
@@ -317,7 +329,24 @@ class RunRecordFile:
             results_dir=_str(doc.get("results_dir")),
             reason=_str(doc.get("reason")),
             announced_by=_str(doc.get("announced_by")),
+            counts=_counts(doc.get("counts")),
         )
+
+
+def _counts(doc: Any) -> dict[str, Any] | None:
+    """A run's frozen counts, read defensively (None when absent or not counts)."""
+    if not isinstance(doc, dict):
+        return None
+    completed, failed, total = _int(doc.get("completed")), _int(doc.get("failed")), _int(doc.get("total"))
+    if completed is None or failed is None or completed < 0 or failed < 0 or (total is not None and total < 0):
+        return None
+    failed_by = doc.get("failed_by")
+    kinds = (
+        {str(k): n for k, n in failed_by.items() if isinstance(n, int) and not isinstance(n, bool)}
+        if isinstance(failed_by, dict)
+        else {}
+    )
+    return {"completed": completed, "failed": failed, "total": total, "failed_by": kinds}
 
 
 ManifestFiles = Dict[str, Tuple[int, float, str]]

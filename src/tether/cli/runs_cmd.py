@@ -352,7 +352,7 @@ def failed_cell(run: vocab.RunInfo) -> str:
 
 def _run_and_target(ctx: click.Context, ref: str) -> tuple[RunRecord, Target]:
     with context(ctx) as c:
-        rec = c.state.find_run(ref)
+        rec = c.state.find_run(ref, c.project.config.experiments)
         return rec, resolve(c.project, rec.host, c.state)
 
 
@@ -362,7 +362,7 @@ def _run_and_target(ctx: click.Context, ref: str) -> tuple[RunRecord, Target]:
 @click.option("-n", "--lines", type=int, default=100, show_default=True, help="How many lines to show.")
 @click.pass_context
 def logs(ctx: click.Context, run_ref: str, follow: bool, lines: int) -> None:
-    """Show the output of RUN (a run id, a unique prefix of one, or an experiment name for its latest run)."""
+    """Show the output of RUN (a run id, an experiment name for its latest run, or a prefix of one run id)."""
     rec, target = _run_and_target(ctx, run_ref)
     argv = ["tail", "-n", str(lines), rec.log_path]
     if not follow:
@@ -422,13 +422,13 @@ def cancel(ctx: click.Context, run_ref: str, as_json: bool) -> None:
     from tether import managed as managed_core
 
     with context(ctx) as c:
-        found = managed_core.find(c.state, run_ref)
-        if found is not None:
-            stopped = managed_core.cancel(c, found)
-        else:
-            rec = c.state.find_run(run_ref)
+        found = c.state.resolve_run(run_ref, c.project.config.experiments)
+        if isinstance(found, RunRecord):
+            rec = found
             outcome = runs.cancel(c.state, resolve(c.project, rec.host, c.state), rec)
-    if found is not None:
+        else:
+            stopped = managed_core.cancel(c, found)
+    if not isinstance(found, RunRecord):
         if as_json:
             emit_json(stopped.to_json())
             return

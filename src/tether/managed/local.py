@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tether import vocab
+from tether import pull, vocab
 from tether.checkpoint import shard as shard_lib
 from tether.errors import CheckpointError
 from tether.paths import private_dir, tether_home
@@ -156,8 +156,7 @@ def _place(path: Path, data: bytes, run_id: str) -> None:
     if path.exists():
         if path.read_bytes() == data:
             return
-        aside = path.with_name(f"{path.name}.before-{run_id}")
-        os.replace(path, aside)
+        pull.keep_aside(path, hashlib.sha256(data).hexdigest(), run_id)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)

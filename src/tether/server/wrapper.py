@@ -191,6 +191,14 @@ class _Run:
 
     def finish(self, status: str, code: int) -> int:
         self.record.update(status=status, exit_code=code, ended=time.time())
+        try:
+            # The run's own counts, frozen now: later runs that reuse its results folder never change them.
+            from tether.server import progress
+
+            record = vocab.RunRecordFile.from_json(self.record, self.args.run_id)
+            self.record["counts"] = progress.run_counts(self.args.root, record)
+        except Exception as exc:  # the outcome must be recorded even if the results folder cannot be read
+            self.log(f"could not count this run's results: {exc}")
         announcer = self._announcer(status)
         if announcer is not None:
             # In the same write as the end: a controller that sees the end sees who announces it.
@@ -294,6 +302,14 @@ class _Run:
         # CUDA_VISIBLE_DEVICES (the GPUs the registry placed it on) and TETHER_AGENT_* (`repair` finds runs by them)
         env.update(agent_env)
         self.log(f"run {self.args.run_id}: {' '.join(self.argv)}")
+        try:
+            # A killed run of this results folder keeps the counts it had: this run is about to write over them.
+            from tether.server import progress
+
+            for killed in progress.freeze_killed(self.args.root, self.record["results_dir"], self.args.run_id):
+                self.log(f"run {killed} was killed: its counts are frozen in its record")
+        except Exception as exc:  # never keep this run from starting
+            self.log(f"could not freeze the counts of killed runs: {exc}")
         try:
             with open(self.log_path, "ab") as log:
                 self.child = subprocess.Popen(
