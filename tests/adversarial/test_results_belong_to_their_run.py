@@ -414,7 +414,7 @@ def test_a_killed_run_keeps_its_counts_when_the_next_run_writes_over_its_checkpo
 
 
 def test_the_managed_merge_keeps_every_earlier_file_through_the_one_keep_aside_rule(tmp_path: Path) -> None:
-    from tether import managed
+    from tether.managed import local as managed
 
     out = tmp_path / "results.json"
     out.write_bytes(b"made here")

@@ -293,6 +293,7 @@ class Controller:
     def apply(self, sh: ManagedShardRecord, decision: Decision) -> None:
         """The one place a decision takes effect: the record first (so a controller killed next is picked up from
         it), then what to say, then the actions (sync and destroy-after-failure here; the rest as jobs)."""
+        server = sh.server  # the server the decision is about (a replacement forgets it in the record)
         if decision.update:
             sh = self.update(sh.shard, **decision.update)
         if decision.say:
@@ -301,7 +302,7 @@ class Controller:
             else:
                 self.say_once(sh.shard, decision.say)
         if decision.recovery is not None:
-            notify.announce_recovery(self.ctx, self.id, sh.shard, sh.server, *decision.recovery)
+            notify.announce_recovery(self.ctx, self.id, sh.shard, server, *decision.recovery)
         for action in decision.actions:
             if action == "sync":
                 self.sync_one(sh)
