@@ -129,6 +129,14 @@ class ProfileConfig(_Strict):
     # bid_margin (0.1 = 10% over); with neither, the offer's min_bid.
     bid_usd: Annotated[float, Field(gt=0)] | None = None
     bid_margin: Annotated[float, Field(ge=0, le=10)] | None = None
+    # A host that works (README "Rent hosts that work"): search filters, and what the preflight checks after every
+    # rental before any code runs (a failed preflight destroys the rental and tries the next offer).
+    min_inet_down: Annotated[float, Field(gt=0)] | None = None
+    direct_ssh: bool = False
+    verified: bool | None = None
+    min_cuda: Annotated[float, Field(gt=0)] | None = None
+    min_disk_free_gb: Annotated[float, Field(ge=0)] | None = None
+    preflight_command: str | None = None
 
 
 class VastConfig(_Strict):
@@ -146,6 +154,11 @@ class VastConfig(_Strict):
     # A machine whose rental failed its preflight, vanished or never came up is skipped this many days (README
     # "Rent hosts that work"); `tether machines forget ID` clears one.
     avoid_days: Annotated[float, Field(ge=0)] = 7
+    # What a new rental's preflight downloads to measure its network, when the set-up installs packages (the
+    # package index the set-up's pip uses).
+    preflight_url: str = "https://pypi.org/simple/pip/"
+    # Rentals in a row whose preflight fails before `up` gives up (each destroyed, verified, its machine avoided).
+    preflight_attempts: Annotated[int, Field(ge=1, le=20)] = 5
 
 
 class HostConfig(_Strict):

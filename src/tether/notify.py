@@ -303,12 +303,12 @@ def announce_status(ctx: Ctx, report: Any) -> None:
 @_never_raises
 def announce_preempted(ctx: Ctx, name: str, since: float | None = None) -> None:
     """A server the provider stopped (outbid), once per preemption: ``since`` is when it entered that state
-    (:func:`tether.autopilot.entered_state_at`, what ``ls``, ``progress`` and ``status`` show; read from the
+    (:func:`tether.state.entered_state_at`, what ``ls``, ``progress`` and ``status`` show; read from the
     ledger when not given)."""
     from tether.fmt import iso
 
     if since is None:
-        from tether.autopilot import entered_state_at
+        from tether.state import entered_state_at
 
         rec = ctx.state.instance(name)
         if rec is None or rec.state != "preempted":

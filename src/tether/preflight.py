@@ -8,8 +8,8 @@ document; :func:`problems` (pure) compares it with what the offer and the profil
 - the driver's CUDA version at least ``max(profile min_cuda)`` (the offer's ``cuda_max_good`` is what the host
   claims; the driver is what it has);
 - free disk on the workspace at least the profile's ``min_disk_free_gb`` (default: half the rented disk);
-- the download from the package index answered (its speed is reported, and judged against ``min_inet_down``
-  when the profile asks for one);
+- the download from the package index the set-up uses (its speed is reported; it must answer, at a tenth of the
+  profile's ``min_inet_down`` at least, when the profile asks for one);
 - the profile's ``preflight_command`` exited 0.
 
 Figures from the server are read as data and shown; a report that is not the expected JSON is a problem of its
@@ -26,6 +26,7 @@ from typing import Any
 
 from tether.errors import TetherError
 from tether.hosts import Target
+from tether.profiles import Profile
 
 #: What ``--url`` fetches by default: the package index the set-up's ``pip install`` uses.
 DEFAULT_URL = "https://pypi.org/simple/pip/"
@@ -103,10 +104,10 @@ def problems(report: Any, expect: Expect) -> list[str]:
         elif free < expect.min_disk_free_gb:
             found.append(f"its disk has {free:.1f} GB free, the profile needs {expect.min_disk_free_gb:.1f} GB")
     download = report.get("download")
-    if isinstance(download, dict):
+    if isinstance(download, dict) and expect.min_download_mbps is not None:
         if download.get("error"):
             found.append(f"it could not download from {download.get('url')}: {str(download['error'])[:200]}")
-        elif expect.min_download_mbps is not None:
+        else:
             mbps = _num(download.get("mbps"))
             if mbps is None or mbps < DOWNLOAD_SHARE * expect.min_download_mbps:
                 found.append(
@@ -120,6 +121,22 @@ def problems(report: Any, expect: Expect) -> list[str]:
     elif expect.command and not isinstance(cmd, dict):
         found.append("preflight_command did not run")
     return found
+
+
+def expect_for(prof: Profile, meta: dict[str, Any]) -> Expect:
+    """What a new rental must show: its offer's GPUs (the instance record's meta), the profile's CUDA (else the
+    offer's ``cuda_max_good``), free disk (else half the rented disk), download speed and command."""
+    cuda = prof.min_cuda if prof.min_cuda is not None else _num(meta.get("cuda_max_good"))
+    disk = prof.min_disk_free_gb if prof.min_disk_free_gb is not None else prof.min_disk_gb / 2
+    return Expect(
+        num_gpus=int(meta.get("num_gpus") or 0),
+        gpu_name=str(meta.get("gpu_name") or "") or None,
+        gpu_ram_gb=_num(meta.get("gpu_ram_gb")),
+        min_cuda=cuda,
+        min_disk_free_gb=disk,
+        min_download_mbps=prof.min_inet_down,
+        command=prof.preflight_command,
+    )
 
 
 def figures(report: Any) -> dict[str, Any]:

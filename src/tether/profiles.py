@@ -55,6 +55,29 @@ class Profile:
     type: OfferType = "on-demand"
     bid_usd: float | None = None
     bid_margin: float | None = None
+    min_inet_down: float | None = None
+    """Mb/s: a search filter (``inet_down>=X``); the preflight's download must reach a tenth of it."""
+    direct_ssh: bool = False
+    """Only offers with a direct port (``direct_port_count>=1``), not the provider's SSH proxy."""
+    verified: bool | None = None
+    """``verified=true``/``false``; None keeps the provider's default (verified machines)."""
+    min_cuda: float | None = None
+    """The least CUDA version the host's driver must support (checked by the preflight)."""
+    min_disk_free_gb: float | None = None
+    """Free disk the preflight requires on the workspace (None: half the rented disk)."""
+    preflight_command: str | None = None
+    """A command the preflight runs on every new rental before any code (e.g. a small torch matmul); exit 0."""
+
+    def search_text(self) -> str:
+        """The query with the profile's own filters added (``inet_down``, ``direct_port_count``, ``verified``)."""
+        terms = [self.query] if self.query else []
+        if self.min_inet_down is not None:
+            terms.append(f"inet_down>={self.min_inet_down:g}")
+        if self.direct_ssh:
+            terms.append("direct_port_count>=1")
+        if self.verified is not None:
+            terms.append(f"verified={'true' if self.verified else 'false'}")
+        return " ".join(terms)
 
     def bid_for(self, min_bid: float | None) -> float | None:
         """The $/hr this profile bids for an offer whose minimum bid is ``min_bid``; None when it cannot bid there
@@ -71,7 +94,7 @@ class Profile:
     ) -> OfferQuery:
         """The provider-neutral search for this profile (``query``/``order`` replace the profile's own)."""
         return OfferQuery(
-            text=self.query if query is None else query,
+            text=self.search_text() if query is None else query,
             order=order or self.order,
             type=self.type,
             disk_gb=self.min_disk_gb,
@@ -124,8 +147,14 @@ def profile_from_config(name: str, cfg: ProfileConfig | None) -> Profile:
             type=cfg.type,
             bid_usd=cfg.bid_usd,
             bid_margin=cfg.bid_margin,
+            min_inet_down=cfg.min_inet_down,
+            direct_ssh=cfg.direct_ssh,
+            verified=cfg.verified,
+            min_cuda=cfg.min_cuda,
+            min_disk_free_gb=cfg.min_disk_free_gb,
+            preflight_command=cfg.preflight_command,
         )
-    check_query(base.query, base.order)  # refuse a bad query now, with its position
+    check_query(base.search_text(), base.order)  # refuse a bad query now, with its position
     return base
 
 

@@ -22,8 +22,10 @@ import tether
 from tether import setup_script, vocab, watchdogs
 from tether.config import Project
 from tether.context import Ctx
-from tether.errors import CommandFailed, ConfigError, RemoteError, SyncError
+from tether.errors import CommandFailed, ConfigError, NoCapacity, RemoteError, SyncError
 from tether.hosts import Target, remote_server_argv
+from tether.ledger import Budget
+from tether.machines import Outcome
 from tether.paths import tether_home
 from tether.server.notify import NOTIFY_FILE
 from tether.transport.ssh import put_bytes_argv
@@ -335,15 +337,71 @@ def bring_up(
 ) -> dict[str, Any]:
     """``tether up NAME``: rent NAME first when it is not a configured host (cheapest fitting offer, or the
     instance tether already has under that name), then :func:`up`. Returns ``up``'s document, with ``rented``."""
-    from tether import rentals
     from tether.hosts import LOCAL, resolve
 
     project, state = ctx.project, ctx.state
     if name == LOCAL:
         raise ConfigError("`local` is this machine: it needs no `tether up`.", "Run `tether run EXP --local`.")
     doc: dict[str, Any] = {}
+    passed: dict[str, Any] | None = None
     if name not in project.config.hosts:
-        doc["rented"] = rentals.ensure_rented(
+        doc["rented"], passed, doc["failed_rentals"] = rent_a_working_host(
+            ctx, name, profile=profile, offer_id=offer_id, image=image, disk_gb=disk_gb, max_price=max_price
+        )
+        doc["preflight"] = passed["figures"] if passed else None
+    elif profile or offer_id:
+        raise ConfigError(f"{name} is a configured host ([hosts.{name}]); --profile and --offer are for rentals.")
+    ctx.say(f"Setting up {name}...")
+    t0 = time.time()
+    try:
+        doc.update(up(ctx, resolve(project, name, state), env=env))
+    finally:
+        remember_passed(state, passed, (time.time() - t0) / 60 if "seconds" in doc else None)
+    return doc
+
+
+def remember_passed(state: Any, passed: dict[str, Any] | None, setup_minutes: float | None) -> None:
+    """Put a rental whose preflight passed in the memory of machines, with its minutes to running and set-up."""
+    if passed is None or passed["machine_id"] is None:
+        return
+    outcome = Outcome(
+        int(passed["machine_id"]),
+        "vast",
+        time.time(),
+        "passed",
+        None,
+        passed["instance_id"],
+        passed["minutes_to_running"],
+        setup_minutes,
+    )
+    state.add_machine_outcome(outcome)
+
+
+def rent_a_working_host(
+    ctx: Ctx,
+    name: str,
+    *,
+    profile: str | None,
+    offer_id: str | None,
+    image: str | None,
+    disk_gb: float | None,
+    max_price: float | None,
+    budget: Budget | None = None,
+) -> tuple[dict[str, Any], dict[str, Any] | None, list[dict[str, Any]]]:
+    """Rent ``name`` and run the preflight on the new host before anything is installed: a host that is not what
+    its offer promised is destroyed (verified), its machine remembered and skipped, and the next offer tried, at
+    most ``[vast] preflight_attempts`` rentals. Returns the rental, what passed (None for a server rented before),
+    and the failed rentals (why, and what each cost)."""
+    from tether import preflight, rentals
+    from tether.hosts import resolve
+
+    project, state = ctx.project, ctx.state
+    failed: list[dict[str, Any]] = []
+    skip: dict[int, str] = {}
+    vast = project.config.vast
+    for _attempt in range(vast.preflight_attempts):
+        t0 = time.time()
+        rented = rentals.ensure_rented(
             project,
             state,
             name,
@@ -353,9 +411,57 @@ def bring_up(
             disk_gb=disk_gb,
             max_price=max_price,
             say=ctx.say,
+            skip=skip,
+            budget=budget,
         )
-    elif profile or offer_id:
-        raise ConfigError(f"{name} is a configured host ([hosts.{name}]); --profile and --offer are for rentals.")
-    ctx.say(f"Setting up {name}...")
-    doc.update(up(ctx, resolve(project, name, state), env=env))
-    return doc
+        if rented.get("reused") or "machine_id" not in rented:
+            return rented, None, failed  # a server rented before (or started again): it passed when it came
+        minutes = (time.time() - t0) / 60
+        rec = state.instance(name)
+        assert rec is not None and rec.instance_id is not None
+        prof = rentals.profile_for(project, str(rec.meta.get("profile") or profile or "api"), disk_gb=disk_gb)
+        target = resolve(project, name, state)
+        ctx.say(f"{name}: preflight (GPUs, CUDA, disk, network) before anything is installed...")
+        url = vast.preflight_url if project.config.project.setup_packages else None
+        report = preflight.run(target, url=url or None, command=prof.preflight_command)
+        problems = preflight.problems(report, preflight.expect_for(prof, rec.meta))
+        figures = {**preflight.figures(report), "minutes_to_running": round(minutes, 2)}
+        state.merge_instance_meta(name, {"preflight": figures})
+        mid = rented.get("machine_id")
+        if not problems:
+            return (
+                rented,
+                {"figures": figures, "machine_id": mid, "instance_id": rec.instance_id, "minutes_to_running": minutes},
+                failed,
+            )
+        why = "; ".join(problems)
+        ctx.say(
+            f"{name}: instance {rec.instance_id} on machine {mid} failed its preflight: {why}; destroying it "
+            "(verified) and trying the next offer."
+        )
+        target.transport.close()
+        gone = rentals.destroy(project, state, name)
+        spent = _instance_cost(state, rec.instance_id)
+        if mid is not None:
+            state.add_machine_outcome(Outcome(int(mid), "vast", time.time(), "failed", why, rec.instance_id, minutes))
+            skip[int(mid)] = f"failed its preflight just now ({why})"
+        failed.append(
+            {"instance_id": rec.instance_id, "machine_id": mid, "why": why, "cost_usd": spent, "state": gone.state}
+        )
+        if offer_id:
+            break
+    spent = sum(f["cost_usd"] for f in failed)
+    raise NoCapacity(
+        f"{len(failed)} rental(s) in a row failed their preflight (each destroyed, verified; ${spent:.4f} spent): "
+        + "; ".join(f"machine {f['machine_id']}: {f['why']}" for f in failed)
+        + ".",
+        "`tether machines` lists them; loosen the query, or try again later.",
+    )
+
+
+def _instance_cost(state: Any, instance_id: str) -> float:
+    """What one instance cost, from the ledger's events of that instance alone."""
+    from tether import cost
+
+    events = [e for e in state.event_log() if e.get("instance_id") == instance_id]
+    return round(cost.ledger(events, time.time()).total_usd, 6)

@@ -14,11 +14,11 @@ import os
 import shlex
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from tether import cost, vocab
+from tether import cost, machines, vocab
 from tether.config import Project
 from tether.errors import ConfigError, NoCapacity, PolicyRefusal, ProviderError, SSHError, TetherError
 from tether.ledger import Budget, Candidate, Commitment, Limits, refusal, valid_price
@@ -251,8 +251,15 @@ def ensure_rented(
     budget: Budget | None = None,
     say: Say = _quiet,
     provider: Provider | None = None,
+    hours: float = 1.0,
+    skip: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
     """Rent a server called ``name`` (or reuse the one already rented under that name) and wait until it runs.
+
+    Among the offers that fit, the machines of the memory of machines that are avoided now (and those in ``skip``,
+    machine id -> why) are left out, each with a line saying so, and the rest are tried by the expected cost of
+    ``hours`` of work on each (:func:`tether.machines.expected_cost`: price, reliability and the machine's record);
+    an offer asked for by id is taken as it is.
 
     One ``up`` of a name at a time (:func:`name_lock`); the rental is recorded (``creating``) before the create
     call, and instances under this project's label are reconciled first, so a killed ``up`` leaves nothing unknown
@@ -288,6 +295,9 @@ def ensure_rented(
         prof = profile_for(project, profile or "api", disk_gb=disk_gb, image=image)
         refuse_reserved(prof)
         offers = _offers_for(prov, prof, offer_id, say)
+        memory = st.machine_outcomes(PROVIDER)
+        if not offer_id:
+            offers = _without_avoided(offers, memory, project, skip or {}, say)
         price_for = bid_pricing(prof, offers)
         cheapest = min(rental_cost(o, price_for(o) if price_for else None) for o in offers)
         # A first look, before the account key is checked: the exact offer is committed under the rent lock.
@@ -303,15 +313,26 @@ def ensure_rented(
         def commit_offer(offer: Offer, rate: float) -> None:
             commit(project, st, name, offer, rate, budget, base_meta)
 
+        def expected(offer: Offer) -> float:
+            mine = [o for o in memory if o.machine_id == offer.machine_id]
+            price = rental_cost(offer, price_for(offer) if price_for else None)
+            return machines.expected_cost(price, hours, offer.reliability, mine, interruptible=price_for is not None)
+
         try:
-            inst = _rent(prov, offers, prof, label, max_price, project, say, price_for, commit_offer)
+            rank = None if offer_id else expected
+            inst = _rent(prov, offers, prof, label, max_price, project, say, price_for, commit_offer, rank)
         except BaseException:
             # Nothing may be left half-known: adopt what the create made, or drop the reservation.
             with contextlib.suppress(TetherError):
                 reconcile_after_failure(project, st, prov, name)
             raise
-        bid = price_for(_offer_of(offers, inst)) if price_for else None
+        chosen = _offer_of(offers, inst)
+        bid = price_for(chosen) if price_for else None
         meta = {
+            "offer_id": chosen.id,
+            "machine_id": chosen.machine_id,
+            "reliability": chosen.reliability,
+            "cuda_max_good": chosen.cuda_max_good,
             "profile": prof.name,
             "image": prof.image,
             "disk_gb": prof.min_disk_gb,
@@ -326,7 +347,36 @@ def ensure_rented(
         if key is not None:
             _wait_for_key(project, st, prov, name, rec, key, say)
     out: dict[str, Any] = {"instance_id": inst.id, "reused": False, "address": rec.address}
+    out.update({"machine_id": chosen.machine_id, "offer_id": chosen.id})
     return {**out, "dph_total": rec.dph_total, "offer_type": prof.type, "bid_usd": bid}
+
+
+def _without_avoided(
+    offers: list[Offer], memory: list[machines.Outcome], project: Project, skip: Mapping[int, str], say: Say
+) -> list[Offer]:
+    """The offers whose machine is not avoided now (the memory of machines, ``[vast] avoid_days``) nor in ``skip``;
+    a line for each machine left out. NoCapacity when none is left."""
+    avoid = machines.avoided(memory, time.time(), project.config.vast.avoid_days)
+    kept: list[Offer] = []
+    for offer in offers:
+        mid = offer.machine_id
+        if mid is not None and mid in skip:
+            say(f"skipping offer {offer.id}: machine {mid} {skip[mid]}")
+        elif mid is not None and mid in avoid:
+            why = avoid[mid]
+            until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(why.until))
+            say(
+                f"skipping offer {offer.id}: machine {mid} is avoided until {until} ({why.why}); "
+                f"`tether machines forget {mid}` to rent it again"
+            )
+        else:
+            kept.append(offer)
+    if not kept:
+        raise NoCapacity(
+            f"Every fitting offer is on a machine that failed before ({len(offers)} offers).",
+            "`tether machines` says why; `tether machines forget ID` rents on one again, or loosen the query.",
+        )
+    return kept
 
 
 def refuse_reserved(prof: Profile) -> None:
@@ -425,6 +475,7 @@ def _rent(
     say: Say,
     price_for: Callable[[Offer], float | None] | None = None,
     commit_offer: Callable[[Offer, float], None] | None = None,
+    rank: Callable[[Offer], float] | None = None,
 ) -> Instance:
     assert prof.image is not None  # project_profile always sets it
     return rent(
@@ -437,6 +488,7 @@ def _rent(
         max_price=max_price,
         price_for=price_for,
         commit=commit_offer,
+        rank=rank,
         wait_deadline_s=_wait_s(project),
         poll_s=project.config.vast.poll_seconds,
         on_event=say,

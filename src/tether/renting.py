@@ -220,6 +220,7 @@ def rent(
     max_price: float | None = None,
     price_for: Callable[[Offer], float | None] | None = None,
     commit: Callable[[Offer, float], None] | None = None,
+    rank: Callable[[Offer], float] | None = None,
     wait_deadline_s: float = 900.0,
     poll_s: float = 5.0,
     max_attempts: int = 3,
@@ -236,6 +237,9 @@ def rent(
     the machine-wide rent lock, and taken offers are remembered, so several ``rent`` at once never rent the same
     offer twice. ``price_for(offer)`` is the $/hr bid sent with the create (None: on demand).
 
+    ``rank(offer)``, when given, orders the offers instead of their price (ties: price, then reliability): the
+    expected cost of the work on each (:func:`tether.machines.expected_cost`).
+
     ``commit(offer, rate)`` is called under the lock just before each create, with the exact offer and the $/hr it
     will bill (:func:`rental_cost`): it records the reservation, or raises to refuse it (nothing is created then).
     A price that is not a finite non-negative number is never rented (the offer is skipped).
@@ -245,7 +249,10 @@ def rent(
     def hourly(o: Offer) -> float:
         return rental_cost(o, price_for(o) if price_for is not None else None)
 
-    ranked = sorted((o for o in offers if valid_price(hourly(o))), key=lambda o: (hourly(o), -o.reliability))
+    def key(o: Offer) -> tuple[float, float, float]:
+        return (rank(o) if rank is not None else hourly(o), hourly(o), -o.reliability)
+
+    ranked = sorted((o for o in offers if valid_price(hourly(o))), key=key)
     if not ranked:
         raise NoCapacity("There is no offer to rent.", "Loosen the query or try again later.")
     if max_price is not None:

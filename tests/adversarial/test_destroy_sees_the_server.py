@@ -20,7 +20,7 @@ def _completed_and_pulled(project: Path, env: dict[str, str]) -> None:
 
 
 def test_an_agent_registered_by_hand_blocks_destroy_down_stop_and_the_autopilot(tmp_path: Path, cloud: Cloud) -> None:
-    project = vast_project(tmp_path, cloud, items=5, policy="idle_stop_minutes = 0.01\n")
+    project = vast_project(tmp_path, cloud, items=5, policy='idle_stop_minutes = 0.01\nidle_stop = "never"\n')
     env = cloud.env
     instance_id = tether_json("up", "box", "--profile", "api", cwd=project, env=env)["rented"]["instance_id"]
     _completed_and_pulled(project, env)

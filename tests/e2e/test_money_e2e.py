@@ -27,7 +27,7 @@ def sha(path: Path) -> str:
 
 
 def test_autopilot_stops_idle_server_after_pulling_then_destroys_it(tmp_path: Path, cloud: Cloud) -> None:
-    policy = "idle_stop_minutes = 0.02\ndestroy_after_idle_hours = 0.01\n" + BIG
+    policy = 'idle_stop_minutes = 0.02\ndestroy_after_idle_hours = 0.01\nidle_stop = "never"\n' + BIG
     project = vast_project(tmp_path, cloud, items=25, policy=policy)
     env = cloud.env
     instance_id = tether_json("up", "box", "--profile", "api", cwd=project, env=env)["rented"]["instance_id"]

@@ -61,6 +61,13 @@ def up(
         f"pushed {doc['push']['files']} files ({doc['push']['bytes']} bytes), .env {doc['env']} "
         f"in {doc['seconds']}s."
     )
+    failed = doc.get("failed_rentals") or []
+    if failed:
+        spent = sum(f["cost_usd"] for f in failed)
+        say(
+            f"{len(failed)} host(s) failed their preflight before this one and were destroyed (verified), "
+            f"${spent:.4f} in all; `tether machines` says why."
+        )
 
 
 @click.command()

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import click
 
-from tether import autopilot, rentals, watchdogs
+from tether import autopilot, machines, rentals, watchdogs
 from tether import status as status_core
-from tether.cli.common import context, duration, emit_json, json_option, load_project, new_table, out, say, warn
+from tether.cli.common import context, duration, emit_json, json_option, load_project, new_table, out, say, state, warn
 from tether.cost import rate_kind
 from tether.errors import ConfigError
 from tether.fmt import iso
 from tether.plan import estimate_duration
 from tether.profiles import estimate_cost
 from tether.providers import provider_for
+from tether.renting import rental_cost
 from tether.state import entered_state_at
 
 
@@ -58,11 +60,24 @@ def offers(
     spec = rentals.profile_for(project, profile or "api", disk_gb=disk_gb, offer_type=offer_type)
     with provider_for(project) as provider:
         found = rentals.search(provider, spec, query=query, order=order, limit=limit, warn=warn)
+    memory: list[machines.Outcome] = []
+    if hours is not None:
+        with state() as st:
+            memory = st.machine_outcomes()
+    price_for = rentals.bid_pricing(spec, found)
     rows = []
     for o in found[:limit]:
         row = o.row()
         row["est_cost_usd"] = estimate_cost(o, hours) if hours is not None else None
+        price = rental_cost(o, price_for(o) if price_for else None)
+        mine = [m for m in memory if m.machine_id == o.machine_id]
+        expected = machines.expected_cost(price, hours or 0.0, o.reliability, mine, interruptible=price_for is not None)
+        row["expected_usd"] = round(expected, 6) if hours is not None and math.isfinite(expected) else None
         rows.append(row)
+    if hours is not None and order is None:
+        # What `up` and managed runs rent by: the expected cost of the work (price, reliability, the machine's
+        # record); --order keeps the provider's plain order.
+        rows.sort(key=lambda r: (r["expected_usd"] is None, r["expected_usd"] or 0.0, r["dph_total"]))
     if as_json:
         emit_json(
             {
@@ -77,7 +92,7 @@ def offers(
     table = new_table()
     cols = ["offer", "$/hr", "GPU", "VRAM", "CPU", "RAM", "reliab.", "location"]
     if hours is not None:
-        cols.append(f"{for_exp} (~{hours:.1f} h)")
+        cols += [f"{for_exp} (~{hours:.1f} h)", "expected"]
     for c in cols:
         table.add_column(c)
     for r in rows:
@@ -94,9 +109,11 @@ def offers(
         ]
         if hours is not None:
             cells.append(f"${r['est_cost_usd']:.2f}" if r["est_cost_usd"] >= 0.01 else f"${r['est_cost_usd']:.4f}")
+            cells.append("-" if r["expected_usd"] is None else f"${r['expected_usd']:.4f}")
         table.add_row(*cells)
     out.print(table)
-    say(f"{len(rows)} offers for {query or spec.query!r} with {spec.min_disk_gb:g} GB disk, cheapest first.")
+    ranked = "by expected cost (price, reliability, the machine's record)" if hours and not order else "cheapest first"
+    say(f"{len(rows)} offers for {query or spec.query!r} with {spec.min_disk_gb:g} GB disk, {ranked}.")
 
 
 @click.command(name="ls")
@@ -125,6 +142,8 @@ def ls_cmd(ctx: click.Context, refresh: bool, as_json: bool) -> None:
                     "created": r.created,
                     "age_s": now - r.created,
                     "stopped_by": watchdogs.describe(r.meta, r.state),
+                    "machine_id": r.meta.get("machine_id"),
+                    "preflight": r.meta.get("preflight"),
                     "offer_type": r.meta.get("offer_type") or "on-demand",
                     "bid_usd": r.meta.get("bid_usd"),
                     **{k: r.meta.get(k) for k in ("profile", "gpu_name", "num_gpus")},

@@ -384,7 +384,7 @@ def nvidia_smi_script(offer: Mapping[str, Any], trouble: MachineTrouble | None) 
     name = str(offer.get("gpu_name") or "GPU")
     mib = int(_num(offer.get("gpu_ram"), 0))
     driver = str(offer.get("driver_version") or "550.54.15")
-    cuda = trouble.cuda if trouble is not None and trouble.cuda else f"{_num(offer.get('cuda_max_good'), 12.4):.1f}"
+    cuda = trouble.cuda if trouble is not None and trouble.cuda else f"{_num(offer.get('cuda_max_good'), 12.4):g}"
     rows = "\n".join(f"{i}, GPU-emu-{i:04d}, {name}, {mib}, 0, {driver}" for i in range(shown))
     return "\n".join(
         [

@@ -6,9 +6,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tether import provision, pull, rentals, runs
 from tether.config import ExperimentConfig, Project
@@ -74,10 +76,20 @@ def acquire_job(
     ctx = _job_ctx(project, state_path, say)
     try:
         name, exp = shard.server, project.experiment(run.experiment)
+        passed: dict[str, Any] | None = None
         if kind == "rent":
             _await_adopted(project, ctx.state, name, say)
             budget = shard_budget(run, exp, shard.synced)
-            rentals.ensure_rented(project, ctx.state, name, profile=run.profile or "api", budget=budget, say=say)
+            _rented, passed, _failed = provision.rent_a_working_host(  # the preflight, as `up` does
+                ctx,
+                name,
+                profile=run.profile or "api",
+                offer_id=None,
+                image=None,
+                disk_gb=None,
+                max_price=None,
+                budget=budget,
+            )
             ctx.state.set_instance_owner(name, owner_of(run.id))  # the autopilot, stop and destroy leave it alone
         elif kind == "restart":
             rentals.start(project, ctx.state, name, say=say)
@@ -86,7 +98,9 @@ def acquire_job(
         if existing is not None:
             return Acquired(name, shard.run, adopted=True)
         if kind == "rent":
+            t0 = time.time()
             provision.up(ctx, target)
+            provision.remember_passed(ctx.state, passed, (time.time() - t0) / 60)
         elif kind == "own":
             facts = ctx.state.host_facts(name)
             if facts.server_version is None:

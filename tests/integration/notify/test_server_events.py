@@ -21,7 +21,9 @@ def kinds(got: list[Received]) -> Counter[str]:
 
 def test_every_server_and_money_event_arrives_once(tmp_path: Path, cloud: Cloud) -> None:
     with WebhookReceiver() as hook:
-        project = vast_project(tmp_path, cloud, items=3, policy="idle_stop_minutes = 0.001\nmax_total_usd = 1000")
+        project = vast_project(
+            tmp_path, cloud, items=3, policy='idle_stop_minutes = 0.001\nmax_total_usd = 1000\nidle_stop = "never"'
+        )
         toml = project / "tether.toml"
         toml.write_text(toml.read_text() + f'\n[notify]\nurls = ["json://127.0.0.1:{hook.port}/{TOKEN}"]\n')
         outputs = [tether("up", "box", "--profile", "api", "--json", cwd=project, env=cloud.env)]
