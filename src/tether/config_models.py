@@ -151,7 +151,7 @@ class VastConfig(_Strict):
     retries: Annotated[int, Field(ge=0, le=20)] = 5
     backoff_seconds: Annotated[float, Field(gt=0)] = 1.0
     ssh_wait_seconds: Annotated[float, Field(gt=0)] = 90
-    # A machine whose rental failed its preflight, vanished or never came up is skipped this many days (README
+    # A machine whose rental failed its preflight or vanished is skipped this many days (README
     # "Rent hosts that work"); `tether machines forget ID` clears one.
     avoid_days: Annotated[float, Field(ge=0)] = 7
     # What a new rental's preflight downloads to measure its network, when the set-up installs packages (the

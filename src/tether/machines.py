@@ -2,8 +2,9 @@
 
 Each rental's outcome is kept per ``machine_id`` (local state, table ``machine_outcomes``): the preflight passed or
 failed (and why), minutes to ``running``, set-up minutes, preempted, vanished. A machine whose last bad outcome
-(a failed preflight, a vanish, a start that never came) is younger than ``[vast] avoid_days`` is skipped when
-renting, with a line saying so; ``tether machines`` lists the memory and ``tether machines forget ID`` clears one.
+(a failed preflight, a vanish; a preemption is remembered, not avoided) is younger than ``[vast] avoid_days`` is
+skipped when renting, with a line saying so; ``tether machines`` lists the memory and ``tether machines forget ID``
+clears one.
 
 The ranking prices reliability (pure, :func:`expected_cost`): among the offers that fit, the expected cost of the
 experiment on each is its price × (the experiment's estimated hours + the expected hours to a working server),

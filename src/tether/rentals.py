@@ -119,7 +119,23 @@ def record(
         meta=merged,
     )
     st.upsert_instance(rec, source=source)
+    lost = machine_loss(old.state if old else None, inst.state, source)
+    machine = merged.get("machine_id")
+    if lost is not None and isinstance(machine, int) and not isinstance(machine, bool):
+        st.add_machine_outcome(machines.Outcome(machine, PROVIDER, ts, lost, None, inst.id))
     return rec
+
+
+def machine_loss(old_state: str | None, new_state: str, source: str) -> machines.OutcomeKind | None:
+    """What a change of state says about the machine for the memory of machines (pure): ``vanished`` when an
+    instance tether did not destroy is gone, ``preempted`` when it was outbid; None otherwise."""
+    if old_state is None or old_state == new_state:
+        return None
+    if new_state == "gone" and old_state not in ("gone", "creating", "stopped") and source != "destroy":
+        return "vanished"
+    if new_state == "preempted":
+        return "preempted"
+    return None
 
 
 def _price(seen: float, state: str, known: float | None, committed: Any) -> float | None:

@@ -18,6 +18,7 @@ from typing import Literal
 from tether import vocab
 from tether.config import ExperimentConfig
 from tether.ledger import Budget, Candidate, Commitment, Limits, refusal
+from tether.plan import estimate_duration
 from tether.providers import STOPPED_STATES
 from tether.state import ManagedRunRecord, ManagedShardRecord, ShardUpdate
 from tether.transport.base import Backoff
@@ -90,11 +91,13 @@ def shard_budget(run: ManagedRunRecord, exp: ExperimentConfig, done: int) -> Bud
 
 
 def shard_seconds_left(exp: ExperimentConfig, shards: int, done: int) -> float:
-    """Estimated seconds of work left in one shard (pure): ``items``/``item_seconds`` of tether.toml."""
-    if exp.items is None or exp.item_seconds is None:
+    """Estimated seconds of work left in one shard (pure): the one duration estimate
+    (:func:`tether.plan.estimate_duration`) of the shard's items not done yet."""
+    if exp.items is None:
         return UNKNOWN_SHARD_S
     per_shard = -(-exp.items // max(shards, 1))
-    return max(0, per_shard - done) * exp.item_seconds / max(exp.concurrency, 1)
+    seconds = estimate_duration(exp, max(0, per_shard - done))
+    return UNKNOWN_SHARD_S if seconds is None else seconds
 
 
 def failure_signature(exit_code: int | None, status: str, log_tail: str | None) -> str:

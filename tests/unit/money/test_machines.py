@@ -70,3 +70,35 @@ def test_machines_lists_the_memory_and_forget_clears_one(tmp_path: Path) -> None
     assert [m["machine_id"] for m in forgot["machines"]] == [42]
     again = tether("machines", "forget", "41", cwd=project)
     assert again.returncode == 2 and "No rental on machine 41" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "source", "want"),
+    [
+        ("running", "gone", "observe", "vanished"),
+        ("running", "gone", "managed", "vanished"),
+        ("running", "gone", "destroy", None),  # tether's own destroy
+        ("stopped", "gone", "observe", None),  # a stopped server destroyed elsewhere says nothing of its machine
+        ("creating", "gone", "reconcile", None),
+        ("running", "preempted", "observe", "preempted"),
+        ("preempted", "preempted", "observe", None),
+        (None, "running", "rent", None),
+    ],
+)
+def test_what_a_change_of_state_says_of_the_machine(old: str | None, new: str, source: str, want: str | None) -> None:
+    from tether import rentals
+
+    assert rentals.machine_loss(old, new, source) == want
+
+
+def test_a_vanished_rental_is_remembered_against_its_machine(tmp_path: Path) -> None:
+    from tether import rentals
+    from tether.providers.base import Instance
+
+    with open_state(tmp_path / "state.db") as st:
+        running = Instance(id="7", state="running", ssh_host="h", ssh_port=1, dph_total=0.5)
+        rentals.record(st, "box", running, source="rent", meta={"machine_id": 4242})
+        rentals.record(st, "box", Instance(id="7", state="gone"), source="observe")
+        outcomes = st.machine_outcomes()
+    assert [(o.machine_id, o.outcome) for o in outcomes] == [(4242, "vanished")]
+    assert 4242 in machines.avoided(outcomes, outcomes[0].ts + 1, 7)
