@@ -299,6 +299,7 @@ def up(ctx: Ctx, target: Target, *, env: bool = True) -> dict[str, Any]:
     # Remembered: later pushes and `run --on` hold the .env back until `up` without --no-env or `push --env`.
     state.set_host_facts(target.name, server_version=version, no_env=not env)
     dog = None if target.local else watchdogs.start(project, target)
+    checked = None if target.local or target.rented else owned_preflight(ctx, target)
     return {
         "host": target.name,
         "python": python,
@@ -307,6 +308,7 @@ def up(ctx: Ctx, target: Target, *, env: bool = True) -> dict[str, Any]:
         "push": pushed,
         "env": ENV_UPLOADED if env_uploaded else ("none" if env else "not uploaded (--no-env, remembered for pushes)"),
         "watchdog": dog,
+        **({"preflight": checked} if checked is not None else {}),
         "seconds": round(time.monotonic() - t0, 2),
     }
 
@@ -358,6 +360,19 @@ def bring_up(
     finally:
         remember_passed(state, passed, (time.time() - t0) / 60 if "seconds" in doc else None)
     return doc
+
+
+def owned_preflight(ctx: Ctx, target: Target) -> dict[str, Any]:
+    """A server the user owns gets the same look as a rental (GPUs, CUDA, free disk, network): what falls short is
+    said as a warning, never acted on. Its figures."""
+    from tether import preflight
+
+    project = ctx.project
+    url = project.config.vast.preflight_url if project.config.project.setup_packages else None
+    report = preflight.run(target, url=url or None, command=None)
+    for problem in preflight.problems(report, preflight.Expect(min_disk_free_gb=1.0)):
+        ctx.say(f"warning: {target.name}: {problem}.")
+    return preflight.figures(report)
 
 
 def remember_passed(state: Any, passed: dict[str, Any] | None, setup_minutes: float | None) -> None:

@@ -62,6 +62,9 @@ def test_up_sets_up_once_and_never_leaks_the_env(tmp_path: Path, sshd_host: Sshd
     second = tether_json("up", "lab1", cwd=project)
     assert second["setup"] == "already done"
     assert second["push"]["files"] == 0
+    # A server you own gets the rental's preflight too: figures, and warnings only (never a destroy).
+    assert second["preflight"]["disk_free_gb"] > 0 and "gpus" in second["preflight"]
+    assert second["watchdog"]["idle_stop_s"] == 30 * 60 and "never stopped" in second["watchdog"]["does"]
     # the secret is in no file tether keeps on this machine either
     home = Path(os.environ["TETHER_HOME"])
     for path in home.rglob("*"):
