@@ -135,7 +135,7 @@ def test_the_page_lives_in_a_real_browser(board: tuple[Dashboard, Path], tmp_pat
             first = progress()
             wait_for(lambda: progress() > first, 30, "the progress bar to advance")
             page.click(f"{row} a.log")
-            page.locator("#log", has_text="<script>").wait_for(timeout=10_000)
+            page.locator("#log", has_text="<script>").wait_for(timeout=60_000)
             assert page.evaluate("window.pwned") is None
             assert "[/bold]" in (page.text_content("#log") or "")
             points = page.locator("#chart circle.point").count()
@@ -149,12 +149,12 @@ def test_the_page_lives_in_a_real_browser(board: tuple[Dashboard, Path], tmp_pat
             record = json.loads((local_root() / ".tether" / "runs" / run_id / "run.json").read_text())
             for pid in (record["child_pid"], record["pid"]):
                 os.kill(int(pid), signal.SIGKILL)
-            page.wait_for_selector(f'{row} [data-state="dead"]', timeout=10_000)
+            page.wait_for_selector(f'{row} [data-state="dead"]', timeout=60_000)
 
             # A managed run is one row that opens into its shards.
             _record_managed_run()
             summary = page.locator('summary[data-managed="exp-m1"]')
-            summary.wait_for(timeout=10_000)
+            summary.wait_for(timeout=60_000)
             text = summary.text_content() or ""
             assert "exp-m1" in text and "running" in text and "150/300" in text and "2 shards" in text
             assert "1 recoveries" in text
