@@ -33,7 +33,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from tether import vocab
+from tether import retry, vocab
 from tether.server import procinfo
 
 SETTINGS = "watchdog.json"
@@ -269,7 +269,7 @@ class Watchdog:
             if status == 200:
                 return True
             self.log(f"the stop request answered {status}; trying again.")
-            time.sleep(min(60.0, 2.0 * 2**attempt))
+            time.sleep(retry.backoff_step(attempt, 2.0, 60.0))  # the one backoff
         return False
 
     def run(self, once: bool = False) -> int:
