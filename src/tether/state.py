@@ -609,6 +609,11 @@ class State:
             f"Give a whole run id or an experiment's name: {names}.",
         )
 
+    def forget_runs(self, ids: Collection[str]) -> int:
+        """Delete these runs' records from local state (never a result, never anything on a server); how many."""
+        with self.tx() as db:
+            return sum(int(db.execute("DELETE FROM runs WHERE id=?", (run_id,)).rowcount) for run_id in ids)
+
     def find_run(self, ref: str, experiments: Collection[str] = ()) -> RunRecord:
         """:meth:`resolve_run` for a command that needs one run on one host (``logs``, ``attach``)."""
         found = self.resolve_run(ref, experiments)

@@ -45,6 +45,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dashboard": ("dashboard_cmd", "dashboard"),
     "notify": ("notify_cmd", "notify"),
     "machines": ("machines_cmd", "machines_cmd"),
+    "runs": ("history_cmd", "runs_history"),
+    "forget": ("history_cmd", "forget"),
 }
 
 
