@@ -49,12 +49,63 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "forget": ("history_cmd", "forget"),
 }
 
+#: What `tether --help` lists for each command: its docstring's first sentence as click shortens it to 96 characters
+#: (a test keeps the two equal), so the listing imports no command module.
+SUMMARY_LIMIT = 96
+SUMMARIES: dict[str, str] = {
+    "agents": "Who uses a server's GPU: list, register, heartbeat, release, repair.",
+    "attach": "Open RUN's tmux window (detach again with Ctrl-B D; the run keeps going).",
+    "autopilot": "Apply the stop/destroy policies to every rented server, logging each decision with its reason.",
+    "cancel": "Stop RUN (SIGTERM to the experiment; the checkpoint journal keeps every finished item).",
+    "cost": "Money spent per server, per experiment and per day; what burns now and the next 24 h projected.",
+    "dashboard": "Serve a live page of every run, server, GPU and dollar on 127.0.0.1 behind a random token...",
+    "destroy": "Destroy a rented server (irreversible; safe to run twice).",
+    "down": "Apply the runbook's decision tree to NAME now: more work planned within [policy]...",
+    "forget": "Forget run records (never results: files here and on servers stay; a live run is never...",
+    "init": "Write a commented starter tether.toml in the current folder, and the example experiment it runs.",
+    "logs": "Show the output of RUN (a run id, an experiment name for its latest run, or a prefix of one...",
+    "ls": "Servers tether rented: state, $/hr, address, age.",
+    "machines": "The machines tether rented on, how each rental went, and which are avoided now (and why).",
+    "notify": "The notification URLs ([notify] urls in tether.toml and TETHER_NOTIFY_URLS), shown redacted,...",
+    "offers": "Live offers, cheapest first, with $/hr including the disk asked for (no project needed, but...",
+    "plan": "Where each experiment should run and why, with its estimated duration and cost.",
+    "progress": "Every run's completed/total, rate, ETA and state: one round trip per host.",
+    "pull": "Bring results home from HOST (default: every server with runs) and verify them against the...",
+    "push": "Upload the project's code to NAME (rsync delta; excludes .git, caches, venvs, results, the...",
+    "run": "Start EXPERIMENT detached (in tmux) and print its run id at once.",
+    "runs": "Past runs, newest first, with the figures each ended with (frozen when it ended).",
+    "start": "Start a stopped rented server and re-read its SSH address (it changes across a restart).",
+    "status": "One screen for the project: servers, runs, agents, money and warnings.",
+    "stop": "Stop a rented server: the GPU stops billing, the disk is kept (and billed as storage).",
+    "sync": "Pull results on every tick and print what changed (run it in a tmux window; Ctrl-C stops).",
+    "up": "Set up server NAME: setup.sh, tether's server side, the code, and the .env (mode 0600).",
+}
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` cut at a word to fit ``limit`` characters, with "..." when cut."""
+    text = text.removesuffix("...")
+    if len(text) <= limit:
+        return text
+    cut = text[: max(0, limit - 3)].rsplit(" ", 1)[0]
+    return cut.rstrip(" ,;:") + "..."
+
 
 class LazyGroup(click.Group):
     """A group whose subcommands are imported when they are asked for."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*COMMANDS, *self.commands})
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands and their summaries (:data:`SUMMARIES`), as click lists them, with no command imported."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = [(n, _shorten(SUMMARIES.get(n, ""), limit)) for n in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.commands or cmd_name not in COMMANDS:

@@ -81,6 +81,26 @@ def test_every_command_is_loaded_lazily_and_listed_in_help(tmp_path: Path) -> No
     assert all(f"  {name} " in shown for name in COMMANDS)
 
 
+def test_help_lists_every_command_with_its_own_summary_and_imports_none() -> None:
+    from tether.cli.main import SUMMARIES, SUMMARY_LIMIT
+
+    for name, (module, attr) in COMMANDS.items():
+        command = getattr(importlib.import_module(f"tether.cli.{module}"), attr)
+        assert SUMMARIES[name] == command.get_short_help_str(limit=SUMMARY_LIMIT), name
+    assert set(SUMMARIES) == set(COMMANDS)
+    probe = (
+        "import sys\n"
+        "from tether.cli.main import cli\n"
+        "try:\n"
+        "    cli.main(['--help'], prog_name='tether', standalone_mode=False)\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('tether.cli.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "['tether.cli.main']"
+
+
 def test_every_json_command_has_a_schema_and_every_schema_a_command() -> None:
     with_json = set()
     for name, (module, attr) in COMMANDS.items():
