@@ -34,6 +34,7 @@ import urllib.request
 from typing import Any
 
 from tether import retry, vocab
+from tether.errors import TetherError
 from tether.server import procinfo
 
 SETTINGS = "watchdog.json"
@@ -117,7 +118,7 @@ def busy_agents(root: str) -> list[str]:
         from tether.server.registry import Registry
 
         entries = Registry(path).entries()
-    except Exception:  # an unreadable registry: count it as busy (never stop a server over a file we cannot read)
+    except (TetherError, OSError, ValueError):  # unreadable: busy (never stop a server over a file we cannot read)
         return ["AGENT_STATUS.json (unreadable)"]
     return [str(e.id) for e in entries if e.is_live and e.status in ("running", "queued")]
 
@@ -304,12 +305,9 @@ def _put_state(api_url: str, instance_id: str, key: str, state: str) -> int:
 def _notify(root: str, kind: str, text: str) -> None:
     try:
         from tether.server import notify
-    except ImportError:
+    except ImportError:  # an older server side: nothing to announce with
         return
-    try:
-        notify.send(root, kind, text)
-    except Exception:  # a notification never stops the watchdog
-        return
+    notify.send(root, kind, text)  # never raises: a notification never stops the watchdog
 
 
 def _lock(root: str) -> int | None:

@@ -152,7 +152,8 @@ class _Run:
             if os.path.normpath(doc["code_dir"]) != os.path.normpath(self.args.cwd):
                 return None  # another project's URLs (the last one set up on this server)
             return doc
-        except Exception:
+        except (ImportError, ValueError) as exc:  # an older server side, or a URL it cannot read: tether announces
+            self.log(f"the controller announces this run's end ({type(exc).__name__} reading notify.json)")
             return None
 
     def _announce(self, doc: dict[str, Any], status: str, code: int) -> None:
