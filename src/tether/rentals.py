@@ -21,6 +21,7 @@ from typing import Any
 from tether import cost, machines, vocab
 from tether.config import Project
 from tether.errors import ConfigError, NoCapacity, PolicyRefusal, ProviderError, SSHError, TetherError
+from tether.fmt import iso
 from tether.ledger import Budget, Candidate, Commitment, Limits, refusal, valid_price
 from tether.paths import tether_home
 from tether.profiles import Profile, project_profile
@@ -380,7 +381,7 @@ def _without_avoided(
             say(f"skipping offer {offer.id}: machine {mid} {skip[mid]}")
         elif mid is not None and mid in avoid:
             why = avoid[mid]
-            until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(why.until))
+            until = iso(why.until)
             say(
                 f"skipping offer {offer.id}: machine {mid} is avoided until {until} ({why.why}); "
                 f"`tether machines forget {mid}` to rent it again"
