@@ -937,20 +937,24 @@ def run_batch(
     ``concurrency``), ``rpm`` (None: call starts per minute, retries included), ``tpm`` (None: tokens per
     minute, each call costing ``cost(item)`` tokens, by default the item's text length / 4), ``retries`` (3)
     of what can succeed (rate limits, overload, 5xx, timeouts, connection errors; not 400/401/403/404 nor a
-    programming error such as KeyError), waiting the error's Retry-After (at most ``max_retry_after``, 120 s)
-    or an exponential ``backoff`` (1.0 s, doubled per retry, capped at ``max_backoff`` 60 s, with jitter);
+    programming error such as KeyError), waiting the error's Retry-After or the delay of its body's
+    ``RetryInfo`` (Google; at most ``max_retry_after``, 120 s) or an exponential ``backoff`` (1.0 s, doubled
+    per retry, capped at ``max_backoff`` 60 s, with jitter);
     ``retry_on`` (exception types to retry instead of that judgment; others fail at once), ``progress`` (True:
     a bar on stderr), ``interval``/``interval_seconds`` (fsync knobs), ``allow_config_change``,
     ``allow_failures`` (finalize even if items failed), ``finalize`` (True), ``checkpoint`` (use this
-    Checkpoint instead). ``results_dir`` defaults to ``$TETHER_RESULTS_DIR``.
+    Checkpoint instead), ``clock`` (a :class:`BatchClock`: where every wait goes). ``results_dir`` defaults to
+    ``$TETHER_RESULTS_DIR``.
 
-    Build API clients with their own retries off (``max_retries=0``, or :func:`without_sdk_retries`): SDK
-    retries under tether's multiply the calls and hide them from the pacing (a warning says so once).
+    Build API clients with their own retries off (``max_retries=0``, or :func:`without_sdk_retries`; google-genai:
+    no ``HttpRetryOptions``, or ``attempts=1``): SDK retries under tether's multiply the calls and hide them from
+    the pacing (a warning says so once).
 
     Finalizes (writes ``<name>.json``) when every item succeeded. Failed items are journaled (error type, HTTP
-    status, request id) and retried by the next call. On Ctrl-C or SIGTERM it stops starting items, abandons
-    those in flight (not recorded), closes the journal and raises ``KeyboardInterrupt`` (SIGINT) or
-    ``SystemExit(128 + signal)`` (SIGTERM).
+    status, request id) and retried by the next call. A used-up quota (OpenAI's ``insufficient_quota``) stops
+    the batch at once (no retry, no new call) and raises :class:`CheckpointError` saying what to do. On Ctrl-C
+    or SIGTERM it stops starting items, abandons those in flight (not recorded), closes the journal and raises
+    ``KeyboardInterrupt`` (SIGINT) or ``SystemExit(128 + signal)`` (SIGTERM).
     """
     summary = asyncio.run(arun_batch(fn, items, results_dir, **options))
     if summary.interrupted is not None:

@@ -69,7 +69,8 @@ def run(fn: Any, items: list[Any], path: Path, clock: RecordingClock | None = No
 )
 def test_the_retry_info_delay_is_read_from_a_genai_error(delay: str, seconds: float) -> None:
     exc = rate_limited(delay)
-    assert asked_delay(exc) == (pytest.approx(seconds), f"RetryInfo retryDelay {delay}")
+    asked, where = asked_delay(exc)
+    assert asked == pytest.approx(seconds) and where == f"RetryInfo retryDelay {delay}"
     assert is_pushback(exc) and is_transient(exc)
     assert quota_exhausted(exc) is None  # Google's "You exceeded your current quota" is a rate limit: waited for
 
