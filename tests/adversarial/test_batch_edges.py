@@ -23,7 +23,14 @@ import httpx
 import pytest
 
 from tether.checkpoint import Checkpoint, CheckpointWarning, RetryAfter, run_batch
-from tether.checkpoint._http import asked_delay, describe, failure_fields, is_transient, sdk_retries_taken
+from tether.checkpoint._http import (
+    asked_delay,
+    describe,
+    failure_fields,
+    is_transient,
+    quota_exhausted,
+    sdk_retries_taken,
+)
 from tether.errors import CheckpointError
 
 
@@ -214,3 +221,84 @@ def test_an_item_that_cannot_be_measured_for_tpm_does_not_end_the_batch(tmp_path
         finalize=False,
     )
     assert (summary.completed, summary.failed) == (3, 0)
+
+
+class BodyError(Exception):
+    """An error whose body is whatever a test gives it: in google-genai's ``details`` and openai's ``body``."""
+
+    status_code = 429
+
+    def __init__(self, body: Any) -> None:
+        super().__init__("429")
+        self.details = body
+        self.body = body
+
+
+class RaisingMapping(dict[str, Any]):
+    """A body whose own code raises when read."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raise RuntimeError("a body that cannot be read")
+
+
+def retry_info(delay: Any) -> dict[str, Any]:
+    return {
+        "error": {"code": 429, "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}]}
+    }
+
+
+HOSTILE_BODIES: dict[str, Any] = {
+    "delay-garbage": retry_info("soon"),
+    "delay-negative": retry_info("-3s"),
+    "delay-number": retry_info(3),
+    "delay-none": retry_info(None),
+    "delay-nan": retry_info("nans"),
+    "delay-minutes": retry_info("1m"),
+    "delay-list": retry_info(["3s"]),
+    "delay-object-garbage": retry_info({"seconds": "x", "nanos": []}),
+    "delay-object-huge": retry_info({"seconds": 10**400}),
+    "details-not-a-list": {"error": {"details": "RetryInfo 3s"}},
+    "details-of-strings": {"error": {"details": ["google.rpc.RetryInfo", "3s"]}},
+    "error-a-string": {"error": "insufficient_quota"},
+    "body-a-string": "You exceeded your current quota",
+    "body-not-json": '{"error": {"details": [',
+    "body-json-too-deep": "[" * 30_000 + "]" * 30_000,  # RecursionError
+    "body-raises": RaisingMapping(error={"code": "insufficient_quota"}),
+    "inner-raises": {"error": RaisingMapping(code="insufficient_quota")},
+    "code-a-number": {"error": {"code": 429, "type": None}},
+    "body-none": None,
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_BODIES))
+def test_a_hostile_error_body_is_read_as_absent(case: str) -> None:
+    exc = BodyError(HOSTILE_BODIES[case])
+    assert asked_delay(exc) == (None, "")
+    assert quota_exhausted(exc) is None
+    assert is_transient(exc)  # a 429 whose body says nothing readable: a rate limit, retried
+
+
+def test_a_hostile_body_on_a_response_is_read_as_absent() -> None:
+    class Response:
+        status_code = 429
+
+        @property
+        def content(self) -> bytes:
+            raise RuntimeError("the stream was closed")
+
+        text = "x" * 100_000  # too long to be parsed
+
+    class SDKError(Exception):
+        response = Response()
+
+    assert asked_delay(SDKError()) == (None, "") and quota_exhausted(SDKError()) is None
+
+
+def test_a_hostile_body_fails_its_item_alone(tmp_path: Path) -> None:
+    def fn(item: str) -> str:
+        if item == "bad":
+            raise BodyError(HOSTILE_BODIES["inner-raises"])
+        return item
+
+    summary = run_batch(fn, ["a", "bad", "b"], tmp_path, progress=False, retries=1, backoff=0.001, finalize=False)
+    assert (summary.completed, summary.failed) == (2, 1) and summary.failed_by == {"429": 1}

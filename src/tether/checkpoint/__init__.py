@@ -96,21 +96,29 @@ function over the pending items:
   SDK is imported); 400/401/403/404 and programming errors (``KeyError``...) fail at once. ``retry_on``
   (exception types) replaces that judgment. The wait is the error's Retry-After (``retry_after`` attribute,
   ``exc.response.headers`` or ``exc.headers``: ``retry-after-ms``, ``retry-after`` in seconds or as an HTTP
-  date, a rate limit's ``x-ratelimit-reset-*``) capped at ``max_retry_after`` (120 s, said once), else
-  exponential backoff with jitter (also for a Retry-After of 0, negative or garbage).
+  date; else the body's ``google.rpc.RetryInfo`` ``retryDelay``, as google-genai's ``exc.details`` holds it; a
+  rate limit's ``x-ratelimit-reset-*``) capped at ``max_retry_after`` (120 s, said once), else exponential
+  backoff with jitter (also for a Retry-After of 0, negative or garbage).
+- **A used-up quota** (OpenAI's 429 ``insufficient_quota``, in ``exc.code`` or the body) cannot be waited out:
+  the item that met it fails, no other call starts, the calls in flight end, and :class:`CheckpointError` says
+  so once the journal (with everything that finished) is closed; the next run resumes.
 - **No stacked retries**: SDK clients retry by themselves (``max_retries=2``), which multiplies the calls of a
   rate-limited item and hides them from the pacing. Build them with ``max_retries=0`` or wrap them with
-  :func:`without_sdk_retries`; ``run_batch`` warns once when it sees a client that retries (in the item
-  function's closure or globals, or in the ``x-stainless-retry-count`` header of an error's request).
+  :func:`without_sdk_retries` (google-genai: ``HttpOptions(retry_options=HttpRetryOptions(attempts=1))``, or no
+  ``retry_options``); ``run_batch`` warns once when it sees a client that retries (in the item function's
+  closure or globals, or in the ``x-stainless-retry-count`` header of an error's request).
 - **Failures** are journaled with ``error_type``, ``status`` and ``request_id`` (when the error has them) and
   ``attempts``; the progress file counts them by kind (``failed_by``: ``{"429": 35, "400": 2}``).
-- A progress bar on stderr. On Ctrl-C or SIGTERM it stops starting items, abandons the ones in flight (they
-  are not recorded), closes the journal and exits.
+- A progress bar on stderr; while the provider refuses every call it says so in place of the rate
+  (``provider refusing: waiting 3 s (429 ×12)``) until a call is accepted. Every wait goes through ``clock``
+  (a :class:`BatchClock`; a test passes one that records the waits). On Ctrl-C or SIGTERM it stops starting
+  items, abandons the ones in flight (they are not recorded), closes the journal and exits.
 """
 
 from __future__ import annotations
 
 from tether.checkpoint.batch import (
+    BatchClock,
     BatchSummary,
     RetryAfter,
     arun_batch,
@@ -134,6 +142,7 @@ from tether.errors import CheckpointError
 __all__ = [
     "ENV_RESULTS_DIR",
     "RUNBOOK_PARTIAL",
+    "BatchClock",
     "BatchSummary",
     "Checkpoint",
     "CheckpointError",

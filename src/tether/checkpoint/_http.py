@@ -1,9 +1,13 @@
 """What an exception from an API client says: its HTTP status, Retry-After, request id, and whether a retry can help.
 
 Duck-typed, so that no SDK is imported: the OpenAI and Anthropic SDKs (``exc.status_code``, ``exc.response.headers``,
-``exc.request_id``), Google's (``exc.code``), httpx and requests (``exc.response.status_code``), aiohttp
+``exc.request_id``, ``exc.body`` and ``exc.code``), google-genai's (``exc.code``, ``exc.status``, ``exc.details``:
+the JSON body), httpx and requests (``exc.response.status_code``, the body the response has read), aiohttp
 (``exc.status``, ``exc.headers``) and urllib (``HTTPError.code``, ``.headers``) all answer the same questions.
 Standard library only, Python 3.8+.
+
+The body says what headers do not: Google's delay (a ``google.rpc.RetryInfo`` detail with ``retryDelay``, e.g.
+``"3s"``, in ``error.details``) and OpenAI's ``insufficient_quota`` (a 429 that waiting cannot cure).
 
 Every read is defensive: an error object comes from code tether does not control, and reading it must never raise
 (a property that raises, a ``__str__`` that raises, an httpx error without its request, a number too big for a
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import email.utils
+import json
 import math
 import re
 import socket
@@ -45,6 +50,13 @@ _PUSHBACK_NAMES = ("RateLimit", "TooManyRequests", "ResourceExhausted", "Overloa
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$")
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "x-goog-request-id")
+# A protobuf Duration in JSON: seconds with up to nine decimals and an "s" ("3s", "0.5s", "1.200s").
+_PROTO_DURATION = re.compile(r"^\s*(\d{1,12}(?:\.\d{1,9})?)s\s*$")
+_RETRY_INFO = "google.rpc.RetryInfo"
+#: The error code (OpenAI: ``error.code``, older answers also ``error.type``) of an account whose quota or credit
+#: is used up: a 429 that no wait can cure.
+QUOTA_CODES = frozenset({"insufficient_quota"})
+_BODY_LIMIT = 65536  # a longer body is not parsed: an error body with a delay or a code is a few hundred bytes
 
 
 #: The longest error message kept (a journal line, a warning): an SDK error can carry a whole response body.
@@ -217,8 +229,8 @@ def parse_seconds(text: str, now: float, *, durations: bool = False) -> float | 
 def asked_delay(exc: BaseException, now: float | None = None) -> tuple[float | None, str]:
     """The delay (seconds, possibly negative or huge: the caller bounds it) an error asks for, and where it was
     read (for messages). Looks at a ``retry_after`` attribute, then ``retry-after-ms``, ``retry-after`` (seconds
-    or an HTTP date), then for a rate limit the ``x-ratelimit-reset-*`` (and Anthropic's ``*-reset``) headers.
-    ``(None, "")`` when there is none or it is garbage."""
+    or an HTTP date), then the body's ``RetryInfo`` (Google), then for a rate limit the ``x-ratelimit-reset-*``
+    (and Anthropic's ``*-reset``) headers. ``(None, "")`` when there is none or it is garbage."""
     t = time.time() if now is None else now
     value = attr(exc, "retry_after")
     if value is not None and not isinstance(value, bool):
@@ -231,7 +243,7 @@ def asked_delay(exc: BaseException, now: float | None = None) -> tuple[float | N
                 return parsed, f"retry_after={safe_text(value, 40)!r}"
     headers = headers_of(exc)
     if headers is None:
-        return None, ""
+        return body_retry_delay(exc)
     ms = header(headers, "retry-after-ms")
     if ms is not None:
         try:
@@ -245,6 +257,9 @@ def asked_delay(exc: BaseException, now: float | None = None) -> tuple[float | N
         parsed = parse_seconds(ra, t)
         if parsed is not None:
             return parsed, f"retry-after: {ra[:40]}"
+    in_body = body_retry_delay(exc)
+    if in_body[0] is not None:
+        return in_body
     if status_of(exc) != 429 and not is_pushback(exc):
         return None, ""
     exhausted: list[tuple[float, str]] = []
@@ -268,6 +283,118 @@ def asked_delay(exc: BaseException, now: float | None = None) -> tuple[float | N
     return None, ""
 
 
+def _json_doc(value: Any) -> Any:
+    """A JSON body as Python: a dict or list as it is, a str or bytes parsed (None when it is not JSON or too long)."""
+    if isinstance(value, (dict, list)):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) > _BODY_LIMIT:
+            return None
+        value = bytes(value).decode("utf-8", "replace")
+    if not isinstance(value, str) or len(value) > _BODY_LIMIT or not value.lstrip().startswith(("{", "[")):
+        return None
+    try:
+        return json.loads(value)
+    except Exception:  # not JSON, or nested too deep (RecursionError): no body to read
+        return None
+
+
+def _error_objects(doc: Any) -> list[Mapping[str, Any]]:
+    """The error objects of a body: ``{"error": {...}}``'s inner object, the object itself when it has no
+    ``error`` (OpenAI's ``exc.body`` is the inner one already), each of a list of them (Google's streaming form)."""
+    docs = doc[:8] if isinstance(doc, list) else [doc]
+    out: list[Mapping[str, Any]] = []
+    for one in docs:
+        if not isinstance(one, Mapping):
+            continue
+        inner = one.get("error")
+        out.append(inner if isinstance(inner, Mapping) else one)
+    return out
+
+
+def error_bodies(exc: BaseException) -> list[Mapping[str, Any]]:
+    """The error objects of the JSON body an exception carries: ``exc.body`` (OpenAI, Anthropic: the inner
+    ``error`` object), ``exc.details`` or ``exc.response_json`` (google-genai: the whole body), else the body its
+    response has already read (``exc.response.content``/``.text``: httpx, requests). Empty when there is none."""
+    try:
+        for name in ("body", "details", "response_json"):
+            found = _error_objects(_json_doc(attr(exc, name)))
+            if found:
+                return found
+        response = attr(exc, "response")
+        if response is None:
+            return []
+        for name in ("content", "text"):  # httpx raises ResponseNotRead for a body not read: absent
+            found = _error_objects(_json_doc(attr(response, name)))
+            if found:
+                return found
+    except Exception:  # a mapping whose own code raises: no body to read
+        return []
+    return []
+
+
+def proto_duration(value: Any) -> float | None:
+    """Seconds of a protobuf Duration as JSON renders it (``"3s"``, ``"0.5s"``, ``"1.200s"``) or as an object
+    (``{"seconds": "3", "nanos": 500000000}``); None for anything else (a negative one included)."""
+    if isinstance(value, str):
+        m = _PROTO_DURATION.match(value)
+        return float(m.group(1)) if m else None
+    if isinstance(value, Mapping):
+        try:
+            seconds, nanos = value.get("seconds", 0), value.get("nanos", 0)
+            if isinstance(seconds, bool) or isinstance(nanos, bool):
+                return None
+            total = int(seconds) + int(nanos) / 1e9
+        except Exception:  # not numbers: no duration
+            return None
+        return total if 0 <= total < 1e12 else None
+    return None
+
+
+def body_retry_delay(exc: BaseException) -> tuple[float | None, str]:
+    """The delay a ``google.rpc.RetryInfo`` detail of the error body asks for (``error.details[].retryDelay``, as
+    the Gemini and Vertex AI APIs send it with a 429), and where it was read; ``(None, "")`` when there is none."""
+    try:
+        for err in error_bodies(exc):
+            details = err.get("details")
+            if not isinstance(details, list):
+                continue
+            for detail in details[:32]:
+                if not isinstance(detail, Mapping):
+                    continue
+                kind = detail.get("@type")
+                if not (isinstance(kind, str) and kind.endswith(_RETRY_INFO)) and "retryDelay" not in detail:
+                    continue
+                raw = detail.get("retryDelay")
+                seconds = proto_duration(raw)
+                if seconds is not None:
+                    return seconds, f"RetryInfo retryDelay {safe_text(raw, 40)}"
+    except Exception:  # a mapping whose own code raises: as if absent
+        return None, ""
+    return None, ""
+
+
+def quota_exhausted(exc: BaseException) -> str | None:
+    """When the error says the account's quota or credit is used up (OpenAI's 429 ``insufficient_quota``, in
+    ``exc.code`` or the body's ``error.code``/``error.type``), the provider's message (possibly empty); else None.
+    Waiting cannot cure it. (Google says "You exceeded your current quota" of a per-minute limit too, with a
+    RetryInfo: that one is a rate limit, read by its ``RESOURCE_EXHAUSTED`` status, and waited for.)"""
+    code = attr(exc, "code")
+    hit = isinstance(code, str) and code in QUOTA_CODES
+    message = ""
+    try:
+        for err in error_bodies(exc):
+            named = [err.get("code"), err.get("type")]
+            if hit or any(isinstance(v, str) and v in QUOTA_CODES for v in named):
+                hit = True
+                text = err.get("message")
+                message = text[:300] if isinstance(text, str) else ""
+                break
+    except Exception:  # a mapping whose own code raises: judged by exc.code alone
+        pass
+    return message if hit else None
+
+
 def _names(exc: BaseException) -> list[str]:
     try:
         return [name for name in (getattr(cls, "__name__", "") for cls in type(exc).__mro__) if isinstance(name, str)]
@@ -287,8 +414,11 @@ def is_transient(exc: BaseException) -> bool:
     """A retry can succeed: a retryable status (429, 5xx, ...), a rate limit, a timeout or a connection error.
 
     A 4xx other than 408/409/425/429 (bad request, auth, not found) and programming errors (KeyError, TypeError,
-    ...) are not transient. An ``x-should-retry`` header (sent by the OpenAI and Anthropic APIs) has the last word.
+    ...) are not transient, nor is a used-up quota (:func:`quota_exhausted`). Otherwise an ``x-should-retry``
+    header (sent by the OpenAI and Anthropic APIs) has the last word.
     """
+    if quota_exhausted(exc) is not None:
+        return False
     should = header(headers_of(exc), "x-should-retry")
     if should in ("true", "false"):
         return should == "true"

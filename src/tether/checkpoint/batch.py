@@ -24,9 +24,11 @@ from typing import Any, TypeVar
 
 from tether.checkpoint._http import (
     asked_delay,
+    attr,
     failure_kind,
     is_pushback,
     is_transient,
+    quota_exhausted,
     safe_text,
     sdk_retries_taken,
     seconds_value,
@@ -81,6 +83,21 @@ _RATE_WINDOW_S = 5.0  # successes of the last seconds that measure what the prov
 MAX_RETRY_AFTER = 120.0
 
 
+class BatchClock:
+    """Where the batch reads the time and waits: ``monotonic()`` seconds and ``await sleep(seconds)``. Every wait
+    of the batch (a retry's, Retry-After's hold on new calls, ``rpm``, ``tpm``) goes through it, so a test can pass
+    one that records each wait and moves its own time on at once, instead of waiting."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+_REAL_CLOCK = BatchClock()
+
+
 def retry_after_of(exc: BaseException) -> float | None:
     """The delay (seconds, >= 0) an exception asks for (a ``retry_after`` attribute, ``retry-after-ms``,
     ``Retry-After`` in seconds or as an HTTP date, a rate limit's ``x-ratelimit-reset-*``), or None."""
@@ -119,25 +136,54 @@ def backoff_delay(
     return equal_jitter(backoff_step(attempt, base, cap))
 
 
+_GENAI_FIX = "Build it with http_options=HttpOptions(retry_options=HttpRetryOptions(attempts=1)) (or no retry_options)"
+#: Attempts of a google-genai client whose ``HttpRetryOptions`` leaves ``attempts`` unset (the SDK's default).
+GENAI_DEFAULT_ATTEMPTS = 5
+
+
+def genai_retries(client: Any) -> int | None:
+    """How many times a google-genai client (``Client``, ``client.aio``, ``client.models``...) retries a call by
+    itself: ``attempts - 1`` of the ``HttpRetryOptions`` it was built with (5 attempts when unset), 0 when it was
+    built without ``retry_options`` (the SDK then does not retry); None when it is not such a client. Duck-typed
+    (``_api_client._http_options.retry_options.attempts``), never raising."""
+    api = attr(client, "_api_client")
+    options = attr(api if api is not None else client, "_http_options")
+    if options is None:
+        return None
+    retry = attr(options, "retry_options")
+    if retry is None:
+        return 0
+    attempts = attr(retry, "attempts")
+    if attempts is None:
+        attempts = GENAI_DEFAULT_ATTEMPTS
+    if isinstance(attempts, bool) or not isinstance(attempts, int):
+        return None
+    return max(0, attempts - 1)
+
+
 def without_sdk_retries(client: Any) -> Any:
     """The same SDK client with its own retries off, so that tether alone paces and counts retries.
 
     Works for the OpenAI and Anthropic clients (sync and async: ``client.with_options(max_retries=0)``); build
-    other clients with their own option (e.g. google-genai's ``HttpOptions(retry_options=HttpRetryOptions(
-    attempts=1))``).
+    other clients with their own option (google-genai: ``HttpOptions(retry_options=HttpRetryOptions(
+    attempts=1))``, or no ``retry_options`` at all).
     """
     with_options = getattr(client, "with_options", None)
     if not callable(with_options):
+        hint = "Build the client with its own retries off (e.g. max_retries=0) and let run_batch retry."
+        if genai_retries(client) is not None:
+            hint = _GENAI_FIX + " and let run_batch retry."
         raise CheckpointError(
-            f"Cannot turn off the retries of a {type(client).__name__}: it has no with_options().",
-            hint="Build the client with its own retries off (e.g. max_retries=0) and let run_batch retry.",
+            f"Cannot turn off the retries of a {type(client).__name__}: it has no with_options().", hint=hint
         )
     return with_options(max_retries=0)
 
 
-def _retrying_clients(fn: Callable[..., Any]) -> list[tuple[str, int]]:
+def _retrying_clients(fn: Callable[..., Any]) -> list[tuple[str, int, str, str]]:
     """SDK clients the item function uses (closure, globals, partial arguments, bound ``self``) that retry by
-    themselves: ``(name, max_retries)`` for each object with ``max_retries > 0`` and a ``with_options``."""
+    themselves: ``(name, retries, what sets them, how to build it without)`` for each object with
+    ``max_retries > 0`` and a ``with_options`` (OpenAI, Anthropic), or a google-genai client built with
+    ``HttpRetryOptions`` of more than one attempt."""
     candidates: list[tuple[str, Any]] = []
     target: Any = fn
     while isinstance(target, functools.partial):
@@ -151,7 +197,7 @@ def _retrying_clients(fn: Callable[..., Any]) -> list[tuple[str, int]]:
     with contextlib.suppress(TypeError, ValueError):
         found = inspect.getclosurevars(target)
         candidates += list(found.nonlocals.items()) + list(found.globals.items())
-    out: list[tuple[str, int]] = []
+    out: list[tuple[str, int, str, str]] = []
     for name, obj in candidates:
         try:
             retries = getattr(obj, "max_retries", None)
@@ -159,7 +205,11 @@ def _retrying_clients(fn: Callable[..., Any]) -> list[tuple[str, int]]:
         except Exception:  # an object whose attribute access misbehaves is not an SDK client
             continue
         if isinstance(retries, int) and not isinstance(retries, bool) and retries > 0 and has_options:
-            out.append((name, retries))
+            out.append((name, retries, f"max_retries={retries}", _OPENAI_FIX))
+            continue
+        genai = genai_retries(obj)
+        if genai:
+            out.append((name, genai, f"HttpRetryOptions: {genai + 1} attempts", _GENAI_FIX))
     return out
 
 
@@ -176,32 +226,34 @@ def _default_cost(item: Any) -> float:
 class _RateLimiter:
     """Spaces the starts of calls at least ``60 / rpm`` seconds apart (retries count as calls)."""
 
-    def __init__(self, rpm: float | None) -> None:
+    def __init__(self, rpm: float | None, clock: BatchClock = _REAL_CLOCK) -> None:
         self._gap = 60.0 / rpm if rpm else 0.0
         self._next = 0.0
+        self._clock = clock
 
     async def wait(self) -> None:
         if not self._gap:
             return
-        now = time.monotonic()
+        now = self._clock.monotonic()
         start = max(now, self._next)
         self._next = start + self._gap
         if start > now:
-            await asyncio.sleep(start - now)
+            await self._clock.sleep(start - now)
 
 
 class _TokenBucket:
     """A tokens-per-minute budget: refills at ``tpm / 60`` a second and holds at most one second's worth, so
     calls are paced evenly; a call costing more than that waits for a full bucket and leaves it in debt."""
 
-    def __init__(self, tpm: float) -> None:
+    def __init__(self, tpm: float, clock: BatchClock = _REAL_CLOCK) -> None:
         self.rate = tpm / 60.0
         self.capacity = max(self.rate, 1.0)
         self.level = self.capacity
-        self._stamp = time.monotonic()
+        self._clock = clock
+        self._stamp = clock.monotonic()
 
     def _refill(self) -> None:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         self.level = min(self.capacity, self.level + (now - self._stamp) * self.rate)
         self._stamp = now
 
@@ -212,7 +264,7 @@ class _TokenBucket:
             if self.level >= need:
                 self.level -= tokens
                 return
-            await asyncio.sleep((need - self.level) / self.rate)
+            await self._clock.sleep((need - self.level) / self.rate)
 
     def refund(self, tokens: float) -> None:
         """Give back the tokens of a call the provider refused (a refused call is not charged)."""
@@ -233,7 +285,8 @@ class _Window:
     not the item's).
     """
 
-    def __init__(self, high: int, adaptive: bool) -> None:
+    def __init__(self, high: int, adaptive: bool, clock: BatchClock = _REAL_CLOCK) -> None:
+        self._clock = clock
         self.high = high
         self.adaptive = adaptive
         self.limit = float(high)
@@ -278,15 +331,15 @@ class _Window:
 
     async def wait_gate(self) -> None:
         while True:
-            left = self.gate_until - time.monotonic()
+            left = self.gate_until - self._clock.monotonic()
             if left <= 0:
                 return
-            await asyncio.sleep(left)
+            await self._clock.sleep(left)
 
     def success(self, latency: float) -> None:
         if not self.adaptive:
             return
-        now = time.monotonic()
+        now = self._clock.monotonic()
         self._ok.append((now, latency))
         while self._ok and self._ok[0][0] < now - _RATE_WINDOW_S:
             self._ok.popleft()
@@ -299,14 +352,14 @@ class _Window:
         if len(self._ok) < 8:
             return None
         latency = sum(lat for _, lat in self._ok) / len(self._ok)
-        span = time.monotonic() - self._ok[0][0]
+        span = self._clock.monotonic() - self._ok[0][0]
         if span < max(2 * latency, 0.05):
             return None
         return len(self._ok) / span * latency
 
     def pushback(self, epoch: int, delay: float | None) -> None:
         if delay is not None:
-            self.gate_until = max(self.gate_until, time.monotonic() + delay)
+            self.gate_until = max(self.gate_until, self._clock.monotonic() + delay)
         if self.adaptive and epoch == self.epoch:
             seen = self.carried()
             if seen is None:
@@ -333,9 +386,9 @@ class _Once:
 
 _STACKED = (
     "With tether's retries ({retries}) on top, a rate-limited item gets up to {calls} calls that tether's "
-    "pacing cannot see. Build the client with max_retries=0 (or client = without_sdk_retries(client)) and let "
-    "run_batch retry; or pass retries=0 to leave retrying to the SDK."
+    "pacing cannot see. {fix} and let run_batch retry; or pass retries=0 to leave retrying to the SDK."
 )
+_OPENAI_FIX = "Build the client with max_retries=0 (or client = without_sdk_retries(client))"
 
 
 class _Threads:
@@ -372,6 +425,31 @@ class _Threads:
             self._jobs.put(None)
 
 
+class _Halted(Exception):
+    """Raised inside the batch when a used-up quota stopped it: the call about to start is not made."""
+
+
+async def _tick(bar: _Bar) -> None:
+    """Let the progress line count a refusal's wait down, once a second (real time: it only draws)."""
+    while True:
+        await asyncio.sleep(1.0)
+        bar.tick()
+
+
+def _quota_error(error: Exception, message: str, done: int, total: int) -> CheckpointError:
+    """The one sentence of a batch stopped by a used-up quota, and what to do."""
+    status = status_of(error)
+    said = f"{type_name(error)}{f' {status}' if status is not None else ''} insufficient_quota"
+    if message:
+        said += f": {message!r}"
+    return CheckpointError(
+        f"The provider refused a call because the account's quota is used up ({said}), which no wait can cure: "
+        f"the batch stopped, with {done} of {total} items done and kept in the journal.",
+        hint="Add credit or raise the usage limit of the API key's account (OpenAI: platform.openai.com, "
+        "Settings > Billing), then run the batch again: it resumes with the items not done.",
+    )
+
+
 def _being_cancelled() -> bool:
     """Whether someone asked to cancel the current task (Python 3.11+ can tell; before, False)."""
     task = asyncio.current_task()
@@ -392,18 +470,64 @@ def _settle(fut: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
         fut.set_exception(value)
 
 
-class _Bar:
-    """A progress bar on stderr: tqdm when it is importable, else a plain line at most every 2 s."""
+def _seconds_text(seconds: float) -> str:
+    """``"3 s"``, ``"0.5 s"``: a wait as the progress line says it."""
+    return f"{seconds:.0f} s" if seconds >= 0.95 else f"{max(seconds, 0.1):.1f} s"
 
-    def __init__(self, enabled: bool, name: str, total: int, initial: int) -> None:
+
+_TIMES = "\u00d7"  # the multiplication sign of "429 ×12"
+
+
+class _Refusals:
+    """What the provider refused since it last accepted a call: pushbacks by kind (``"429"``) and when the batch
+    asks again. Cleared by the next accepted call."""
+
+    def __init__(self) -> None:
+        self.by_kind: dict[str, int] = {}
+        self.until = 0.0
+
+    def refused(self, kind: str, until: float) -> None:
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+        self.until = max(self.until, until)
+
+    def accepted(self) -> bool:
+        """Clear; whether there was anything to clear."""
+        had = bool(self.by_kind)
+        self.by_kind = {}
+        self.until = 0.0
+        return had
+
+    def text(self, now: float) -> str | None:
+        """``"provider refusing: waiting 3 s (429 ×12)"`` while it refuses, else None."""
+        if not self.by_kind:
+            return None
+        left = self.until - now
+        wait = f"waiting {_seconds_text(left)}" if left > 0.05 else "asking again"
+        kinds = sorted(self.by_kind.items(), key=lambda kv: (-kv[1], kv[0]))
+        counts = ", ".join(f"{kind} {_TIMES}{n}" for kind, n in kinds)
+        return f"provider refusing: {wait} ({counts})"
+
+
+#: The tqdm bar while the provider refuses: no rate nor ETA (they would be frozen, not measured), the postfix says.
+_REFUSING_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+
+
+class _Bar:
+    """A progress bar on stderr: tqdm when it is importable, else a plain line at most every 2 s. While the provider
+    refuses every call, it says so (``provider refusing: waiting 3 s (429 ×12)``) in place of the rate and ETA,
+    until a call is accepted again."""
+
+    def __init__(self, enabled: bool, name: str, total: int, initial: int, clock: BatchClock = _REAL_CLOCK) -> None:
         self._enabled = enabled
         self._name = name
         self._total = total
         self._done = initial
         self._initial = initial
         self._failed = 0
-        self._start = time.monotonic()
-        self._last = 0.0
+        self._clock = clock
+        self._start = clock.monotonic()
+        self._last = -math.inf
+        self.refusals = _Refusals()
         self._tqdm: Any = None
         if not enabled:
             return
@@ -427,20 +551,58 @@ class _Bar:
             if ok:
                 self._tqdm.update(1)
             else:
-                self._tqdm.set_postfix(failed=self._failed)
+                self._show()
             return
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if now - self._last >= 2.0:
             self._line(now)
 
+    def refused(self, kind: str, until: float) -> None:
+        """The provider refused a call; the batch asks again at ``until`` (the clock's time) at the latest."""
+        first = not self.refusals.by_kind
+        self.refusals.refused(kind, until)
+        self._event(first)
+
+    def accepted(self) -> None:
+        """The provider accepted a call: the refusing line clears."""
+        if self.refusals.accepted():
+            self._event(True)
+
+    def tick(self) -> None:
+        """Once a second: while the provider refuses, the wait counts down (nothing else moves then)."""
+        if self.refusals.by_kind:
+            self._event(False)
+
+    def _event(self, force: bool) -> None:
+        if not self._enabled:
+            return
+        now = self._clock.monotonic()
+        if force or now - self._last >= (0.5 if self._tqdm is not None else 2.0):
+            if self._tqdm is not None:
+                self._last = now
+                self._show()
+            else:
+                self._line(now)
+
+    def _show(self) -> None:
+        refusing = self.refusals.text(self._clock.monotonic())
+        parts = [f"failed={self._failed}"] if self._failed else []
+        if refusing is not None:
+            parts.append(refusing)
+        self._tqdm.bar_format = _REFUSING_FORMAT if refusing is not None else None
+        self._tqdm.set_postfix_str(", ".join(parts))
+
     def _line(self, now: float) -> None:
         self._last = now
-        rate = (self._done - self._initial) / max(now - self._start, 1e-9)
-        left = self._total - self._done - self._failed
-        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
-        sys.stderr.write(
-            f"{self._name}: {self._done}/{self._total} done, {self._failed} failed, {rate:.1f}/s, eta {eta}\n"
-        )
+        refusing = self.refusals.text(now)
+        if refusing is not None:
+            pace = refusing
+        else:
+            rate = (self._done - self._initial) / max(now - self._start, 1e-9)
+            left = self._total - self._done - self._failed
+            eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+            pace = f"{rate:.1f}/s, eta {eta}"
+        sys.stderr.write(f"{self._name}: {self._done}/{self._total} done, {self._failed} failed, {pace}\n")
         sys.stderr.flush()
 
     def close(self) -> None:
@@ -449,7 +611,7 @@ class _Bar:
         if self._tqdm is not None:
             self._tqdm.close()
         else:
-            self._line(time.monotonic())
+            self._line(self._clock.monotonic())
 
 
 async def arun_batch(
@@ -477,11 +639,13 @@ async def arun_batch(
     allow_failures: bool = False,
     finalize: bool = True,
     checkpoint: Checkpoint | None = None,
+    clock: BatchClock | None = None,
 ) -> BatchSummary:
     """The coroutine behind :func:`run_batch` (same arguments), for callers already inside an event loop.
 
     On SIGINT/SIGTERM (when it can install handlers, i.e. in the main thread) it stops, closes the journal
-    and returns a summary whose ``interrupted`` is the signal number; it does not raise.
+    and returns a summary whose ``interrupted`` is the signal number; it does not raise. A used-up quota
+    (``insufficient_quota``) stops it too, and raises :class:`CheckpointError` once the journal is closed.
     """
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise CheckpointError(f"concurrency must be a whole number, at least 1 (got {concurrency!r}).")
@@ -497,6 +661,7 @@ async def arun_batch(
         )
     if not max_retry_after > 0:
         raise CheckpointError(f"max_retry_after must be positive (got {max_retry_after!r}).")
+    clk = clock if clock is not None else _REAL_CLOCK
     listed = list(items)
     t0 = time.monotonic()
     if checkpoint is not None:
@@ -513,11 +678,11 @@ async def arun_batch(
         ck = Checkpoint(results_dir, **options) if results_dir is not None else Checkpoint.from_env(**options)
     once = _Once()
     if retries > 0:
-        for client_name, sdk_retries in _retrying_clients(fn):
+        for client_name, sdk_retries, what, fix in _retrying_clients(fn):
             once.say(
                 "stacked",
-                f"The API client {client_name!r} retries by itself (max_retries={sdk_retries}). "
-                + _STACKED.format(retries=retries, calls=(sdk_retries + 1) * (retries + 1)),
+                f"The API client {client_name!r} retries by itself ({what}). "
+                + _STACKED.format(retries=retries, calls=(sdk_retries + 1) * (retries + 1), fix=fix),
             )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -544,10 +709,11 @@ async def arun_batch(
     threads = None if is_async else _Threads(min(concurrency, max(len(listed), 1)))
     counts = {"completed": 0, "failed": 0, "calls": 0, "pushbacks": 0}
     failed_by: dict[str, int] = {}
-    limiter = _RateLimiter(rpm)
-    bucket = _TokenBucket(float(tpm)) if tpm is not None else None
+    limiter = _RateLimiter(rpm, clk)
+    bucket = _TokenBucket(float(tpm), clk) if tpm is not None else None
     cost_of: Callable[[Any], float] = cost if cost is not None else _default_cost
-    window = _Window(concurrency, adaptive)
+    window = _Window(concurrency, adaptive, clk)
+    halted: list[tuple[Exception, str]] = []  # the first used-up-quota error (and its message): no more calls
     final_path: Path | None = None
     skipped = 0
 
@@ -569,7 +735,7 @@ async def arun_batch(
         with ck:
             todo = deque(ck.pending(listed, key=key))
             skipped = len(listed) - len(todo)
-            bar = _Bar(progress, name, len(listed), skipped)
+            bar = _Bar(progress, name, len(listed), skipped, clk)
 
             async def call(item: T) -> tuple[bool, Any]:
                 """(True, result) or (False, the Exception the item function raised)."""
@@ -602,13 +768,16 @@ async def arun_batch(
                     if bucket is not None:
                         await bucket.take(item_tokens)
                     await window.wait_gate()
+                    if halted:
+                        raise _Halted
                     epoch = window.epoch
                     counts["calls"] += 1
-                    began = time.monotonic()
+                    began = clk.monotonic()
                     ok, result = await call(item)
                     if not ok:  # judged by the caller: retried, or recorded as failed
                         return False, result, epoch
-                    window.success(time.monotonic() - began)
+                    window.success(clk.monotonic() - began)
+                    bar.accepted()
                     return True, result, epoch
                 finally:
                     window.release()
@@ -622,13 +791,21 @@ async def arun_batch(
                 failed_by[kind] = failed_by.get(kind, 0) + 1
 
             async def worker() -> None:
-                while todo and not stop.is_set():
+                while todo and not stop.is_set() and not halted:
                     item = todo.popleft()
                     item_id: ItemId = key(item) if key is not None else item  # type: ignore[assignment]
                     item_tokens = tokens(item) if bucket is not None else 0.0
                     attempt = made = free = 0
+                    last: Exception | None = None
                     while True:
-                        ok, value, epoch = await attempt_once(item, item_tokens)
+                        try:
+                            ok, value, epoch = await attempt_once(item, item_tokens)
+                        except _Halted:  # the quota is used up: a retry is not made, a first call not at all
+                            if last is None:
+                                return  # never called: still pending, for the next run
+                            fail(item_id, last, made)
+                            ok = False
+                            break
                         made += 1
                         if ok:
                             try:
@@ -638,11 +815,19 @@ async def arun_batch(
                                 ok = False
                             break
                         error: Exception = value
+                        last = error
+                        quota = quota_exhausted(error)
+                        if quota is not None:  # no wait can cure it: this item fails, no other item is called
+                            fail(item_id, error, made)
+                            if not halted:
+                                halted.append((error, quota))
+                            break
                         delay, why = _bounded_retry_after(error, max_retry_after)
                         if why is not None:
                             once.say("retry-after", why)
                         stale = False
-                        if isinstance(error, RetryAfter) or is_pushback(error):
+                        pushback = isinstance(error, RetryAfter) or is_pushback(error)
+                        if pushback:
                             counts["pushbacks"] += 1
                             # A pushback of a call started before the window last shrank is the batch's own
                             # overshoot, not the item's bad luck: it does not use up a retry (a few at most).
@@ -652,18 +837,29 @@ async def arun_batch(
                                 bucket.refund(item_tokens)
                         taken = sdk_retries_taken(error) if retries > 0 else None
                         if taken:
-                            stacked = _STACKED.format(retries=retries, calls=(taken + 1) * (retries + 1))
+                            stacked = _STACKED.format(
+                                retries=retries, calls=(taken + 1) * (retries + 1), fix=_OPENAI_FIX
+                            )
                             once.say(
                                 "stacked",
                                 f"The API client retried this call {taken} times by itself before raising "
                                 f"{type_name(error)}. {stacked}",
                             )
-                        if (stale or attempt < retries) and retryable(error):
+                        again = (stale or attempt < retries) and retryable(error)
+                        wait = 0.0
+                        if again:
                             if delay is not None:
                                 wait = jitter_up(delay)
                             else:
                                 wait = backoff_delay(error, attempt, backoff, max_backoff, max_retry_after)
-                            await asyncio.sleep(wait)
+                        if pushback:
+                            kind = failure_kind(status_of(error), type_name(error), "")
+                            bar.refused(kind, max(window.gate_until, clk.monotonic() + wait))
+                        if again:
+                            await clk.sleep(wait)
+                            if halted:
+                                fail(item_id, error, made)
+                                break
                             if stale:
                                 free += 1
                             else:
@@ -676,6 +872,7 @@ async def arun_batch(
 
             tasks = {asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(todo)))}
             stopper = asyncio.ensure_future(stop.wait())
+            ticker = asyncio.ensure_future(_tick(bar)) if progress else None
             try:
                 running = set(tasks)
                 while running and not stop.is_set():
@@ -690,8 +887,13 @@ async def arun_batch(
                 stopper.cancel()
                 for task in tasks:
                     task.cancel()
+                if ticker is not None:
+                    ticker.cancel()
+                    tasks.add(ticker)
                 await asyncio.gather(stopper, *tasks, return_exceptions=True)
                 bar.close()
+            if halted and not caught:
+                raise _quota_error(halted[0][0], halted[0][1], ck.completed, len(listed))
             if not caught and finalize:
                 if ck.already_finalized:
                     final_path = ck.final_path
@@ -735,20 +937,24 @@ def run_batch(
     ``concurrency``), ``rpm`` (None: call starts per minute, retries included), ``tpm`` (None: tokens per
     minute, each call costing ``cost(item)`` tokens, by default the item's text length / 4), ``retries`` (3)
     of what can succeed (rate limits, overload, 5xx, timeouts, connection errors; not 400/401/403/404 nor a
-    programming error such as KeyError), waiting the error's Retry-After (at most ``max_retry_after``, 120 s)
-    or an exponential ``backoff`` (1.0 s, doubled per retry, capped at ``max_backoff`` 60 s, with jitter);
+    programming error such as KeyError), waiting the error's Retry-After or the delay of its body's
+    ``RetryInfo`` (Google; at most ``max_retry_after``, 120 s) or an exponential ``backoff`` (1.0 s, doubled
+    per retry, capped at ``max_backoff`` 60 s, with jitter);
     ``retry_on`` (exception types to retry instead of that judgment; others fail at once), ``progress`` (True:
     a bar on stderr), ``interval``/``interval_seconds`` (fsync knobs), ``allow_config_change``,
     ``allow_failures`` (finalize even if items failed), ``finalize`` (True), ``checkpoint`` (use this
-    Checkpoint instead). ``results_dir`` defaults to ``$TETHER_RESULTS_DIR``.
+    Checkpoint instead), ``clock`` (a :class:`BatchClock`: where every wait goes). ``results_dir`` defaults to
+    ``$TETHER_RESULTS_DIR``.
 
-    Build API clients with their own retries off (``max_retries=0``, or :func:`without_sdk_retries`): SDK
-    retries under tether's multiply the calls and hide them from the pacing (a warning says so once).
+    Build API clients with their own retries off (``max_retries=0``, or :func:`without_sdk_retries`; google-genai:
+    no ``HttpRetryOptions``, or ``attempts=1``): SDK retries under tether's multiply the calls and hide them from
+    the pacing (a warning says so once).
 
     Finalizes (writes ``<name>.json``) when every item succeeded. Failed items are journaled (error type, HTTP
-    status, request id) and retried by the next call. On Ctrl-C or SIGTERM it stops starting items, abandons
-    those in flight (not recorded), closes the journal and raises ``KeyboardInterrupt`` (SIGINT) or
-    ``SystemExit(128 + signal)`` (SIGTERM).
+    status, request id) and retried by the next call. A used-up quota (OpenAI's ``insufficient_quota``) stops
+    the batch at once (no retry, no new call) and raises :class:`CheckpointError` saying what to do. On Ctrl-C
+    or SIGTERM it stops starting items, abandons those in flight (not recorded), closes the journal and raises
+    ``KeyboardInterrupt`` (SIGINT) or ``SystemExit(128 + signal)`` (SIGTERM).
     """
     summary = asyncio.run(arun_batch(fn, items, results_dir, **options))
     if summary.interrupted is not None:

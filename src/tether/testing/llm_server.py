@@ -5,7 +5,10 @@ It rate-limits like a provider: a token bucket of ``rps`` requests a second and 
 ``x-ratelimit-*`` headers beyond them; a share ``error_rate`` of the admitted requests is answered 500; an
 admitted request takes ``latency_s`` plus ``per_token_s`` per completion token. ``always=(status, headers)``
 answers every request with that status instead (e.g. ``(429, {"retry-after": "0"})`` or ``(401, {})``), and
-``script=[(status, headers), ...]`` answers the first requests so.
+``script=[(status, headers), ...]`` answers the first requests so (a 200 there is an ordinary answer). Either
+takes a third element, the JSON body to answer with, such as a provider's own error bodies:
+:func:`google_retry_body` (the Gemini API's 429 with a ``google.rpc.RetryInfo`` delay and no header) and
+:func:`openai_quota_body` (OpenAI's 429 ``insufficient_quota``).
 Every answer carries an ``x-request-id``. ``stats()`` counts requests by status and keeps their arrival times.
 
 In a process of its own: ``python -m tether.testing.llm_server [--rps R] [--tpm T] [--error-rate E]
@@ -22,6 +25,7 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -71,16 +75,17 @@ class FakeLLMServer:
         error_rate: float = 0.0,
         latency_s: float = 0.0,
         per_token_s: float = 0.0,
-        always: tuple[int, dict[str, str]] | None = None,
-        script: list[tuple[int, dict[str, str]]] | None = None,
+        always: Sequence[Any] | None = None,
+        script: Sequence[Sequence[Any]] | None = None,
         seed: int = 0,
     ) -> None:
         """Set the knobs and start afresh (full buckets, zero counts). ``script`` answers the first requests with
-        those statuses and headers, in order, before the usual behaviour."""
+        those statuses and headers (and JSON bodies, when given), in order, before the usual behaviour."""
         with self._lock:
-            self.script = [(int(st), dict(h)) for st, h in (script or [])]
+            self.script = [_answer(one) for one in (script or [])]
             self.rps, self.tpm, self.error_rate = rps, tpm, error_rate
-            self.latency_s, self.per_token_s, self.always = latency_s, per_token_s, always
+            self.latency_s, self.per_token_s = latency_s, per_token_s
+            self.always = _answer(always) if always is not None else None
             self._req_bucket = _Bucket(rps, burst_s) if rps else None
             self._tok_bucket = _Bucket(tpm / 60.0, burst_s) if tpm else None
             self._rng = random.Random(seed)
@@ -131,11 +136,12 @@ class FakeLLMServer:
             rid = f"req_{self._n:06d}"
             self._arrivals.append(time.monotonic())
             headers = {"x-request-id": rid}
-            if self.script or self.always is not None:
-                status, extra = self.script.pop(0) if self.script else self.always  # type: ignore[misc]
+            answer = self.script.pop(0) if self.script else self.always
+            if answer is not None and answer[0] != 200:
+                status, extra, doc = answer
                 headers.update(extra)
                 self._count(status)
-                return status, headers, _error_doc(status), 0.0
+                return status, headers, doc if doc is not None else _error_doc(status), 0.0
             wait = self._req_bucket.take(1) if self._req_bucket else 0.0
             kind = "requests"
             if not wait and self._tok_bucket is not None:
@@ -187,6 +193,62 @@ _MESSAGES = {
     500: ("server_error", "The server had an error while processing your request."),
     503: ("server_error", "The engine is currently overloaded."),
 }
+
+
+def _answer(one: Sequence[Any]) -> tuple[int, dict[str, str], Any]:
+    """``(status, headers)`` or ``(status, headers, body)`` as ``(status, headers, body or None)``."""
+    status, headers = one[0], one[1]
+    return int(status), {str(k): str(v) for k, v in dict(headers).items()}, one[2] if len(one) > 2 else None
+
+
+def google_retry_body(delay: str = "3s", model: str = "gemini-2.0-flash") -> dict[str, Any]:
+    """The Gemini API's answer to a request over a per-minute quota, as it sends it (with HTTP 429 and no
+    Retry-After header): ``RESOURCE_EXHAUSTED``, the quota that was exceeded, a help link, and the delay to wait
+    as a ``google.rpc.RetryInfo`` detail (``retryDelay``, a protobuf Duration such as ``"3s"`` or ``"0.5s"``)."""
+    return {
+        "error": {
+            "code": 429,
+            "message": "You exceeded your current quota, please check your plan and billing details. For more "
+            "information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.",
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [
+                        {
+                            "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                            "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                            "quotaDimensions": {"location": "global", "model": model},
+                            "quotaValue": "15",
+                        }
+                    ],
+                },
+                {
+                    "@type": "type.googleapis.com/google.rpc.Help",
+                    "links": [
+                        {
+                            "description": "Learn more about Gemini API quotas",
+                            "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                        }
+                    ],
+                },
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay},
+            ],
+        }
+    }
+
+
+def openai_quota_body() -> dict[str, Any]:
+    """OpenAI's answer (with HTTP 429) when the account's credit or spending limit is used up: waiting cannot help."""
+    return {
+        "error": {
+            "message": "You exceeded your current quota, please check your plan and billing details. For more "
+            "information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.",
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+        }
+    }
 
 
 def _error_doc(status: int, kind: str = "requests") -> dict[str, Any]:
