@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from tether.agents import SUBCOMMANDS, call, registry_argv
-from tether.cli.common import duration, emit_json, load_project, new_table, out, say, state
+from tether.cli.common import duration, emit_json, load_project, new_table, out, say, state, status_text
 from tether.errors import NoRoom, RegistryError, TetherError
 from tether.hosts import LOCAL, resolve
 from tether.server.registry import parse_iso
@@ -133,7 +133,7 @@ def _render_list(host: str, doc: dict[str, Any]) -> None:
                 str(e.get("id")),
                 str(e.get("experiment")),
                 _gb(e.get("gpu_gb")),
-                str(e.get("status")),
+                status_text(str(e.get("status"))),
                 "yes" if e.get("live") else "no",
                 ",".join(str(g) for g in e.get("gpus") or []) or "-",
                 str(e.get("queue_position") or "-"),

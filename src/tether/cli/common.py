@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
+    from tether.managed.views import ManagedView
     from tether.state import State
 
 
@@ -143,21 +144,50 @@ def styled(text: str, style: str) -> Text:
     return Text(text, style=style)
 
 
-STATUS_STYLE = {
-    "running": "green",
-    "starting": "green",
-    "completed": "cyan",
-    "failed": "red",
-    "dead": "red",
-    "broken": "red",
-    "refused": "yellow",
-    "cancelled": "yellow",
-    "preempted": "yellow",
+#: The one colour mapping of every state a human table shows, by what the state means: it runs, it is on its way
+#: (or waits its turn), it ended well, it was halted on purpose, it waits on someone else, it went wrong, it is gone.
+#: It covers run statuses (tether.vocab), server states (providers.base.STATE_MEANINGS), managed run and shard
+#: statuses, agent entries and machine outcomes; a test keeps it complete. A state not listed is shown plain.
+_STATES_BY_STYLE: dict[str, tuple[str, ...]] = {
+    "green": ("running",),
+    "cyan": (
+        "starting",
+        "pending",
+        "provisioning",
+        "creating",
+        "loading",
+        "rebooting",
+        "restarting",
+        "retiring",
+        "finishing",
+        "releasing",
+        "queued",
+    ),
+    "blue": ("completed", "passed"),
+    "yellow": ("stopped", "paused", "cancelled", "frozen"),
+    "magenta": ("preempted", "refused", "unready", "unknown"),
+    "bold red": ("failed", "dead", "broken", "exited", "lost", "vanished", "unreachable"),
+    "dim": ("gone",),
 }
+STATUS_STYLE: dict[str, str] = {state: style for style, states in _STATES_BY_STYLE.items() for state in states}
 
 
-def status_text(status: str) -> Text:
-    return styled(status, STATUS_STYLE.get(status, "white"))
+def status_text(status: str, note: str = "") -> Text:
+    """A table cell: ``status`` in its style (:data:`STATUS_STYLE`), then ``note`` (e.g. " (3m ago)") plain; rich
+    drops the colour when stdout is not a terminal or NO_COLOR is set."""
+    from rich.text import Text
+
+    return Text.assemble((status, STATUS_STYLE.get(status, "")), note)
+
+
+def managed_line(view: ManagedView) -> Text:
+    """``managed `` and the managed run's one line, its status and each shard's in their style."""
+    import re
+
+    text = styled("managed " + view.line(), "")
+    for found in re.finditer(r"(?:^managed \S+|· s\d+) ([a-z]+)", text.plain):
+        text.stylize(STATUS_STYLE.get(found.group(1), ""), *found.span(1))
+    return text
 
 
 def warn(message: str) -> None:
@@ -174,9 +204,11 @@ __all__ = [
     "err",
     "json_option",
     "load_project",
+    "managed_line",
     "new_table",
     "out",
     "say",
+    "status_text",
     "styled",
     "warn",
 ]

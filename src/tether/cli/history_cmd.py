@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from tether import history
-from tether.cli.common import emit_json, json_option, load_project, new_table, out, say, state
+from tether.cli.common import emit_json, json_option, load_project, new_table, out, say, state, status_text
 from tether.fmt import duration, iso
 
 
@@ -58,7 +58,7 @@ def runs_history(ctx: click.Context, experiment: str | None, every_project: bool
         table.add_row(
             r["id"],
             r["host"],
-            r["status"],
+            status_text(r["status"]),
             done,
             str(r["failed"] if r["failed"] is not None else "-"),
             iso(r["started"]),

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from tether import machines
-from tether.cli.common import context, emit_json, json_option, new_table, out, say
+from tether.cli.common import context, emit_json, json_option, new_table, out, say, status_text
 from tether.errors import ConfigError
 from tether.fmt import iso
 
@@ -41,7 +41,7 @@ def machines_cmd(ctx: click.Context, as_json: bool) -> None:
             str(r["machine_id"]),
             str(r["rentals"]),
             str(r["passed"]),
-            r["last_outcome"],
+            status_text(r["last_outcome"]),
             "-" if r["ready_minutes"] is None else f"{r['ready_minutes']:.1f}",
             iso(r["avoided_until"]) if r["avoided_until"] else "-",
             r["why"] or "-",

@@ -11,13 +11,16 @@ import importlib
 import os
 import sys
 import time
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from tether import __version__
 from tether.errors import EXIT_FAILED, TetherError
 from tether.fmt import did_you_mean
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
 
 #: Every subcommand: its name -> (module under tether.cli, the click command's attribute there).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -113,8 +116,28 @@ class LazyGroup(click.Group):
         module, attr = COMMANDS[cmd_name]
         command = getattr(importlib.import_module(f"tether.cli.{module}"), attr)
         assert isinstance(command, click.Command)
+        from tether.cli import examples
+
+        examples.attach(command, f"tether {cmd_name}")
         self.commands[cmd_name] = command
         return command
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """`tether --help` ends with examples too (tether.cli.examples; no command module imported)."""
+        from tether.cli import examples
+
+        self.epilog = self.epilog or examples.epilog("tether")
+        super().format_epilog(ctx, formatter)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
+        """Shell completion of command names with their summaries (:data:`SUMMARIES`: no command module imported),
+        then of the group's options."""
+        from click.shell_completion import CompletionItem
+
+        names = [n for n in self.list_commands(ctx) if n.startswith(incomplete)]
+        return [CompletionItem(n, help=SUMMARIES.get(n)) for n in names] + click.Command.shell_complete(
+            self, ctx, incomplete
+        )
 
     def resolve_command(
         self, ctx: click.Context, args: list[str]
@@ -122,6 +145,8 @@ class LazyGroup(click.Group):
         """An unknown command is a usage error that names the close ones (`tether prgress`: did you mean
         'progress'?)."""
         name = args[0] if args else ""
+        if ctx.resilient_parsing:  # shell completion: a word being typed is not an error to print
+            return super().resolve_command(ctx, args)
         if name and not name.startswith("-") and self.get_command(ctx, name) is None:
             ctx.fail(f"No such command {name!r}.{did_you_mean(name, self.list_commands(ctx))}")
         return super().resolve_command(ctx, args)

@@ -17,6 +17,7 @@ from tether.cli.common import (
     emit_json,
     json_option,
     load_project,
+    managed_line,
     new_table,
     out,
     parse_every,
@@ -126,7 +127,7 @@ def cost_cmd(ctx: click.Context, since: str | None, no_refresh: bool, as_json: b
     for c in led.by_instance.values():
         table.add_row(
             c.name,
-            c.state,
+            status_text(c.state),
             f"{c.burn_dph:.4f}",
             f"{c.running_hours:.2f}",
             f"{c.billed_idle_hours:.2f}",
@@ -216,7 +217,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         for s in rep.servers:
             table.add_row(
                 s.name,
-                f"{s.state} ({duration(now - s.since)} ago)" if s.state in ("preempted", "queued") else s.state,
+                status_text(s.state, f" ({duration(now - s.since)} ago)" if s.state in ("preempted", "queued") else ""),
                 f"{(s.dph_now or 0):.4f}",
                 duration(s.uptime_s),
                 f"${s.accrued_usd:.2f}",
@@ -243,7 +244,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
             )
         out.print(table)
     for view in rep.managed:
-        out.print("managed " + view.line())
+        out.print(managed_line(view))
     for host, adoc in rep.agents.items():
         for e in agents.live_entries(adoc):
             out.print(

@@ -17,6 +17,7 @@ from tether.cli.common import (
     emit_json,
     err,
     json_option,
+    managed_line,
     new_table,
     out,
     parse_every,
@@ -309,7 +310,7 @@ def progress(ctx: click.Context, host: str | None, local: bool, as_json: bool) -
         emit_json({"hosts": [d.to_json() for d in docs], "managed": [v.to_json() for v in managed_views]})
         return
     for view in managed_views:
-        out.print("managed " + view.line())
+        out.print(managed_line(view))
     table = new_table()
     for col in ("host", "run", "state", "progress", "done", "failed", "rate", "ETA"):
         table.add_column(col, justify="right" if col in ("done", "failed", "rate", "ETA") else "left")
@@ -317,7 +318,7 @@ def progress(ctx: click.Context, host: str | None, local: bool, as_json: bool) -
         if hd.server_state:
             table.add_row(hd.host, "-", status_text(hd.server_state), hd.error or "", "", "", "", "")
         elif hd.error:
-            table.add_row(hd.host, "-", styled("unreachable", "red"), hd.error, "", "", "", "")
+            table.add_row(hd.host, "-", status_text("unreachable"), hd.error, "", "", "", "")
         for r in hd.runs:
             table.add_row(
                 hd.host,

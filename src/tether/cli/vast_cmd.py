@@ -9,7 +9,19 @@ import click
 
 from tether import autopilot, machines, rentals, watchdogs
 from tether import status as status_core
-from tether.cli.common import context, duration, emit_json, json_option, load_project, new_table, out, say, state, warn
+from tether.cli.common import (
+    context,
+    duration,
+    emit_json,
+    json_option,
+    load_project,
+    new_table,
+    out,
+    say,
+    state,
+    status_text,
+    warn,
+)
 from tether.cost import rate_kind
 from tether.errors import ConfigError
 from tether.fmt import iso
@@ -162,9 +174,8 @@ def ls_cmd(ctx: click.Context, refresh: bool, as_json: bool) -> None:
         table.add_column(col)
     for row in rows:
         gpu = f"{row['num_gpus']}x {row['gpu_name']}" if row.get("num_gpus") else "-"
-        state_cell = row["state"]
-        if row["state"] in ("preempted", "queued", "frozen", "exited", "unknown"):
-            state_cell += f" ({duration(now - row['since'])} ago)"
+        since = row["state"] in ("preempted", "queued", "frozen", "exited", "unknown")
+        state_cell = status_text(row["state"], f" ({duration(now - row['since'])} ago)" if since else "")
         price = f"{(row['hourly_now'] or 0):.4f}"
         if row["bid_usd"] is not None:
             price += f" (bid {row['bid_usd']:.4f})"
