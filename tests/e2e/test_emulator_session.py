@@ -108,11 +108,10 @@ class Emulator:
         )
         assert self.proc.stdout is not None
         self.info = json.loads(self.proc.stdout.readline())
-        exports = dict(
-            re.fullmatch(r"export (\w+)=(.*)", line).groups()  # type: ignore[union-attr]
-            for line in env_file.read_text().splitlines()
-        )
-        self.env = {k: v.strip("'") for k, v in exports.items()}
+        self.env: dict[str, str] = {}
+        for line in env_file.read_text().splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            self.env[name] = value.strip("'")
         assert self.env["VAST_URL"] == self.info["url"] and self.env[REMOTE_ROOT_ENV] == self.info["remote_root"]
         public = key.with_name(key.name + ".pub").read_text().strip()
         answer = httpx.post(
