@@ -312,11 +312,13 @@ def claim_root(ctx: Ctx, target: Target) -> None:
     }
     other = root_taken_by(found, mine, live)
     if other is not None:
+        from tether.config_models import REMOTE_ROOT_ENV
+
         raise PolicyRefusal(
             f"{target.name}'s workspace {target.root} is already {other}'s, which is still rented: the two servers "
-            f"are one folder (as every instance of the Vast emulator is, unless each has its own root), so their "
-            f"runs and results would mix; nothing was set up on {target.name}.",
-            "Give each rental its own root (export the TETHER_VAST_REMOTE_ROOT the emulator's --env-file writes, "
+            "share one folder (as the Vast emulator's instances do unless each is given its own), so their runs and "
+            f"results would mix; nothing was set up on {target.name}.",
+            f"Give each rental its own root (export the {REMOTE_ROOT_ENV} that the emulator's --env-file writes, "
             f'or [vast] remote_root with "{{instance_id}}"), then `tether destroy {target.name}` and `tether up '
             f"{target.name}` again.",
         )
