@@ -109,9 +109,10 @@ class Project:
             from tether import config_models
 
             if self.path is None:
-                self._config = config_models.defaults(folder_name(self.root))
+                config = config_models.defaults(folder_name(self.root))
             else:
-                self._config = config_models.validate(self.path)
+                config = config_models.validate(self.path)
+            self._config = config_models.with_environment(config)
         return self._config
 
     @property

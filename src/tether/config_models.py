@@ -8,6 +8,7 @@ model, so ``from tether.config import PolicyConfig`` keeps working.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import tomllib
@@ -322,6 +323,25 @@ def _problems(config_path: Path, text: str, exc: ValidationError) -> list[tuple[
         found[loc] = (line or 0, f"{config_path}:{line}" if line else str(config_path), f"{key}: {message}", hint)
     ordered = sorted(found.values(), key=lambda p: p[0])
     return [(where, message, hint) for _, where, message, hint in ordered]
+
+
+#: Overrides ``[vast] remote_root`` (same ``{instance_id}`` template): where a rented server's workspace is, for this
+#: shell. The Vast emulator writes it (every emulated instance is a folder of this machine, not its ``/workspace``).
+REMOTE_ROOT_ENV = "TETHER_VAST_REMOTE_ROOT"
+
+
+def with_environment(config: TetherConfig) -> TetherConfig:
+    """``config`` with what the environment overrides: ``TETHER_VAST_REMOTE_ROOT`` (an absolute path) replaces
+    ``[vast] remote_root``. ConfigError for a value that is not an absolute path."""
+    root = os.environ.get(REMOTE_ROOT_ENV, "")
+    if not root:
+        return config
+    if not root.startswith("/"):
+        raise ConfigError(
+            f"{REMOTE_ROOT_ENV} must be an absolute path on the server (it is {root!r}).",
+            'Set it like [vast] remote_root, e.g. "/workspace", or unset it.',
+        )
+    return config.model_copy(update={"vast": config.vast.model_copy(update={"remote_root": root})})
 
 
 def defaults(name: str) -> TetherConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -22,7 +23,8 @@ import tether
 from tether import setup_script, vocab, watchdogs
 from tether.config import Project
 from tether.context import Ctx
-from tether.errors import CommandFailed, ConfigError, NoCapacity, RemoteError, SyncError
+from tether.cost import FREE_STATES
+from tether.errors import CommandFailed, ConfigError, NoCapacity, PolicyRefusal, RemoteError, SyncError
 from tether.hosts import Target, remote_server_argv
 from tether.ledger import Budget
 from tether.machines import Outcome
@@ -279,12 +281,60 @@ def push_code(ctx: Ctx, target: Target) -> dict[str, Any]:
     return {"files": stats.files_transferred, "bytes": stats.bytes_transferred, "total": stats.total_size}
 
 
+def root_taken_by(found: Any, mine: tuple[str, str], live: dict[tuple[str, str], str]) -> str | None:
+    """Whose root a rented server's root is (pure): the name of another rental this machine holds, alive, that
+    ``found`` (the root's :data:`~tether.vocab.RENTAL_FILE`, parsed) names; None when the root is free, this
+    rental's own, or left by a rental that is gone (a reused disk)."""
+    if not isinstance(found, dict):
+        return None
+    owner = (str(found.get("provider")), str(found.get("instance_id")))
+    return None if owner == mine else live.get(owner)
+
+
+def claim_root(ctx: Ctx, target: Target) -> None:
+    """Make a rented server's root this rental's before anything is installed there: two rentals must never
+    share one folder (their runs, results and watchdog keys would mix; emulated instances on one machine do
+    unless each has its own root). PolicyRefusal when another live rental's mark is there."""
+    rec = ctx.state.instance(target.name)
+    if rec is None or rec.instance_id is None:
+        return
+    mark = f"{target.root.rstrip('/')}/{vocab.RENTAL_FILE}"
+    seen = target.transport.run(["cat", mark], check=False)
+    try:
+        found = json.loads(seen.text()) if seen.ok else None
+    except ValueError:
+        found = None
+    mine = (rec.provider, str(rec.instance_id))
+    live = {
+        (r.provider, str(r.instance_id)): r.name
+        for r in ctx.state.instances()
+        if r.instance_id is not None and r.state not in FREE_STATES and r.name != rec.name
+    }
+    other = root_taken_by(found, mine, live)
+    if other is not None:
+        from tether.config_models import REMOTE_ROOT_ENV
+
+        raise PolicyRefusal(
+            f"{target.name}'s workspace {target.root} is already {other}'s, which is still rented: the two servers "
+            "share one folder (as the Vast emulator's instances do unless each is given its own), so their runs and "
+            f"results would mix; nothing was set up on {target.name}.",
+            f"Give each rental its own root (export the {REMOTE_ROOT_ENV} that the emulator's --env-file writes, "
+            f'or [vast] remote_root with "{{instance_id}}"), then `tether destroy {target.name}` and `tether up '
+            f"{target.name}` again.",
+        )
+    if found != {"provider": mine[0], "instance_id": mine[1], "name": target.name}:
+        doc = {"provider": mine[0], "instance_id": mine[1], "name": target.name}
+        target.transport.put_bytes(json.dumps(doc).encode(), mark, 0o644)
+
+
 def up(ctx: Ctx, target: Target, *, env: bool = True) -> dict[str, Any]:
     """Everything a server needs before runs: setup.sh, tether's server side, the code, the .env."""
     project, state = ctx.project, ctx.state
     if env:
         env_source(project)  # a missing named env file is refused before anything changes on the server
     t0 = time.monotonic()
+    if target.rented:
+        claim_root(ctx, target)
     python, executable = check_python(target)
     if not target.local:
         state.set_host_facts(target.name, python=executable)

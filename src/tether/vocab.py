@@ -77,6 +77,8 @@ TETHER_DIR = ".tether"
 RUNS_DIR = TETHER_DIR + "/runs"
 LIB_DIR = TETHER_DIR + "/lib"
 SETUP_SCRIPT = TETHER_DIR + "/setup.sh"
+RENTAL_FILE = TETHER_DIR + "/rental.json"
+"""Which rental a rented server's root belongs to (``{"provider", "instance_id", "name"}``), written by `tether up`."""
 AGENT_STATUS = "AGENT_STATUS.json"
 SETUP_LOG = "SETUP_LOG.txt"
 #: In the login user's home on a Vast.ai instance: its presence stops the image's auto-tmux on SSH login.

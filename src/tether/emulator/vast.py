@@ -4,7 +4,9 @@ Run it on its own::
 
     python -m tether.emulator --port 8765 --offers offers.json --loading-seconds 3
 
-then point tether at it with ``VAST_URL=http://127.0.0.1:8765`` and ``VAST_API_KEY=<the key it prints>``.
+then point tether at it with ``VAST_URL=http://127.0.0.1:8765``, ``VAST_API_KEY=<the key it prints>`` and
+``TETHER_VAST_REMOTE_ROOT=<the remote_root it prints>`` (each instance's own folder: every instance logs in as the
+same user on this machine, where one ``/workspace`` would be shared by all); ``--env-file PATH`` writes the three.
 In tests, use the ``vast_emulator`` fixture (``tests/integration/vast/conftest.py``) or build one::
 
     emu = VastEmulator(load_offer_book(), loading_s=30, host_factory=sshd_host_factory(tmp_path))

@@ -20,6 +20,7 @@ def test_emulator_runs_standalone_and_serves_searches() -> None:
     try:
         assert proc.stdout is not None
         info = json.loads(proc.stdout.readline())
+        assert "remote_root" not in info  # no sshd hosts: no workspace to point at
         p = VastProvider(VastClient(info["api_key"], info["url"]))
         offers = p.search(OfferQuery("gpu_ram>=24 reliability>0.95 num_gpus=1", disk_gb=60))
         assert offers and all(o.gpu_ram_gb >= 24 for o in offers)
@@ -31,5 +32,5 @@ def test_emulator_runs_standalone_and_serves_searches() -> None:
         p.close()
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        proc.communicate(timeout=10)
     assert proc.returncode == 0
