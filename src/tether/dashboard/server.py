@@ -98,7 +98,7 @@ class Poller:
                     self._full_at = time.monotonic()
                     doc = build(ctx, self.cache)
                 elif depth == "runs":
-                    doc = refresh(ctx, self.snapshot, self.cache)
+                    doc = refresh(ctx, self.snapshot, self.cache, every_s=self.poll_s)
                 else:
                     doc = refresh_local(ctx, self.snapshot, self.cache)
                 doc.pop("error", None)

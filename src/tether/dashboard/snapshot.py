@@ -4,11 +4,14 @@ Two depths, so that the page follows changes within seconds at the price of ``te
 
 - :func:`build`, the whole observation: the same core function as ``tether status`` (:func:`tether.status.report`:
   the provider's states and prices, one progress scan per host (the ones ``tether progress`` makes:
-  :func:`tether.runs.observe`), the agent registries, what is not home yet), with the registries read beside the
-  scans (one thread per host) instead of after them;
+  :func:`tether.runs.observe`), the agent registries, what is not home yet);
 - :func:`refresh`, what changes from second to second: one progress scan per host (exactly what ``tether progress``
   does: :func:`tether.runs.progress`) and what local state says (managed runs, money, the chart), laid over the
-  last whole observation (its servers, GPUs and warnings).
+  last whole observation (its servers and warnings).
+
+A server's agent registry is a second round trip: it is read beside the scans (a thread per server), and each at
+most every :data:`REGISTRY_S`, a few servers per update (the :class:`Cache` keeps the listings between), so no
+observation reads them all at once once the first has.
 
 Then what a page needs: runs grouped by experiment, money per day and week, the budget lines, and points of cost
 over time: one per observation of an instance in the ledger (the latest :data:`HISTORY_POINTS`) and one for now, so
@@ -18,6 +21,7 @@ does: a :class:`Cache` keeps them between observations.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,15 +38,51 @@ from tether.state import RunRecord
 
 #: How many observations of the ledger the chart shows at most (the latest ones).
 HISTORY_POINTS = 200
+#: How old a server's agent registry (its GPUs' reservations) may grow on the page: each is read again after this,
+#: a few servers per update, beside that update's scans.
+REGISTRY_S = 30.0
+
+Listing = dict[str, Any] | TetherError
 
 
 @dataclass
 class Cache:
-    """What one observation keeps for the next: the chart's points before now, and the ledger they were made of
-    (its size and ends: the points are made again only when it changed)."""
+    """What one observation keeps for the next: the chart's points before now and the ledger they were made of
+    (its size and ends: the points are made again only when it changed), and each server's agent registry listing
+    (or why it could not be read) with when it was read (monotonic seconds)."""
 
     key: tuple[Any, ...] | None = None
     points: list[dict[str, Any]] = field(default_factory=list)
+    listings: dict[str, tuple[float, Listing]] = field(default_factory=dict)
+
+
+def _read_listing(target: Target) -> Listing:
+    try:
+        return agents.listing(target)
+    except TetherError as exc:
+        return exc
+
+
+def _read_registries(
+    pool: ThreadPoolExecutor, targets: Sequence[Target], cache: Cache, limit: int, older_than: float = REGISTRY_S
+) -> dict[str, Future[Listing]]:
+    """Start reading (in ``pool``) the registries never read, then the oldest ones read ``older_than`` seconds
+    ago or more, at most ``limit`` of the latter."""
+    now = time.monotonic()
+    never = [t for t in targets if t.name not in cache.listings]
+    stale = sorted(
+        (t for t in targets if t.name in cache.listings and now - cache.listings[t.name][0] >= older_than),
+        key=lambda t: cache.listings[t.name][0],
+    )
+    return {t.name: pool.submit(_read_listing, t) for t in [*never, *stale[: max(0, limit)]]}
+
+
+def _store(cache: Cache, reading: Mapping[str, Future[Listing]], targets: Sequence[Target]) -> None:
+    for name, future in reading.items():
+        cache.listings[name] = (time.monotonic(), future.result())
+    wanted = {t.name for t in targets}
+    for name in [n for n in cache.listings if n not in wanted]:
+        del cache.listings[name]  # a server no longer scanned
 
 
 def _point(moment: float, events: Sequence[Mapping[str, Any]], records: list[RunRecord]) -> dict[str, Any]:
@@ -176,18 +216,29 @@ def _local_part(
 
 
 def build(ctx: Ctx, cache: Cache | None = None) -> dict[str, Any]:
-    """The whole observation (see the module docstring): everything the page shows."""
+    """The whole observation (see the module docstring): everything the page shows. The agent registries are read
+    beside the scans; with a ``cache``, only those never read or not read for twice :data:`REGISTRY_S`."""
     started = time.monotonic()
+    cache = cache if cache is not None else Cache()
+    targets = _registry_targets(ctx)
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="tether-registry") as pool:
-        reading: dict[str, Future[dict[str, Any]]] = {
-            t.name: pool.submit(agents.listing, t) for t in _registry_targets(ctx)
-        }
+        # the updates between keep the others fresh; those they did not (updates as rare as this) are read now
+        reading = _read_registries(pool, targets, cache, len(targets), 2 * REGISTRY_S)
 
         def listing(target: Target) -> dict[str, Any]:
             future = reading.get(target.name)
-            return future.result() if future is not None else agents.listing(target)
+            if future is not None:
+                found = future.result()
+            elif target.name in cache.listings:
+                found = cache.listings[target.name][1]
+            else:
+                found = _read_listing(target)
+            if isinstance(found, TetherError):
+                raise found
+            return found
 
         report = status.report(ctx, listing=listing)
+        _store(cache, reading, targets)
     now = report.now
     policy = ctx.project.config.policy
     servers = []
@@ -208,11 +259,28 @@ def build(ctx: Ctx, cache: Cache | None = None) -> dict[str, Any]:
     }
 
 
-def refresh(ctx: Ctx, last: Mapping[str, Any], cache: Cache | None = None) -> dict[str, Any]:
+def refresh(ctx: Ctx, last: Mapping[str, Any], cache: Cache | None = None, *, every_s: float = 5.0) -> dict[str, Any]:
     """The runs (one progress scan per host: what ``tether progress`` does) and what local state says, laid over
-    ``last``, the latest whole observation (:func:`build`): its servers, GPUs and warnings stand until the next."""
+    ``last``, the latest whole observation (:func:`build`): its servers and warnings stand until the next. With a
+    ``cache``, the agent registries older than :data:`REGISTRY_S` are read beside the scans, spread over the updates
+    (made every ``every_s``): a few servers each time, never all at once."""
     started = time.monotonic()
-    hosts = runs.progress(ctx)
+    gpus = dict(last.get("gpus") or {})
+    if cache is None:
+        hosts = runs.progress(ctx)
+    else:
+        targets = _registry_targets(ctx)
+        per_update = math.ceil(len(targets) * every_s / REGISTRY_S)
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="tether-registry") as pool:
+            reading = _read_registries(pool, targets, cache, per_update)
+            hosts = runs.progress(ctx)
+            _store(cache, reading, targets)
+        scanned = {hp.host for hp in hosts if hp.error is None}
+        gpus = {
+            name: _gpus(found)
+            for name, (_at, found) in sorted(cache.listings.items())
+            if name in scanned and isinstance(found, dict)
+        }
     now = ctx.now()
     return {
         **last,
@@ -220,6 +288,7 @@ def refresh(ctx: Ctx, last: Mapping[str, Any], cache: Cache | None = None) -> di
         "project": ctx.project.name,
         **_runs_part(hosts, now),
         **_local_part(ctx, now, cache),
+        "gpus": gpus,
         "took_s": round(time.monotonic() - started, 3),
     }
 

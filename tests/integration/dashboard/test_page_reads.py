@@ -6,6 +6,7 @@ change reaches the page through its own updates (pushed at once for local state,
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import time
 import urllib.request
@@ -17,7 +18,7 @@ import pytest
 
 from tests.helpers import tether, tether_json, wait_for, wait_status, write_project
 from tether import config
-from tether.dashboard.server import Dashboard, Poller
+from tether.dashboard.server import Dashboard
 from tether.dashboard.snapshot import page_text
 from tether.state import InstanceRecord, ManagedRunRecord, ManagedShardRecord, open_state
 
@@ -179,7 +180,7 @@ def test_a_change_reaches_the_page_through_its_own_updates(browser: Any, project
     """Hosts are scanned every 5 s at most by default (the CLI's --poll too), local state is pushed as soon as its
     files change: a new managed run and a new run appear without reloading the page."""
     project = config.load(project_dir / "tether.toml")
-    assert Poller(project, Dashboard.__init__.__kwdefaults__["poll_s"]).poll_s <= 5
+    assert inspect.signature(Dashboard).parameters["poll_s"].default <= 5
     help_text = tether("dashboard", "--help", cwd=project_dir).stdout
     assert "[default: 5s]" in help_text
     dash = Dashboard(project, port=0).start()
