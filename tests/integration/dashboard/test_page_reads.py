@@ -108,7 +108,7 @@ def test_a_finished_project_reads_at_a_glance(browser: Any, project_dir: Path) -
         assert len(page.locator("#chart text.y-tick").all_text_contents()) >= 2
         # one distinct colour per series, each with a legend entry on one line
         strokes = page.eval_on_selector_all(
-            "#chart polyline", "ls => ls.map(l => [l.dataset.series, getComputedStyle(l).stroke])"
+            "#chart polyline", "ls => ls.reverse().map(l => [l.dataset.series, getComputedStyle(l).stroke])"
         )
         names = [name for name, _ in strokes]
         assert len(strokes) >= 10 and len({c for _, c in strokes}) == len(strokes), strokes  # total + 9 servers

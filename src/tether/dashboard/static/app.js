@@ -223,20 +223,19 @@ function renderChart(points, money) {
     const [kind, key] = [name.split(" ")[0], name.slice(name.indexOf(" ") + 1)];
     series.push([name, (p) => (kind === "server" ? p.by_server : p.by_experiment)[key] || 0]);
   }
-  const legend = [];
+  const legend = [], lines = [];
   series.forEach(([name, get], i) => {
     const colour = colourOf(i);
-    svg.append(svgEl("polyline", { fill: "none", stroke: colour, "stroke-width": i === 0 ? 2.5 : 1.5,
+    lines.push(svgEl("polyline", { fill: "none", stroke: colour, "stroke-width": i === 0 ? 2.5 : 1.5,
       points: points.map((p) => x(p.t).toFixed(1) + "," + y(get(p)).toFixed(1)).join(" "), "data-series": name }));
-    if (i === 0) {
-      for (const p of points) {
-        svg.append(svgEl("circle", { cx: x(p.t).toFixed(1), cy: y(p.total_usd).toFixed(1), r: 2.5, fill: colour,
-          class: "point" }));
-      }
-    }
     legend.push(el("span", { class: "legend-entry", "data-series": name },
       el("span", { class: "swatch", style: "background:" + colour }), name));
   });
+  svg.append(...lines.reverse()); // the total last: on top of a series that equals it
+  for (const p of points) {
+    svg.append(svgEl("circle", { cx: x(p.t).toFixed(1), cy: y(p.total_usd).toFixed(1), r: 2.5, fill: colourOf(0),
+      class: "point" }));
+  }
   if (money.max_total_usd !== null) {
     svg.append(svgEl("line", { x1: L, x2: W - R, y1: y(money.max_total_usd), y2: y(money.max_total_usd),
       stroke: "#8a1414", "stroke-dasharray": "4 4", "data-series": "max_total_usd" }));
