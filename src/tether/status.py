@@ -9,6 +9,7 @@ into warnings, each with the command that fixes it. The thresholds are ``[policy
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ from tether import agents, autopilot, cost, managed, notify, rentals, runs, voca
 from tether.context import Ctx
 from tether.errors import TetherError
 from tether.fmt import duration, iso
-from tether.hosts import LOCAL, resolve
+from tether.hosts import LOCAL, Target, resolve
 from tether.providers import provider_for
 from tether.runs import HostProgress
 
@@ -131,8 +132,9 @@ def budget_warnings(policy: Any, ledger: cost.Ledger) -> list[str]:
     return out
 
 
-def report(ctx: Ctx) -> Report:
-    """Observe everything once (see the module docstring)."""
+def report(ctx: Ctx, *, listing: Callable[[Target], dict[str, Any]] | None = None) -> Report:
+    """Observe everything once (see the module docstring). ``listing`` reads a host's agent registry (default
+    :func:`tether.agents.listing`; the dashboard passes one that reads them all at once, beside the scans)."""
     project, st = ctx.project, ctx.state
     policy = project.config.policy
     out = Report(now=0.0)
@@ -197,7 +199,7 @@ def report(ctx: Ctx) -> Report:
         if name == LOCAL:
             continue
         try:
-            out.agents[name] = agents.listing(resolve(project, name, st))
+            out.agents[name] = (listing or agents.listing)(resolve(project, name, st))
         except TetherError as exc:
             out.warnings.append(f"{name}: agents unreadable ({exc})")
     out.warnings += budget_warnings(policy, led)

@@ -15,7 +15,13 @@ from tether.cli.common import load_project, parse_every, say, warn
     show_default=True,
     help="Interface to listen on. Anything but loopback exposes the page to your network (the token still guards it).",
 )
-@click.option("--poll", default="30s", show_default=True, help="How often to observe every host (one round trip each).")
+@click.option(
+    "--poll",
+    default="5s",
+    show_default=True,
+    help="How often to scan every host's runs (one round trip each, as `progress`); servers, GPUs and the "
+    "provider every 30s; local changes at once.",
+)
 @click.option(
     "--open",
     "open_browser",

@@ -10,8 +10,10 @@ OPTIONS, ...), a malformed request, and any request whose Host header names neit
 localhost (DNS rebinding) answers 403 (a malformed request: its 4xx) with an empty body. ``--open`` hands the
 browser a page only this user can read (:meth:`Dashboard.write_opener`) that forwards it to the URL with the
 token, so the token is never on a command line (where every local user could read it). One :class:`Poller`
-thread observes the project every ``poll_s`` seconds (one round trip per host), whatever the number of open pages;
-each page's event stream only waits for the poller's next version, so memory does not grow with time or pages.
+thread observes the project, whatever the number of open pages: every host's runs every ``poll_s`` seconds (5 by
+default; one round trip per host, as ``tether progress``), the whole observation every :data:`FULL_S`, and local
+state as soon as it changes; each page's event stream only waits for the poller's next version (pushed at once),
+so a change shows within ``poll_s`` and memory does not grow with time or pages.
 """
 
 from __future__ import annotations
@@ -31,33 +33,50 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlparse
 
 from tether.config import Project
 from tether.context import Ctx
-from tether.dashboard.snapshot import build
+from tether.dashboard.snapshot import Cache, build, page_text, refresh, refresh_local
 from tether.errors import ConfigError, TetherError
 from tether.hosts import resolve
-from tether.paths import PRIVATE_FILE, private_dir, private_home
+from tether.paths import PRIVATE_FILE, private_dir, private_home, tether_home
 from tether.state import open_state
 
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 LOG_LINES = 200
 
+Depth = Literal["full", "runs", "local"]
+
+
+#: How often the poller looks whether local state changed (a stat of its files, no query).
+WATCH_S = 0.5
+#: How often the whole observation (the provider, the agent registries, what is not home) is made at most.
+FULL_S = 30.0
+
 
 class Poller:
-    """Builds a snapshot every ``poll_s`` seconds in its own thread (with its own state connection)."""
+    """Observes the project in its own thread (with its own state connection), at three depths: the whole
+    observation (:func:`~tether.dashboard.snapshot.build`) every ``full_s`` (at least ``poll_s``); the runs of every
+    host (:func:`~tether.dashboard.snapshot.refresh`: one round trip per host, what ``tether progress`` does)
+    every ``poll_s``; and what local state says (managed runs, money, the chart) as soon as it changes, seen by
+    looking at its files every :data:`WATCH_S`."""
 
-    def __init__(self, project: Project, poll_s: float, *, state_path: Path | None = None) -> None:
+    def __init__(
+        self, project: Project, poll_s: float, *, state_path: Path | None = None, full_s: float = FULL_S
+    ) -> None:
         self.project = project
         self.poll_s = poll_s
+        self.full_s = max(full_s, poll_s)
         self.state_path = state_path
         self.version = 0
         self.snapshot: dict[str, Any] = {"time": None, "loading": True}
+        self.cache = Cache()
         self.changed = threading.Condition()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="tether-dashboard-poller", daemon=True)
+        self._full_at: float | None = None
 
     def start(self) -> None:
         self.thread.start()
@@ -68,12 +87,24 @@ class Poller:
             self.changed.notify_all()
         self.thread.join(timeout=5)
 
-    def poll_once(self) -> None:
+    def poll_once(self, depth: Depth = "full") -> None:
+        """One observation at ``depth`` (``full`` while there is none yet), published to every page."""
+        if self.snapshot.get("loading"):
+            depth = "full"
         with open_state(self.state_path) as st:
+            ctx = Ctx(self.project, st)
             try:
-                doc = build(Ctx(self.project, st))
+                if depth == "full":
+                    self._full_at = time.monotonic()
+                    doc = build(ctx, self.cache)
+                elif depth == "runs":
+                    doc = refresh(ctx, self.snapshot, self.cache, every_s=self.poll_s)
+                else:
+                    doc = refresh_local(ctx, self.snapshot, self.cache)
+                doc.pop("error", None)
             except TetherError as exc:
-                doc = {**self.snapshot, "error": str(exc), "time": time.time()}
+                doc = {**self.snapshot, "error": page_text(str(exc)), "time": time.time()}
+        doc["poll_s"], doc["full_s"], doc["watch_s"] = self.poll_s, self.full_s, WATCH_S
         with self.changed:
             self.snapshot = doc
             self.version += 1
@@ -84,10 +115,36 @@ class Poller:
             self.changed.wait_for(lambda: self.version != version or self.stopping.is_set(), timeout)
             return self.version, self.snapshot
 
+    def _state_files(self) -> tuple[tuple[int, int] | None, ...]:
+        """The state files' modification times and sizes (the database and its write-ahead log): what a write by
+        any process changes."""
+        db = self.state_path if self.state_path is not None else tether_home() / "state.db"
+        out: list[tuple[int, int] | None] = []
+        for path in (db, db.with_name(db.name + "-wal")):
+            try:
+                info = path.stat()
+            except OSError:
+                out.append(None)
+            else:
+                out.append((info.st_mtime_ns, info.st_size))
+        return tuple(out)
+
     def _loop(self) -> None:
+        depth: Depth = "full"
         while not self.stopping.is_set():
-            self.poll_once()
-            self.stopping.wait(self.poll_s)
+            began = time.monotonic()
+            self.poll_once(depth)
+            seen = self._state_files()  # after the observation: its own writes are not a change
+            due = began + self.poll_s
+            depth = "runs"
+            while not self.stopping.is_set() and time.monotonic() < due:
+                self.stopping.wait(min(WATCH_S, max(0.0, due - time.monotonic())))
+                now_files = self._state_files()
+                if now_files != seen:
+                    self.poll_once("local")
+                    seen = self._state_files()
+            if self._full_at is None or time.monotonic() - self._full_at >= self.full_s:
+                depth = "full"
 
 
 def static_file(name: str) -> bytes | None:
@@ -257,7 +314,7 @@ def make_handler(
                     result = target.transport.run(["tail", "-n", str(LOG_LINES), rec.log_path], check=False)
                 text = result.text() if result.returncode == 0 else f"(no log yet for {rec.id})"
             except TetherError as exc:
-                text = f"(log unavailable: {exc})"
+                text = f"(log unavailable: {page_text(str(exc))})"
             self._send(HTTPStatus.OK, text.encode("utf-8", "replace"))
 
     return Handler
@@ -272,7 +329,7 @@ class Dashboard:
         *,
         host: str = "127.0.0.1",
         port: int = 8787,
-        poll_s: float = 30.0,
+        poll_s: float = 5.0,
         token: str | None = None,
         state_path: Path | None = None,
     ) -> None:

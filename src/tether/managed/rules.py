@@ -276,6 +276,7 @@ def _finishing(sh: ManagedShardRecord, obs: Observation, now: float, opts: Optio
     """Its run completed: pull its results (again, after a failed try), unless its server was lost meanwhile."""
     if obs.home:
         update = ShardUpdate(status=vocab.SHARD_RELEASING, failures=0, retry_at=None)
+        update["synced"] = sh.completed  # all of it is home
         return Decision(update, () if sh.own_host else ("release",), f"shard {sh.shard} is home and verified.")
     if sh.own_host or obs.instance in (None, "running"):
         return Decision(actions=("pull",))
@@ -393,7 +394,7 @@ def on_job(sh: ManagedShardRecord, job: JobResult, now: float) -> Decision:
             return Decision(update, (), f"shard {i} {how} on {job.server or sh.server} (run {sh.run}).")
         if job.kind == "pull":
             update = ShardUpdate(status=vocab.SHARD_RELEASING, reason=None, failures=0, retry_at=None)
-            update["completed"] = sh.total or sh.completed
+            update["completed"] = update["synced"] = sh.total or sh.completed  # all of it is home now
             return Decision(update, (), f"shard {i} is home and verified.")
         if job.kind == "release":
             return Decision(ShardUpdate(status=vocab.SHARD_COMPLETED, failures=0, retry_at=None))

@@ -98,7 +98,13 @@ def views(ctx: Ctx, *, finished_within_s: float = 86400.0) -> list[ManagedView]:
     return out
 
 
+#: A shard in these states has its results home and verified: all it completed is synced.
+HOME = (vocab.SHARD_RELEASING, vocab.SHARD_COMPLETED)
+
+
 def shard_json(s: ManagedShardRecord) -> dict[str, Any]:
+    """A shard as the views show it. ``synced`` is what the last journal sync brought home, and all it completed
+    once its final pull verified (records written before the final pull counted it show that too)."""
     return {
         "shard": s.shard,
         "status": s.status,
@@ -107,7 +113,7 @@ def shard_json(s: ManagedShardRecord) -> dict[str, Any]:
         "run": s.run,
         "completed": s.completed,
         "total": s.total,
-        "synced": s.synced,
+        "synced": max(s.synced, s.completed) if s.status in HOME else s.synced,
         "recoveries": s.recoveries,
         "reason": s.reason,
     }

@@ -119,3 +119,18 @@ def test_a_paused_shard_picked_up_again_never_holds_two_servers_nor_rents_what_i
     provisioning = shard(vocab.SHARD_PROVISIONING, failures=rules.MAX_PROVISION_ATTEMPTS - 1)
     paused = on_job(provisioning, JobResult("acquire", False, "the set-up failed."), 200.0)
     assert paused.update["status"] == vocab.SHARD_PAUSED and "server" not in paused.update
+
+
+def test_a_shard_whose_results_came_home_counts_all_it_completed_as_synced() -> None:
+    """The last journal sync counted 49; the final pull brought all 60 home: synced and done agree after it."""
+    from tether.managed.views import shard_json
+
+    pulled = on_job(shard(vocab.SHARD_FINISHING, completed=58, total=60, synced=49), JobResult("pull", True), 200.0)
+    assert pulled.update["completed"] == pulled.update["synced"] == 60
+    home = decide(shard(vocab.SHARD_FINISHING, completed=60, total=60, synced=49), Observation(home=True), 200.0, OPTS)
+    assert home.update["status"] == vocab.SHARD_RELEASING and home.update["synced"] == 60
+    # a record written before the final pull counted it shows the same
+    old = shard_json(shard(vocab.SHARD_COMPLETED, completed=60, total=60, synced=49))
+    assert old["synced"] == old["completed"] == 60
+    running = shard_json(shard(vocab.SHARD_RUNNING, completed=30, total=60, synced=20))
+    assert running["synced"] == 20  # while it runs, synced is what the last sync brought home
