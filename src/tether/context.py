@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from tether.progress import Report, ignore
+
 if TYPE_CHECKING:
     from tether.config import Project
     from tether.state import State
@@ -30,6 +32,8 @@ class Ctx:
     clock: Callable[[], float] = field(default=time.time)
     say: Say = field(default=quiet)
     """Human progress sentences (the CLI sends them to stderr; never part of --json output)."""
+    report: Report = field(default=ignore)
+    """What the operation is doing now, as :mod:`tether.progress` events (the CLI draws them live on a terminal)."""
 
     def now(self) -> float:
         return self.clock()
