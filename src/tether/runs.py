@@ -20,7 +20,6 @@ from tether import vocab
 from tether.context import Ctx
 from tether.errors import CommandFailed, RemoteError, TetherError
 from tether.hosts import LOCAL, Target, resolve
-from tether.progress import Count, Step
 from tether.state import RunRecord, State, entered_state_at
 from tether.transport import tmux
 
@@ -312,6 +311,8 @@ def follow(
 
 def report_run(ctx: Ctx, row: str, run: vocab.RunInfo | None, host: str) -> None:
     """A run's state, items, rate and ETA (its own progress) as :mod:`tether.progress` events on ``row``."""
+    from tether.progress import Count, Step
+
     if run is None:
         ctx.report(Step(row, f"starting on {host}"))
         return
