@@ -59,7 +59,8 @@ def test_a_managed_run_shows_its_shards_items_money_and_eta(tmp_path: Path, clou
     def counting(screen: str) -> bool:
         lines = screen.splitlines()
         shards = [ln for ln in lines if ln.strip().startswith("shard ") and "running" in ln and "items" in ln]
-        return len(shards) == 2 and any("items/s" in ln and "ETA" in ln for ln in shards)
+        header = any("tether run exp --managed" in ln and "/120 items" in ln for ln in lines)
+        return header and len(shards) == 2 and any("items/s" in ln and "ETA" in ln for ln in shards)
 
     screen = terminal.wait(counting, "both shards running with items, rate and ETA", timeout=120)
     header = next(ln for ln in screen.splitlines() if "tether run exp --managed" in ln)

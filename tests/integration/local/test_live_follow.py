@@ -3,6 +3,7 @@ live from its own progress; without a terminal only the plain sentences, with no
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,13 +25,16 @@ def test_follow_draws_the_runs_items_rate_and_eta(tmp_path: Path, terminal: Term
     terminal.run("run", "exp", "--local", "--follow", "--", "--delay", "0.05", cwd=project)
 
     def drawn(screen: str) -> bool:
-        return any("running on local" in ln and "/2000 items" in ln and "ETA" in ln for ln in screen.splitlines())
+        return any(
+            "running on local" in ln and "/2000 items" in ln and "items/" in ln and "ETA" in ln
+            for ln in screen.splitlines()
+        )
 
     screen = terminal.wait(drawn, "the run's row with items, rate and ETA")
     row = next(ln for ln in screen.splitlines() if "running on local" in ln)
     run_id = row.split()[0]
     assert "tether run --follow" in screen
-    assert "items/s" in row or "items/min" in row
+    assert re.search(r"\d+/2000 items  [\d.]+ items/(s|min)  ETA ", row), row
     wait_status(project, run_id, {"running"})
     assert tether("cancel", run_id, cwd=project).returncode == 0
     done = terminal.ended()
