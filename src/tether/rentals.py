@@ -301,6 +301,7 @@ def ensure_rented(
                 return {"instance_id": inst.id, "reused": True, "address": rec.address, "dph_total": rec.dph_total}
             if inst.state in STOPPED_STATES or inst.state in ("queued", "frozen"):
                 say(f"{name} is {inst.state}; starting it.")
+                report(Step(name, f"starting instance {inst.id} (it was {inst.state})"))
                 return start(project, st, name, say=say, provider=prov)
             if inst.state != "gone":
                 raise ProviderError(

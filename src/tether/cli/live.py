@@ -9,6 +9,7 @@ first display.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -28,7 +29,9 @@ REFRESH_PER_S = 4.0
 
 
 def on_terminal() -> bool:
-    """Whether a live display can be drawn: stderr is a terminal."""
+    """Whether a live display can be drawn: stderr is a terminal that can move its cursor (not TERM=dumb)."""
+    if os.environ.get("TERM", "") in ("dumb", "unknown"):
+        return False
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
