@@ -235,9 +235,9 @@ class Controller:
             self.sync_all()
         spent, burn = self.money()
         self.st.update_managed_run(self.id, cost_usd=spent)
-        self.report(spent, burn)
+        self.report_progress(spent, burn)
 
-    def report(self, spent: float, burn: float) -> None:
+    def report_progress(self, spent: float, burn: float) -> None:
         """The run as a live display shows it (``ctx.report``): money, and each shard's state, server and items."""
         self.ctx.report(Money(spent, burn))
         for sh in self.st.managed_shards(self.id):
