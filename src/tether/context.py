@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tether.config import Project
+    from tether.progress import Report
     from tether.state import State
 
 Say = Callable[[str], None]
@@ -23,6 +24,12 @@ def quiet(_message: str) -> None:
     return None
 
 
+def unreported(_event: object) -> None:
+    """A :data:`tether.progress.Report` that drops every event (tether.progress is imported only where one is
+    reported, not on every command's start)."""
+    return None
+
+
 @dataclass
 class Ctx:
     project: Project
@@ -30,6 +37,8 @@ class Ctx:
     clock: Callable[[], float] = field(default=time.time)
     say: Say = field(default=quiet)
     """Human progress sentences (the CLI sends them to stderr; never part of --json output)."""
+    report: Report = field(default=unreported)
+    """What the operation is doing now, as :mod:`tether.progress` events (the CLI draws them live on a terminal)."""
 
     def now(self) -> float:
         return self.clock()

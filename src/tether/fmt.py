@@ -47,3 +47,23 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`` Did you mean 'x'?`` for the choices close to ``word`` (:func:`close_matches`); empty when none is."""
     close = close_matches(word, choices)
     return f" Did you mean {close}?" if close else ""
+
+
+def elapsed(seconds: float) -> str:
+    """A running clock: ``0:07``, ``12:34``, ``1:02:03``."""
+    whole = int(max(0.0, seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def size(nbytes: float) -> str:
+    """``812 B``, ``3.4 kB``, ``12 MB``, ``1.25 GB``, ``2.5e+03 GB`` (decimal units, three figures)."""
+    value = float(nbytes)
+    if abs(value) < 1000:
+        return f"{value:.0f} B"
+    for unit in ("kB", "MB"):
+        value /= 1000
+        if abs(value) < 999.5:
+            return f"{value:.3g} {unit}"
+    return f"{value / 1000:.3g} GB"

@@ -29,6 +29,7 @@ from tether.hosts import Target, remote_server_argv
 from tether.ledger import Budget
 from tether.machines import Outcome
 from tether.paths import tether_home
+from tether.progress import End, Step
 from tether.server.notify import NOTIFY_FILE
 from tether.transport.ssh import put_bytes_argv
 
@@ -333,23 +334,35 @@ def up(ctx: Ctx, target: Target, *, env: bool = True) -> dict[str, Any]:
     if env:
         env_source(project)  # a missing named env file is refused before anything changes on the server
     t0 = time.monotonic()
+    row = target.name
     if target.rented:
+        ctx.report(Step(row, "checking the server's folder is its own"))
         claim_root(ctx, target)
+    ctx.report(Step(row, f"checking {target.python}"))
     python, executable = check_python(target)
     if not target.local:
         state.set_host_facts(target.name, python=executable)
         target.server_argv = remote_server_argv(target.root, executable)
+    ctx.report(Step(row, "setup.sh (SETUP_LOG.txt on the server)"))
     did_setup = run_setup(project, target)  # first: it may install rsync, which the next two steps use
     # tether's server side and the code are independent copies: side by side over the shared connection.
+    ctx.report(Step(row, "installing tether's server side and pushing the code"))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="up") as pool:
         server_side = pool.submit(install_server_side, target)
         pushed = push_code(ctx, target)  # here: it writes local state, whose connection belongs to this thread
         version = server_side.result()
+    if env:
+        ctx.report(Step(row, "uploading the .env"))
     env_uploaded = upload_env(project, target) if env else False
     # Remembered: later pushes and `run --on` hold the .env back until `up` without --no-env or `push --env`.
     state.set_host_facts(target.name, server_version=version, no_env=not env)
+    if not target.local:
+        ctx.report(Step(row, "starting the watchdog"))
     dog = None if target.local else watchdogs.start(project, target)
+    if not (target.local or target.rented):
+        ctx.report(Step(row, "preflight (GPUs, CUDA, disk, network)"))
     checked = None if target.local or target.rented else owned_preflight(ctx, target)
+    ctx.report(End(row))
     return {
         "host": target.name,
         "python": python,
@@ -478,6 +491,7 @@ def rent_a_working_host(
             say=ctx.say,
             skip=skip,
             budget=budget,
+            report=ctx.report,
         )
         if rented.get("reused") or "machine_id" not in rented:
             return rented, None, failed  # a server rented before (or started again): it passed when it came
@@ -487,6 +501,7 @@ def rent_a_working_host(
         prof = rentals.profile_for(project, str(rec.meta.get("profile") or profile or "api"), disk_gb=disk_gb)
         target = resolve(project, name, state)
         ctx.say(f"{name}: preflight (GPUs, CUDA, disk, network) before anything is installed...")
+        ctx.report(Step(name, "preflight (GPUs, CUDA, disk, network)"))
         url = vast.preflight_url if project.config.project.setup_packages else None
         report = preflight.run(target, url=url or None, command=prof.preflight_command)
         problems = preflight.problems(report, preflight.expect_for(prof, rec.meta))
@@ -505,6 +520,7 @@ def rent_a_working_host(
             "(verified) and trying the next offer."
         )
         target.transport.close()
+        ctx.report(Step(name, f"destroying instance {rec.instance_id} (failed its preflight)"))
         gone = rentals.destroy(project, state, name)
         spent = _instance_cost(state, rec.instance_id)
         if mid is not None:

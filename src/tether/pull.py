@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tether import fmt
 from tether.config import Project
 from tether.context import Ctx
 from tether.errors import ConfigError, RemoteError, SyncError, TetherError
 from tether.hosts import LOCAL, Target, resolve
+from tether.progress import Count, End, Step
 from tether.server.manifest import digest_of, sha256_file
 from tether.server.manifest import link_on_the_way as _server_link
 from tether.state import State
@@ -364,7 +366,9 @@ def pull(
     # A managed shard's private copy has no earlier result of another run to keep: provenance is the project's.
     provenance = _Provenance(state, target) if into is None else None
     manifest: dict[str, list[Any]] = {}
+    row = target.name
     for attempt in range(attempts):
+        ctx.report(Step(row, "reading the server's manifest (sha256 of every result file)"))
         fresh = remote_manifest(
             target, target.code_dir, paths, digest_of(previous) if previous is not None and attempt == 0 else None
         )
@@ -374,6 +378,7 @@ def pull(
             report.verified = True
             report.total_bytes = sum(int(v[0]) for v in previous.values())
             state.add_pull(target.name, paths, previous, 0, True)
+            ctx.report(End(row))
             return report
         manifest = fresh.files or {}
         wanted = [p for p in paths if any(rel == p or rel.startswith(p + "/") for rel in manifest)]
@@ -383,12 +388,17 @@ def pull(
             provenance.keep_earlier(project.root, manifest, report)
         for rel in wanted:
             local = root / rel
+            inside = [v for k, v in manifest.items() if k == rel or k.startswith(rel + "/")]
+            on_server = f"{len(inside)} files, {fmt.size(sum(int(v[0]) for v in inside))} on the server"
+            ctx.report(Step(row, f"copying {rel} ({on_server})"))
             try:
                 stats = target.transport.pull(f"{target.code_dir}/{rel}", local, excludes=[".*.tmp"])
             except SyncError as exc:
                 raise _pull_failed(exc, rel, target.name, report.kept_aside) from None
             report.files += stats.files_transferred
             report.bytes_transferred += stats.bytes_transferred
+            ctx.report(Count(row, report.files, unit="files moved", nbytes=report.bytes_transferred))
+        ctx.report(Step(row, f"verifying {len(manifest)} files against the server's sha256"))
         report.mismatched = verify_local(root, manifest)
         if not report.mismatched:
             break
@@ -407,6 +417,7 @@ def pull(
         )
     state.add_pull(target.name, paths, manifest, report.bytes_transferred, report.verified)
     report.mismatched = [shown(rel) for rel in report.mismatched]
+    ctx.report(End(row))
     return report
 
 

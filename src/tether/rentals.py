@@ -25,6 +25,7 @@ from tether.fmt import iso
 from tether.ledger import Budget, Candidate, Commitment, Limits, refusal, valid_price
 from tether.paths import tether_home
 from tether.profiles import Profile, project_profile
+from tether.progress import Report, Step, bind, ignore
 from tether.providers import (
     OFFER_TYPES,
     STOPPED_STATES,
@@ -270,6 +271,7 @@ def ensure_rented(
     provider: Provider | None = None,
     hours: float = 1.0,
     skip: Mapping[int, str] | None = None,
+    report: Report = ignore,
 ) -> dict[str, Any]:
     """Rent a server called ``name`` (or reuse the one already rented under that name) and wait until it runs.
 
@@ -285,7 +287,9 @@ def ensure_rented(
     Every offer tried is committed first (:func:`commit`): under the rent lock that reserves it, at the price that
     will be billed, against ``budget`` (a command's group, e.g. a managed run) and ``[policy]``'s limits, counting
     every rental held or in flight on this machine; a refusal is :class:`PolicyRefusal` and nothing is rented.
+    What it is doing is reported to ``report`` (:mod:`tether.progress`), on the row ``name``.
     """
+    report(Step(name, "asking the provider"))
     with name_lock(name), _provider(project, provider) as prov:
         for sentence in reconcile(project, st, prov):
             say(sentence)
@@ -297,6 +301,7 @@ def ensure_rented(
                 return {"instance_id": inst.id, "reused": True, "address": rec.address, "dph_total": rec.dph_total}
             if inst.state in STOPPED_STATES or inst.state in ("queued", "frozen"):
                 say(f"{name} is {inst.state}; starting it.")
+                report(Step(name, f"starting instance {inst.id} (it was {inst.state})"))
                 return start(project, st, name, say=say, provider=prov)
             if inst.state != "gone":
                 raise ProviderError(
@@ -337,7 +342,8 @@ def ensure_rented(
 
         try:
             rank = None if offer_id else expected
-            inst = _rent(prov, offers, prof, label, max_price, project, say, price_for, commit_offer, rank)
+            step = bind(report, name)
+            inst = _rent(prov, offers, prof, label, max_price, project, say, price_for, commit_offer, rank, step)
         except BaseException:
             # Nothing may be left half-known: adopt what the create made, or drop the reservation.
             with contextlib.suppress(TetherError):
@@ -362,7 +368,7 @@ def ensure_rented(
         }
         rec = record(st, name, inst, source="rent", meta=meta, remote_root=project.config.vast.remote_root)
         if key is not None:
-            _wait_for_key(project, st, prov, name, rec, key, say)
+            _wait_for_key(project, st, prov, name, rec, key, say, report)
     out: dict[str, Any] = {"instance_id": inst.id, "reused": False, "address": rec.address}
     out.update({"machine_id": chosen.machine_id, "offer_id": chosen.id})
     return {**out, "dph_total": rec.dph_total, "offer_type": prof.type, "bid_usd": bid}
@@ -493,6 +499,7 @@ def _rent(
     price_for: Callable[[Offer], float | None] | None = None,
     commit_offer: Callable[[Offer, float], None] | None = None,
     rank: Callable[[Offer], float] | None = None,
+    step: Say | None = None,
 ) -> Instance:
     assert prof.image is not None  # project_profile always sets it
     return rent(
@@ -509,6 +516,7 @@ def _rent(
         wait_deadline_s=_wait_s(project),
         poll_s=project.config.vast.poll_seconds,
         on_event=say,
+        on_step=step,
     )
 
 
@@ -602,7 +610,14 @@ KEY_HINT = (
 
 
 def _wait_for_key(
-    project: Project, st: State, prov: Provider, name: str, rec: InstanceRecord, key: tuple[Path, str], say: Say
+    project: Project,
+    st: State,
+    prov: Provider,
+    name: str,
+    rec: InstanceRecord,
+    key: tuple[Path, str],
+    say: Say,
+    report: Report = ignore,
 ) -> None:
     """A fresh instance may refuse every key for its first seconds (the vendor's login banner says so): log in
     until it accepts, for at most ``[vast] ssh_wait_seconds``. A key still refused then is really refused: the
@@ -620,6 +635,8 @@ def _wait_for_key(
     deadline = time.monotonic() + project.config.vast.ssh_wait_seconds
     refused = 0
     while True:
+        retrying = " (refused: a fresh server may refuse it while it starts; retrying)" if refused else ""
+        report(Step(name, f"logging in to instance {rec.instance_id} with {key[0].name}{retrying}"))
         try:
             transport.run(["true"], timeout=60)
             if refused:

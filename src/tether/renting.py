@@ -81,13 +81,17 @@ def wait_running(
     poll_s: float = 5.0,
     clock: Clock = time.monotonic,
     sleep: Sleep = time.sleep,
+    on_poll: Callable[[Instance], None] | None = None,
 ) -> Instance:
-    """Poll until the instance runs with an SSH address; NoCapacity if it dies or the deadline passes."""
+    """Poll until the instance runs with an SSH address; NoCapacity if it dies or the deadline passes. ``on_poll``
+    sees each observation."""
     start = clock()
     last: Instance | None = None
     while True:
         inst = observe(provider, instance_id)
         last = inst
+        if on_poll is not None:
+            on_poll(inst)
         if inst.state == "running" and inst.ssh_host is not None and inst.ssh_port is not None:
             return inst
         if inst.state in DEAD_STATES:
@@ -228,6 +232,7 @@ def rent(
     sleep: Sleep = time.sleep,
     lock_path: Path | None = None,
     on_event: Say | None = None,
+    on_step: Say | None = None,
 ) -> Instance:
     """Rent the cheapest usable offer and wait until it runs; never leave a failed instance billing.
 
@@ -243,8 +248,10 @@ def rent(
     ``commit(offer, rate)`` is called under the lock just before each create, with the exact offer and the $/hr it
     will bill (:func:`rental_cost`): it records the reservation, or raises to refuse it (nothing is created then).
     A price that is not a finite non-negative number is never rented (the offer is skipped).
+    ``on_step`` hears what it is doing now (creating, then the instance's state while it is waited for).
     """
     say = on_event or _quiet
+    step = on_step or _quiet
 
     def hourly(o: Offer) -> float:
         return rental_cost(o, price_for(o) if price_for is not None else None)
@@ -282,6 +289,7 @@ def rent(
             if commit is not None:
                 commit(offer, hourly(offer))
             say(f"renting offer {offer.id} ({offer.gpu_name or 'CPU'}, ${hourly(offer):.4f}/hr{bid})")
+            step(f"renting offer {offer.id}")
             try:
                 instance_id = provider.create(
                     offer.id, image=image, disk_gb=disk_gb, label=label, onstart=onstart, env=env, price=price
@@ -302,8 +310,14 @@ def rent(
                 cleanup_by_label(provider, label)
                 raise
             mark_taken(lp, offer.id)
+
+        def polled(inst: Instance, instance_id: str = instance_id) -> None:
+            step(f"waiting for instance {instance_id} to run: {inst.state}")
+
         try:
-            inst = wait_running(provider, instance_id, wait_deadline_s, poll_s=poll_s, clock=clock, sleep=sleep)
+            inst = wait_running(
+                provider, instance_id, wait_deadline_s, poll_s=poll_s, clock=clock, sleep=sleep, on_poll=polled
+            )
         except NoCapacity as exc:
             failures.append(f"offer {offer.id}: {exc.message}")
             say(f"instance {instance_id} did not come up ({exc.message}); destroying it and trying the next offer")

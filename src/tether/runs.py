@@ -296,14 +296,28 @@ def follow(
     period: float | None = None,
     ctx: Ctx | None = None,
 ) -> vocab.RunInfo:
-    """Poll the run's target until the run ends; ``on_update`` sees each observation. Returns the final one."""
+    """Poll the run's target until the run ends; ``on_update`` sees each observation, and ``ctx.report`` its
+    state, items, rate and ETA (row ``run_id``). Returns the final one."""
     every = period if period is not None else (0.5 if target.local else 5.0)
     while True:
         run = observe(state, target, ctx=ctx).run(run_id)
         on_update(run)
+        if ctx is not None:
+            report_run(ctx, run_id, run, target.name)
         if run is not None and run.final:
             return run
         time.sleep(every)  # polling the target; the run lives in another process, maybe another machine
+
+
+def report_run(ctx: Ctx, row: str, run: vocab.RunInfo | None, host: str) -> None:
+    """A run's state, items, rate and ETA (its own progress) as :mod:`tether.progress` events on ``row``."""
+    from tether.progress import Count, Step
+
+    if run is None:
+        ctx.report(Step(row, f"starting on {host}"))
+        return
+    ctx.report(Step(row, f"{run.status} on {host}"))
+    ctx.report(Count(row, run.completed, run.total, rate_per_s=run.rate_per_s, eta_s=run.eta_s))
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,10 @@ import click
 from tether import provision
 from tether import pull as pulling
 from tether.cli.common import context, emit_json, json_option, parse_every, say
+from tether.cli.live import display, shown
 from tether.errors import SyncError
 from tether.hosts import resolve
+from tether.progress import End, Step
 
 
 @click.command()
@@ -42,7 +44,10 @@ def up(
     cheapest fitting offer first). Running it twice changes nothing and is fast.
     """
     ctx.obj["setting_up"] = name  # a Ctrl-C now says `tether up NAME` finishes the set-up
-    with context(ctx, needs="the code it uploads (the project's folder)") as c:
+    with (
+        context(ctx, needs="the code it uploads (the project's folder)") as c,
+        shown(c, f"tether up {name}", enabled=not as_json),
+    ):
         doc = provision.bring_up(
             c,
             name,
@@ -97,7 +102,10 @@ def push(ctx: click.Context, name: str, env: bool, as_json: bool) -> None:
 @click.pass_context
 def pull(ctx: click.Context, host: str | None, experiments: tuple[str, ...], as_json: bool) -> None:
     """Bring results home from HOST (default: every server with runs) and verify them against the server."""
-    with context(ctx, needs="the results folders of its experiments") as c:
+    with (
+        context(ctx, needs="the results folders of its experiments") as c,
+        shown(c, "tether pull", enabled=not as_json),
+    ):
         reports = [r.to_json() for r in pulling.pull_all(c, host, experiments)]
     if as_json:
         emit_json({"pulls": reports})
@@ -124,8 +132,10 @@ def pull(ctx: click.Context, host: str | None, experiments: tuple[str, ...], as_
 def sync(ctx: click.Context, host: str | None, every: str, once: bool, as_json: bool) -> None:
     """Pull results on every tick and print what changed (run it in a tmux window; Ctrl-C stops)."""
     period = parse_every(every)
+    report = ctx.with_resource(display("tether sync", enabled=not as_json))  # drawn until the command ends
     while True:
         with context(ctx, needs="the results folders of its experiments") as c:
+            c.report = report
             tick = [outcome.to_json() for outcome in pulling.sync_tick(c, host)]
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         if as_json:
@@ -141,4 +151,6 @@ def sync(ctx: click.Context, host: str | None, every: str, once: bool, as_json: 
             if any("error" in r for r in tick):
                 raise SyncError("At least one pull failed.", "See the lines above.")
             return
+        report(Step("next pull", f"at {time.strftime('%H:%M:%S', time.localtime(time.time() + period))}"))
         time.sleep(period)  # the tick period itself is what the user asked for
+        report(End("next pull"))

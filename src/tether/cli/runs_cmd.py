@@ -180,7 +180,7 @@ def run(
             provision.ensure_pushed(c, target)
         started = runs.start(c, target, experiment, extra, wait_s=wait_gpu)
         rec = started.run
-        final = _follow(c.state, target, rec.id, c) if follow else None
+        final = _follow(c.state, target, rec.id, c, live=not as_json) if follow else None
     if as_json:
         emit_json(
             {
@@ -256,7 +256,10 @@ def _run_managed(
                     "Watch it with `tether progress`."
                 )
             return
-        outcome = managed_core.run_managed(c, experiment, opts)
+        from tether.cli.live import shown
+
+        with shown(c, f"tether run {experiment} --managed", enabled=not as_json):
+            outcome = managed_core.run_managed(c, experiment, opts)
     if as_json and outcome.status == vocab.MANAGED_COMPLETED:
         emit_json(outcome.to_json())
     if outcome.status == vocab.MANAGED_PAUSED:
@@ -277,19 +280,12 @@ def _run_managed(
     raise TetherError(f"{summary}: {outcome.reason}", f"What finished is kept in {outcome.results_path}.")
 
 
-def _follow(st: State, target: Target, run_id: str, ctx: Ctx | None = None) -> vocab.RunInfo:
-    """Follow the run until it ends, with a progress line on stderr."""
-    with err.status(f"{run_id}: starting") as line:
+def _follow(st: State, target: Target, run_id: str, ctx: Ctx, *, live: bool = True) -> vocab.RunInfo:
+    """Follow the run until it ends, drawn live on a terminal: its state, items, rate and ETA."""
+    from tether.cli.live import shown
 
-        def show(run: vocab.RunInfo | None) -> None:
-            if run is not None:
-                total = run.total if run.total is not None else "?"
-                line.update(
-                    f"{run_id}: {run.status} {bar(run.completed, run.total)} {run.completed}/{total}"
-                    f"  ETA {duration(run.eta_s)}"
-                )
-
-        return runs.follow(st, target, run_id, on_update=show, ctx=ctx)
+    with shown(ctx, "tether run --follow", enabled=live):
+        return runs.follow(st, target, run_id, ctx=ctx)
 
 
 @click.command()

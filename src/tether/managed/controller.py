@@ -50,6 +50,7 @@ from tether.managed.rules import (
     shard_budget,
 )
 from tether.managed.views import shard_json
+from tether.progress import Count, Money, Step
 from tether.providers import Instance, Provider, provider_for
 from tether.renting import observe as observe_instance
 from tether.renting import rental_cost
@@ -171,9 +172,14 @@ class Controller:
         return self.st.update_managed_shard(self.id, i, **changes)
 
     def spent(self) -> float:
+        return self.money()[0]
+
+    def money(self) -> tuple[float, float]:
+        """What this run's servers have cost so far, and what they burn now ($/hr)."""
         led = cost.ledger(self.st.event_log(), self.now())
         prefix = self.id + "-s"
-        return sum(c.total_usd for name, c in led.by_instance.items() if name.startswith(prefix))
+        mine = [c for name, c in led.by_instance.items() if name.startswith(prefix)]
+        return sum(c.total_usd for c in mine), sum(c.burn_dph for c in mine)
 
     def rented_names(self) -> list[str]:
         prefix = self.id + "-s"
@@ -227,7 +233,18 @@ class Controller:
         if self._last_sync is None or now - self._last_sync >= self.run.sync_every:
             self._last_sync = now
             self.sync_all()
-        self.st.update_managed_run(self.id, cost_usd=self.spent())
+        spent, burn = self.money()
+        self.st.update_managed_run(self.id, cost_usd=spent)
+        self.report_progress(spent, burn)
+
+    def report_progress(self, spent: float, burn: float) -> None:
+        """The run as a live display shows it (``ctx.report``): money, and each shard's state, server and items."""
+        self.ctx.report(Money(spent, burn))
+        for sh in self.st.managed_shards(self.id):
+            row = f"shard {sh.shard}"
+            why = f" ({sh.reason})" if sh.reason and sh.status != vocab.SHARD_RUNNING else ""
+            self.ctx.report(Step(row, f"{sh.status} on {sh.server or '-'}{why}".replace("\n", " ")))
+            self.ctx.report(Count(row, sh.completed, sh.total))
 
     def observe(self, sh: ManagedShardRecord, observed: dict[str, Instance] | None, now: float) -> Observation:
         """What the rules need to decide about ``sh`` (the provider's view, one scan of its server when it runs,
@@ -330,7 +347,8 @@ class Controller:
         else:
             assert sh.server is not None
             fn, args = retire_job, (sh.server,)
-        self.jobs[sh.shard] = (kind, self.pool.submit(fn, self.project, self.st.path, self.ctx.say, *args))
+        extra: dict[str, Any] = {"progress": self.ctx.report} if kind in ("acquire", "pull") else {}  # drawn live
+        self.jobs[sh.shard] = (kind, self.pool.submit(fn, self.project, self.st.path, self.ctx.say, *args, **extra))
 
     def harvest(self) -> None:
         for i, (kind, fut) in list(self.jobs.items()):

@@ -24,6 +24,7 @@ from tether.errors import (
 from tether.hosts import Target, resolve
 from tether.managed.local import owner_of, shard_dir
 from tether.managed.rules import shard_budget
+from tether.progress import End, Report, ignore
 from tether.providers import provider_for
 from tether.renting import observe as observe_instance
 from tether.renting import wait_running
@@ -43,8 +44,8 @@ class Acquired:
     adopted: bool
 
 
-def _job_ctx(project: Project, state_path: Path, say: Callable[[str], None]) -> Ctx:
-    return Ctx(project, open_state(state_path), say=say)
+def _job_ctx(project: Project, state_path: Path, say: Callable[[str], None], progress: Report = ignore) -> Ctx:
+    return Ctx(project, open_state(state_path), say=say, report=progress)
 
 
 def watching(target: Target) -> Target:
@@ -66,6 +67,8 @@ def acquire_job(
     run: ManagedRunRecord,
     shard: ManagedShardRecord,
     kind: str,
+    *,
+    progress: Report = ignore,
 ) -> Acquired:
     """Give ``shard`` its server (``kind``: ``rent``, ``restart`` or ``own``) and start it there (a thread).
 
@@ -73,7 +76,7 @@ def acquire_job(
     id was recorded before a controller died is found on the server instead of being started twice.
     """
     assert shard.server is not None and shard.run is not None
-    ctx = _job_ctx(project, state_path, say)
+    ctx = _job_ctx(project, state_path, say, progress)
     try:
         name, exp = shard.server, project.experiment(run.experiment)
         passed: dict[str, Any] | None = None
@@ -123,6 +126,7 @@ def acquire_job(
         )
         return Acquired(name, shard.run, adopted=False)
     finally:
+        ctx.report(End(shard.server))  # its set-up steps leave the display
         ctx.state.close()
 
 
@@ -186,14 +190,20 @@ class Finished:
 
 
 def final_job(
-    project: Project, state_path: Path, say: Callable[[str], None], run: ManagedRunRecord, shard: ManagedShardRecord
+    project: Project,
+    state_path: Path,
+    say: Callable[[str], None],
+    run: ManagedRunRecord,
+    shard: ManagedShardRecord,
+    *,
+    progress: Report = ignore,
 ) -> Finished:
     """Pull the shard's results folder into its local copy with the one verified pull (:func:`tether.pull.pull`:
     checked against the server's manifest, never written through a link). A failure raises and leaves the server
     as it is; the server is destroyed by the next step (``release``), once the shard's record says its results are
     home."""
     assert shard.server is not None
-    ctx = _job_ctx(project, state_path, say)
+    ctx = _job_ctx(project, state_path, say, progress)
     try:
         exp = project.experiment(run.experiment)
         target = resolve(project, shard.server, ctx.state)
