@@ -197,11 +197,17 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except TetherError as exc:
+        output = getattr(exc, "output", "")
         if debug:
             import traceback
 
             traceback.print_exc()
-        _report(exc.message, exc.hint, exc.exit_code, as_json, type(exc).__name__)
+            if output:
+                click.echo(f"Its output (last lines):\n{output}", err=True)
+        hint = exc.hint
+        if output and not debug and output.strip()[-200:] not in (hint or ""):
+            hint = f"{hint} `--debug` shows its output." if hint else "`--debug` shows its output."
+        _report(exc.message, hint, exc.exit_code, as_json, type(exc).__name__)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _interrupted(as_json, started, shared)

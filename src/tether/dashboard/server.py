@@ -38,7 +38,7 @@ from urllib.parse import parse_qs, urlparse
 
 from tether.config import Project
 from tether.context import Ctx
-from tether.dashboard.snapshot import Cache, build, page_text, refresh, refresh_local
+from tether.dashboard.snapshot import Cache, build, refresh, refresh_local
 from tether.errors import ConfigError, TetherError
 from tether.hosts import resolve
 from tether.paths import PRIVATE_FILE, private_dir, private_home, tether_home
@@ -103,7 +103,7 @@ class Poller:
                     doc = refresh_local(ctx, self.snapshot, self.cache)
                 doc.pop("error", None)
             except TetherError as exc:
-                doc = {**self.snapshot, "error": page_text(str(exc)), "time": time.time()}
+                doc = {**self.snapshot, "error": str(exc), "time": time.time()}
         doc["poll_s"], doc["full_s"], doc["watch_s"] = self.poll_s, self.full_s, WATCH_S
         with self.changed:
             self.snapshot = doc
@@ -314,7 +314,7 @@ def make_handler(
                     result = target.transport.run(["tail", "-n", str(LOG_LINES), rec.log_path], check=False)
                 text = result.text() if result.returncode == 0 else f"(no log yet for {rec.id})"
             except TetherError as exc:
-                text = f"(log unavailable: {page_text(str(exc))})"
+                text = f"(log unavailable: {exc!s})"
             self._send(HTTPStatus.OK, text.encode("utf-8", "replace"))
 
     return Handler

@@ -22,7 +22,6 @@ does: a :class:`Cache` keeps them between observations.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -166,13 +165,6 @@ def _gpus(listing: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def page_text(text: str) -> str:
-    """A message as a page shows it: without the sentences that speak of a terminal's options (``--debug``, which a
-    page has not)."""
-    sentences = re.split(r"(?<=[.!?])\s+", text.strip())
-    return " ".join(s for s in sentences if "--debug" not in s).strip() or text
-
-
 def _registry_targets(ctx: Ctx) -> list[Target]:
     """The hosts whose agent registry the whole observation reads: those it scans (hosts with runs, not this
     machine, not a rented server known not to be running)."""
@@ -194,7 +186,7 @@ def _runs_part(hosts: Sequence[runs.HostProgress], now: float) -> dict[str, Any]
     for hp in hosts:
         if hp.server_state is not None:
             continue  # a rented server known not to be running: the servers table says so
-        error = None if hp.error is None else page_text(hp.error)
+        error = hp.error
         host_rows.append({"host": hp.host, "error": error, "runs": len(hp.runs)})
         for run in hp.runs:
             row = {**run.to_json(), "host": hp.host, "age_s": (now - run.started) if run.started else None}
@@ -254,7 +246,7 @@ def build(ctx: Ctx, cache: Cache | None = None) -> dict[str, Any]:
         **_local_part(ctx, now, cache, report.managed),
         "servers": servers,
         "gpus": {host: _gpus(listing) for host, listing in report.agents.items()},
-        "warnings": [{"text": page_text(w), "fix": _fix_of(w)} for w in report.warnings],
+        "warnings": [{"text": w, "fix": _fix_of(w)} for w in report.warnings],
         "took_s": round(time.monotonic() - started, 3),
     }
 

@@ -183,7 +183,7 @@ def command_failed(argv: Sequence[str], result: Completed, where: str) -> Comman
     detail = f": {last_line}" if last_line else "."
     return CommandFailed(
         f"`{word}` exited with code {result.returncode} on {where}{detail}",
-        hint="Its output is attached to this error (shown with --debug); fix the cause and run it again.",
+        hint="Fix the cause and run it again.",
         returncode=result.returncode,
         output=tail,
     )

@@ -19,7 +19,6 @@ import pytest
 from tests.helpers import tether, tether_json, wait_for, wait_status, write_project
 from tether import config
 from tether.dashboard.server import Dashboard
-from tether.dashboard.snapshot import page_text
 from tether.state import InstanceRecord, ManagedRunRecord, ManagedShardRecord, open_state
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -196,12 +195,3 @@ def test_a_change_reaches_the_page_through_its_own_updates(browser: Any, project
             assert stream.readline().startswith(b"event: snapshot")  # pushed, not polled by the page
     finally:
         dash.stop()
-
-
-def test_a_page_speaks_of_no_terminal_option() -> None:
-    said = page_text(
-        "lab1: `python3 -m tether.server progress` exited 1. Its output is attached to this error (shown with "
-        "--debug); fix the cause and run it again."
-    )
-    assert said == "lab1: `python3 -m tether.server progress` exited 1."
-    assert page_text("plain words.") == "plain words."

@@ -1,0 +1,34 @@
+"""A failed command's output: the error says `--debug` shows it, and `--debug` does show it (a page never hears of
+terminal options: the core's hint speaks of none)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tether.cli import main as cli_main
+from tether.errors import CommandFailed
+from tether.transport.base import Completed, command_failed
+
+
+def _fail(*_args: object, **_kwargs: object) -> None:
+    raise CommandFailed("`sh` exited with code 3 on lab1: boom", "Fix the cause and run it again.", 3, "line 1\nboom\n")
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_debug_shows_the_output_the_error_points_to(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], debug: bool
+) -> None:
+    monkeypatch.setattr(cli_main.cli, "main", _fail)
+    with pytest.raises(SystemExit):
+        cli_main.main(["--debug", "ls"] if debug else ["ls"])
+    err = capsys.readouterr().err
+    assert "error: `sh` exited with code 3 on lab1: boom" in err
+    if debug:
+        assert "Its output (last lines):\nline 1\nboom" in err and "`--debug` shows" not in err
+    else:
+        assert "`--debug` shows its output." in err and "line 1" not in err
+
+
+def test_the_cores_hint_speaks_of_no_terminal_option() -> None:
+    exc = command_failed(["sh", "-c", "exit 3"], Completed(3, b"", b"boom\n"), "lab1")
+    assert exc.output.strip() == "boom" and "--debug" not in str(exc)
