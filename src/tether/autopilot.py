@@ -17,7 +17,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether import agents, cost, notify, plan, pull, rentals, runs, vocab
+from tether import agents, cost, fmt, notify, plan, pull, rentals, runs, vocab
 from tether.context import Ctx
 from tether.errors import PolicyRefusal, TetherError
 from tether.fmt import duration
@@ -163,8 +163,8 @@ def pull_verified(ctx: Ctx, name: str) -> pull.PullReport:
     report = pull.pull(ctx, host_target(ctx.project, name, ctx.state))
     if not report.verified:
         raise PolicyRefusal(
-            f"The pull from {name} did not verify ({len(report.mismatched)} files differ); nothing was stopped or "
-            "destroyed.",
+            f"The pull from {name} did not verify ({fmt.count(len(report.mismatched), 'file')} differ); "
+            "nothing was stopped or destroyed.",
             f"Run `tether pull {name}` again once its runs settle.",
         )
     return report

@@ -67,3 +67,8 @@ def size(nbytes: float) -> str:
         if abs(value) < 999.5:
             return f"{value:.3g} {unit}"
     return f"{value / 1000:.3g} GB"
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 file``, ``0 files``, ``3 files`` (``plural`` when adding an s is wrong)."""
+    return f"{n} {noun if n == 1 else (plural or noun + 's')}"

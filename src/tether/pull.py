@@ -389,7 +389,7 @@ def pull(
         for rel in wanted:
             local = root / rel
             inside = [v for k, v in manifest.items() if k == rel or k.startswith(rel + "/")]
-            on_server = f"{len(inside)} files, {fmt.size(sum(int(v[0]) for v in inside))} on the server"
+            on_server = f"{fmt.count(len(inside), 'file')}, {fmt.size(sum(int(v[0]) for v in inside))} on the server"
             ctx.report(Step(row, f"copying {rel} ({on_server})"))
             try:
                 stats = target.transport.pull(f"{target.code_dir}/{rel}", local, excludes=[".*.tmp"])
@@ -398,7 +398,7 @@ def pull(
             report.files += stats.files_transferred
             report.bytes_transferred += stats.bytes_transferred
             ctx.report(Count(row, report.files, unit="files moved", nbytes=report.bytes_transferred))
-        ctx.report(Step(row, f"verifying {len(manifest)} files against the server's sha256"))
+        ctx.report(Step(row, f"verifying {fmt.count(len(manifest), 'file')} against the server's sha256"))
         report.mismatched = verify_local(root, manifest)
         if not report.mismatched:
             break

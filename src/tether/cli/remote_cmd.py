@@ -11,6 +11,7 @@ from tether import pull as pulling
 from tether.cli.common import context, emit_json, json_option, parse_every, say
 from tether.cli.live import display, shown
 from tether.errors import SyncError
+from tether.fmt import count
 from tether.hosts import resolve
 from tether.progress import End, Step
 
@@ -63,7 +64,7 @@ def up(
         return
     say(
         f"{name} is ready: setup {doc['setup']}, server side {doc['server_side']}, "
-        f"pushed {doc['push']['files']} files ({doc['push']['bytes']} bytes), .env {doc['env']} "
+        f"pushed {count(doc['push']['files'], 'file')} ({doc['push']['bytes']} bytes), .env {doc['env']} "
         f"in {doc['seconds']}s."
     )
     failed = doc.get("failed_rentals") or []
@@ -113,8 +114,9 @@ def pull(ctx: click.Context, host: str | None, experiments: tuple[str, ...], as_
     if not reports:
         say("No server has runs yet; nothing to pull.")
     for r in reports:
-        status = "verified" if r["verified"] else f"NOT verified ({len(r['mismatched'])} files differ)"
-        say(f"{r['host']}: {len(r['changed'])} files changed, {r['bytes_transferred']} bytes moved, {status}.")
+        status = "verified" if r["verified"] else f"NOT verified ({count(len(r['mismatched']), 'file')} differ)"
+        moved = count(r["bytes_transferred"], "byte")
+        say(f"{r['host']}: {count(len(r['changed']), 'file')} changed, {moved} moved, {status}.")
         skipped = r["skipped_links"]
         if skipped:
             names = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tether import provision, pull, rentals, runs
+from tether import fmt, provision, pull, rentals, runs
 from tether.config import ExperimentConfig, Project
 from tether.context import Ctx
 from tether.errors import (
@@ -214,7 +214,7 @@ def final_job(
         if not report.verified:
             raise CommandFailed(
                 f"Shard {shard.shard}'s results from {shard.server} did not verify "
-                f"({len(report.mismatched)} files differ).",
+                f"({fmt.count(len(report.mismatched), 'file')} differ).",
                 "The pull is tried again.",
             )
         if run.shards > 1 and run.mode == "journal" and not list((home / rel).glob("*.shard.json")):

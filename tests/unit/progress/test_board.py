@@ -98,3 +98,10 @@ def test_clock_and_size_formats() -> None:
         "1.25 GB",
         "1 MB",
     ]
+
+
+def test_a_count_of_one_is_singular() -> None:
+    from tether.fmt import count
+
+    assert [count(n, "file") for n in (0, 1, 2)] == ["0 files", "1 file", "2 files"]
+    assert count(1, "entry", "entries") == "1 entry" and count(3, "entry", "entries") == "3 entries"
