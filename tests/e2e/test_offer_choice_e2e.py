@@ -42,9 +42,7 @@ def _up(project: Path, env: dict[str, str], name: str) -> tuple[dict[str, Any], 
     return doc, result.stderr
 
 
-def test_an_offer_freed_by_the_users_own_destroy_is_rented_again_at_once(
-    tmp_path: Path, make_cloud: MakeCloud
-) -> None:
+def test_an_offer_freed_by_the_users_own_destroy_is_rented_again_at_once(tmp_path: Path, make_cloud: MakeCloud) -> None:
     cloud = make_cloud([_offer(9300001, 0.0472), _offer(9300002, 0.1676)])
     project = vast_project(tmp_path, cloud, items=5)
     first, _ = _up(project, cloud.env, "box")
