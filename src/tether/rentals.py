@@ -35,6 +35,7 @@ from tether.providers import (
     ssh_address,
 )
 from tether.renting import (
+    TAKEN_TTL_S,
     Passing,
     destroy_verified,
     find_offers,
@@ -42,6 +43,7 @@ from tether.renting import (
     rent,
     rent_lock,
     rental_cost,
+    taken_marks,
     wait_running,
 )
 from tether.renting import observe as observe_instance
@@ -436,6 +438,25 @@ def _without_avoided(
             "`tether machines` says why; `tether machines forget ID` rents on one again, or loosen the query.",
         )
     return kept
+
+
+def would_skip(
+    project: Project, memory: list[machines.Outcome], offers: list[Offer], now: float
+) -> dict[int, offer_choice.Fact]:
+    """Why ``up`` would pass over each of ``offers`` now, before any ranking: its machine avoided by the memory of
+    machines, or the offer taken in the last few minutes (a rental on this machine, a refusal, a failed rental).
+    Read without the rent lock: what it shows may change at once."""
+    avoid = machines.avoided(memory, now, project.config.vast.avoid_days)
+    marks = taken_marks(tether_home() / "rent.lock", now)
+    out: dict[int, offer_choice.Fact] = {}
+    for o in offers:
+        if o.machine_id is not None and o.machine_id in avoid:
+            why = avoid[o.machine_id]
+            out[o.id] = offer_choice.avoided(o.machine_id, why.until, why.why)
+        elif o.id in marks:
+            mark = marks[o.id]
+            out[o.id] = offer_choice.taken(mark.kind, mark.at, now, TAKEN_TTL_S, mark.label)
+    return out
 
 
 def _hourly_of_demand(o: Offer) -> float:

@@ -94,6 +94,16 @@ def test_an_avoided_machine_and_the_ranking_each_say_why(tmp_path: Path, make_cl
         for n in range(2):
             st.add_machine_outcome(machines.Outcome(22, "vast", now - 30 * 86400 - n, "failed", "old driver", "2"))
 
+    listed = tether("offers", "--for", "exp", "--json", cwd=project, env=cloud.env)
+    assert listed.returncode == 0, listed.stderr
+    offers = json.loads(listed.stdout)
+    schemas.validate("offers", offers)
+    because = {o["id"]: o["skipped_because"] for o in offers["offers"]}
+    assert because[9300022] is None and because[9300023] is None
+    assert because[9300021].startswith("machine 21 is avoided until ")
+    shown = tether("offers", "--for", "exp", cwd=project, env=cloud.env)
+    assert f"`tether up` would skip offer 9300021: {because[9300021]}." in shown.stderr, shown.stderr
+
     doc, said = _up(project, cloud.env, "box")
     assert doc["rented"]["offer_id"] == 9300023
     skipped = doc["rented"]["skipped_offers"]

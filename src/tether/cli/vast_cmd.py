@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import click
@@ -65,9 +66,11 @@ def offers(
         with state() as st:
             memory = st.machine_outcomes()
     price_for = rentals.bid_pricing(spec, found)
+    skips = rentals.would_skip(project, memory, found, time.time()) if hours is not None else {}
     rows = []
     for o in found[:limit]:
         row = o.row()
+        row["skipped_because"] = skips[o.id].words if o.id in skips else None
         row["est_cost_usd"] = estimate_cost(o, hours) if hours is not None else None
         price = rental_cost(o, price_for(o) if price_for else None)
         mine = [m for m in memory if m.machine_id == o.machine_id]
@@ -112,6 +115,9 @@ def offers(
             cells.append("-" if r["expected_usd"] is None else f"${r['expected_usd']:.4f}")
         table.add_row(*cells)
     out.print(table)
+    for r in rows:
+        if r["skipped_because"]:
+            say(f"`tether up` would skip offer {r['id']}: {r['skipped_because']}.")
     ranked = "by expected cost (price, reliability, the machine's record)" if hours and not order else "cheapest first"
     say(f"{len(rows)} offers for {query or spec.query!r} with {spec.min_disk_gb:g} GB disk, {ranked}.")
 
