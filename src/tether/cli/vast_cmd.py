@@ -28,7 +28,13 @@ from tether.state import entered_state_at
 @click.option("--type", "offer_type", type=click.Choice(["on-demand", "bid", "reserved"]), default=None)
 @click.option("--disk", "disk_gb", type=float, default=None, help="Disk GB to rent with (it changes the $/hr).")
 @click.option("--limit", type=int, default=10, show_default=True)
-@click.option("--for", "for_exp", default=None, metavar="EXP", help="Estimate the cost of running EXP on each offer.")
+@click.option(
+    "--for",
+    "for_exp",
+    default=None,
+    metavar="EXP",
+    help="Estimate the cost of running EXP on each offer, and say which ones `up` would skip now.",
+)
 @json_option
 @click.pass_context
 def offers(
