@@ -218,11 +218,6 @@ def taken_marks(lock_path: Path, now: float) -> dict[int, Mark]:
     return taken
 
 
-def read_taken(lock_path: Path, now: float) -> dict[int, float]:
-    """Offers taken in the last :data:`TAKEN_TTL_S` seconds, with when; the caller holds the lock."""
-    return {k: m.at for k, m in taken_marks(lock_path, now).items()}
-
-
 def _write_taken(lock_path: Path, taken: Mapping[int, Mark]) -> None:
     path = _taken_file(lock_path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
