@@ -152,31 +152,54 @@ def cleanup_by_label(provider: Provider, label: str | None) -> list[str]:
 # ---------------------------------------------------------------------------------------------- the rent lock
 
 _process_lock = threading.Lock()
-_holding = threading.local()
 
 
 @contextlib.contextmanager
 def rent_lock(path: Path | None = None) -> Iterator[Path]:
     """Hold the machine-wide rent lock (a thread lock plus ``flock`` on ``$TETHER_HOME/rent.lock``); yields its
-    path. A thread that holds it already holds it again at once (what it records under the lock, e.g. an instance
-    seen gone, may release a taken offer)."""
+    path."""
     lock_path = path or tether_home() / "rent.lock"
-    if getattr(_holding, "path", None) == lock_path:
-        yield lock_path
-        return
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with _process_lock, open(lock_path, "a+", encoding="utf-8") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        _holding.path = lock_path
         try:
             yield lock_path
         finally:
-            _holding.path = None
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _taken_file(lock_path: Path) -> Path:
     return lock_path.with_name("rent-taken.json")
+
+
+def _freed_file(lock_path: Path) -> Path:
+    return lock_path.with_name("rent-freed.json")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    """Written whole by a rename: a reader without the lock sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text(json.dumps(doc), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_freed(lock_path: Path, now: float) -> dict[int, float]:
+    """Offer id -> the last time the user's own rental was seen holding it, for rentals gone since (only what can
+    still cover a mark younger than :data:`TAKEN_TTL_S`)."""
+    data = _read_json(_freed_file(lock_path))
+    freed: dict[int, float] = {}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if str(k).isdigit() and isinstance(v, int | float) and not isinstance(v, bool) and now - v < TAKEN_TTL_S:
+                freed[int(k)] = max(float(v), freed.get(int(k), float(v)))
+    return freed
 
 
 @dataclass(frozen=True)
@@ -205,25 +228,24 @@ def taken_marks(lock_path: Path, now: float) -> dict[int, Mark]:
     when. Written whole by a rename, so it may be read without the lock to show it; the caller holds the lock to
     act on it."""
     taken: dict[int, Mark] = {}
-    try:
-        data = json.loads(_taken_file(lock_path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        data = {}
+    freed = _read_freed(lock_path, now)
+    data = _read_json(_taken_file(lock_path))
     if isinstance(data, dict):
         for k, v in data.items():
             mark = _mark_of(v)
-            fresh = mark is not None and now - mark.at < TAKEN_TTL_S
-            if str(k).isdigit() and mark is not None and fresh and (int(k) not in taken or taken[int(k)].at < mark.at):
+            if not str(k).isdigit() or mark is None or now - mark.at >= TAKEN_TTL_S:
+                continue
+            if mark.at <= freed.get(int(k), -1.0):
+                continue  # made while the user's own rental held it, and that rental is gone: free again
+            if int(k) not in taken or taken[int(k)].at < mark.at:
                 taken[int(k)] = mark
     return taken
 
 
 def _write_taken(lock_path: Path, taken: Mapping[int, Mark]) -> None:
-    path = _taken_file(lock_path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-    doc = {str(k): {"at": m.at, "kind": m.kind, "label": m.label} for k, m in taken.items()}
-    tmp.write_text(json.dumps(doc), encoding="utf-8")
-    os.replace(tmp, path)
+    _write_json(
+        _taken_file(lock_path), {str(k): {"at": m.at, "kind": m.kind, "label": m.label} for k, m in taken.items()}
+    )
 
 
 def mark_taken(
@@ -237,17 +259,25 @@ def mark_taken(
 
 
 def release_taken(offer_id: int, held_until: float, *, lock_path: Path | None = None) -> bool:
-    """The user's own rental on ``offer_id`` is gone (destroyed, or seen gone): the offer is free again, so its taken
-    mark is dropped, if it was made no later than ``held_until`` (the last time that rental was seen holding it).
-    A later mark is kept: it is another rental's, made after the offer was freed. Whether a mark was dropped."""
-    with rent_lock(lock_path) as lp:
-        taken = taken_marks(lp, time.time())
-        mark = taken.get(offer_id)
-        if mark is None or mark.at > held_until:
-            return False
-        del taken[offer_id]
-        _write_taken(lp, taken)
-        return True
+    """The user's own rental on ``offer_id`` is gone (destroyed, or seen gone): the offer is free again, so a taken
+    mark made no later than ``held_until`` (the last time that rental was seen holding it) no longer counts. A later
+    mark still does: it is another rental's, made after the offer was freed. Whether a mark stopped counting.
+
+    Written to its own file under its own short lock, never the rent lock: a destroy or an ``ls`` does not wait for
+    another rental's create, and the rent lock's holders read it with the marks."""
+    lp = lock_path or tether_home() / "rent.lock"
+    lp.parent.mkdir(parents=True, exist_ok=True)
+    with open(lp.with_name("rent-freed.lock"), "a+", encoding="utf-8") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            now = time.time()
+            mark = taken_marks(lp, now).get(offer_id)
+            freed = _read_freed(lp, now)
+            freed[offer_id] = max(held_until, freed.get(offer_id, held_until))
+            _write_json(_freed_file(lp), {str(k): v for k, v in freed.items()})
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    return mark is not None and mark.at <= held_until
 
 
 def remark_taken(offer_id: int, kind: offer_choice.MarkKind, *, lock_path: Path | None = None) -> None:

@@ -116,17 +116,15 @@ def test_an_offer_whose_price_is_not_a_number_is_passed_over_in_words(
     assert passing.facts[listed[0].id].kind == "bad_price"
 
 
-def test_the_rent_lock_is_held_again_by_the_thread_that_holds_it() -> None:
+def test_freeing_an_offer_does_not_wait_for_a_rental_holding_the_rent_lock() -> None:
+    with rent_lock() as lp:
+        mark_taken(lp, 7, "rented", "tether:proj:a")
+    held_until = time.time()
     done: list[bool] = []
-
-    def nested() -> None:
-        with rent_lock() as outer, rent_lock() as inner:
-            assert outer == inner == tether_home() / "rent.lock"
-            mark_taken(inner, 7)
-        assert release_taken(7, time.time()) is True  # takes the lock itself, after it was let go
-        done.append(True)
-
-    worker = threading.Thread(target=nested)
-    worker.start()
-    worker.join(timeout=60)
-    assert not worker.is_alive() and done == [True]
+    with rent_lock() as lp:  # another rental's create is in flight
+        worker = threading.Thread(target=lambda: done.append(release_taken(7, held_until)))
+        worker.start()
+        worker.join(timeout=60)
+        assert not worker.is_alive() and done == [True]
+        assert 7 not in taken_marks(lp, time.time())
+    assert (tether_home() / "rent-taken.json").exists() and (tether_home() / "rent-freed.json").exists()
