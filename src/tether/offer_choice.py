@@ -5,7 +5,9 @@ preflight during this ``up``, a price that is not a number, an offer no bid can 
 rental on this machine took (or the provider refused) in the last few minutes, one whose create failed, and the
 expected-cost ranking each pass over an offer. Each is gathered as a :class:`Fact` (kind and words) while choosing;
 :func:`passed_over` then gives every offer cheaper than the one rented with its reason (each offer once, cheapest
-first), and :func:`line` is the sentence said for one.
+first), and :func:`line` is the sentence said for one (each reason is said once, when it is found: an avoided machine
+as the offers are filtered, a taken offer as it is passed over, the ranking just before the create, a failed create
+in the renting code's own words).
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from typing import Any, Literal
 from tether.fmt import iso
 
 FactKind = Literal["avoided", "failed_preflight", "bad_price", "no_bid", "taken", "tried", "ranked_after"]
-#: Kinds said when they are found (by the renting code, in its own words), so not said again after the choice.
-SAID_WHEN_FOUND: frozenset[str] = frozenset({"avoided", "failed_preflight", "taken", "tried"})
 #: How a taken mark came to be (``rent-taken.json``): a rental made an instance on it, the provider refused a
 #: rental of it (someone else has it, or a bid too low), or the instance made on it did not come up or failed its
 #: preflight.
