@@ -343,6 +343,9 @@ def ensure_rented(
             return rental_cost(o, price_for(o) if price_for else None)
 
         cheapest = min(rental_cost(o, price_for(o) if price_for else None) for o in offers)
+        for o in biddable:
+            if o.id in passing.facts and passing.facts[o.id].kind == "no_bid" and hourly(o) < cheapest:
+                say(offer_choice.line(o.id, hourly(o), passing.facts[o.id].words))
         # A first look, before the account key is checked: the exact offer is committed under the rent lock.
         _refuse(commit_refusal(project, st, name, Candidate(cheapest, "renting the cheapest offer"), budget))
         key = check_account_key(project, prov)

@@ -359,6 +359,7 @@ def rent(
     for o in offers:
         if not valid_price(hourly(o)) and o.id not in seen.facts:
             seen.facts[o.id] = offer_choice.bad_price(hourly(o))
+            say(offer_choice.line(o.id, None, seen.facts[o.id].words))
     ranked = sorted((o for o in offers if valid_price(hourly(o))), key=key)
     if not ranked:
         raise NoCapacity("There is no offer to rent.", "Loosen the query or try again later.")

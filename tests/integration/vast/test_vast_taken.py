@@ -110,10 +110,14 @@ def test_an_offer_whose_price_is_not_a_number_is_passed_over_in_words(
     emu = vast_api_emulator
     p = make_provider(emu)
     listed = offers_for(p)
-    passing = Passing()
-    rent_on(emu, p, listed, price_for=lambda o: math.nan if o.id == listed[0].id else None, passing=passing)
+    passing, said = Passing(), list[str]()
+    nan_first = {"price_for": lambda o: math.nan if o.id == listed[0].id else None}
+    rent_on(emu, p, listed, passing=passing, on_event=said.append, **nan_first)
     assert passing.chosen == listed[1].id
     assert passing.facts[listed[0].id].kind == "bad_price"
+    assert [s for s in said if s.startswith("skipped offer")] == [
+        f"skipped offer {listed[0].id} (no valid price): its price (nan) is not a finite non-negative number"
+    ]
 
 
 def test_freeing_an_offer_does_not_wait_for_a_rental_holding_the_rent_lock() -> None:
