@@ -472,6 +472,7 @@ def rent_a_working_host(
     and the failed rentals (why, and what each cost)."""
     from tether import preflight, rentals
     from tether.hosts import resolve
+    from tether.renting import remark_taken
 
     project, state = ctx.project, ctx.state
     failed: list[dict[str, Any]] = []
@@ -520,6 +521,10 @@ def rent_a_working_host(
             "(verified) and trying the next offer."
         )
         target.transport.close()
+        if isinstance(rented.get("offer_id"), int):
+            # Marked before the destroy, so the destroy does not free it: a rental in flight beside this one (its
+            # offers listed before this machine was remembered) passes it over too.
+            remark_taken(rented["offer_id"], "failed")
         ctx.report(Step(name, f"destroying instance {rec.instance_id} (failed its preflight)"))
         gone = rentals.destroy(project, state, name)
         spent = _instance_cost(state, rec.instance_id)

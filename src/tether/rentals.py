@@ -18,10 +18,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from tether import cost, machines, vocab
+from tether import cost, machines, offer_choice, vocab
 from tether.config import Project
 from tether.errors import ConfigError, NoCapacity, PolicyRefusal, ProviderError, SSHError, TetherError
-from tether.fmt import iso
 from tether.ledger import Budget, Candidate, Commitment, Limits, refusal, valid_price
 from tether.paths import tether_home
 from tether.profiles import Profile, project_profile
@@ -36,7 +35,18 @@ from tether.providers import (
     provider_for,
     ssh_address,
 )
-from tether.renting import destroy_verified, find_offers, rent, rent_lock, rental_cost, wait_running
+from tether.renting import (
+    TAKEN_TTL_S,
+    Passing,
+    destroy_verified,
+    find_offers,
+    release_taken,
+    rent,
+    rent_lock,
+    rental_cost,
+    taken_marks,
+    wait_running,
+)
 from tether.renting import observe as observe_instance
 from tether.state import InstanceRecord, State
 
@@ -121,6 +131,12 @@ def record(
         meta=merged,
     )
     st.upsert_instance(rec, source=source)
+    offer = merged.get("offer_id")
+    freed = old is not None and old.instance_id == inst.id and old.state != "gone" and inst.state == "gone"
+    if freed and old is not None and isinstance(offer, int):
+        # The offer this rental held is free again: a later `up` may rent it at once (its taken mark, made while
+        # this rental held it, is dropped; another rental's later mark is kept).
+        release_taken(offer, old.updated)
     lost = machine_loss(old.state if old else None, inst.state, source)
     machine = merged.get("machine_id")
     if lost is not None and isinstance(machine, int) and not isinstance(machine, bool):
@@ -317,11 +333,24 @@ def ensure_rented(
         prof = profile_for(project, profile or "api", disk_gb=disk_gb, image=image)
         refuse_reserved(prof)
         offers = _offers_for(prov, prof, offer_id, say)
+        considered = list(offers)
+        passing = Passing()
         memory = st.machine_outcomes(PROVIDER)
         if not offer_id:
-            offers = _without_avoided(offers, memory, project, skip or {}, say)
+            offers = _without_avoided(offers, memory, project, skip or {}, say, _hourly_of(prof), passing.facts)
+        biddable = list(offers)
         price_for = bid_pricing(prof, offers)
+        for o in biddable:
+            if o not in offers:
+                passing.facts[o.id] = offer_choice.no_bid(o.min_bid, prof.bid_usd)
+
+        def hourly(o: Offer) -> float:
+            return rental_cost(o, price_for(o) if price_for else None)
+
         cheapest = min(rental_cost(o, price_for(o) if price_for else None) for o in offers)
+        for o in biddable:
+            if o.id in passing.facts and passing.facts[o.id].kind == "no_bid" and hourly(o) < cheapest:
+                say(offer_choice.line(o.id, hourly(o), passing.facts[o.id].words))
         # A first look, before the account key is checked: the exact offer is committed under the rent lock.
         _refuse(commit_refusal(project, st, name, Candidate(cheapest, "renting the cheapest offer"), budget))
         key = check_account_key(project, prov)
@@ -332,24 +361,30 @@ def ensure_rented(
         base_meta = {**_adopted_meta(project), "identity_file": identity, "profile": prof.name}
         st.reserve_instance(name, PROVIDER, project.config.vast.remote_root, base_meta)
 
-        def commit_offer(offer: Offer, rate: float) -> None:
-            commit(project, st, name, offer, rate, budget, base_meta)
-
         def expected(offer: Offer) -> float:
             mine = [o for o in memory if o.machine_id == offer.machine_id]
             price = rental_cost(offer, price_for(offer) if price_for else None)
             return machines.expected_cost(price, hours, offer.reliability, mine, interruptible=price_for is not None)
 
+        def commit_offer(offer: Offer, rate: float) -> None:
+            if not offer_id:
+                for why in _ranked_after(offer, offers, hourly, expected, memory, hours, passing.facts):
+                    say(why)
+            commit(project, st, name, offer, rate, budget, base_meta)
+
         try:
             rank = None if offer_id else expected
             step = bind(report, name)
-            inst = _rent(prov, offers, prof, label, max_price, project, say, price_for, commit_offer, rank, step)
+            inst = _rent(
+                prov, offers, prof, label, max_price, project, say, price_for, commit_offer, rank, passing, step
+            )
         except BaseException:
             # Nothing may be left half-known: adopt what the create made, or drop the reservation.
             with contextlib.suppress(TetherError):
                 reconcile_after_failure(project, st, prov, name)
             raise
-        chosen = _offer_of(offers, inst)
+        chosen = next((o for o in offers if o.id == passing.chosen), None) or _offer_of(offers, inst)
+        skipped = offer_choice.passed_over(considered, chosen.id, hourly, passing.facts)
         bid = price_for(chosen) if price_for else None
         meta = {
             "offer_id": chosen.id,
@@ -371,35 +406,101 @@ def ensure_rented(
             _wait_for_key(project, st, prov, name, rec, key, say, report)
     out: dict[str, Any] = {"instance_id": inst.id, "reused": False, "address": rec.address}
     out.update({"machine_id": chosen.machine_id, "offer_id": chosen.id})
+    out["skipped_offers"] = [s.to_json() for s in skipped]
     return {**out, "dph_total": rec.dph_total, "offer_type": prof.type, "bid_usd": bid}
 
 
+def _hourly_of(prof: Profile) -> Callable[[Offer], float]:
+    """The $/hr an offer would bill under ``prof`` (its bid when the profile bids and a bid can be placed)."""
+
+    def hourly(o: Offer) -> float:
+        return rental_cost(o, prof.bid_for(o.min_bid) if prof.type == "bid" else None)
+
+    return hourly
+
+
 def _without_avoided(
-    offers: list[Offer], memory: list[machines.Outcome], project: Project, skip: Mapping[int, str], say: Say
+    offers: list[Offer],
+    memory: list[machines.Outcome],
+    project: Project,
+    skip: Mapping[int, str],
+    say: Say,
+    hourly: Callable[[Offer], float] | None = None,
+    facts: dict[int, offer_choice.Fact] | None = None,
 ) -> list[Offer]:
     """The offers whose machine is not avoided now (the memory of machines, ``[vast] avoid_days``) nor in ``skip``;
-    a line for each machine left out. NoCapacity when none is left."""
+    a line for each offer left out (and its reason in ``facts``). NoCapacity when none is left."""
     avoid = machines.avoided(memory, time.time(), project.config.vast.avoid_days)
     kept: list[Offer] = []
+    found = facts if facts is not None else {}
     for offer in offers:
         mid = offer.machine_id
         if mid is not None and mid in skip:
-            say(f"skipping offer {offer.id}: machine {mid} {skip[mid]}")
+            found[offer.id] = offer_choice.failed_preflight(mid, skip[mid])
         elif mid is not None and mid in avoid:
-            why = avoid[mid]
-            until = iso(why.until)
-            say(
-                f"skipping offer {offer.id}: machine {mid} is avoided until {until} ({why.why}); "
-                f"`tether machines forget {mid}` to rent it again"
-            )
+            found[offer.id] = offer_choice.avoided(mid, avoid[mid].until, avoid[mid].why)
         else:
             kept.append(offer)
+            continue
+        say(offer_choice.line(offer.id, (hourly or _hourly_of_demand)(offer), found[offer.id].words))
     if not kept:
         raise NoCapacity(
             f"Every fitting offer is on a machine that failed before ({len(offers)} offers).",
             "`tether machines` says why; `tether machines forget ID` rents on one again, or loosen the query.",
         )
     return kept
+
+
+def would_skip(
+    project: Project, memory: list[machines.Outcome], offers: list[Offer], now: float
+) -> dict[int, offer_choice.Fact]:
+    """Why ``up`` would pass over each of ``offers`` now, before any ranking: its machine avoided by the memory of
+    machines, or the offer taken in the last few minutes (a rental on this machine, a refusal, a failed rental).
+    Read without the rent lock: what it shows may change at once."""
+    avoid = machines.avoided(memory, now, project.config.vast.avoid_days)
+    marks = taken_marks(tether_home() / "rent.lock", now)
+    out: dict[int, offer_choice.Fact] = {}
+    for o in offers:
+        if o.machine_id is not None and o.machine_id in avoid:
+            why = avoid[o.machine_id]
+            out[o.id] = offer_choice.avoided(o.machine_id, why.until, why.why)
+        elif o.id in marks:
+            mark = marks[o.id]
+            out[o.id] = offer_choice.taken(mark.kind, mark.at, now, TAKEN_TTL_S, mark.label)
+    return out
+
+
+def _hourly_of_demand(o: Offer) -> float:
+    return o.dph_total
+
+
+def _ranked_after(
+    picked: Offer,
+    offers: list[Offer],
+    hourly: Callable[[Offer], float],
+    expected: Callable[[Offer], float],
+    memory: list[machines.Outcome],
+    hours: float,
+    facts: dict[int, offer_choice.Fact],
+) -> list[str]:
+    """The offers cheaper than ``picked`` that the expected-cost ranking put after it (those with no other reason
+    in ``facts``): their reason is put in ``facts``; the lines to say, each offer once."""
+    lines: list[str] = []
+    price = hourly(picked)
+    for o in sorted(offers, key=hourly):
+        if o.id == picked.id or o.id in facts or not valid_price(hourly(o)) or hourly(o) >= price:
+            continue
+        mine = [m for m in memory if m.machine_id == o.machine_id]
+        facts[o.id] = offer_choice.ranked_after(
+            picked.id,
+            expected(o),
+            expected(picked),
+            hours,
+            machines.failure_share(mine, o.reliability),
+            machines.ready_minutes(mine),
+        )
+        lines.append(offer_choice.line(o.id, hourly(o), facts[o.id].words))
+    return lines
 
 
 def refuse_reserved(prof: Profile) -> None:
@@ -499,6 +600,7 @@ def _rent(
     price_for: Callable[[Offer], float | None] | None = None,
     commit_offer: Callable[[Offer, float], None] | None = None,
     rank: Callable[[Offer], float] | None = None,
+    passing: Passing | None = None,
     step: Say | None = None,
 ) -> Instance:
     assert prof.image is not None  # project_profile always sets it
@@ -516,6 +618,7 @@ def _rent(
         wait_deadline_s=_wait_s(project),
         poll_s=project.config.vast.poll_seconds,
         on_event=say,
+        passing=passing,
         on_step=step,
     )
 

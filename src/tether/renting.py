@@ -3,7 +3,9 @@
 - :func:`find_offers`: search, cheapest first; when nothing matches, NoCapacity says why (the provider explains).
 - :func:`rent`: turn a list of offers into one running instance: cheapest first, under a machine-wide file lock so
   that several ``rent`` at once (threads or processes) never take the same offer, destroying (and verifying gone)
-  every instance that did not come up, so nothing is left billing.
+  every instance that did not come up, so nothing is left billing; why each offer before the one rented was passed
+  over is gathered in a :class:`Passing` (:mod:`tether.offer_choice` words it).
+- :func:`release_taken`: an offer the user's own rental held is free again once that rental is gone.
 - :func:`wait_running`: poll with a deadline until the instance runs with an SSH address.
 - :func:`destroy_verified`: destroy, then poll until the provider no longer has it.
 - :func:`cleanup_by_label`: after a create whose outcome is unknown, destroy what it may have made.
@@ -21,8 +23,11 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from tether import offer_choice
 from tether.errors import AuthError, NoCapacity, ProviderError
 from tether.ledger import valid_price
 from tether.paths import tether_home
@@ -171,34 +176,127 @@ def _taken_file(lock_path: Path) -> Path:
     return lock_path.with_name("rent-taken.json")
 
 
-def read_taken(lock_path: Path, now: float) -> dict[int, float]:
-    """Offers taken in the last :data:`TAKEN_TTL_S` seconds (by any process holding the same lock), with when;
-    the caller holds the lock."""
-    taken: dict[int, float] = {}
+def _freed_file(lock_path: Path) -> Path:
+    return lock_path.with_name("rent-freed.json")
+
+
+def _read_json(path: Path) -> Any:
     try:
-        data = json.loads(_taken_file(lock_path).read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
-        data = {}
-    if isinstance(data, dict):
-        for k, v in data.items():
-            if str(k).isdigit() and isinstance(v, int | float) and now - float(v) < TAKEN_TTL_S:
-                taken[int(k)] = max(float(v), taken.get(int(k), 0.0))
-    return taken
+        return {}
 
 
-def _write_taken(lock_path: Path, taken: Mapping[int, float]) -> None:
-    path = _taken_file(lock_path)
+def _write_json(path: Path, doc: Any) -> None:
+    """Written whole by a rename: a reader without the lock sees the old file or the new one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-    tmp.write_text(json.dumps({str(k): v for k, v in taken.items()}), encoding="utf-8")
+    tmp.write_text(json.dumps(doc), encoding="utf-8")
     os.replace(tmp, path)
 
 
-def mark_taken(lock_path: Path, offer_id: int) -> None:
+def _read_freed(lock_path: Path, now: float) -> dict[int, float]:
+    """Offer id -> the last time the user's own rental was seen holding it, for rentals gone since (only what can
+    still cover a mark younger than :data:`TAKEN_TTL_S`)."""
+    data = _read_json(_freed_file(lock_path))
+    freed: dict[int, float] = {}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if str(k).isdigit() and isinstance(v, int | float) and not isinstance(v, bool) and now - v < TAKEN_TTL_S:
+                freed[int(k)] = max(float(v), freed.get(int(k), float(v)))
+    return freed
+
+
+@dataclass(frozen=True)
+class Mark:
+    """An offer taken ``at`` (epoch seconds): by a rental on this machine (its label), refused by the provider, or
+    its instance failed its preflight."""
+
+    at: float
+    kind: offer_choice.MarkKind = "rented"
+    label: str | None = None
+
+
+def _mark_of(value: Any) -> Mark | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return Mark(float(value))  # the older file: a bare time
+    if isinstance(value, dict) and isinstance(value.get("at"), int | float):
+        kinds: dict[Any, offer_choice.MarkKind] = {"refused": "refused", "failed": "failed"}
+        label = value.get("label") if isinstance(value.get("label"), str) else None
+        kind = value.get("kind")
+        return Mark(float(value["at"]), kinds.get(kind, "rented") if isinstance(kind, str) else "rented", label)
+    return None
+
+
+def taken_marks(lock_path: Path, now: float) -> dict[int, Mark]:
+    """Offers taken in the last :data:`TAKEN_TTL_S` seconds (by any process holding the same lock), with how and
+    when. Written whole by a rename, so it may be read without the lock to show it; the caller holds the lock to
+    act on it."""
+    taken: dict[int, Mark] = {}
+    freed = _read_freed(lock_path, now)
+    data = _read_json(_taken_file(lock_path))
+    if isinstance(data, dict):
+        for k, v in data.items():
+            mark = _mark_of(v)
+            if not str(k).isdigit() or mark is None or now - mark.at >= TAKEN_TTL_S:
+                continue
+            if mark.at <= freed.get(int(k), -1.0):
+                continue  # made while the user's own rental held it, and that rental is gone: free again
+            if int(k) not in taken or taken[int(k)].at < mark.at:
+                taken[int(k)] = mark
+    return taken
+
+
+def _write_taken(lock_path: Path, taken: Mapping[int, Mark]) -> None:
+    _write_json(
+        _taken_file(lock_path), {str(k): {"at": m.at, "kind": m.kind, "label": m.label} for k, m in taken.items()}
+    )
+
+
+def mark_taken(
+    lock_path: Path, offer_id: int, kind: offer_choice.MarkKind = "rented", label: str | None = None
+) -> None:
     """Remember that ``offer_id`` was just taken; the caller holds the lock."""
     now = time.time()
-    taken = read_taken(lock_path, now)
-    taken[offer_id] = now
+    taken = taken_marks(lock_path, now)
+    taken[offer_id] = Mark(now, kind, label)
     _write_taken(lock_path, taken)
+
+
+def release_taken(offer_id: int, held_until: float, *, lock_path: Path | None = None) -> bool:
+    """The user's own rental on ``offer_id`` is gone (destroyed, or seen gone): the offer is free again, so a taken
+    mark made no later than ``held_until`` (the last time that rental was seen holding it) no longer counts. A later
+    mark still does: it is another rental's, made after the offer was freed. Whether a mark stopped counting.
+
+    Written to its own file under its own short lock, never the rent lock: a destroy or an ``ls`` does not wait for
+    another rental's create, and the rent lock's holders read it with the marks."""
+    lp = lock_path or tether_home() / "rent.lock"
+    lp.parent.mkdir(parents=True, exist_ok=True)
+    with open(lp.with_name("rent-freed.lock"), "a+", encoding="utf-8") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            now = time.time()
+            mark = taken_marks(lp, now).get(offer_id)
+            freed = _read_freed(lp, now)
+            freed[offer_id] = max(held_until, freed.get(offer_id, held_until))
+            _write_json(_freed_file(lp), {str(k): v for k, v in freed.items()})
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    return mark is not None and mark.at <= held_until
+
+
+def remark_taken(offer_id: int, kind: offer_choice.MarkKind, *, lock_path: Path | None = None) -> None:
+    """Mark ``offer_id`` taken now with how (e.g. ``failed``: its instance failed its preflight), under the lock."""
+    with rent_lock(lock_path) as lp:
+        mark_taken(lp, offer_id, kind)
+
+
+@dataclass
+class Passing:
+    """What :func:`rent` saw while choosing: why each offer before the one rented was passed over (offer id ->
+    :class:`~tether.offer_choice.Fact`), and the offer rented."""
+
+    facts: dict[int, offer_choice.Fact] = field(default_factory=dict)
+    chosen: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------- renting
@@ -232,6 +330,7 @@ def rent(
     sleep: Sleep = time.sleep,
     lock_path: Path | None = None,
     on_event: Say | None = None,
+    passing: Passing | None = None,
     on_step: Say | None = None,
 ) -> Instance:
     """Rent the cheapest usable offer and wait until it runs; never leave a failed instance billing.
@@ -249,9 +348,14 @@ def rent(
     will bill (:func:`rental_cost`): it records the reservation, or raises to refuse it (nothing is created then).
     A price that is not a finite non-negative number is never rented (the offer is skipped).
     ``on_step`` hears what it is doing now (creating, then the instance's state while it is waited for).
+
+    ``passing``, when given, gathers why each offer tried before the one rented was passed over (a price that is not
+    a number, taken by another rental in the last :data:`TAKEN_TTL_S` s, a create or start that failed) and which
+    offer was rented; a taken offer passed over is said once, when it is passed over.
     """
     say = on_event or _quiet
     step = on_step or _quiet
+    seen = passing if passing is not None else Passing()
 
     def hourly(o: Offer) -> float:
         return rental_cost(o, price_for(o) if price_for is not None else None)
@@ -259,6 +363,10 @@ def rent(
     def key(o: Offer) -> tuple[float, float, float]:
         return (rank(o) if rank is not None else hourly(o), hourly(o), -o.reliability)
 
+    for o in offers:
+        if not valid_price(hourly(o)) and o.id not in seen.facts:
+            seen.facts[o.id] = offer_choice.bad_price(hourly(o))
+            say(offer_choice.line(o.id, None, seen.facts[o.id].words))
     ranked = sorted((o for o in offers if valid_price(hourly(o))), key=key)
     if not ranked:
         raise NoCapacity("There is no offer to rent.", "Loosen the query or try again later.")
@@ -278,8 +386,16 @@ def rent(
     while attempts < max_attempts:
         offer: Offer | None = None
         with rent_lock(lock_path) as lp:
-            taken = read_taken(lp, time.time())
+            now = time.time()
+            taken = taken_marks(lp, now)
             offer = next((o for o in ranked if o.id not in tried and o.id not in taken), None)
+            for o in ranked:
+                if o is offer:
+                    break
+                mark = taken.get(o.id)
+                if mark is not None and o.id not in tried and o.id not in seen.facts:
+                    seen.facts[o.id] = offer_choice.taken(mark.kind, mark.at, now, TAKEN_TTL_S, mark.label)
+                    say(offer_choice.line(o.id, hourly(o), seen.facts[o.id].words))
             if offer is None:
                 break
             tried.add(offer.id)
@@ -295,8 +411,9 @@ def rent(
                     offer.id, image=image, disk_gb=disk_gb, label=label, onstart=onstart, env=env, price=price
                 )
             except NoCapacity as exc:
-                mark_taken(lp, offer.id)
+                mark_taken(lp, offer.id, "refused")
                 failures.append(f"offer {offer.id}: {exc.message}")
+                seen.facts[offer.id] = offer_choice.tried(f"the provider refused it ({exc.message})")
                 if exc.instance_id is not None:
                     # Refused, yet an instance was made (a bid too low gives a stopped one): it must not bill.
                     destroy_verified(provider, exc.instance_id, clock=clock, sleep=sleep)
@@ -309,7 +426,7 @@ def rent(
             except ProviderError:
                 cleanup_by_label(provider, label)
                 raise
-            mark_taken(lp, offer.id)
+            mark_taken(lp, offer.id, "rented", label)
 
         def polled(inst: Instance, instance_id: str = instance_id) -> None:
             step(f"waiting for instance {instance_id} to run: {inst.state}")
@@ -320,13 +437,16 @@ def rent(
             )
         except NoCapacity as exc:
             failures.append(f"offer {offer.id}: {exc.message}")
+            seen.facts[offer.id] = offer_choice.tried(f"instance {instance_id} on it did not come up ({exc.message})")
             say(f"instance {instance_id} did not come up ({exc.message}); destroying it and trying the next offer")
             destroy_verified(provider, instance_id, clock=clock, sleep=sleep)
+            remark_taken(offer.id, "failed", lock_path=lock_path)
             continue
         except BaseException:
             destroy_verified(provider, instance_id, clock=clock, sleep=sleep)
             raise
         say(f"instance {inst.id} is running at {inst.ssh_host}:{inst.ssh_port}")
+        seen.chosen = offer.id
         return inst
     detail = "; ".join(failures) if failures else "every offer was just taken by another rent on this machine"
     raise NoCapacity(

@@ -42,7 +42,8 @@ def up(
     """Set up server NAME: setup.sh, tether's server side, the code, and the .env (mode 0600).
 
     NAME is a [hosts.NAME] entry, or a server to rent from Vast.ai with --profile/--offer (then tether rents the
-    cheapest fitting offer first). Running it twice changes nothing and is fast.
+    fitting offer with the lowest expected cost, and says why it passed over each cheaper one). Running it twice
+    changes nothing and is fast.
     """
     ctx.obj["setting_up"] = name  # a Ctrl-C now says `tether up NAME` finishes the set-up
     with (

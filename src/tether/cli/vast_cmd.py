@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import click
@@ -39,7 +40,13 @@ from tether.state import entered_state_at
 @click.option("--type", "offer_type", type=click.Choice(["on-demand", "bid", "reserved"]), default=None)
 @click.option("--disk", "disk_gb", type=float, default=None, help="Disk GB to rent with (it changes the $/hr).")
 @click.option("--limit", type=int, default=10, show_default=True)
-@click.option("--for", "for_exp", default=None, metavar="EXP", help="Estimate the cost of running EXP on each offer.")
+@click.option(
+    "--for",
+    "for_exp",
+    default=None,
+    metavar="EXP",
+    help="Estimate the cost of running EXP on each offer, and say which ones `up` would skip now.",
+)
 @json_option
 @click.pass_context
 def offers(
@@ -77,9 +84,11 @@ def offers(
         with state() as st:
             memory = st.machine_outcomes()
     price_for = rentals.bid_pricing(spec, found)
+    skips = rentals.would_skip(project, memory, found, time.time()) if hours is not None else {}
     rows = []
     for o in found[:limit]:
         row = o.row()
+        row["skipped_because"] = skips[o.id].words if o.id in skips else None
         row["est_cost_usd"] = estimate_cost(o, hours) if hours is not None else None
         price = rental_cost(o, price_for(o) if price_for else None)
         mine = [m for m in memory if m.machine_id == o.machine_id]
@@ -124,6 +133,9 @@ def offers(
             cells.append("-" if r["expected_usd"] is None else f"${r['expected_usd']:.4f}")
         table.add_row(*cells)
     out.print(table)
+    for r in rows:
+        if r["skipped_because"]:
+            say(f"`tether up` would skip offer {r['id']}: {r['skipped_because']}.")
     ranked = "by expected cost (price, reliability, the machine's record)" if hours and not order else "cheapest first"
     say(f"{len(rows)} offers for {query or spec.query!r} with {spec.min_disk_gb:g} GB disk, {ranked}.")
 
