@@ -19,6 +19,7 @@ from tether.fmt import duration, iso
 from tether.hosts import LOCAL, resolve
 from tether.providers import provider_for
 from tether.runs import HostProgress
+from tether.scope import Scope
 
 
 def observe_rented(ctx: Ctx) -> list[str]:
@@ -108,9 +109,13 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     managed: list[managed.ManagedView] = field(default_factory=list)
     """Managed runs (unfinished, or ended in the last day), each with its shards, as local state has them."""
+    scope: Scope = field(default_factory=lambda: Scope(None))
+    """Whose runs ``runs``, ``hosts`` and ``managed`` hold (servers and money are every project's: servers are
+    shared)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "scope": self.scope.to_json(),
             "servers": [s.to_json() for s in self.servers],
             "runs": [r.to_json() for r in self.runs],
             "agents": self.agents,
@@ -131,28 +136,32 @@ def budget_warnings(policy: Any, ledger: cost.Ledger) -> list[str]:
     return out
 
 
-def report(ctx: Ctx) -> Report:
-    """Observe everything once (see the module docstring)."""
+def report(ctx: Ctx, scope: Scope | None = None) -> Report:
+    """Observe everything once (see the module docstring): the runs in ``scope`` (default: :meth:`Scope.of` the
+    project), every server."""
     project, st = ctx.project, ctx.state
+    scope = scope or Scope.of(project)
     policy = project.config.policy
-    out = Report(now=0.0)
+    out = Report(now=0.0, scope=scope)
     out.warnings += observe_rented(ctx)
     now = out.now = ctx.now()
     out.ledger = led = cost.ledger(st.event_log(), now)
     scanned: list[str] = []
-    for name in sorted({r.host for r in st.runs()}):
+    for name in scope.hosts(st):
         rented = st.instance(name)
         if rented is not None and rented.state != "running":
             continue  # a stopped or destroyed server cannot be asked; its runs were pulled before
         try:
-            found = runs.observe(st, resolve(project, name, st), ctx=ctx)
+            target = resolve(project, name, st)
+            found = runs.observe(st, target, ctx=ctx)
         except TetherError as exc:
             out.warnings.append(f"{name}: could not read runs ({exc.message})")
             out.hosts.append(HostProgress(name, [], str(exc)))
             continue
         scanned.append(name)
-        out.hosts.append(HostProgress(name, found.runs))
-        out.runs += [HostRun(name, r) for r in found.runs]
+        shown = scope.select(st, name, target.code_dir, found.runs)
+        out.hosts.append(HostProgress(name, shown))
+        out.runs += [HostRun(name, r) for r in shown]
     for rec in st.instances():
         if rec.provider != rentals.PROVIDER or rec.state == "gone":
             continue
@@ -201,7 +210,8 @@ def report(ctx: Ctx) -> Report:
         except TetherError as exc:
             out.warnings.append(f"{name}: agents unreadable ({exc})")
     out.warnings += budget_warnings(policy, led)
-    out.managed = managed.views(ctx)
+    mine = scope.managed_ids(st)
+    out.managed = [m for m in managed.views(ctx) if m.id in mine]
     for mrun in out.managed:
         if mrun.status not in vocab.MANAGED_FINAL and not mrun.controller:
             out.warnings.append(

@@ -40,6 +40,7 @@ from tether.dashboard.snapshot import build
 from tether.errors import ConfigError, TetherError
 from tether.hosts import resolve
 from tether.paths import PRIVATE_FILE, private_dir, private_home
+from tether.scope import Scope
 from tether.state import open_state
 
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
@@ -49,8 +50,11 @@ LOG_LINES = 200
 class Poller:
     """Builds a snapshot every ``poll_s`` seconds in its own thread (with its own state connection)."""
 
-    def __init__(self, project: Project, poll_s: float, *, state_path: Path | None = None) -> None:
+    def __init__(
+        self, project: Project, poll_s: float, *, state_path: Path | None = None, scope: Scope | None = None
+    ) -> None:
         self.project = project
+        self.scope = scope or Scope.of(project)
         self.poll_s = poll_s
         self.state_path = state_path
         self.version = 0
@@ -71,7 +75,7 @@ class Poller:
     def poll_once(self) -> None:
         with open_state(self.state_path) as st:
             try:
-                doc = build(Ctx(self.project, st))
+                doc = build(Ctx(self.project, st), self.scope)
             except TetherError as exc:
                 doc = {**self.snapshot, "error": str(exc), "time": time.time()}
         with self.changed:
@@ -275,9 +279,10 @@ class Dashboard:
         poll_s: float = 30.0,
         token: str | None = None,
         state_path: Path | None = None,
+        scope: Scope | None = None,
     ) -> None:
         self.token = token or secrets.token_urlsafe(24)
-        self.poller = Poller(project, poll_s, state_path=state_path)
+        self.poller = Poller(project, poll_s, state_path=state_path, scope=scope)
         self.opener: Path | None = None
         self._opener_lock = threading.Lock()
         handler = make_handler(self.token, self.poller, project, state_path, bound=host, on_page=self._remove_opener)

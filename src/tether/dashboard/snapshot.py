@@ -16,6 +16,7 @@ from typing import Any
 
 from tether import agents, cost, status
 from tether.context import Ctx
+from tether.scope import Scope
 from tether.state import RunRecord
 
 #: How many observations of the ledger the chart shows at most (the latest ones).
@@ -96,10 +97,11 @@ def _gpus(listing: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def build(ctx: Ctx) -> dict[str, Any]:
-    """One observation of everything the page shows."""
+def build(ctx: Ctx, scope: Scope | None = None) -> dict[str, Any]:
+    """One observation of everything the page shows: the runs in ``scope`` (default: the project's; ``project``
+    names it, or "all projects"), every server."""
     started = time.monotonic()
-    report = status.report(ctx)
+    report = status.report(ctx, scope)
     now = report.now
     hosts = report.hosts  # the scans status made: one round trip per host, not two
     by_experiment: dict[str, list[dict[str, Any]]] = {}
@@ -122,7 +124,8 @@ def build(ctx: Ctx) -> dict[str, Any]:
         servers.append(doc)
     return {
         "time": now,
-        "project": ctx.project.name,
+        "project": report.scope.label,
+        "scope": report.scope.to_json(),
         "runs": [{"experiment": k, "runs": v} for k, v in sorted(by_experiment.items())],
         "managed": [m.to_json() for m in report.managed],
         "hosts": host_rows,

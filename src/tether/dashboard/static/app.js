@@ -192,6 +192,7 @@ function renderWarnings(warnings) {
 function render(doc) {
   if (doc.loading) return;
   replace("project", doc.project || "");
+  document.title = "tether " + (doc.project || "dashboard");
   replace("updated", "updated " + new Date(doc.time * 1000).toLocaleTimeString() + (doc.error ? " — " + doc.error : ""));
   renderWarnings(doc.warnings || []);
   renderManaged(doc.managed || []);
