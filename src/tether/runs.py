@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from tether import vocab
 from tether.context import Ctx
-from tether.errors import CommandFailed, RemoteError, TetherError
+from tether.errors import CommandFailed, ConfigError, RemoteError, TetherError
 from tether.hosts import LOCAL, Target, resolve
 from tether.scope import Scope
 from tether.state import RunRecord, State, entered_state_at
@@ -398,6 +398,24 @@ def hosts_with_runs(state: State, scope: Scope | None = None) -> list[str]:
     return [n for n in names if n not in gone] or [LOCAL]
 
 
+def target_of(ctx: Ctx, name: str) -> Target:
+    """Host ``name`` as this project knows it; one only another project's ``tether.toml`` names (its runs are seen
+    with ``--all``) through the project that started a run there."""
+    try:
+        return resolve(ctx.project, name, ctx.state)
+    except ConfigError:
+        from pathlib import Path
+
+        from tether import config
+
+        for root in sorted({r.project for r in ctx.state.runs(host=name) if r.project} - {str(ctx.project.root)}):
+            path = Path(root) / config.CONFIG_NAME
+            if path.is_file():
+                with contextlib.suppress(TetherError):
+                    return resolve(config.discover(path), name, ctx.state)
+        raise
+
+
 def tails_to_show(state: State, hosts: Sequence[HostProgress]) -> set[tuple[str, str]]:
     """The ``(host, run id)`` of the runs in trouble whose log tail the terminal shows now: each run's the first
     time only (claimed in state); afterwards a view points to ``tether logs RUN`` instead."""
@@ -438,7 +456,7 @@ def progress(ctx: Ctx, host: str | None = None, scope: Scope | None = None) -> l
             out.append(down)
             continue
         try:
-            target = resolve(ctx.project, name, ctx.state)
+            target = target_of(ctx, name)
             found = observe(ctx.state, target, ctx=ctx)
             out.append(HostProgress(name, scope.select(ctx.state, name, target.code_dir, found.runs)))
         except TetherError as exc:

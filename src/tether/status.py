@@ -1,8 +1,9 @@
 """``tether status``: one observation of the whole project — servers, runs, agents, money and warnings.
 
 It asks the provider for the state and price of every rented server (the same observation ``ls`` and ``cost``
-make), scans each host with runs once, reads the agent registries of the servers it scanned, and turns what it saw
-into warnings, each with the command that fixes it. The thresholds are ``[policy]``'s: the idle warning fires past
+make), scans once each host with runs in scope (this project's, or every project's: :mod:`tether.scope`), reads the
+agent registries of the servers it scanned, and turns what it saw into warnings, each with the command that fixes
+it. The thresholds are ``[policy]``'s: the idle warning fires past
 ``destroy_after_idle_hours``, the budget warnings at ``budget_warn_fraction`` of ``max_total_usd`` and
 ``max_hourly_usd``.
 """
@@ -16,7 +17,7 @@ from tether import agents, autopilot, cost, managed, notify, rentals, runs, voca
 from tether.context import Ctx
 from tether.errors import TetherError
 from tether.fmt import duration, iso
-from tether.hosts import LOCAL, resolve
+from tether.hosts import LOCAL
 from tether.providers import provider_for
 from tether.runs import HostProgress
 from tether.scope import Scope
@@ -152,7 +153,7 @@ def report(ctx: Ctx, scope: Scope | None = None) -> Report:
         if rented is not None and rented.state != "running":
             continue  # a stopped or destroyed server cannot be asked; its runs were pulled before
         try:
-            target = resolve(project, name, st)
+            target = runs.target_of(ctx, name)
             found = runs.observe(st, target, ctx=ctx)
         except TetherError as exc:
             out.warnings.append(f"{name}: could not read runs ({exc.message})")
@@ -206,7 +207,7 @@ def report(ctx: Ctx, scope: Scope | None = None) -> Report:
         if name == LOCAL:
             continue
         try:
-            out.agents[name] = agents.listing(resolve(project, name, st))
+            out.agents[name] = agents.listing(runs.target_of(ctx, name))
         except TetherError as exc:
             out.warnings.append(f"{name}: agents unreadable ({exc})")
     out.warnings += budget_warnings(policy, led)
