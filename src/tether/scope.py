@@ -5,10 +5,10 @@ shared between projects, so a server's scan lists every project's runs there; a 
 
 - local state knows it (tether started it from this machine): the project recorded with it, the folder of its
   ``tether.toml`` (:attr:`tether.state.RunRecord.project`). A record older than that column: a run here in the
-  project's folder, or a server run of one of its experiments in a code folder named as the project's;
+  project's folder, or a server run of one of its experiments;
 - local state does not know it (started from another machine, or its record forgotten): it ran in the project's
   code folder on that server (its results folder lies inside it), the folder ``tether push`` fills with this
-  project's code.
+  project's code. A run whose record cannot be read (``broken``) names no folder: every project sees it.
 
 A managed run is its project's when one of its shards' current runs is (before any has started: one of its experiments).
 """
@@ -51,7 +51,7 @@ class Scope:
     @property
     def label(self) -> str:
         """What a title names: the project, or "all projects"."""
-        return ALL_PROJECTS if self.project is None else self.project.name
+        return ALL_PROJECTS if self.project is None else self.project.declared_name
 
     def sentence(self) -> str | None:
         """What the terminal says about what is shown, when it is not simply this project's runs."""
@@ -60,7 +60,7 @@ class Scope:
         return None
 
     def to_json(self) -> dict[str, Any]:
-        return {"project": None if self.project is None else self.project.name, "all": self.project is None}
+        return {"project": None if self.project is None else self.project.declared_name, "all": self.project is None}
 
     # --- the rule ---------------------------------------------------------------------------------------------
     def owns_record(self, rec: RunRecord) -> bool:
@@ -72,9 +72,7 @@ class Scope:
             return rec.project == str(project.root)
         if rec.host == LOCAL:
             return rec.cwd == str(project.root)
-        configured = project.config.project.remote_dir
-        in_code_dir = rec.cwd == configured or rec.cwd.rstrip("/").rsplit("/", 1)[-1] == project.name
-        return rec.experiment in project.config.experiments and in_code_dir
+        return rec.experiment in project.config.experiments
 
     def owns_scanned(self, run: RunInfo, rec: RunRecord | None, code_dir: str) -> bool:
         """Whether a run a scan found on a target (whose code folder for this project is ``code_dir``) is in
@@ -83,7 +81,9 @@ class Scope:
             return True
         if rec is not None:
             return self.owns_record(rec)
-        folder = run.results_dir or ""
+        folder = run.results_dir
+        if folder is None:
+            return True  # a record that cannot be read names no folder: whoever's it is, every project sees it
         return folder == code_dir or folder.startswith(code_dir.rstrip("/") + "/")
 
     def select(self, state: State, host: str, code_dir: str, found: Sequence[RunInfo]) -> list[RunInfo]:
