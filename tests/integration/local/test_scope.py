@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import tether, tether_checked, tether_json, wait_for, wait_status, write_project
+from tests.helpers import tether, tether_checked, tether_json, wait_status, write_project
 from tether import config
 from tether.context import Ctx
 from tether.dashboard.snapshot import build
@@ -143,8 +143,8 @@ def test_the_page_title_names_the_project_or_all_projects(tmp_path: Path) -> Non
                 page = browser.new_page()
                 for board, title in zip(boards, ("tether proj", "tether all projects"), strict=True):
                     page.goto(board.url)
-                    wait_for(lambda title=title: page.inner_text("h1") == title, 60, f"the heading {title!r}")
-                    assert page.title() == title
+                    page.locator("h1", has_text=title).wait_for(timeout=60_000)
+                    assert page.inner_text("h1") == title and page.title() == title
             finally:
                 browser.close()
     finally:
