@@ -124,6 +124,20 @@ class Project:
     def name(self) -> str:
         return self.config.project.name
 
+    @property
+    def declared_name(self) -> str:
+        """:attr:`name` without reading the whole file into its models (stdlib ``tomllib`` only): for a view that
+        only names the project (``progress --json`` stays free of pydantic)."""
+        if self._config is not None or self.path is None:
+            return self.name
+        import tomllib
+
+        try:
+            name = tomllib.loads(self.path.read_text(encoding="utf-8"))["project"]["name"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return self.name
+        return name if isinstance(name, str) else self.name
+
     def check(self) -> Project:
         """This project with its file known to be valid: validated now (ConfigError naming file, line and key),
         unless these very bytes passed before under this version of tether."""

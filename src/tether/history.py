@@ -12,27 +12,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from tether import vocab
-from tether.config import Project
 from tether.errors import ConfigError, PolicyRefusal
-from tether.hosts import LOCAL
+from tether.scope import Scope
 from tether.state import RunRecord, State
 
 
-def of_project(rec: RunRecord, project: Project) -> bool:
-    """Whether a run is this project's: one of its experiments, run here from its folder or on a server."""
-    if rec.experiment not in project.config.experiments:
-        return False
-    return rec.host != LOCAL or rec.cwd == str(project.root)
-
-
-def history(
-    st: State, project: Project | None, *, every_project: bool = False, experiment: str | None = None
-) -> list[RunRecord]:
-    """Runs newest first: this project's (or every project's, or with no project), of one experiment if given."""
-    found = st.runs(experiment=experiment)
-    if project is not None and not every_project:
-        found = [r for r in found if of_project(r, project)]
-    return sorted(found, key=lambda r: r.started, reverse=True)
+def history(st: State, scope: Scope, *, experiment: str | None = None) -> list[RunRecord]:
+    """Runs newest first, in ``scope`` (:class:`tether.scope.Scope`: this project's, or every project's), of one
+    experiment if given."""
+    return sorted(scope.records(st, experiment), key=lambda r: r.started, reverse=True)
 
 
 def parse_date(text: str) -> float:

@@ -96,7 +96,7 @@ def host_target(project: Project, name: str, state: State | None = None) -> Targ
     else:
         rec = state.instance(name) if state is not None else None
         if rec is None or not rec.address:
-            known = sorted(hosts) + ([r.name for r in state.instances()] if state is not None else [])
+            known = sorted(hosts) + ([r.name for r in state.instances() if not r.gone] if state is not None else [])
             raise ConfigError(
                 f"Unknown host {name!r}: it is neither a [hosts.{name}] entry in {project.where} nor a server tether "
                 "rented.",

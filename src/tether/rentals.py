@@ -186,7 +186,7 @@ def rented(st: State, name: str) -> InstanceRecord:
             f"Wait for `tether up {name}` to finish; `tether ls` adopts what an interrupted rental made.",
         )
     if rec is None or rec.provider != PROVIDER or not rec.instance_id:
-        known = ", ".join(r.name for r in st.instances() if r.provider == PROVIDER and r.state != "gone") or "none"
+        known = ", ".join(r.name for r in st.instances() if r.provider == PROVIDER and not r.gone) or "none"
         raise ConfigError(f"No rented server is called {name!r}.", f"Rented servers: {known}. `tether ls` lists them.")
     return rec
 

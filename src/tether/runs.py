@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from tether import vocab
 from tether.context import Ctx
-from tether.errors import CommandFailed, RemoteError, TetherError
+from tether.errors import CommandFailed, ConfigError, RemoteError, TetherError
 from tether.hosts import LOCAL, Target, resolve
+from tether.scope import Scope
 from tether.state import RunRecord, State, entered_state_at
 from tether.transport import tmux
 
@@ -125,6 +126,7 @@ def start(
         ended=None,
         exit_code=None,
         status=vocab.STARTING,
+        project=str(ctx.project.root) if ctx.project.found else None,
     )
     # Recorded before it starts: a run tether started is never unknown to it, even if this process dies now.
     ctx.state.add_run(record)
@@ -191,6 +193,7 @@ def _await_start(state: State, target: Target, run: RunRecord, ctx: Ctx | None =
         notify.announce_run_ends(ctx, target.name, [ended or fallback])
     if record.status in (vocab.FAILED, vocab.REFUSED):
         log = target.transport.run(["tail", "-n", "20", record.log or run.log_path], check=False).text()
+        state.claim_tails([(target.name, run.id)])  # shown in this error: `progress` then points to `logs`
         raise CommandFailed(
             f"Run {run.id} on {target.name} {record.status} at once (exit code {record.exit_code}).",
             "Its log ends with:\n" + log.rstrip(),
@@ -401,11 +404,37 @@ class HostProgress:
         }
 
 
-def hosts_with_runs(state: State) -> list[str]:
-    """Every host with runs except rented servers already destroyed; this machine when there are none."""
-    names = sorted({r.host for r in state.runs()})
+def hosts_with_runs(state: State, scope: Scope | None = None) -> list[str]:
+    """Every host with runs in ``scope`` (default: every project's) except rented servers already destroyed; this
+    machine when there are none."""
+    names = (scope or Scope(None)).hosts(state)
     gone = {r.name for r in state.instances() if r.state == "gone"}
     return [n for n in names if n not in gone] or [LOCAL]
+
+
+def target_of(ctx: Ctx, name: str) -> Target:
+    """Host ``name`` as this project knows it; one only another project's ``tether.toml`` names (its runs are seen
+    with ``--all``) through the project that started a run there."""
+    try:
+        return resolve(ctx.project, name, ctx.state)
+    except ConfigError:
+        from pathlib import Path
+
+        from tether import config
+
+        for root in sorted({r.project for r in ctx.state.runs(host=name) if r.project} - {str(ctx.project.root)}):
+            path = Path(root) / config.CONFIG_NAME
+            if path.is_file():
+                with contextlib.suppress(TetherError):
+                    return resolve(config.discover(path), name, ctx.state)
+        raise
+
+
+def tails_to_show(state: State, hosts: Sequence[HostProgress]) -> set[tuple[str, str]]:
+    """The ``(host, run id)`` of the runs in trouble whose log tail the terminal shows now: each run's the first
+    time only (claimed in state); afterwards a view points to ``tether logs RUN`` instead."""
+    wanted = [(hp.host, r.id) for hp in hosts for r in hp.runs if r.log_tail and r.status in vocab.TROUBLE_STATUSES]
+    return state.claim_tails(wanted) if wanted else set()
 
 
 def _rented_down(ctx: Ctx, name: str) -> HostProgress | None:
@@ -427,20 +456,23 @@ def _rented_down(ctx: Ctx, name: str) -> HostProgress | None:
     )
 
 
-def progress(ctx: Ctx, host: str | None = None) -> list[HostProgress]:
-    """Every run on ``host`` (or on every host with runs), one round trip per host.
+def progress(ctx: Ctx, host: str | None = None, scope: Scope | None = None) -> list[HostProgress]:
+    """Every run in ``scope`` (default: :meth:`Scope.of` the project) on ``host`` (or on every host with such
+    runs), one round trip per host.
 
     Asked for one host, an unreachable host raises; otherwise its row carries the error and the others go on.
     """
+    scope = scope or Scope.of(ctx.project)
     out: list[HostProgress] = []
-    for name in [host] if host else hosts_with_runs(ctx.state):
+    for name in [host] if host else hosts_with_runs(ctx.state, scope):
         down = _rented_down(ctx, name)
         if down is not None:
             out.append(down)
             continue
         try:
-            found = observe(ctx.state, resolve(ctx.project, name, ctx.state), ctx=ctx)
-            out.append(HostProgress(name, found.runs))
+            target = target_of(ctx, name)
+            found = observe(ctx.state, target, ctx=ctx)
+            out.append(HostProgress(name, scope.select(ctx.state, name, target.code_dir, found.runs)))
         except TetherError as exc:
             if host:
                 raise

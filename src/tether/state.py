@@ -10,7 +10,9 @@ whether `.env` uploads are off), and
 ``managed_runs`` / ``managed_shards`` (schema 4: each managed run, its options and status, and each shard's server,
 current run, sync point and recoveries; :mod:`tether.managed`); ``notifications`` (schema 5: each event announced,
 by key, so no event is sent twice; :mod:`tether.notify`), ``machine_outcomes``
-(schema 6: how each rental on a provider's machine went; :mod:`tether.machines`).
+(schema 6: how each rental on a provider's machine went; :mod:`tether.machines`); schema 8: each run's project
+(:mod:`tether.scope`) and ``shown_tails`` (each failed run whose log tail ``progress`` has shown, so it is shown
+once).
 The schema is versioned with ``PRAGMA user_version``; migrations run on open, in one transaction each (schema 3
 moved the old ``kv`` facts ``up:NAME``, ``push:NAME``, ``python:NAME`` into ``hosts`` columns).
 Every record comes back as a frozen dataclass; every INSERT names its columns.
@@ -200,6 +202,16 @@ MIGRATIONS: list[str] = [
         ts REAL NOT NULL
     );
     """,
+    """
+    ALTER TABLE runs ADD COLUMN project TEXT;
+    UPDATE runs SET project = cwd WHERE host = 'local';
+    CREATE TABLE shown_tails (
+        host TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        shown REAL NOT NULL,
+        PRIMARY KEY (host, run_id)
+    );
+    """,
 ]
 
 
@@ -224,6 +236,9 @@ class RunRecord:
     total: int | None = None
     frozen: float | None = None
     """When tether first saw the run final and froze its status, exit code, end and counts (None: not yet)."""
+    project: str | None = None
+    """The folder of the project that started it, on this machine (schema 8; None: started outside a project, or
+    recorded before runs carried it). :mod:`tether.scope` reads it."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -253,6 +268,11 @@ class InstanceRecord:
     created: float
     updated: float
     meta: dict[str, Any]
+
+    @property
+    def gone(self) -> bool:
+        """Destroyed, or vanished at the provider: history, listed only by ``tether ls --all``."""
+        return self.state == "gone"
 
 
 @dataclass(frozen=True)
@@ -524,7 +544,7 @@ class State:
         with self.tx() as db:
             db.execute(
                 "INSERT INTO runs(id, experiment, host, argv, cwd, results_dir, log_path, session, started, ended,"
-                " exit_code, status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " exit_code, status, project) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     run.id,
                     run.experiment,
@@ -538,6 +558,7 @@ class State:
                     run.ended,
                     run.exit_code,
                     run.status,
+                    run.project,
                 ),
             )
 
@@ -612,7 +633,23 @@ class State:
     def forget_runs(self, ids: Collection[str]) -> int:
         """Delete these runs' records from local state (never a result, never anything on a server); how many."""
         with self.tx() as db:
+            for run_id in ids:
+                db.execute("DELETE FROM shown_tails WHERE run_id=?", (run_id,))
             return sum(int(db.execute("DELETE FROM runs WHERE id=?", (run_id,)).rowcount) for run_id in ids)
+
+    def claim_tails(self, runs: Collection[tuple[str, str]], now: float | None = None) -> set[tuple[str, str]]:
+        """Of these ``(host, run id)`` pairs, the ones whose log tail was never shown before, now recorded shown
+        (each pair is claimed once, whichever command shows it first)."""
+        when = time.time() if now is None else now
+        claimed: set[tuple[str, str]] = set()
+        with self.tx() as db:
+            for host, run_id in runs:
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO shown_tails(host, run_id, shown) VALUES (?,?,?)", (host, run_id, when)
+                )
+                if cursor.rowcount:
+                    claimed.add((host, run_id))
+        return claimed
 
     def find_run(self, ref: str, experiments: Collection[str] = ()) -> RunRecord:
         """:meth:`resolve_run` for a command that needs one run on one host (``logs``, ``attach``)."""
@@ -979,6 +1016,7 @@ def _run(row: sqlite3.Row) -> RunRecord:
         failed=row["failed"],
         total=row["total"],
         frozen=row["frozen"],
+        project=row["project"],
     )
 
 

@@ -1,8 +1,9 @@
 """``tether status``: one observation of the whole project — servers, runs, agents, money and warnings.
 
 It asks the provider for the state and price of every rented server (the same observation ``ls`` and ``cost``
-make), scans each host with runs once, reads the agent registries of the servers it scanned, and turns what it saw
-into warnings, each with the command that fixes it. The thresholds are ``[policy]``'s: the idle warning fires past
+make), scans once each host with runs in scope (this project's, or every project's: :mod:`tether.scope`), reads the
+agent registries of the servers it scanned, and turns what it saw into warnings, each with the command that fixes
+it. The thresholds are ``[policy]``'s: the idle warning fires past
 ``destroy_after_idle_hours``, the budget warnings at ``budget_warn_fraction`` of ``max_total_usd`` and
 ``max_hourly_usd``.
 """
@@ -17,9 +18,10 @@ from tether import agents, autopilot, cost, managed, notify, rentals, runs, voca
 from tether.context import Ctx
 from tether.errors import TetherError
 from tether.fmt import duration, iso
-from tether.hosts import LOCAL, Target, resolve
+from tether.hosts import LOCAL, Target
 from tether.providers import provider_for
 from tether.runs import HostProgress
+from tether.scope import Scope
 
 
 def observe_rented(ctx: Ctx) -> list[str]:
@@ -109,9 +111,13 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     managed: list[managed.ManagedView] = field(default_factory=list)
     """Managed runs (unfinished, or ended in the last day), each with its shards, as local state has them."""
+    scope: Scope = field(default_factory=lambda: Scope(None))
+    """Whose runs ``runs``, ``hosts`` and ``managed`` hold (servers and money are every project's: servers are
+    shared)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "scope": self.scope.to_json(),
             "servers": [s.to_json() for s in self.servers],
             "runs": [r.to_json() for r in self.runs],
             "agents": self.agents,
@@ -132,29 +138,35 @@ def budget_warnings(policy: Any, ledger: cost.Ledger) -> list[str]:
     return out
 
 
-def report(ctx: Ctx, *, listing: Callable[[Target], dict[str, Any]] | None = None) -> Report:
-    """Observe everything once (see the module docstring). ``listing`` reads a host's agent registry (default
-    :func:`tether.agents.listing`; the dashboard passes one that reads them all at once, beside the scans)."""
+def report(
+    ctx: Ctx, scope: Scope | None = None, *, listing: Callable[[Target], dict[str, Any]] | None = None
+) -> Report:
+    """Observe everything once (see the module docstring): the runs in ``scope`` (default: :meth:`Scope.of` the
+    project), every server. ``listing`` reads a host's agent registry (default :func:`tether.agents.listing`; the
+    dashboard passes one that reads them all at once, beside the scans)."""
     project, st = ctx.project, ctx.state
+    scope = scope or Scope.of(project)
     policy = project.config.policy
-    out = Report(now=0.0)
+    out = Report(now=0.0, scope=scope)
     out.warnings += observe_rented(ctx)
     now = out.now = ctx.now()
     out.ledger = led = cost.ledger(st.event_log(), now)
     scanned: list[str] = []
-    for name in sorted({r.host for r in st.runs()}):
+    for name in scope.hosts(st):
         rented = st.instance(name)
         if rented is not None and rented.state != "running":
             continue  # a stopped or destroyed server cannot be asked; its runs were pulled before
         try:
-            found = runs.observe(st, resolve(project, name, st), ctx=ctx)
+            target = runs.target_of(ctx, name)
+            found = runs.observe(st, target, ctx=ctx)
         except TetherError as exc:
             out.warnings.append(f"{name}: could not read runs ({exc.message})")
             out.hosts.append(HostProgress(name, [], str(exc)))
             continue
         scanned.append(name)
-        out.hosts.append(HostProgress(name, found.runs))
-        out.runs += [HostRun(name, r) for r in found.runs]
+        shown = scope.select(st, name, target.code_dir, found.runs)
+        out.hosts.append(HostProgress(name, shown))
+        out.runs += [HostRun(name, r) for r in shown]
     for rec in st.instances():
         if rec.provider != rentals.PROVIDER or rec.state == "gone":
             continue
@@ -199,11 +211,12 @@ def report(ctx: Ctx, *, listing: Callable[[Target], dict[str, Any]] | None = Non
         if name == LOCAL:
             continue
         try:
-            out.agents[name] = (listing or agents.listing)(resolve(project, name, st))
+            out.agents[name] = (listing or agents.listing)(runs.target_of(ctx, name))
         except TetherError as exc:
             out.warnings.append(f"{name}: agents unreadable ({exc})")
     out.warnings += budget_warnings(policy, led)
-    out.managed = managed.views(ctx)
+    mine = scope.managed_ids(st)
+    out.managed = [m for m in managed.views(ctx) if m.id in mine]
     for mrun in out.managed:
         if mrun.status not in vocab.MANAGED_FINAL and not mrun.controller:
             out.warnings.append(

@@ -28,22 +28,25 @@ from tether.cli.common import load_project, parse_every, say, warn
     is_flag=True,
     help="Open the page in a browser (through a file only you can read: the token is never on a command line).",
 )
+@click.option("--all", "every_project", is_flag=True, help="Every project's runs, not only this project's.")
 @click.pass_context
-def dashboard(ctx: click.Context, port: int, host: str, poll: str, open_browser: bool) -> None:
+def dashboard(ctx: click.Context, port: int, host: str, poll: str, open_browser: bool, every_project: bool) -> None:
     """Serve a live page of every run, server, GPU and dollar on 127.0.0.1 behind a random token (Ctrl-C stops).
 
     The URL with its token is printed on stdout. All pages share one poller: each host is asked once per --poll.
     """
     from tether.dashboard.server import Dashboard
+    from tether.scope import Scope
 
     project = load_project(ctx)
+    scope = Scope.of(project, every_project)
     if host not in ("127.0.0.1", "localhost", "::1"):
         warn(f"serving on {host}: other machines on that network can reach the page (the token still guards it).")
-    board = Dashboard(project, host=host, port=port, poll_s=parse_every(poll))
+    board = Dashboard(project, host=host, port=port, poll_s=parse_every(poll), scope=scope)
 
     def ready(url: str) -> None:
         click.echo(url)
-        say(f"Dashboard of {project.name} at {url} (every host observed each {poll}; Ctrl-C stops).")
+        say(f"Dashboard of {scope.label} at {url} (every host observed each {poll}; Ctrl-C stops).")
         if open_browser:
             import webbrowser
 

@@ -9,6 +9,7 @@ import click
 from tether import history
 from tether.cli.common import emit_json, json_option, load_project, new_table, out, say, state, status_text
 from tether.fmt import duration, iso
+from tether.scope import Scope
 
 
 def _row(rec: Any) -> dict[str, Any]:
@@ -38,16 +39,17 @@ def runs_history(ctx: click.Context, experiment: str | None, every_project: bool
 
     Example: `tether runs exp --limit 10`.
     """
-    loaded = load_project(ctx)
-    project = loaded if loaded.found else None
+    scope = Scope.of(load_project(ctx), every_project)
     with state() as st:
-        found = history.history(st, project, every_project=every_project, experiment=experiment)[:limit]
+        found = history.history(st, scope, experiment=experiment)[:limit]
     rows = [_row(r) for r in found]
     if as_json:
         emit_json({"runs": rows})
         return
+    if (sentence := scope.sentence()) is not None:
+        say(sentence)
     if not rows:
-        say("No runs recorded" + (" for this project" if project is not None and not every_project else "") + ".")
+        say("No runs recorded" + ("" if scope.every else " for this project") + ".")
         return
     table = new_table()
     for col in ("run", "host", "state", "done", "failed", "started", "took", "exit"):

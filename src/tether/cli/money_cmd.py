@@ -199,15 +199,20 @@ def autopilot_cmd(ctx: click.Context, every: str, once: bool, dry_run: bool, as_
 
 
 @click.command()
+@click.option("--all", "every_project", is_flag=True, help="Every project's runs, not only this project's.")
 @json_option
 @click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
+def status(ctx: click.Context, every_project: bool, as_json: bool) -> None:
     """One screen for the project: servers, runs, agents, money and warnings."""
+    from tether.scope import Scope
+
     with context(ctx) as c:
-        rep = status_core.report(c)
+        rep = status_core.report(c, Scope.of(c.project, every_project))
     if as_json:
         emit_json(rep.to_json())
         return
+    if (sentence := rep.scope.sentence()) is not None:
+        say(sentence)
     now, led = rep.now, rep.ledger
     assert led is not None
     if rep.servers:

@@ -291,20 +291,34 @@ def _follow(st: State, target: Target, run_id: str, ctx: Ctx, *, live: bool = Tr
 @click.command()
 @click.argument("host", required=False)
 @click.option("--local", is_flag=True, help="Only this machine.")
+@click.option("--all", "every_project", is_flag=True, help="Every project's runs, not only this project's.")
 @json_option
 @click.pass_context
-def progress(ctx: click.Context, host: str | None, local: bool, as_json: bool) -> None:
+def progress(ctx: click.Context, host: str | None, local: bool, every_project: bool, as_json: bool) -> None:
     """Every run's completed/total, rate, ETA and state: one round trip per host."""
+    from tether.scope import Scope
+
     with context(ctx) as c:
-        docs = runs.progress(c, LOCAL if local else host)
+        scope = Scope.of(c.project, every_project)
+        docs = runs.progress(c, LOCAL if local else host, scope)
         managed_views = []
         if not (local or host):
             from tether import managed as managed_core
 
-            managed_views = managed_core.views(c)
+            mine = scope.managed_ids(c.state)
+            managed_views = [v for v in managed_core.views(c) if v.id in mine]
+        fresh_tails = set() if as_json else runs.tails_to_show(c.state, docs)
     if as_json:
-        emit_json({"hosts": [d.to_json() for d in docs], "managed": [v.to_json() for v in managed_views]})
+        emit_json(
+            {
+                "scope": scope.to_json(),
+                "hosts": [d.to_json() for d in docs],
+                "managed": [v.to_json() for v in managed_views],
+            }
+        )
         return
+    if (sentence := scope.sentence()) is not None:
+        say(sentence)
     for view in managed_views:
         out.print(managed_line(view))
     table = new_table()
@@ -328,7 +342,8 @@ def progress(ctx: click.Context, host: str | None, local: bool, as_json: bool) -
             )
     if table.row_count == 0:
         if not managed_views:
-            say("No runs yet. Start one with `tether run EXPERIMENT --local`.")
+            where = "" if scope.every else " in this project (`--all`: every project's)"
+            say(f"No runs yet{where}. Start one with `tether run EXPERIMENT --local`.")
         return
     out.print(table)
     for hd in docs:
@@ -336,7 +351,10 @@ def progress(ctx: click.Context, host: str | None, local: bool, as_json: bool) -
             if r.problem:
                 err.print(styled(r.id, "bold"), f"({r.status}): {r.problem}")
             if r.log_tail and r.status in vocab.TROUBLE_STATUSES:
-                err.print(styled(r.id, "bold"), f"({r.status}) log tail:\n{r.log_tail}")
+                if (hd.host, r.id) in fresh_tails:  # the first time only; then where to read it
+                    err.print(styled(r.id, "bold"), f"({r.status}) log tail:\n{r.log_tail}")
+                else:
+                    err.print(styled(r.id, "bold"), f"({r.status}): its log: `tether logs {r.id}`.")
 
 
 def failed_cell(run: vocab.RunInfo) -> str:

@@ -142,15 +142,18 @@ def offers(
 
 @click.command(name="ls")
 @click.option("--refresh/--no-refresh", default=True, help="Ask the provider for current states (default).")
+@click.option("--all", "every", is_flag=True, help="Also the servers that are gone (destroyed or vanished).")
 @json_option
 @click.pass_context
-def ls_cmd(ctx: click.Context, refresh: bool, as_json: bool) -> None:
+def ls_cmd(ctx: click.Context, refresh: bool, every: bool, as_json: bool) -> None:
     """Servers tether rented: state, $/hr, address, age."""
     rows: list[dict[str, Any]] = []
     with context(ctx) as c:
         problems = status_core.observe_rented(c) if refresh else []
         now = c.now()
-        for r in (r for r in c.state.instances() if r.provider == rentals.PROVIDER):
+        rented = [r for r in c.state.instances() if r.provider == rentals.PROVIDER]
+        hidden = 0 if every else sum(1 for r in rented if r.gone)
+        for r in (r for r in rented if every or not r.gone):
             kind = rate_kind(r.state)
             hourly = r.dph_total if kind == "full" else r.storage_dph if kind == "storage" else 0.0
             rows.append(
@@ -178,8 +181,9 @@ def ls_cmd(ctx: click.Context, refresh: bool, as_json: bool) -> None:
     if as_json:
         emit_json({"instances": rows})
         return
+    gone_note = f" ({hidden} gone: `tether ls --all`)" if hidden else ""
     if not rows:
-        say("No rented servers. Rent one with `tether up NAME --profile api`.")
+        say(f"No rented servers{gone_note}. Rent one with `tether up NAME --profile api`.")
         return
     table = new_table()
     for col in ("name", "instance", "state", "$/hr now", "GPU", "address", "age"):
@@ -201,6 +205,8 @@ def ls_cmd(ctx: click.Context, refresh: bool, as_json: bool) -> None:
             duration(row["age_s"]),
         )
     out.print(table)
+    if hidden:
+        say(f"{hidden} gone server(s) not shown: `tether ls --all`.")
     for row in rows:
         if row["stopped_by"]:
             say(f"{row['name']} was {row['stopped_by']}: its results stay on its disk; `tether start {row['name']}`.")

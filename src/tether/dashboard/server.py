@@ -42,6 +42,7 @@ from tether.dashboard.snapshot import Cache, build, refresh, refresh_local
 from tether.errors import ConfigError, TetherError
 from tether.hosts import resolve
 from tether.paths import PRIVATE_FILE, private_dir, private_home, tether_home
+from tether.scope import Scope
 from tether.state import open_state
 
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
@@ -64,9 +65,16 @@ class Poller:
     looking at its files every :data:`WATCH_S`."""
 
     def __init__(
-        self, project: Project, poll_s: float, *, state_path: Path | None = None, full_s: float = FULL_S
+        self,
+        project: Project,
+        poll_s: float,
+        *,
+        state_path: Path | None = None,
+        full_s: float = FULL_S,
+        scope: Scope | None = None,
     ) -> None:
         self.project = project
+        self.scope = scope or Scope.of(project)
         self.poll_s = poll_s
         self.full_s = max(full_s, poll_s)
         self.state_path = state_path
@@ -96,11 +104,11 @@ class Poller:
             try:
                 if depth == "full":
                     self._full_at = time.monotonic()
-                    doc = build(ctx, self.cache)
+                    doc = build(ctx, self.cache, self.scope)
                 elif depth == "runs":
-                    doc = refresh(ctx, self.snapshot, self.cache, every_s=self.poll_s)
+                    doc = refresh(ctx, self.snapshot, self.cache, every_s=self.poll_s, scope=self.scope)
                 else:
-                    doc = refresh_local(ctx, self.snapshot, self.cache)
+                    doc = refresh_local(ctx, self.snapshot, self.cache, self.scope)
                 doc.pop("error", None)
             except TetherError as exc:
                 doc = {**self.snapshot, "error": str(exc), "time": time.time()}
@@ -332,9 +340,10 @@ class Dashboard:
         poll_s: float = 5.0,
         token: str | None = None,
         state_path: Path | None = None,
+        scope: Scope | None = None,
     ) -> None:
         self.token = token or secrets.token_urlsafe(24)
-        self.poller = Poller(project, poll_s, state_path=state_path)
+        self.poller = Poller(project, poll_s, state_path=state_path, scope=scope)
         self.opener: Path | None = None
         self._opener_lock = threading.Lock()
         handler = make_handler(self.token, self.poller, project, state_path, bound=host, on_page=self._remove_opener)

@@ -32,7 +32,8 @@ from typing import Any
 from tether import agents, cost, managed, runs, status
 from tether.context import Ctx
 from tether.errors import TetherError
-from tether.hosts import LOCAL, Target, resolve
+from tether.hosts import LOCAL, Target
+from tether.scope import Scope
 from tether.state import RunRecord
 
 #: How many observations of the ledger the chart shows at most (the latest ones).
@@ -165,16 +166,16 @@ def _gpus(listing: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _registry_targets(ctx: Ctx) -> list[Target]:
+def _registry_targets(ctx: Ctx, scope: Scope) -> list[Target]:
     """The hosts whose agent registry the whole observation reads: those it scans (hosts with runs, not this
-    machine, not a rented server known not to be running)."""
+    machine, not a rented server known not to be running), in ``scope``."""
     out: list[Target] = []
-    for name in sorted({r.host for r in ctx.state.runs()} - {LOCAL}):
+    for name in sorted(set(scope.hosts(ctx.state)) - {LOCAL}):
         rented = ctx.state.instance(name)
         if rented is not None and rented.state != "running":
             continue
         try:
-            out.append(resolve(ctx.project, name, ctx.state))
+            out.append(runs.target_of(ctx, name))
         except TetherError:
             continue  # the report says why
     return out
@@ -196,23 +197,28 @@ def _runs_part(hosts: Sequence[runs.HostProgress], now: float) -> dict[str, Any]
 
 
 def _local_part(
-    ctx: Ctx, now: float, cache: Cache | None, mviews: list[managed.ManagedView] | None = None
+    ctx: Ctx, now: float, cache: Cache | None, mviews: list[managed.ManagedView] | None, scope: Scope
 ) -> dict[str, Any]:
-    """What local state alone says: managed runs, money, the chart (no remote call)."""
+    """What local state alone says: the managed runs in ``scope``, money, the chart (no remote call)."""
     events = ctx.state.event_log()
+    if mviews is None:
+        mine = scope.managed_ids(ctx.state)
+        mviews = [m for m in managed.views(ctx) if m.id in mine]
     return {
-        "managed": [m.to_json() for m in (mviews if mviews is not None else managed.views(ctx))],
+        "managed": [m.to_json() for m in mviews],
         "money": money(cost.ledger(events, now), ctx.project.config.policy),
         "chart": ledger_points(events, ctx.state.runs(), now, cache),
     }
 
 
-def build(ctx: Ctx, cache: Cache | None = None) -> dict[str, Any]:
-    """The whole observation (see the module docstring): everything the page shows. The agent registries are read
-    beside the scans; with a ``cache``, only those never read or not read for twice :data:`REGISTRY_S`."""
+def build(ctx: Ctx, cache: Cache | None = None, scope: Scope | None = None) -> dict[str, Any]:
+    """The whole observation (see the module docstring): everything the page shows, the runs in ``scope`` (default:
+    the project's; ``project`` names it, or "all projects"), every server. The agent registries are read beside
+    the scans; with a ``cache``, only those never read or not read for twice :data:`REGISTRY_S`."""
     started = time.monotonic()
     cache = cache if cache is not None else Cache()
-    targets = _registry_targets(ctx)
+    scope = scope or Scope.of(ctx.project)
+    targets = _registry_targets(ctx, scope)
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="tether-registry") as pool:
         # the updates between keep the others fresh; those they did not (updates as rare as this) are read now
         reading = _read_registries(pool, targets, cache, len(targets), 2 * REGISTRY_S)
@@ -229,7 +235,7 @@ def build(ctx: Ctx, cache: Cache | None = None) -> dict[str, Any]:
                 raise found
             return found
 
-        report = status.report(ctx, listing=listing)
+        report = status.report(ctx, scope, listing=listing)
         _store(cache, reading, targets)
     now = report.now
     policy = ctx.project.config.policy
@@ -241,9 +247,10 @@ def build(ctx: Ctx, cache: Cache | None = None) -> dict[str, Any]:
         servers.append(doc)
     return {
         "time": now,
-        "project": ctx.project.name,
+        "project": report.scope.label,
+        "scope": report.scope.to_json(),
         **_runs_part(report.hosts, now),
-        **_local_part(ctx, now, cache, report.managed),
+        **_local_part(ctx, now, cache, report.managed, report.scope),
         "servers": servers,
         "gpus": {host: _gpus(listing) for host, listing in report.agents.items()},
         "warnings": [{"text": w, "fix": _fix_of(w)} for w in report.warnings],
@@ -251,21 +258,24 @@ def build(ctx: Ctx, cache: Cache | None = None) -> dict[str, Any]:
     }
 
 
-def refresh(ctx: Ctx, last: Mapping[str, Any], cache: Cache | None = None, *, every_s: float = 5.0) -> dict[str, Any]:
+def refresh(
+    ctx: Ctx, last: Mapping[str, Any], cache: Cache | None = None, *, every_s: float = 5.0, scope: Scope | None = None
+) -> dict[str, Any]:
     """The runs (one progress scan per host: what ``tether progress`` does) and what local state says, laid over
     ``last``, the latest whole observation (:func:`build`): its servers and warnings stand until the next. With a
     ``cache``, the agent registries older than :data:`REGISTRY_S` are read beside the scans, spread over the updates
     (made every ``every_s``): a few servers each time, never all at once."""
     started = time.monotonic()
+    scope = scope or Scope.of(ctx.project)
     gpus = dict(last.get("gpus") or {})
     if cache is None:
-        hosts = runs.progress(ctx)
+        hosts = runs.progress(ctx, scope=scope)
     else:
-        targets = _registry_targets(ctx)
+        targets = _registry_targets(ctx, scope)
         per_update = math.ceil(len(targets) * every_s / REGISTRY_S)
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="tether-registry") as pool:
             reading = _read_registries(pool, targets, cache, per_update)
-            hosts = runs.progress(ctx)
+            hosts = runs.progress(ctx, scope=scope)
             _store(cache, reading, targets)
         scanned = {hp.host for hp in hosts if hp.error is None}
         gpus = {
@@ -277,18 +287,22 @@ def refresh(ctx: Ctx, last: Mapping[str, Any], cache: Cache | None = None, *, ev
     return {
         **last,
         "time": now,
-        "project": ctx.project.name,
+        "project": scope.label,
+        "scope": scope.to_json(),
         **_runs_part(hosts, now),
-        **_local_part(ctx, now, cache),
+        **_local_part(ctx, now, cache, None, scope),
         "gpus": gpus,
         "took_s": round(time.monotonic() - started, 3),
     }
 
 
-def refresh_local(ctx: Ctx, last: Mapping[str, Any], cache: Cache | None = None) -> dict[str, Any]:
-    """What local state says (managed runs, money, the chart), laid over ``last``: no remote call."""
+def refresh_local(
+    ctx: Ctx, last: Mapping[str, Any], cache: Cache | None = None, scope: Scope | None = None
+) -> dict[str, Any]:
+    """What local state says (the managed runs in ``scope``, money, the chart), laid over ``last``: no remote
+    call."""
     now = ctx.now()
-    return {**last, "time": now, **_local_part(ctx, now, cache)}
+    return {**last, "time": now, **_local_part(ctx, now, cache, None, scope or Scope.of(ctx.project))}
 
 
 def _next_action(row: status.ServerRow, policy: Any) -> dict[str, Any]:

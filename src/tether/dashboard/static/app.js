@@ -254,6 +254,7 @@ function render(doc) {
   if (doc.loading) return;
   lastDoc = doc;
   replace("project", doc.project || "");
+  document.title = "tether " + (doc.project || "dashboard");
   replace("updated", "updated " + new Date(doc.time * 1000).toLocaleTimeString() +
     (doc.poll_s ? " · runs every " + duration(doc.poll_s) : "") + (doc.error ? " — " + doc.error : ""));
   renderWarnings(doc.warnings || []);
