@@ -27,7 +27,8 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("tether run example --managed --shards 2 --max-usd 5", "rented servers, kept going, within $5"),
     ),
     "tether progress": (
-        ("tether progress", "every host with runs"),
+        ("tether progress", "this project's runs on every host"),
+        ("tether progress --all", "every project's runs"),
         ("tether progress --local --json", "this machine only, as JSON"),
     ),
     "tether logs": (
@@ -59,7 +60,8 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("tether offers --query 'gpu_ram>=24 num_gpus=1' --for example", "with what example would cost"),
     ),
     "tether ls": (
-        ("tether ls", "rented servers with their state and $/hr"),
+        ("tether ls", "live rented servers with their state and $/hr"),
+        ("tether ls --all", "destroyed ones too"),
         ("tether ls --no-refresh --json", "as last recorded, as JSON"),
     ),
     "tether stop": (("tether stop gpu1", "results home, then stop billing the GPU"),),
@@ -79,7 +81,8 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("tether autopilot --every 5m", "apply them every 5 minutes"),
     ),
     "tether status": (
-        ("tether status", "servers, runs, agents, money, warnings"),
+        ("tether status", "servers, this project's runs, agents, money, warnings"),
+        ("tether status --all", "every project's runs"),
         ("tether status --json", "the same as JSON"),
     ),
     "tether dashboard": (("tether dashboard --open", "serve the page and open it"),),
