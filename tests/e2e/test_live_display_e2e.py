@@ -1,9 +1,12 @@
 """The live display of long work, read from a real terminal (tmux) while the work happens: `up` against the Vast
-emulator (real sshd hosts), a managed run; and without a terminal, the plain sentences with no control codes."""
+emulator (real sshd hosts), a managed run; and without a terminal, plain lines (each step, a heartbeat while a step
+lasts) with no control codes, and nothing but the sentences beside a --json document."""
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from tests.e2e.conftest import Cloud, vast_project
 from tests.e2e.managed_helpers import FAST
 from tests.helpers import tether, tether_json, wait_status
 from tests.terminal import ENDED, Terminal
+from tether.progress import HEARTBEAT_S
 
 CLOCK = re.compile(r"(\d+:\d\d)\s*$")
 
@@ -71,13 +75,34 @@ def test_a_managed_run_shows_its_shards_items_money_and_eta(tmp_path: Path, clou
     assert cloud.emulator.billing_instances() == []
 
 
-def test_without_a_terminal_up_prints_plain_sentences(tmp_path: Path, cloud: Cloud) -> None:
+def test_without_a_terminal_up_prints_its_steps_and_a_heartbeat_while_it_waits(tmp_path: Path, cloud: Cloud) -> None:
     project = vast_project(tmp_path, cloud, items=5)
-    result = tether("up", "box", "--profile", "api", cwd=project, env=cloud.env)
+    cloud.emulator.loading_s = 20.0  # a server that takes a while to start: longer than a heartbeat's interval
+    started = time.monotonic()
+    result = tether("up", "box", "--profile", "api", cwd=project, env=cloud.env)  # stderr a pipe
+    took = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert "\x1b" not in result.stderr and "\r" not in result.stderr  # no terminal control codes
-    assert "Renting box (api)" in result.stderr and "box is ready" in result.stderr
-    assert "to run: loading" not in result.stderr  # the display's steps are for terminals
+    assert "Renting box (api)" in result.stderr and "box is ready" in result.stderr  # the sentences, as ever
+    lines = result.stderr.splitlines()
+    waiting = re.compile(r"box: waiting for instance \d+ to run: loading")
+    assert sum(bool(waiting.fullmatch(ln)) for ln in lines) == 1, result.stderr  # the step, once, when it changed
+    assert "box: preflight (GPUs, CUDA, disk, network)" in lines and "box: starting the watchdog" in lines
+    beats = [ln for ln in lines if re.fullmatch(waiting.pattern + r", for \d+:\d\d", ln)]
+    assert beats, result.stderr  # no long silence while the server loads
+    every = [ln for ln in lines if re.search(r", for \d+:\d\d", ln)]
+    assert len(every) <= took / HEARTBEAT_S + 1  # and no flood: one heartbeat an interval at most
+    assert tether_json("destroy", "box", cwd=project, env=cloud.env)["state"] == "gone"
+
+
+def test_with_json_up_prints_one_document_and_no_progress_lines(tmp_path: Path, cloud: Cloud) -> None:
+    project = vast_project(tmp_path, cloud, items=5)
+    cloud.emulator.loading_s = 12.0
+    result = tether("up", "box", "--profile", "api", "--json", cwd=project, env=cloud.env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["setup"] == "ran"  # stdout is one document
+    assert "waiting for instance" not in result.stderr  # stderr: the sentences alone, no step or heartbeat lines
+    assert not re.search(r", for \d+:\d\d", result.stderr)
     assert tether_json("destroy", "box", cwd=project, env=cloud.env)["state"] == "gone"
 
 

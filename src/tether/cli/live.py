@@ -2,9 +2,11 @@
 
 On a terminal (stderr a tty, no ``--json``) the :mod:`tether.progress` events a command's core operation reports
 are drawn with rich's Live under the sentences it says (which print above it, as they always do): the step of each
-row with its elapsed time, items, rate and ETA, money spent and the burn now. Anywhere else the events are dropped
-and only the sentences are printed, one a line, with no terminal control codes. rich is imported only here, on the
-first display.
+row with its elapsed time, items, rate and ETA, money spent and the burn now. Anywhere else (a pipe, a log, cron,
+TERM=dumb) the events become plain lines among the sentences, one a line with no terminal control codes: a line at
+each step change, and while work lasts a heartbeat at most every ten seconds (:class:`tether.progress.PlainLines`).
+With ``--json`` (``enabled`` false) the events are dropped: stderr holds the sentences alone. rich is imported only
+here, on the first display.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from tether.cli.common import err
+from tether.cli.common import err, say
 from tether.context import Ctx
-from tether.progress import Board, Event, Report, ignore
+from tether.progress import Board, Event, PlainLines, Report, ignore
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderResult
 
 #: How often the display is redrawn (its clocks tick every second).
 REFRESH_PER_S = 4.0
+
+#: How often a plain log asks whether a heartbeat is due, in seconds.
+TICK_S = 1.0
 
 
 def on_terminal() -> bool:
@@ -59,12 +64,52 @@ class _Frame:
             yield Text(line, no_wrap=True, overflow="ellipsis")
 
 
+class _Plain:
+    """The events as plain lines on stderr (thread-safe): a step change at once, heartbeats from a ticking thread."""
+
+    def __init__(self, lines: PlainLines) -> None:
+        self.lines = lines
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+
+    def report(self, event: Event) -> None:
+        with self.lock:
+            self._print(self.lines.apply(event, time.monotonic()))
+
+    def tick(self) -> None:
+        while not self.stop.wait(TICK_S):
+            with self.lock:
+                self._print(self.lines.tick(time.monotonic()))
+
+    @staticmethod
+    def _print(lines: list[str]) -> None:
+        for line in lines:
+            say(line)
+
+
+@contextmanager
+def plain(title: str) -> Iterator[Report]:
+    """Plain lines of the events while inside (see :class:`tether.progress.PlainLines`); yields their sink."""
+    sink = _Plain(PlainLines(Board(title, time.monotonic())))
+    ticker = threading.Thread(target=sink.tick, name="tether-heartbeat", daemon=True)
+    ticker.start()
+    try:
+        yield sink.report
+    finally:
+        sink.stop.set()
+        ticker.join()
+
+
 @contextmanager
 def display(title: str, *, enabled: bool = True) -> Iterator[Report]:
-    """A live display titled ``title`` while inside, on a terminal when ``enabled``; yields the sink of its events
-    (:func:`tether.progress.ignore` when there is no display)."""
-    if not enabled or not on_terminal():
+    """A live display titled ``title`` while inside when ``enabled``: drawn on a terminal, plain lines elsewhere;
+    yields the sink of its events (:func:`tether.progress.ignore` when not ``enabled``, e.g. with --json)."""
+    if not enabled:
         yield ignore
+        return
+    if not on_terminal():
+        with plain(title) as report:
+            yield report
         return
     from rich.live import Live
 

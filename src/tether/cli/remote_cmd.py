@@ -154,6 +154,6 @@ def sync(ctx: click.Context, host: str | None, every: str, once: bool, as_json: 
             if any("error" in r for r in tick):
                 raise SyncError("At least one pull failed.", "See the lines above.")
             return
-        report(Step("next pull", f"at {time.strftime('%H:%M:%S', time.localtime(time.time() + period))}"))
+        report(Step("next pull", f"at {time.strftime('%H:%M:%S', time.localtime(time.time() + period))}", idle=True))
         time.sleep(period)  # the tick period itself is what the user asked for
         report(End("next pull"))

@@ -1,9 +1,11 @@
 """`tether run --follow` on this machine: in a real terminal (tmux) the run's state, items, rate and ETA are drawn
-live from its own progress; without a terminal only the plain sentences, with no terminal control codes."""
+live from its own progress; without a terminal plain lines (each step, and a heartbeat with the run's items, rate
+and ETA while it runs), with no terminal control codes."""
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 
 from tests.helpers import tether, wait_status, write_project
 from tests.terminal import ENDED, Terminal
+from tether.progress import HEARTBEAT_S
 
 
 @pytest.fixture
@@ -43,10 +46,19 @@ def test_follow_draws_the_runs_items_rate_and_eta(tmp_path: Path, terminal: Term
     assert ENDED in done
 
 
-def test_without_a_terminal_follow_prints_only_sentences(tmp_path: Path) -> None:
-    project = write_project(tmp_path / "p", items=10)
-    result = tether("run", "exp", "--local", "--follow", cwd=project)
+def test_without_a_terminal_follow_prints_plain_steps_and_heartbeats(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "p", items=300)
+    # At least 15 s of work (300 items, 0.1 s each, two at a time): longer than a heartbeat's interval.
+    started = time.monotonic()
+    result = tether("run", "exp", "--local", "--follow", "--", "--delay", "0.1", cwd=project)
+    took = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert "\x1b" not in result.stderr and "\r" not in result.stderr
-    assert "completed (10/10 items, exit code 0)" in result.stderr
-    assert "items/s" not in result.stderr and "ETA" not in result.stderr
+    assert "completed (300/300 items, exit code 0)" in result.stderr
+    lines = result.stderr.splitlines()
+    run_id = next(ln.split(":")[0] for ln in lines if ln.endswith(": running on local"))  # the step, once
+    assert sum(ln == f"{run_id}: running on local" for ln in lines) == 1
+    beats = [ln for ln in lines if re.fullmatch(rf"{run_id}: running on local, for \d+:\d\d, \d+/300 items.*", ln)]
+    assert beats, result.stderr
+    assert len(beats) <= took / HEARTBEAT_S + 1  # never a flood: one heartbeat an interval at most
+    assert any("items/" in b and "ETA" in b for b in beats), beats
