@@ -165,4 +165,6 @@ def test_a_log_tail_with_markup_prints_literally(tmp_path: Path) -> None:
     assert literal in started.stderr
     shown = tether("progress", cwd=project)
     assert shown.returncode == 0, shown.stderr
-    assert "(failed) log tail:" in shown.stderr and literal in shown.stderr
+    assert "(failed): its log: `tether logs" in shown.stderr  # its tail was shown once, by `run` itself
+    logs = tether("logs", "loud", cwd=project)
+    assert logs.returncode == 0 and literal in logs.stdout

@@ -48,7 +48,7 @@ def test_offers_up_run_progress_pull_destroy(tmp_path: Path, cloud: Cloud) -> No
     assert cloud.emulator.billing_instances() == []
     again = tether_json("destroy", "box", cwd=project, env=env)
     assert again["already"] is True
-    listing = tether_json("ls", cwd=project, env=env)["instances"]
+    listing = tether_json("ls", "--all", cwd=project, env=env)["instances"]
     assert [(i["name"], i["state"]) for i in listing] == [("box", "gone")]
 
 

@@ -83,7 +83,7 @@ def test_bid_rental_sends_its_price_budgets_with_it_and_shows_preemption(tmp_pat
     iid = int(up["rented"]["instance_id"])
     assert cloud.emulator.instances[iid].dph_base == body["price"]  # billed at the bid, not on demand
 
-    row = next(r for r in tether_json("ls", cwd=project, env=cloud.env)["instances"] if r["name"] == "box")
+    row = next(r for r in tether_json("ls", "--all", cwd=project, env=cloud.env)["instances"] if r["name"] == "box")
     assert row["bid_usd"] == body["price"] and row["offer_type"] == "bid"
     assert row["hourly_now"] == pytest.approx(body["price"] + offer["storage_cost"] * 20 / 720, abs=1e-6)
 
@@ -154,7 +154,7 @@ def test_a_key_really_refused_destroys_the_rental_verified(tmp_path: Path, cloud
     assert result.returncode == 1 and "refused the SSH key" in result.stderr
     assert "destroyed it (verified gone)" in result.stderr
     assert cloud.emulator.billing_instances() == [] and len(cloud.emulator.instances) == 1
-    listing = tether_json("ls", cwd=project, env=cloud.env)["instances"]
+    listing = tether_json("ls", "--all", cwd=project, env=cloud.env)["instances"]
     assert [(r["name"], r["state"]) for r in listing] == [("box", "gone")]
 
 
@@ -263,7 +263,7 @@ def test_every_vendor_status_shows_and_bills_by_its_rule(
     project = vast_project(tmp_path, cloud, items=3)
     iid = int(tether_json("up", "box", "--profile", "api", cwd=project, env=cloud.env)["rented"]["instance_id"])
     cloud.emulator.set_status(iid, actual)
-    row = next(r for r in tether_json("ls", cwd=project, env=cloud.env)["instances"] if r["name"] == "box")
+    row = next(r for r in tether_json("ls", "--all", cwd=project, env=cloud.env)["instances"] if r["name"] == "box")
     assert row["state"] == state
     assert row["hourly_now"] == (row["dph_total"] if rate == "full" else row["storage_dph"])
     assert cloud.emulator.instances[iid].rate() == pytest.approx(row["hourly_now"], abs=1e-6)
@@ -291,7 +291,7 @@ def test_a_queued_start_given_up_is_stopped_and_verified(tmp_path: Path, cloud: 
     assert result.returncode == 1 and "sent a stop and verified it" in result.stderr
     inst = cloud.emulator.instances[iid]
     assert inst.intended == "stopped" and inst.start_at is None and inst.state == "stopped"
-    row = next(r for r in tether_json("ls", cwd=project, env=cloud.env)["instances"] if r["name"] == "box")
+    row = next(r for r in tether_json("ls", "--all", cwd=project, env=cloud.env)["instances"] if r["name"] == "box")
     assert row["state"] == "stopped"
 
 
