@@ -38,7 +38,7 @@ def step_clock(screen: str, step: str) -> str | None:
 
 def test_up_shows_each_step_with_its_clock_while_it_waits(tmp_path: Path, cloud: Cloud, terminal: Terminal) -> None:
     project = vast_project(tmp_path, cloud, items=5)
-    cloud.emulator.loading_s = 20.0  # a server that takes a while to start: `up` waits for it
+    cloud.emulator.loading_s = 10.0  # a server that takes a while to start: `up` waits for it
     terminal.run("up", "box", "--profile", "api", cwd=project, env=cloud.env)
     waiting = "to run: loading"
     first = terminal.wait(lambda s: step_clock(s, waiting) is not None, "the wait for the server on the display")
@@ -97,7 +97,7 @@ def test_without_a_terminal_up_prints_its_steps_and_a_heartbeat_while_it_waits(t
 
 def test_with_json_up_prints_one_document_and_no_progress_lines(tmp_path: Path, cloud: Cloud) -> None:
     project = vast_project(tmp_path, cloud, items=5)
-    cloud.emulator.loading_s = 12.0
+    cloud.emulator.loading_s = 3.0
     result = tether("up", "box", "--profile", "api", "--json", cwd=project, env=cloud.env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["setup"] == "ran"  # stdout is one document
