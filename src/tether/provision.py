@@ -300,12 +300,14 @@ def claim_root(ctx: Ctx, target: Target) -> None:
     if rec is None or rec.instance_id is None:
         return
     mark = f"{target.root.rstrip('/')}/{vocab.RENTAL_FILE}"
-    seen = target.transport.run(["cat", mark], check=False)
+    mine = (rec.provider, str(rec.instance_id))
+    doc = {"provider": mine[0], "instance_id": mine[1], "name": target.name}
+    # One round trip: the mark there is read, or (on a fresh server) this rental's is written.
+    seen = target.transport.run(claim_argv(mark), input=json.dumps(doc).encode())
     try:
-        found = json.loads(seen.text()) if seen.ok else None
+        found = json.loads(seen.text()) if seen.text().strip() else doc
     except ValueError:
         found = None
-    mine = (rec.provider, str(rec.instance_id))
     live = {
         (r.provider, str(r.instance_id)): r.name
         for r in ctx.state.instances()
@@ -323,9 +325,19 @@ def claim_root(ctx: Ctx, target: Target) -> None:
             f'or [vast] remote_root with "{{instance_id}}"), then `tether destroy {target.name}` and `tether up '
             f"{target.name}` again.",
         )
-    if found != {"provider": mine[0], "instance_id": mine[1], "name": target.name}:
-        doc = {"provider": mine[0], "instance_id": mine[1], "name": target.name}
+    if found != doc:  # a mark left by a rental that is gone (a reused disk), or unreadable: this rental's now
         target.transport.put_bytes(json.dumps(doc).encode(), mark, 0o644)
+
+
+def claim_argv(mark: str) -> list[str]:
+    """The remote argv that prints the rental mark at ``mark`` when there is one, else stores its stdin there
+    (atomically, mode 0644) and prints nothing."""
+    script = (
+        'set -e; mark=$1; if [ -f "$mark" ]; then cat -- "$mark"; exit 0; fi; dir=$(dirname -- "$mark"); '
+        'mkdir -p -- "$dir"; tmp=$(mktemp "$dir/.tether-put.XXXXXX"); trap \'rm -f -- "$tmp"\' EXIT; '
+        'cat > "$tmp"; chmod 644 "$tmp"; mv -f -- "$tmp" "$mark"; trap - EXIT'
+    )
+    return ["sh", "-c", script, "sh", mark]
 
 
 def up(ctx: Ctx, target: Target, *, env: bool = True) -> dict[str, Any]:

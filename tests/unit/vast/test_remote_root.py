@@ -3,12 +3,15 @@ two live rentals never share one root."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from tether.config_models import REMOTE_ROOT_ENV, defaults, with_environment
 from tether.emulator import __main__ as emulator_main
 from tether.errors import ConfigError
-from tether.provision import root_taken_by
+from tether.provision import claim_argv, root_taken_by
 
 
 def test_the_environment_overrides_remote_root(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,3 +54,12 @@ LIVE = {("vast", "1"): "a", ("vast", "2"): "b"}
 )
 def test_whose_root_it_is(found: object, mine: tuple[str, str], taken_by: str | None) -> None:
     assert root_taken_by(found, mine, LIVE) == taken_by
+
+
+def test_the_rental_mark_is_read_or_claimed_in_one_call(tmp_path: Path) -> None:
+    mark = tmp_path / "root" / ".tether" / "rental.json"
+    first = subprocess.run(claim_argv(str(mark)), input=b'{"a": 1}', capture_output=True, check=True)
+    assert first.stdout == b"" and mark.read_bytes() == b'{"a": 1}' and oct(mark.stat().st_mode & 0o777) == "0o644"
+    second = subprocess.run(claim_argv(str(mark)), input=b'{"b": 2}', capture_output=True, check=True)
+    assert second.stdout == b'{"a": 1}' and mark.read_bytes() == b'{"a": 1}'  # read, never overwritten here
+    assert [p.name for p in mark.parent.iterdir()] == ["rental.json"]  # no temporary file left
