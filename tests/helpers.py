@@ -130,3 +130,22 @@ def tether_checked(*args: str, schema: str, cwd: Path, env: Mapping[str, str] | 
     doc = json.loads(result.stdout)
     schemas.validate("error" if code else schema, doc)
     return doc
+
+
+def book_offer(offer_id: int, dph: float, **fields: Any) -> dict[str, Any]:
+    """An offer of the emulator's shipped book's first kind at exactly ``dph`` $/hr (no storage cost), with its own
+    id and contract, on machine ``offer_id % 100000``, reliable (0.99); ``fields`` override any of it."""
+    from tether.emulator.vast import load_offer_book
+
+    base = dict(load_offer_book()[0])
+    base.update(
+        id=offer_id,
+        ask_contract_id=offer_id,
+        machine_id=offer_id % 100000,
+        dph_base=dph,
+        storage_cost=0.0,
+        reliability=0.99,
+        reliability2=0.99,
+    )
+    base.update(fields)
+    return base

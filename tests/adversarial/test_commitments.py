@@ -19,26 +19,14 @@ import pytest
 
 from tests.e2e.conftest import Cloud, MakeCloud, vast_project
 from tests.e2e.managed_helpers import FAST, start_tether
-from tests.helpers import tether, wait_for
+from tests.helpers import book_offer, tether, wait_for
 from tether import rentals
-from tether.emulator.vast import load_offer_book
 from tether.state import open_state
 
 
 def _offer(offer_id: int, dph: float, **fields: Any) -> dict[str, Any]:
-    base = dict(load_offer_book()[0])
-    base.update(
-        id=offer_id,
-        ask_contract_id=offer_id,
-        machine_id=offer_id % 100000,
-        dph_base=dph,
-        storage_cost=0.0,
-        min_bid=round(dph / 2, 4),
-        reliability=0.99,
-        reliability2=0.99,
-    )
-    base.update(fields)
-    return base
+    """A book offer that also takes bids, at half its price unless ``fields`` say otherwise."""
+    return book_offer(offer_id, dph, **{"min_bid": round(dph / 2, 4), **fields})
 
 
 def _strict_json(text: str) -> Any:

@@ -7,12 +7,10 @@ rental finished another's run and ``progress`` listed every server's runs on eve
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -23,7 +21,7 @@ import pytest
 
 from tests.helpers import tether, tether_json, wait_for, write_project
 from tether.config_models import REMOTE_ROOT_ENV
-from tether.testing.sshd import find_sshd, generate_key
+from tether.testing.sshd import end_watchdogs_under, find_sshd, generate_key
 
 REPO = Path(__file__).resolve().parents[2]
 SESSION_MARK = "<!-- tests/e2e/test_emulator_session.py runs the block below"
@@ -176,21 +174,6 @@ def test_each_instance_has_its_own_root(tmp_path: Path, emulator: Emulator) -> N
     assert runs_on(project, "a", env) == [run_a]
 
 
-def end_watchdogs(root: Path) -> None:
-    """End the server-side watchdogs `up` started for ``root`` (a folder outside every emulated host's own, which
-    stopping the emulator does not reach)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().decode("utf-8", "replace").split("\0")
-        except OSError:
-            continue
-        if "tether.server" in argv and "watchdog" in argv and str(root) in argv:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGTERM)
-
-
 def test_a_root_two_rentals_share_is_refused(tmp_path: Path, emulator: Emulator) -> None:
     shared = tmp_path / "one-folder"
     project = project_for(tmp_path, tmp_path / "home" / ".ssh" / "id_ed25519", root=str(shared))
@@ -199,7 +182,7 @@ def test_a_root_two_rentals_share_is_refused(tmp_path: Path, emulator: Emulator)
         tether_json("up", "a", "--profile", "api", cwd=project, env=env)
         second = tether("up", "b", "--profile", "api", cwd=project, env=env)
     finally:
-        end_watchdogs(shared)
+        end_watchdogs_under(shared)
     assert second.returncode == 3, second.stderr
     assert "already a's" in second.stderr and REMOTE_ROOT_ENV in second.stderr
     # Nothing of b was set up there: the folder is still a's.

@@ -10,28 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import MakeCloud, vast_project
-from tests.helpers import tether
+from tests.helpers import book_offer, tether
 from tether import machines, schemas
-from tether.emulator.vast import load_offer_book
 from tether.paths import tether_home
 from tether.renting import mark_taken, rent_lock, taken_marks
 from tether.state import open_state
-
-
-def _offer(offer_id: int, dph: float) -> dict[str, Any]:
-    """An offer of the shipped book's first kind at ``dph`` $/hr (no storage cost, so $/hr is exactly ``dph``), on
-    machine ``offer_id % 1000``."""
-    base = dict(load_offer_book()[0])
-    base.update(
-        id=offer_id,
-        ask_contract_id=offer_id,
-        machine_id=offer_id % 1000,
-        dph_base=dph,
-        storage_cost=0.0,
-        reliability=0.99,
-        reliability2=0.99,
-    )
-    return base
 
 
 def _up(project: Path, env: dict[str, str], name: str) -> tuple[dict[str, Any], str]:
@@ -43,7 +26,7 @@ def _up(project: Path, env: dict[str, str], name: str) -> tuple[dict[str, Any], 
 
 
 def test_an_offer_freed_by_the_users_own_destroy_is_rented_again_at_once(tmp_path: Path, make_cloud: MakeCloud) -> None:
-    cloud = make_cloud([_offer(9300001, 0.0472), _offer(9300002, 0.1676)])
+    cloud = make_cloud([book_offer(9300001, 0.0472), book_offer(9300002, 0.1676)])
     project = vast_project(tmp_path, cloud, items=5)
     first, _ = _up(project, cloud.env, "box")
     assert first["rented"]["offer_id"] == 9300001 and first["rented"]["skipped_offers"] == []
@@ -65,7 +48,7 @@ def test_an_offer_freed_by_the_users_own_destroy_is_rented_again_at_once(tmp_pat
 def test_an_offer_taken_by_a_rental_beside_this_one_is_skipped_with_its_reason(
     tmp_path: Path, make_cloud: MakeCloud
 ) -> None:
-    cloud = make_cloud([_offer(9300011, 0.0472), _offer(9300012, 0.1676)])
+    cloud = make_cloud([book_offer(9300011, 0.0472), book_offer(9300012, 0.1676)])
     project = vast_project(tmp_path, cloud, items=5)
     with rent_lock() as lp:  # what another `up` on this machine leaves while its create is in flight
         mark_taken(lp, 9300011, "rented", "tether:other:gpu")
@@ -86,7 +69,7 @@ def test_an_avoided_machine_and_the_ranking_each_say_why(tmp_path: Path, make_cl
     # 9300021 is the cheapest, on machine 21 whose last rental failed its preflight an hour ago (avoided 7 days);
     # 9300022 is cheaper than 9300023, on machine 22 whose two rentals failed 30 days ago (no longer avoided,
     # but a 67% chance of a failed rental makes its expected cost higher).
-    cloud = make_cloud([_offer(9300021, 0.030), _offer(9300022, 0.045), _offer(9300023, 0.046)])
+    cloud = make_cloud([book_offer(9300021, 0.030), book_offer(9300022, 0.045), book_offer(9300023, 0.046)])
     project = vast_project(tmp_path, cloud, items=5)
     now = time.time()
     with open_state() as st:

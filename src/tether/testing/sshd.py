@@ -336,20 +336,7 @@ class SshdHost:
     def end_watchdogs(self) -> None:
         """End the server-side watchdogs watching a folder of this host (they detach from sshd, as on a real server,
         where a stopped container takes them down with it)."""
-        bases = {str(self.base_dir), str(self.base_dir.resolve())}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().decode("utf-8", "replace").split("\0")
-            except OSError:
-                continue
-            if "tether.server" not in argv or "watchdog" not in argv or "--root" not in argv:
-                continue
-            root = argv[argv.index("--root") + 1] if argv.index("--root") + 1 < len(argv) else ""
-            if any(root == base or root.startswith(base + os.sep) for base in bases):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(entry.name), signal.SIGTERM)
+        end_watchdogs_under(self.base_dir)
 
     def restart(self, new_port: bool = False) -> None:
         """Stop and start again, on a fresh port if ``new_port`` (existing connections are cut)."""
@@ -393,3 +380,22 @@ class SshdHost:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def end_watchdogs_under(base: Path) -> None:
+    """End the server-side watchdogs (``python -m tether.server watchdog --root R``) whose root is ``base`` or a
+    folder inside it, by their pids (found in /proc)."""
+    bases = {str(base), str(base.resolve())}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+        except OSError:
+            continue
+        if "tether.server" not in argv or "watchdog" not in argv or "--root" not in argv:
+            continue
+        root = argv[argv.index("--root") + 1] if argv.index("--root") + 1 < len(argv) else ""
+        if any(root == b or root.startswith(b + os.sep) for b in bases):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGTERM)

@@ -7,20 +7,18 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
+from tests.integration.vast.test_vast_rent import offers_for
+from tests.integration.vast.test_vast_rent import rent_on as rent_vast
 from tether.emulator.vast import VastEmulator
 from tether.paths import tether_home
-from tether.profiles import resolve_profile
 from tether.providers.base import Offer
 from tether.providers.vast import VastProvider
 from tether.renting import (
     Passing,
     destroy_verified,
-    find_offers,
     mark_taken,
     release_taken,
-    rent,
     rent_lock,
     taken_marks,
 )
@@ -28,22 +26,9 @@ from tether.renting import (
 MP = Callable[..., VastProvider]
 
 
-def offers_for(p: VastProvider) -> list[Offer]:
-    return find_offers(p, replace(resolve_profile("api"), min_disk_gb=20.0).offer_query())
-
-
 def rent_on(emu: VastEmulator, p: VastProvider, offers: list[Offer], **kw: object) -> object:
-    opts: dict[str, object] = {
-        "image": "pytorch/pytorch:latest",
-        "disk_gb": 20.0,
-        "label": "tether:proj:a",
-        "wait_deadline_s": 120.0,
-        "poll_s": 10.0,
-        "clock": emu.clock.now,
-        "sleep": emu.clock.advance,
-    }
-    opts.update(kw)
-    return rent(p, offers, **opts)  # type: ignore[arg-type]
+    """The shared rent of the client tests, labelled as project ``proj``'s rental ``a`` unless told otherwise."""
+    return rent_vast(emu, p, offers, **{"label": "tether:proj:a", **kw})
 
 
 def test_a_rental_beside_another_passes_over_its_offer_and_gets_it_once_that_one_is_gone(
