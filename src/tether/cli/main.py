@@ -161,7 +161,7 @@ class LazyGroup(click.Group):
     default=None,
     help="Path to tether.toml (default: the nearest one at or above the current folder).",
 )
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.option("--debug", is_flag=True, help="On an error, show its traceback and the failed command's output.")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
     """Run research experiments on this machine, your own servers, or rented Vast.ai GPUs, without losing a
@@ -204,10 +204,7 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
             if output:
                 click.echo(f"Its output (last lines):\n{output}", err=True)
-        hint = exc.hint
-        if output and not debug and output.strip()[-200:] not in (hint or ""):
-            hint = f"{hint} `--debug` shows its output." if hint else "`--debug` shows its output."
-        _report(exc.message, hint, exc.exit_code, as_json, type(exc).__name__)
+        _report(exc.message, exc.hint, exc.exit_code, as_json, type(exc).__name__)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _interrupted(as_json, started, shared)
