@@ -11,8 +11,8 @@ whether `.env` uploads are off), and
 current run, sync point and recoveries; :mod:`tether.managed`); ``notifications`` (schema 5: each event announced,
 by key, so no event is sent twice; :mod:`tether.notify`), ``machine_outcomes``
 (schema 6: how each rental on a provider's machine went; :mod:`tether.machines`); schema 8: each run's project
-(:mod:`tether.scope`) and ``shown_tails`` (each failed run whose log tail ``progress`` has shown, so it is shown
-once).
+(:mod:`tether.scope`), ``shown_tails`` (each failed run whose log tail ``progress`` has shown, so it is shown
+once), and a finished shard's ``synced`` made equal to what it completed (its final pull brought that home).
 The schema is versioned with ``PRAGMA user_version``; migrations run on open, in one transaction each (schema 3
 moved the old ``kv`` facts ``up:NAME``, ``push:NAME``, ``python:NAME`` into ``hosts`` columns).
 Every record comes back as a frozen dataclass; every INSERT names its columns.
@@ -211,6 +211,7 @@ MIGRATIONS: list[str] = [
         shown REAL NOT NULL,
         PRIMARY KEY (host, run_id)
     );
+    UPDATE managed_shards SET synced = MAX(synced, completed) WHERE status IN ('releasing', 'completed');
     """,
 ]
 

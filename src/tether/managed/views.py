@@ -98,13 +98,9 @@ def views(ctx: Ctx, *, finished_within_s: float = 86400.0) -> list[ManagedView]:
     return out
 
 
-#: A shard in these states has its results home and verified: all it completed is synced.
-HOME = (vocab.SHARD_RELEASING, vocab.SHARD_COMPLETED)
-
-
 def shard_json(s: ManagedShardRecord) -> dict[str, Any]:
-    """A shard as the views show it. ``synced`` is what the last journal sync brought home, and all it completed
-    once its final pull verified (records written before the final pull counted it show that too)."""
+    """A shard as the views show it. ``synced`` is what came home: the last journal sync's count, and all it
+    completed once its final pull verified."""
     return {
         "shard": s.shard,
         "status": s.status,
@@ -113,7 +109,7 @@ def shard_json(s: ManagedShardRecord) -> dict[str, Any]:
         "run": s.run,
         "completed": s.completed,
         "total": s.total,
-        "synced": max(s.synced, s.completed) if s.status in HOME else s.synced,
+        "synced": s.synced,
         "recoveries": s.recoveries,
         "reason": s.reason,
     }

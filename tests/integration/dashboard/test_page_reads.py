@@ -29,8 +29,8 @@ LONG_REASON = "shard 0: the experiment failed the same way 3 times: " + "Traceba
 
 def record_finished_project(now: float) -> None:
     """What a project's state holds after a day of work: nine servers observed over hours (a chart of many series),
-    and a managed run that failed with a long reason, whose first shard finished: its last journal sync counted
-    49 of the 60 items its final pull brought home (a record written before the pull counted them as synced)."""
+    and a managed run that failed with a long reason, whose first shard finished: its final pull brought all 60
+    items home (its last journal sync had counted 49; the pull counts them all as synced)."""
     with open_state() as st:
         for n in range(9):
             for k, state in enumerate(("running", "running", "stopped")):
@@ -47,7 +47,7 @@ def record_finished_project(now: float) -> None:
         )  # fmt: skip
         shards = [
             ManagedShardRecord(
-                "exp-m9", 0, "completed", "exp-m9-s0-1", False, "r0", 1, 0, 0, 60, 60, 49, now, now, None, 0,
+                "exp-m9", 0, "completed", "exp-m9-s0-1", False, "r0", 1, 0, 0, 60, 60, 60, now, now, None, 0,
                 None, None, now,
             ),
             ManagedShardRecord(

@@ -56,3 +56,24 @@ def test_a_tail_is_claimed_once_until_its_run_is_forgotten(tmp_path: Path) -> No
         assert st.claim_tails([("local", "r1"), ("lab1", "r2")]) == set()
         assert st.forget_runs(["r1"]) == 1
         assert st.claim_tails([("local", "r1"), ("lab1", "r2")]) == {("local", "r1")}
+
+
+def test_a_finished_shard_recorded_before_schema_8_counts_what_its_final_pull_brought_home(tmp_path: Path) -> None:
+    """Before schema 8 the final pull set a shard's completed but not its synced (49 of 60 shown beside done 60)."""
+    path = tmp_path / "state.db"
+    _schema_7(path, tmp_path)
+    db = sqlite3.connect(path)
+    shard = (
+        "INSERT INTO managed_shards(run_id, shard, status, completed, total, synced, updated) VALUES (?,?,?,?,?,?,1)"
+    )
+    db.execute(shard, ("m", 0, "completed", 60, 60, 49))
+    db.execute(shard, ("m", 1, "releasing", 30, 30, 12))
+    db.execute(shard, ("m", 2, "running", 40, 60, 35))  # not home yet: what its last sync brought stands
+    db.commit()
+    db.close()
+    with open_state(path) as st:
+        assert [(s.shard, s.completed, s.synced) for s in st.managed_shards("m")] == [
+            (0, 60, 60),
+            (1, 30, 30),
+            (2, 40, 35),
+        ]
