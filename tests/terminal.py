@@ -62,5 +62,25 @@ class Terminal:
         """The screen once the command has ended."""
         return self.wait(lambda s: ENDED in s, "the command to end", timeout)
 
+    def pid(self) -> int:
+        """The pid of the ``tether`` process the pane runs (a child of the pane's shell)."""
+        out = subprocess.run(
+            ["tmux", "-L", self.socket, "list-panes", "-F", "#{pane_pid}"], capture_output=True, text=True, check=True
+        )
+        shell = int(out.stdout.split()[0])
+        children = Path(f"/proc/{shell}/task/{shell}/children").read_text().split()
+        (child,) = [int(c) for c in children if b"tether" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        return child
+
+    def cursor_shown(self) -> bool:
+        """Whether the pane shows its cursor (a live display hides it while it draws)."""
+        out = subprocess.run(
+            ["tmux", "-L", self.socket, "display-message", "-p", "-t", "0", "#{cursor_flag}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip() == "1"
+
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, check=False)

@@ -442,7 +442,8 @@ def rent(
             destroy_verified(provider, instance_id, clock=clock, sleep=sleep)
             remark_taken(offer.id, "failed", lock_path=lock_path)
             continue
-        except BaseException:
+        except BaseException:  # Ctrl-C, SIGTERM, a failure: a server that never came up is not left billing
+            say(f"stopped while instance {instance_id} came up; destroying it")
             destroy_verified(provider, instance_id, clock=clock, sleep=sleep)
             raise
         say(f"instance {inst.id} is running at {inst.ssh_host}:{inst.ssh_port}")

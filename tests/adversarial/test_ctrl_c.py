@@ -319,3 +319,59 @@ def test_ctrl_c_with_the_json_reader_gone_still_exits_130_with_the_report(tmp_pa
         assert f"`tether cancel {rec.id}`" in err and "BrokenPipe" not in err and "Exception ignored" not in err
     finally:
         tether("cancel", rec.id, cwd=project)
+
+
+def test_sigterm_while_following_reports_as_ctrl_c_does_and_exits_143(tmp_path: Path) -> None:
+    """SIGTERM (`kill PID`, a harness's timeout) is unwound as Ctrl-C is: the same report of what keeps running, the
+    same JSON document, exit 143 (128 + SIGTERM) instead of dying silently."""
+    project = write_project(tmp_path / "proj", items=400)
+    proc = start(["run", "exp", "--local", "--follow", "--json", "--", "--delay", "0.2"], project)
+    try:
+        rec = wait_for(
+            lambda: state_has(lambda st: next((r for r in st.runs() if r.status in ("starting", "running")), None)),
+            timeout=60,
+            what="the run to start",
+        )
+        os.kill(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    try:
+        assert proc.returncode == 143, (proc.returncode, out, err[-3000:])
+        assert "Traceback" not in err and f"run {rec.id}" in err and "keeps running" in err, err
+        doc = json.loads(out)
+        schemas.validate("error", doc)
+        assert doc["exit_code"] == 143 and doc["kind"] == "Interrupted"
+        (left,) = doc["left"]["runs"]
+        assert left["commands"] == [f"tether logs {rec.id} -f", f"tether cancel {rec.id}"]
+    finally:
+        tether("cancel", rec.id, cwd=project)
+
+
+def test_sigterm_while_the_rented_server_loads_destroys_it_and_says_nothing_bills(tmp_path: Path, cloud: Cloud) -> None:
+    """A kill while `up` waits for its fresh instance to come up: that instance is destroyed before tether exits
+    (it never ran anything), the output says so, and the report says that nothing bills, which the provider
+    confirms."""
+    project = vast_project(tmp_path, cloud, items=5)
+    cloud.emulator.loading_s = 600.0  # the instance keeps loading
+    proc = start(["up", "box", "--profile", "api"], project, cloud.env)
+    try:
+        assert proc.stderr is not None
+        seen: list[str] = []
+        while not any("to run: loading" in line for line in seen):  # off a terminal, each step is a line
+            line = proc.stderr.readline()
+            assert line, "".join(seen)
+            seen.append(line)
+        os.kill(proc.pid, signal.SIGTERM)
+        out, rest = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    err = "".join(seen) + rest
+    assert proc.returncode == 143, (out, err[-3000:])
+    assert "destroying it" in err and "no server bills" in err and "Traceback" not in err, err
+    assert cloud.emulator.billing_instances() == []
+    assert state_has(lambda st: st.instance("box")) is None

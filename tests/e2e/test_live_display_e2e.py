@@ -5,7 +5,9 @@ lasts) with no control codes, and nothing but the sentences beside a --json docu
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +16,10 @@ import pytest
 
 from tests.e2e.conftest import Cloud, vast_project
 from tests.e2e.managed_helpers import FAST
-from tests.helpers import tether, tether_json, wait_status
+from tests.helpers import tether, tether_json, wait_for, wait_status
 from tests.terminal import ENDED, Terminal
 from tether.progress import HEARTBEAT_S
+from tether.state import open_state
 
 CLOCK = re.compile(r"(\d+:\d\d)\s*$")
 
@@ -54,6 +57,25 @@ def test_up_shows_each_step_with_its_clock_while_it_waits(tmp_path: Path, cloud:
     assert waiting not in done  # the display is gone once the work is done; the sentences stay
     assert "Renting box (api)" in done
     assert tether_json("destroy", "box", cwd=project, env=cloud.env)["state"] == "gone"
+
+
+def test_sigterm_while_the_display_draws_gives_the_terminal_back_and_says_what_bills(
+    tmp_path: Path, cloud: Cloud, terminal: Terminal
+) -> None:
+    """`kill PID` (a harness's timeout) while `up` waits to log in to the server it rented: the display is taken
+    down as for Ctrl-C (the cursor shows again), the report names the server that bills, and the exit is 143."""
+    project = vast_project(tmp_path, cloud, items=5, ssh_wait_seconds=300)
+    cloud.emulator.faults.refuse_keys(600)  # the fresh instance refuses the key: `up` keeps trying to log in
+    terminal.run("up", "box", "--profile", "api", cwd=project, env=cloud.env)
+    with open_state() as st:
+        wait_for(lambda: (r := st.instance("box")) is not None and r.state == "running", 120, "the rental to run")
+    assert not terminal.cursor_shown()  # the display hides it while it draws
+    os.kill(terminal.pid(), signal.SIGTERM)
+    done = terminal.ended()
+    assert f"{ENDED}143]" in done and "Traceback" not in done, done
+    assert "server box" in done and "keeps billing" in done and "`tether destroy box`" in done, done
+    assert terminal.cursor_shown()
+    assert len(cloud.emulator.billing_instances()) == 1  # it really bills on, as the report says
 
 
 def test_a_managed_run_shows_its_shards_items_money_and_eta(tmp_path: Path, cloud: Cloud, terminal: Terminal) -> None:

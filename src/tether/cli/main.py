@@ -175,9 +175,32 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``, a harness's timeout) is unwound as Ctrl-C is: the live display gives the terminal back,
+    the report says what keeps running or billing, and the exit is 143 (128 + SIGTERM)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> NoReturn:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the ``tether`` command. Every failure ends here: one sentence (and a hint) on stderr, the exit code, and
     with ``--json`` also the flat ``{"error", "hint", "kind", "exit_code"}`` on stdout (schemas/error.json)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # in-process callers (tests) on a thread
+        _main(argv)
+        return
+    before = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _main(argv: list[str] | None) -> None:
     started = time.time()
     args = sys.argv[1:] if argv is None else argv
     ours = args[: args.index("--")] if "--" in args else args  # what follows `--` belongs to the experiment
@@ -186,8 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     shared: dict[str, Any] = {}  # the commands' ctx.obj: what they tell this edge (e.g. the server being set up)
     try:
         cli.main(args=args, prog_name="tether", standalone_mode=False, obj=shared)
-    except click.exceptions.Abort:  # click's form of Ctrl-C
-        _interrupted(as_json, started, shared)
+    except click.exceptions.Abort as raised:  # click's form of Ctrl-C (and of SIGTERM, see _Terminated)
+        _interrupted(as_json, started, shared, 143 if isinstance(raised.__context__, _Terminated) else 130)
     except click.ClickException as raised:
         exc = _with_suggestions(raised)
         hint = None
@@ -206,8 +229,8 @@ def main(argv: list[str] | None = None) -> None:
                 click.echo(f"Its output (last lines):\n{output}", err=True)
         _report(exc.message, exc.hint, exc.exit_code, as_json, type(exc).__name__)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        _interrupted(as_json, started, shared)
+    except KeyboardInterrupt as raised:
+        _interrupted(as_json, started, shared, 143 if isinstance(raised, _Terminated) else 130)
     except OSError as exc:
         if debug:
             import traceback
@@ -223,12 +246,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_FAILED)
 
 
-def _interrupted(as_json: bool, started: float, shared: dict[str, Any]) -> NoReturn:
-    """Ctrl-C: say what keeps running or billing (servers with their $/hr, runs left running) and the commands that
-    pick each up or stop it, from local state (:mod:`tether.leftovers`); exit 130."""
+def _interrupted(as_json: bool, started: float, shared: dict[str, Any], code: int) -> NoReturn:
+    """Ctrl-C or SIGTERM: say what keeps running or billing (servers with their $/hr, runs left running) and the
+    commands that pick each up or stop it, from local state (:mod:`tether.leftovers`); exit ``code`` (130 or 143)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this report short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # nor a second SIGTERM
     left = None
     try:
         from tether.leftovers import Leftovers, gather
@@ -254,7 +278,7 @@ def _interrupted(as_json: bool, started: float, shared: dict[str, Any]) -> NoRet
     if as_json:
         import json
 
-        doc: dict[str, Any] = {"error": message, "hint": hint, "kind": "Interrupted", "exit_code": 130}
+        doc: dict[str, Any] = {"error": message, "hint": hint, "kind": "Interrupted", "exit_code": code}
         doc["left"] = left.to_json() if left is not None else None
         _write_or_drop(sys.stdout, json.dumps(doc) + "\n")
     _write_or_drop(sys.stderr, message + "\n" + (hint + "\n" if hint else ""))
@@ -265,8 +289,8 @@ def _interrupted(as_json: bool, started: float, shared: dict[str, Any]) -> NoRet
         # means now. Its work is recorded as it goes (the rental before its create), as for a killed process.
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130)
-    sys.exit(130)
+        os._exit(code)
+    sys.exit(code)
 
 
 def _write_or_drop(stream: Any, text: str) -> None:
