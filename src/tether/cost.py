@@ -62,6 +62,7 @@ from typing import Any, Literal, Protocol
 from tether import vocab
 from tether.config import PolicyConfig
 from tether.errors import PolicyRefusal
+from tether.providers.base import STATE_MEANINGS
 
 __all__ = [
     "Decision",
@@ -89,12 +90,18 @@ __all__ = [
 
 IDLE = "(idle)"
 
+
+def _billed(rate: str) -> frozenset[str]:
+    return frozenset(state for state, (_, billed) in STATE_MEANINGS.items() if billed == rate)
+
+
+# The one table of what each state costs is the providers' (STATE_MEANINGS, also behind Instance.hourly_cost).
 #: States billed at the full ``dph_total``.
-FULL_RATE_STATES = frozenset({"running", "rebooting", "frozen"})
+FULL_RATE_STATES = _billed("full")
 #: States billed at the storage part only.
-STORAGE_STATES = frozenset({"creating", "loading", "queued", "stopped", "preempted", "exited", "unknown"})
-#: States that cost nothing.
-FREE_STATES = frozenset({"gone", "destroyed"})
+STORAGE_STATES = _billed("storage")
+#: States that cost nothing (``destroyed``: the provider's own word, should a record ever hold it).
+FREE_STATES = _billed("none") | {"destroyed"}
 
 RateKind = Literal["full", "storage", "none"]
 

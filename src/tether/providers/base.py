@@ -44,9 +44,6 @@ STOPPED_STATES: frozenset[str] = frozenset({"stopped", "preempted"})
 #: States an instance never leaves by itself on the way to ``running``.
 DEAD_STATES: frozenset[str] = frozenset({"exited", "unknown", "gone"})
 
-#: States billed at the full ``dph_total`` (the GPU is held): running, and the two the provider bills like it.
-FULL_RATE_STATES: frozenset[str] = frozenset({"running", "rebooting", "frozen"})
-
 #: What each state means and what it costs, for the README's table and ``--help`` texts.
 STATE_MEANINGS: dict[str, tuple[str, str]] = {
     "creating": ("created, not provisioned yet", "storage"),
