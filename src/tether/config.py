@@ -242,18 +242,13 @@ def _passed() -> list[str]:
 
 def _remember(digest: str) -> None:
     """Add ``digest`` to the passed list (best effort: a read-only home only means validating every time)."""
-    import os
-
+    from tether.atomic import atomic_write  # here: tempfile costs a few ms to import, and only a write needs it
     from tether.paths import PRIVATE_FILE, private_home
 
     try:
         home = private_home()
         kept = [*[d for d in _passed() if d != digest][-(_PASSED_KEEP - 1) :], digest]
-        tmp = home / f".{PASSED_FILE}.{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(kept) + "\n")
-        os.replace(tmp, home / PASSED_FILE)
+        atomic_write(home / PASSED_FILE, "\n".join(kept) + "\n", durable=False, mode=PRIVATE_FILE)
     except OSError:
         pass
 

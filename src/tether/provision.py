@@ -51,7 +51,7 @@ ALWAYS_EXCLUDED = [
     ".env",
 ]
 IGNORE_FILE = ".tetherignore"
-SERVER_PARTS = ("__init__.py", "errors.py", "vocab.py", "retry.py", "py.typed", "checkpoint", "server")
+SERVER_PARTS = ("__init__.py", "atomic.py", "errors.py", "vocab.py", "retry.py", "py.typed", "checkpoint", "server")
 
 
 def _rsync_literal(path: str) -> str:

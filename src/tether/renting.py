@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tether import offer_choice
+from tether.atomic import atomic_write
 from tether.errors import AuthError, NoCapacity, ProviderError
 from tether.ledger import valid_price
 from tether.paths import tether_home
@@ -189,9 +189,7 @@ def _read_json(path: Path) -> Any:
 
 def _write_json(path: Path, doc: Any) -> None:
     """Written whole by a rename: a reader without the lock sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-    tmp.write_text(json.dumps(doc), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(doc), durable=False)
 
 
 def _read_freed(lock_path: Path, now: float) -> dict[int, float]:

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
+from tether.atomic import atomic_write, fsync_dir, write_all
 from tether.checkpoint import shard as _shard
-from tether.checkpoint._fs import atomic_write, fsync_dir, publish_locked, utc_iso, write_all
+from tether.checkpoint._fs import publish_locked, utc_iso
 from tether.checkpoint._http import describe, failure_fields, failure_kind, safe_text
 from tether.errors import CheckpointError
 

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from tether.checkpoint._fs import atomic_write
+from tether.atomic import atomic_write
 from tether.errors import CheckpointError
 
 ENV_SHARD = "TETHER_SHARD"

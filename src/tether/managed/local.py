@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tether import pull, vocab
+from tether.atomic import atomic_write
 from tether.checkpoint import shard as shard_lib
 from tether.errors import CheckpointError
 from tether.paths import private_dir, tether_home
@@ -123,9 +124,7 @@ def apply_sync(local_dir: Path, doc: dict[str, Any]) -> int:
         data = base64.b64decode(str(delta.get("data") or ""))
         start = int(delta.get("from") or 0)
         if start == 0:
-            tmp = path.with_name(f".{name}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            atomic_write(path, data)
         elif data:
             with open(path, "ab") as fh:
                 fh.write(data)
@@ -157,12 +156,7 @@ def _place(path: Path, data: bytes, run_id: str) -> None:
         if path.read_bytes() == data:
             return
         pull.keep_aside(path, hashlib.sha256(data).hexdigest(), run_id)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, data)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import time
 from typing import Any, Tuple
 
 from tether import vocab
+from tether.atomic import atomic_write
 from tether.server import procinfo
 
 
@@ -229,11 +230,7 @@ def freeze_killed(root: str, results_dir: str, starting: str) -> list[str]:
         if not isinstance(raw, dict):
             continue
         raw["counts"] = run_counts(root, rec)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(raw, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(raw, indent=2) + "\n")
         frozen.append(run_id)
     return frozen
 

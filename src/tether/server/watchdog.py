@@ -34,6 +34,7 @@ import urllib.request
 from typing import Any
 
 from tether import retry, vocab
+from tether.atomic import atomic_write
 from tether.errors import TetherError
 from tether.server import procinfo
 
@@ -199,11 +200,7 @@ class Watchdog:
             pass
 
     def _write(self, name: str, doc: dict[str, Any]) -> None:
-        path = os.path.join(self.dir, name)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh)
-        os.replace(tmp, path)
+        atomic_write(os.path.join(self.dir, name), json.dumps(doc), durable=False)
 
     def look(self) -> tuple[str, float, list[str]]:
         """One look: record what is alive and decide. Returns ``(decision, figure, what is busy)``."""
@@ -345,12 +342,7 @@ def write_settings(root: str, data: bytes) -> None:
     doc = json.loads(data.decode("utf-8"))
     if not isinstance(doc, dict):
         raise ValueError("the watchdog's settings must be a JSON object")
-    path = os.path.join(tether_dir(root), SETTINGS)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh)
-    os.replace(tmp, path)
+    atomic_write(os.path.join(tether_dir(root), SETTINGS), json.dumps(doc))
 
 
 def main(argv: list[str]) -> int:

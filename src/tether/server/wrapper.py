@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from tether import vocab
+from tether.atomic import atomic_write
 from tether.server import procinfo
 
 HEARTBEAT_S = 20.0
@@ -48,13 +49,7 @@ def run_dir(root: str, run_id: str) -> Path:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_env_file(path: Path) -> dict[str, str]:

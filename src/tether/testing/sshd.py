@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tether.atomic import atomic_write
 from tether.errors import TetherError
 from tether.transport.ssh import SSHTransport, parse_address
 
@@ -151,9 +152,7 @@ class SshdHost:
         next login."""
         own = self.identity_file.with_name("id_ed25519.pub").read_text().strip()
         lines = [own, *(k.strip() for k in keys if k.strip())]
-        tmp = self.authorized_keys.with_name(".authorized_keys.tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        os.replace(tmp, self.authorized_keys)
+        atomic_write(self.authorized_keys, "\n".join(lines) + "\n", durable=False)
 
     def install_bin(self, name: str, script: str) -> None:
         """Put an executable ``name`` first on the PATH of this host's sessions (hosts with the vendor's login, as

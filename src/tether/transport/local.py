@@ -7,7 +7,6 @@ ones (see :mod:`tether.transport.rsync`).
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -54,20 +53,9 @@ class LocalTransport:
     def put_bytes(self, data: bytes, path: str, mode: int = 0o600) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        import tempfile  # here: it costs a few ms to import, and only a write needs it
+        from tether.atomic import atomic_write  # here: tempfile costs a few ms to import, and only a write needs it
 
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tether-put.")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                os.fchmod(handle.fileno(), mode)
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        atomic_write(target, data, mode=mode)
 
     def push(
         self, local_dir: Path, remote_dir: str, *, excludes: Sequence[str] = (), delete: bool = False

@@ -253,17 +253,18 @@ def test_python_version_floor_is_honoured_by_the_sources() -> None:
     # The library runs on servers with an old python3: no syntax or stdlib newer than 3.8 is parsed here.
     import ast
 
+    import tether.atomic
     import tether.checkpoint as pkg
     import tether.retry
 
-    for path in [*Path(pkg.__file__).parent.glob("*.py"), Path(tether.retry.__file__)]:
+    for path in [*Path(pkg.__file__).parent.glob("*.py"), Path(tether.retry.__file__), Path(tether.atomic.__file__)]:
         tree = ast.parse(path.read_text(), feature_version=(3, 8))
         for node in ast.walk(tree):
             assert not isinstance(node, ast.Match), path
             if isinstance(node, ast.ImportFrom):
                 assert (
                     node.module is None
-                    or node.module.startswith(("tether.checkpoint", "tether.errors", "tether.retry"))
+                    or node.module.startswith(("tether.checkpoint", "tether.errors", "tether.retry", "tether.atomic"))
                     or (node.module.split(".")[0] in sys.stdlib_module_names)
                 ), (path, node.module)
 
