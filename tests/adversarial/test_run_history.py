@@ -17,16 +17,19 @@ def test_runs_show_each_run_as_it_ended_and_forget_keeps_every_result(tmp_path: 
     elsewhere = tether_checked("run", "exp", "--local", schema="run", cwd=other)["run_id"]
     wait_status(other, elsewhere, {"completed"})
 
-    listed = tether_checked("runs", schema="runs", cwd=project)["runs"]
+    mine = tether_checked("runs", schema="runs", cwd=project)
+    listed = mine["runs"]
     assert [r["id"] for r in listed] == [first]  # this project's runs only
+    assert mine["scope"]["all"] is False and mine["scope"]["project"]  # and the document says so
     assert (listed[0]["status"], listed[0]["completed"], listed[0]["total"], listed[0]["frozen"]) == (
         "completed",
         4,
         4,
         True,
     )
-    every = tether_checked("runs", "--all", schema="runs", cwd=project)["runs"]
-    assert {r["id"] for r in every} == {first, elsewhere}
+    every_doc = tether_checked("runs", "--all", schema="runs", cwd=project)
+    every = every_doc["runs"]
+    assert {r["id"] for r in every} == {first, elsewhere} and every_doc["scope"]["all"] is True
     shown = tether("runs", cwd=project)
     assert shown.returncode == 0 and first in shown.stdout and "4/4" in shown.stdout
 

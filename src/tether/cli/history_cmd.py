@@ -44,7 +44,7 @@ def runs_history(ctx: click.Context, experiment: str | None, every_project: bool
         found = history.history(st, scope, experiment=experiment)[:limit]
     rows = [_row(r) for r in found]
     if as_json:
-        emit_json({"runs": rows})
+        emit_json({"runs": rows, "scope": scope.to_json()})
         return
     if (sentence := scope.sentence()) is not None:
         say(sentence)
