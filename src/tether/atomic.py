@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 
@@ -42,6 +41,8 @@ def atomic_write(path: str | Path, data: bytes | str, *, durable: bool = True, m
     The file is private (0600) unless ``mode`` says otherwise. With ``durable=False`` the fsyncs are skipped, for
     files that are rewritten often or can be rebuilt (a progress file, a listing, a lock's side file).
     """
+    import tempfile  # here: it costs ms to import, and most commands that import this module write nothing
+
     target = Path(path)
     raw = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=str(target.parent), prefix="." + target.name + ".", suffix=".tmp")

@@ -217,8 +217,10 @@ _PASSED_KEEP = 64
 
 
 def _digest(path: Path) -> str | None:
-    """sha256 of the file's bytes, of tether's version and of the models' source (a changed rule checks again)."""
-    import hashlib
+    """A 64-bit digest (crc32 and adler32) of the file's bytes, of tether's version and of the models' source (a
+    changed rule checks again). Not hashlib: loading it costs more than a quick command's whole check, and a
+    digest here only spares a validation, it protects nothing."""
+    import zlib
 
     import tether
 
@@ -228,7 +230,8 @@ def _digest(path: Path) -> str | None:
     except OSError:
         return None  # validation itself will say what is wrong
     salt = f"{tether.__version__}:{models.st_size}:{models.st_mtime_ns}:".encode()
-    return hashlib.sha256(salt + data).hexdigest()
+    whole = salt + data
+    return f"{zlib.crc32(whole):08x}{zlib.adler32(whole):08x}-{len(whole)}"
 
 
 def _passed() -> list[str]:
@@ -242,7 +245,7 @@ def _passed() -> list[str]:
 
 def _remember(digest: str) -> None:
     """Add ``digest`` to the passed list (best effort: a read-only home only means validating every time)."""
-    from tether.atomic import atomic_write  # here: tempfile costs a few ms to import, and only a write needs it
+    from tether.atomic import atomic_write
     from tether.paths import PRIVATE_FILE, private_home
 
     try:

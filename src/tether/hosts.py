@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tether import vocab
@@ -34,14 +34,14 @@ class Target:
     server_argv: list[str]
     local: bool = False
     registry: str | None = None
-    tmux_socket: str = field(default="")
     python: str = "python3"
     rented: bool = False
     """A server tether rented (from a provider), not a ``[hosts]`` entry."""
 
-    def __post_init__(self) -> None:
-        if not self.tmux_socket:
-            self.tmux_socket = socket_name(self.root)
+    @property
+    def tmux_socket(self) -> str:
+        """The tmux server (``-L``) of this target's root (worked out when asked: few commands need it)."""
+        return socket_name(self.root)
 
     @property
     def lib_dir(self) -> str:

@@ -10,9 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tether.transport import rsync as rsync_mod
+from tether.atomic import atomic_write
 from tether.transport.base import Backoff, Completed, Runner, SyncStats, command_failed, run_process
+
+if TYPE_CHECKING:  # rsync is imported by a push or a pull: a command that only reads runs none
+    from tether.transport.rsync import Direction
 
 
 class LocalTransport:
@@ -53,13 +57,13 @@ class LocalTransport:
     def put_bytes(self, data: bytes, path: str, mode: int = 0o600) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        from tether.atomic import atomic_write  # here: tempfile costs a few ms to import, and only a write needs it
-
         atomic_write(target, data, mode=mode)
 
     def push(
         self, local_dir: Path, remote_dir: str, *, excludes: Sequence[str] = (), delete: bool = False
     ) -> SyncStats:
+        from tether.transport import rsync as rsync_mod
+
         Path(remote_dir).mkdir(parents=True, exist_ok=True)
         argv = rsync_mod.push_argv(
             local_dir.absolute(), str(Path(remote_dir).absolute()), excludes=excludes, delete=delete
@@ -69,13 +73,17 @@ class LocalTransport:
     def pull(
         self, remote_dir: str, local_dir: Path, *, includes: Sequence[str] = (), excludes: Sequence[str] = ()
     ) -> SyncStats:
+        from tether.transport import rsync as rsync_mod
+
         local_dir.mkdir(parents=True, exist_ok=True)
         argv = rsync_mod.pull_argv(
             str(Path(remote_dir).absolute()), local_dir.absolute(), includes=includes, excludes=excludes
         )
         return self._rsync(argv, "pull")
 
-    def _rsync(self, argv: list[str], direction: rsync_mod.Direction) -> SyncStats:
+    def _rsync(self, argv: list[str], direction: Direction) -> SyncStats:
+        from tether.transport import rsync as rsync_mod
+
         return rsync_mod.run_rsync(
             argv,
             runner=self.runner,

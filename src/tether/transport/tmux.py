@@ -15,7 +15,6 @@ A host without tmux gives a :class:`~tether.errors.CommandFailed` saying so and 
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,8 @@ _NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 def socket_name(root: str) -> str:
     """``tether-`` + 8 hex digits of sha1(root): the tmux server (``-L``) of the host whose root is ``root``."""
+    import hashlib  # here: it costs ms to import, and a command that starts or attaches nothing needs none
+
     return "tether-" + hashlib.sha1(root.encode()).hexdigest()[:8]
 
 

@@ -96,7 +96,6 @@ from tether.server.registry.entries import (
     parse_iso,
     resolve_path,
 )
-from tether.server.registry.repair import RepairReport
 
 __all__ = [
     "DEFAULT_HISTORY_S",
@@ -122,7 +121,6 @@ __all__ = [
     "Listing",
     "NoRoom",
     "Registry",
-    "RepairReport",
     "agent_env",
     "compute_use",
     "default_path",

@@ -6,18 +6,16 @@ from __future__ import annotations
 import math
 import os
 import random
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether.errors import ConfigError, RegistryError
 from tether.server import gpu as gpu_mod
 from tether.server.procinfo import boot_id, owner_gone, parent_pid, pid_start
 from tether.server.registry import capacity
-from tether.server.registry import repair as repair_mod
 from tether.server.registry import store as store_mod
 from tether.server.registry.capacity import GpuUse, compute_use, place
 from tether.server.registry.entries import (
@@ -31,8 +29,10 @@ from tether.server.registry.entries import (
     iso,
     validate_request,
 )
-from tether.server.registry.repair import RepairReport
 from tether.server.registry.store import Doc, Store
+
+if TYPE_CHECKING:  # repair is imported when a repair runs: a listing, what agents poll, needs none of it
+    from tether.server.registry.repair import RepairReport
 
 
 @dataclass
@@ -130,7 +130,7 @@ class Registry:
         host: str | None = None,
     ) -> None:
         self.nvidia_smi = nvidia_smi
-        self.store = Store(os.fspath(path), host or socket.gethostname(), lock_timeout, history_s)
+        self.store = Store(os.fspath(path), host or os.uname().nodename, lock_timeout, history_s)
 
     @property
     def path(self) -> str:
@@ -459,4 +459,6 @@ class Registry:
 
     def repair(self) -> RepairReport:
         """Rebuild the file: keep a bad file aside, salvage readable entries, add live tagged processes."""
+        from tether.server.registry import repair as repair_mod
+
         return repair_mod.repair(self.store)
