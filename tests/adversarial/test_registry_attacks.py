@@ -4,6 +4,7 @@ and that nothing in the file was lost or changed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -205,7 +206,8 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
     for proc in started:
         if proc.poll() is None:
             proc.kill()
-        proc.wait()
+        with contextlib.suppress(OSError), proc:  # waits, and closes its pipes
+            pass
 
 
 def hold_lock(lock: Path, procs: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -38,7 +39,8 @@ def spawned() -> Iterator[list[subprocess.Popen[str]]]:
     for p in procs:
         if p.poll() is None:
             p.kill()
-        p.wait()
+        with contextlib.suppress(OSError), p:  # waits, and closes its pipes
+            pass
 
 
 def env_with(mode: str) -> dict[str, str]:

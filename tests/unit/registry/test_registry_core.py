@@ -285,7 +285,8 @@ def lock_holder(reg_path: Path) -> Iterator[subprocess.Popen[str]]:
     yield proc
     if proc.poll() is None:
         proc.kill()
-    proc.wait()
+    with proc:  # waits, and closes its pipe
+        pass
 
 
 def test_hung_lock_holder_gives_a_clear_error(
