@@ -9,6 +9,9 @@ running) and the exact commands that pick each up or stop it; with --json also o
   billing server; `tether run EXP --managed` picks it up (and that works), `tether cancel ID` stops it;
 - `tether run EXP --local --follow`, interrupted while it follows: the run keeps running (it is still running,
   and `tether cancel ID` stops it).
+
+SIGTERM (`kill PID`, a harness's timeout) unwinds the same way and exits 143; a server killed while it comes up
+is destroyed, and the report says nothing bills.
 """
 
 from __future__ import annotations
@@ -44,16 +47,18 @@ def start(args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> s
     )
 
 
-def ctrl_c(proc: subprocess.Popen[str]) -> tuple[str, str]:
-    """SIGINT to the process we started (by its pid), then its output; it must exit 130."""
-    os.kill(proc.pid, signal.SIGINT)
+def ctrl_c(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> tuple[str, str]:
+    """SIGINT (or ``sig``: SIGTERM unwinds the same way) to the process we started (by its pid), then its output;
+    it must exit 130 (143 for SIGTERM)."""
+    code = 143 if sig == signal.SIGTERM else 130
+    os.kill(proc.pid, sig)
     try:
         out, err = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
         raise AssertionError(f"tether did not exit after Ctrl-C: {err[-2000:]}") from None
-    assert proc.returncode == 130, (proc.returncode, out, err[-3000:])
+    assert proc.returncode == code, (proc.returncode, out, err[-3000:])
     assert "Traceback" not in err, err
     return out, err
 
@@ -63,11 +68,27 @@ def state_has(predicate: Any) -> Any:
         return predicate(st)
 
 
-def json_doc(out: str) -> dict[str, Any]:
+def json_doc(out: str, code: int = 130) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(out)  # one document, nothing else on stdout
     schemas.validate("error", doc)
-    assert doc["exit_code"] == 130 and doc["kind"] == "Interrupted"
+    assert doc["exit_code"] == code and doc["kind"] == "Interrupted"
     return doc
+
+
+def follow(project: Path, flags: list[str]) -> tuple[subprocess.Popen[str], RunRecord]:
+    """`tether run exp --local --follow FLAGS` started, and its run once it is live."""
+    proc = start(["run", "exp", "--local", "--follow", *flags, "--", "--delay", "0.2"], project)
+    try:
+        rec = wait_for(
+            lambda: state_has(lambda st: next((r for r in st.runs() if r.status in ("starting", "running")), None)),
+            timeout=60,
+            what="the run to start",
+        )
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc, rec
 
 
 def test_ctrl_c_during_up_names_the_billing_server_and_how_to_finish_or_stop(tmp_path: Path, cloud: Cloud) -> None:
@@ -172,27 +193,18 @@ def test_ctrl_c_while_a_managed_run_sets_up_its_server_does_not_wait_for_it(tmp_
     assert f"{rec.name} (running, $" in err
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
-def test_ctrl_c_while_following_says_the_run_keeps_running(tmp_path: Path, as_json: bool) -> None:
+def test_ctrl_c_while_following_says_the_run_keeps_running(tmp_path: Path, as_json: bool, sig: int) -> None:
+    """Ctrl-C, and SIGTERM (`kill PID`, a harness's timeout), which unwinds the same way and exits 143."""
     project = write_project(tmp_path / "proj", items=400)
-    flags = ["--json"] if as_json else []
-    proc = start(["run", "exp", "--local", "--follow", *flags, "--", "--delay", "0.2"], project)
-    try:
-        rec = wait_for(
-            lambda: state_has(lambda st: next((r for r in st.runs() if r.status in ("starting", "running")), None)),
-            timeout=60,
-            what="the run to start",
-        )
-    except BaseException:
-        proc.kill()
-        proc.communicate()
-        raise
-    out, err = ctrl_c(proc)
+    proc, rec = follow(project, ["--json"] if as_json else [])
+    out, err = ctrl_c(proc, sig)
     try:
         assert f"run {rec.id}" in err and "keeps running" in err
         assert f"`tether logs {rec.id} -f`" in err and f"`tether cancel {rec.id}`" in err
         if as_json:
-            (left,) = json_doc(out)["left"]["runs"]
+            (left,) = json_doc(out, 143 if sig == signal.SIGTERM else 130)["left"]["runs"]
             assert left["id"] == rec.id and left["commands"] == [f"tether logs {rec.id} -f", f"tether cancel {rec.id}"]
         else:
             assert out == ""
@@ -295,13 +307,8 @@ def test_ctrl_c_with_the_json_reader_gone_still_exits_130_with_the_report(tmp_pa
     """Ctrl-C reaches a whole pipeline (`tether run ... --json | jq`): the reader is gone when tether writes its
     JSON document. The report still goes to stderr and the exit is 130, not a BrokenPipeError."""
     project = write_project(tmp_path / "proj", items=400)
-    proc = start(["run", "exp", "--local", "--follow", "--json", "--", "--delay", "0.2"], project)
+    proc, rec = follow(project, ["--json"])
     try:
-        rec = wait_for(
-            lambda: state_has(lambda st: next((r for r in st.runs() if r.status in ("starting", "running")), None)),
-            timeout=60,
-            what="the run to start",
-        )
         assert proc.stdout is not None
         proc.stdout.close()  # the reader of stdout is gone
         os.kill(proc.pid, signal.SIGINT)
@@ -317,35 +324,6 @@ def test_ctrl_c_with_the_json_reader_gone_still_exits_130_with_the_report(tmp_pa
     try:
         assert proc.returncode == 130, err
         assert f"`tether cancel {rec.id}`" in err and "BrokenPipe" not in err and "Exception ignored" not in err
-    finally:
-        tether("cancel", rec.id, cwd=project)
-
-
-def test_sigterm_while_following_reports_as_ctrl_c_does_and_exits_143(tmp_path: Path) -> None:
-    """SIGTERM (`kill PID`, a harness's timeout) is unwound as Ctrl-C is: the same report of what keeps running, the
-    same JSON document, exit 143 (128 + SIGTERM) instead of dying silently."""
-    project = write_project(tmp_path / "proj", items=400)
-    proc = start(["run", "exp", "--local", "--follow", "--json", "--", "--delay", "0.2"], project)
-    try:
-        rec = wait_for(
-            lambda: state_has(lambda st: next((r for r in st.runs() if r.status in ("starting", "running")), None)),
-            timeout=60,
-            what="the run to start",
-        )
-        os.kill(proc.pid, signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    try:
-        assert proc.returncode == 143, (proc.returncode, out, err[-3000:])
-        assert "Traceback" not in err and f"run {rec.id}" in err and "keeps running" in err, err
-        doc = json.loads(out)
-        schemas.validate("error", doc)
-        assert doc["exit_code"] == 143 and doc["kind"] == "Interrupted"
-        (left,) = doc["left"]["runs"]
-        assert left["commands"] == [f"tether logs {rec.id} -f", f"tether cancel {rec.id}"]
     finally:
         tether("cancel", rec.id, cwd=project)
 
