@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -60,8 +61,7 @@ def test_missing_key_is_refused_before_any_request(
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     monkeypatch.delenv("VAST_API_KEY", raising=False)
-    p = VastProvider(VastClient(base_url=vast_api_emulator.url))
-    with pytest.raises(AuthError) as err:
+    with closing(VastProvider(VastClient(base_url=vast_api_emulator.url))) as p, pytest.raises(AuthError) as err:
         p.search(OfferQuery(""))
     assert "VAST_API_KEY" in (err.value.hint or "") and "vastai set api-key" in (err.value.hint or "")
     assert vast_api_emulator.requests == []
@@ -75,13 +75,16 @@ def test_key_is_read_from_the_vendor_file(
     (tmp_path / ".config" / "vastai").mkdir(parents=True)
     (tmp_path / ".config" / "vastai" / "vast_api_key").write_text(vast_api_emulator.api_key + "\n")
     monkeypatch.setenv("VAST_URL", vast_api_emulator.url)
-    assert VastProvider().search(OfferQuery("num_gpus=1"))
+    with closing(VastProvider()) as p:
+        assert p.search(OfferQuery("num_gpus=1"))
 
 
 def test_bad_key_is_rejected_and_never_shown(vast_api_emulator: VastEmulator) -> None:
     secret = "not-the-right-key-5f3a9c"
-    p = VastProvider(VastClient(secret, vast_api_emulator.url, sleep=lambda s: None))
-    with pytest.raises(AuthError) as err:
+    with (
+        closing(VastProvider(VastClient(secret, vast_api_emulator.url, sleep=lambda s: None))) as p,
+        pytest.raises(AuthError) as err,
+    ):
         p.list_instances()
     assert err.value.message.startswith("Vast.ai rejected the API key (HTTP 401")
     assert secret not in str(err.value) and secret not in repr(p.client)
