@@ -18,9 +18,11 @@ import re
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -185,3 +187,18 @@ def test_a_real_browser_follows_the_forwarding_page_to_the_live_page(dash: Dashb
         finally:
             browser.close()
     wait_for(lambda: not opener.exists(), timeout=30, what="the forwarding page to be removed once used")
+
+
+def test_a_reader_that_goes_away_leaves_no_traceback(dash: Dashboard, capfd: pytest.CaptureFixture[str]) -> None:
+    """A browser tab closed mid-request resets its connection: the terminal running `tether dashboard` shows no
+    traceback for it (the server's other errors still print theirs)."""
+    before = threading.active_count()
+    for _ in range(20):
+        sock = socket.create_connection(("127.0.0.1", dash.port), timeout=10)
+        sock.sendall(f"GET /api/snapshot HTTP/1.1\r\nHost: 127.0.0.1:{dash.port}\r\n\r\n".encode())
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset, not a clean close
+    assert request(dash.port, "GET", "/")[0] == 403  # the server still answers
+    wait_for(lambda: threading.active_count() <= before, 30, "the reset connections' handlers to end")
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "ConnectionReset" not in err, err

@@ -26,6 +26,7 @@ import ipaddress
 import json
 import os
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -201,6 +202,16 @@ def host_allowed(header_values: list[str], bound: str, port: int) -> bool:
     return name in names or (bound in _WILDCARDS and _is_ip(name))
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A reader that went away (a closed tab, a cancelled request) is no error to print; any other still is."""
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
+
 def make_handler(
     token: str,
     poller: Poller,
@@ -348,14 +359,13 @@ class Dashboard:
         self._opener_lock = threading.Lock()
         handler = make_handler(self.token, self.poller, project, state_path, bound=host, on_page=self._remove_opener)
         try:
-            self.httpd = ThreadingHTTPServer((host, port), handler)
+            self.httpd = _Server((host, port), handler)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError(
                     f"Port {port} on {host} is in use already; nothing was started.", "Pick another with --port."
                 ) from None
             raise ConfigError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.", None) from None
-        self.httpd.daemon_threads = True
         self.host, self.port = host, int(self.httpd.server_address[1])
         self.thread: threading.Thread | None = None
 
