@@ -100,8 +100,8 @@ def _billed(rate: str) -> frozenset[str]:
 FULL_RATE_STATES = _billed("full")
 #: States billed at the storage part only.
 STORAGE_STATES = _billed("storage")
-#: States that cost nothing (``destroyed``: the provider's own word, should a record ever hold it).
-FREE_STATES = _billed("none") | {"destroyed"}
+#: States that cost nothing.
+FREE_STATES = _billed("none")
 
 RateKind = Literal["full", "storage", "none"]
 
