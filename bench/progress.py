@@ -118,6 +118,10 @@ def fabricate_runs(root: Path) -> list[str]:
             fh.write(json.dumps({"tether_journal": 1, "name": "results", "total": total}) + "\n")
             for k in range(min(done, 100)):
                 fh.write(json.dumps({"id": f"q{k}", "ok": True, "result": {"answer": "x" * 40}, "t": now}) + "\n")
+        # A real run's checkpoints were last written while it ran: the scan gives a shared folder's files to the
+        # run whose window holds their mtime, so a finished run's files must not look written now.
+        for written in (results / "results.progress.json", results / "results.journal.jsonl"):
+            os.utime(written, (ended or now, ended or now))
     return ids
 
 
